@@ -1,0 +1,260 @@
+//! What each command does. `main` only maps the result to an exit code.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use comfy_table::{Table, presets::NOTHING};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, EnvCommand, Format, RunArgs};
+use crate::env::{Env, EnvOptions};
+use crate::error::{UsageError, exit, exit_code};
+use crate::report::{Exporter, json::Json, markdown::Markdown, table::Tables};
+use crate::runner::{self, RunOptions};
+use crate::scenario::{self, BUILTIN, spec};
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
+    if let Command::Guardian = cli.command {
+        return crate::env::guardian::guardian_main();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: could not start the async runtime: {e}");
+            return exit::ENVIRONMENT;
+        }
+    };
+    let code = rt.block_on(async {
+        match dispatch(cli.command).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                exit_code(&e)
+            }
+        }
+    });
+    // Worker connections may still be closing; do not wait on them.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::List => list(),
+        Command::Explain { scenario } => explain(&scenario),
+        Command::Run(args) => run(args).await,
+        Command::Env {
+            command: EnvCommand::Up { pg_settings },
+        } => env_up(pg_settings).await,
+        Command::Hold {
+            inside,
+            outside: _,
+            payment_call_ms,
+        } => {
+            scenario::orphan_lock::holder_main(inside, Duration::from_millis(payment_call_ms))
+                .await?;
+            Ok(exit::OK)
+        }
+        Command::Guardian => Ok(crate::env::guardian::guardian_main()),
+    }
+}
+
+fn list() -> anyhow::Result<i32> {
+    let mut t = Table::new();
+    t.load_style(NOTHING);
+    for (name, _) in BUILTIN {
+        let s = scenario::load(name)?;
+        let variants: Vec<&str> = s.variants.iter().map(|v| v.name.as_str()).collect();
+        t.add_row(vec![s.name.clone(), s.summary.clone(), variants.join(", ")]);
+    }
+    println!("{t}");
+    Ok(exit::OK)
+}
+
+fn explain(name: &str) -> anyhow::Result<i32> {
+    let s = scenario::load(name)?;
+    println!(
+        "{} — {}\n\n{}\n\nVariants (at time scale 1, the write-up's real speed):",
+        s.name, s.summary, s.explain
+    );
+    for v in &s.variants {
+        let r = s.resolve(v, 1.0);
+        let settings = if r.settings.is_empty() {
+            "no settings".to_string()
+        } else {
+            r.settings
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mark = if v.mitigated { " (mitigation)" } else { "" };
+        println!(
+            "\n  {}{mark} [{settings}]\n    {}",
+            v.name,
+            v.shows.replace('\n', "\n    ")
+        );
+        for e in &r.expect {
+            println!("    expects: {}", e.text);
+        }
+    }
+    println!(
+        "\nParameters: {}",
+        s.params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(exit::OK)
+}
+
+fn resolve_scenarios(
+    names: &[String],
+    overrides: &[String],
+) -> Result<Vec<scenario::Scenario>, UsageError> {
+    let overrides = overrides
+        .iter()
+        .map(|o| spec::parse_override(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for name in names {
+        if name == "all" {
+            for (n, _) in BUILTIN {
+                out.push(scenario::load(n)?);
+            }
+        } else {
+            out.push(scenario::load(name)?);
+        }
+    }
+    for s in &mut out {
+        s.override_params(&overrides)?;
+    }
+    Ok(out)
+}
+
+/// Ctrl-C and SIGTERM cancel the token; teardown then runs as usual.
+fn cancel_on_signals() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
+        eprintln!("locklab: interrupted; stopping servers and writing partial results");
+        c.cancel();
+    });
+    cancel
+}
+
+fn exe() -> anyhow::Result<std::path::PathBuf> {
+    std::env::current_exe().context("cannot find the locklab executable")
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let scenarios = resolve_scenarios(&args.scenarios, &args.params)?;
+    let cancel = cancel_on_signals();
+    let opts = RunOptions {
+        scenarios,
+        variants: args.variants,
+        time_scale: args.time_scale,
+        env: EnvOptions {
+            pg_url: args.pg_url,
+            pg_server_settings: Vec::new(),
+            exe: exe()?,
+        },
+        out_dir: (!args.no_results).then_some(args.out),
+        progress: !args.no_progress
+            && args.format == Format::Table
+            && std::io::stderr().is_terminal(),
+    };
+    let finished = runner::run(opts, cancel).await?;
+    let report = &finished.report;
+    let out = match args.format {
+        Format::Table => Tables {
+            fit_terminal: std::io::stdout().is_terminal(),
+        }
+        .render(report),
+        Format::Json => Json.render(report),
+        Format::Markdown => Markdown.render(report),
+    };
+    println!("{}", out.trim_end());
+    if let Some(e) = &finished.write_error {
+        eprintln!("locklab: results not written: {e}");
+    } else if let Some(path) = &finished.results_file {
+        eprintln!("results: {}", path.display());
+    }
+    let failures = report.failures();
+    for f in &failures {
+        eprintln!("FAILED {f}");
+    }
+    let harness_failed = report
+        .scenarios
+        .iter()
+        .flat_map(|s| &s.variants)
+        .any(|v| v.error.is_some());
+    Ok(if report.interrupted {
+        exit::INTERRUPTED
+    } else if harness_failed {
+        exit::ENVIRONMENT
+    } else if !failures.is_empty() {
+        exit::EXPECTATION_FAILED
+    } else {
+        exit::OK
+    })
+}
+
+async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {
+    let settings = pg_settings
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| UsageError(format!("--pg-setting takes NAME=VALUE, got `{s}`")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let cancel = cancel_on_signals();
+    let env = Env::setup(&EnvOptions {
+        pg_url: None,
+        pg_server_settings: settings,
+        exe: exe()?,
+    })
+    .await?;
+    let url = env.pg_url().unwrap_or_default();
+    println!("PostgreSQL  {url}");
+    println!(
+        "\nWatch it:   psql '{url}' -c \"SELECT pid, application_name, state, wait_event_type, now() - state_change AS for FROM pg_stat_activity WHERE application_name LIKE 'locklab%'\""
+    );
+    println!("Run on it:  locklab run orphan-lock --pg-url '{url}'");
+    println!("\nUp until Ctrl-C.");
+    cancel.cancelled().await;
+    env.teardown().await;
+    Ok(exit::OK)
+}

@@ -1,0 +1,5 @@
+//! Checkers: pure functions from a history and server observations to metrics and verdicts.
+
+pub mod expect;
+pub mod orphan_lock;
+pub mod stats;

@@ -1,0 +1,220 @@
+//! orphan-lock's checker: from the history and what the server showed, how long the row stayed
+//! locked after the fault, and what the booking clients got.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::stats::{json_ms, percentile, round1};
+use crate::history::History;
+use crate::observe::Sample;
+use crate::scenario::VariantRun;
+
+/// What the probe session found when it tried to lock the row after the fault.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probe {
+    /// The row was lockable at the first look after the fault (NOWAIT succeeded).
+    pub free_at_first_look: bool,
+    /// Server clock (epoch seconds) when the probe got the row lock; `None` if it never did.
+    pub free_at_epoch: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Observations {
+    pub history: History,
+    /// Server clock (epoch seconds) just before the holder went into its payment call.
+    pub holder_paying_epoch: f64,
+    pub probe: Probe,
+    /// From the holder's report to the end of the wait, locally: a lower bound on how long the
+    /// lock was held when the probe never got it.
+    pub waited_ms: f64,
+    /// The deadline came with a client or the probe still waiting.
+    pub cut_off: bool,
+    pub samples: Vec<Sample>,
+    /// Rows in `bookings` after the run, counted on the server.
+    pub bookings_committed: i64,
+    /// Leak fault only: the next user of the pool found itself inside the leaked transaction.
+    pub next_user_in_leaked_tx: Option<bool>,
+}
+
+pub const METRICS: &[&str] = &[
+    "lock_held_ms",
+    "cut_off",
+    "bookings_ok",
+    "bookings_failed",
+    "bookings_stuck",
+    "bookings_committed",
+    "lock_timeouts",
+    "statement_timeouts",
+    "p50_ms",
+    "p99_ms",
+    "max_idle_in_transaction",
+    "max_waiting_on_lock",
+    "max_blocked",
+    "holder_idle_in_transaction_ms",
+    "next_user_in_leaked_tx",
+];
+
+pub fn evaluate(obs: &Observations) -> VariantRun {
+    let h = &obs.history;
+    let lock_held_ms = match obs.probe {
+        Probe {
+            free_at_first_look: true,
+            ..
+        } => Some(0.0),
+        Probe {
+            free_at_epoch: Some(t),
+            ..
+        } => Some(((t - obs.holder_paying_epoch) * 1000.0).max(0.0)),
+        Probe {
+            free_at_epoch: None,
+            ..
+        } => None,
+    };
+    let outcome = match lock_held_ms {
+        None => "stuck",
+        Some(ms) if ms == 0.0 => "never-locked",
+        Some(_) => "released",
+    };
+    let latencies = h.completed_latencies("book");
+    let errors = h.error_classes("book");
+    let max = |f: fn(&Sample) -> i64| obs.samples.iter().map(f).max().unwrap_or(0);
+    let holder_idle = obs
+        .samples
+        .iter()
+        .filter_map(|s| s.holder_idle_ms)
+        .fold(0.0_f64, f64::max);
+    let metrics: BTreeMap<String, Value> = [
+        // When the probe never got the row, report the lower bound: held at least this long.
+        (
+            "lock_held_ms",
+            json!(round1(lock_held_ms.unwrap_or(obs.waited_ms))),
+        ),
+        ("cut_off", json!(obs.cut_off)),
+        ("bookings_ok", json!(h.ok("book"))),
+        ("bookings_failed", json!(h.failed("book"))),
+        ("bookings_stuck", json!(h.unknown("book"))),
+        ("bookings_committed", json!(obs.bookings_committed)),
+        (
+            "lock_timeouts",
+            json!(errors.get("55P03").copied().unwrap_or(0)),
+        ),
+        (
+            "statement_timeouts",
+            json!(errors.get("57014").copied().unwrap_or(0)),
+        ),
+        ("p50_ms", json_ms(percentile(&latencies, 50.0))),
+        ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+        (
+            "max_idle_in_transaction",
+            json!(max(|s| s.idle_in_transaction)),
+        ),
+        ("max_waiting_on_lock", json!(max(|s| s.waiting_on_lock))),
+        ("max_blocked", json!(max(|s| s.blocked))),
+        ("holder_idle_in_transaction_ms", json!(round1(holder_idle))),
+        ("next_user_in_leaked_tx", json!(obs.next_user_in_leaked_tx)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    VariantRun {
+        outcome: outcome.to_string(),
+        metrics,
+        history: h.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Op, Outcome};
+
+    fn op(client: usize, start: f64, end: Option<f64>, outcome: Outcome) -> Op {
+        Op {
+            client,
+            kind: "book",
+            start_ms: start,
+            end_ms: end,
+            outcome,
+        }
+    }
+
+    fn base() -> Observations {
+        Observations {
+            history: History::default(),
+            holder_paying_epoch: 1000.0,
+            probe: Probe {
+                free_at_first_look: false,
+                free_at_epoch: None,
+            },
+            waited_ms: 3000.0,
+            cut_off: true,
+            samples: vec![],
+            bookings_committed: 0,
+            next_user_in_leaked_tx: None,
+        }
+    }
+
+    #[test]
+    fn lock_never_freed_is_stuck_with_a_lower_bound() {
+        let mut obs = base();
+        obs.history.ops = vec![
+            op(0, 10.0, None, Outcome::Unknown),
+            op(1, 11.0, None, Outcome::Unknown),
+        ];
+        obs.samples = vec![Sample {
+            idle_in_transaction: 1,
+            waiting_on_lock: 2,
+            holder_idle_ms: Some(2900.0),
+            ..Default::default()
+        }];
+        let r = evaluate(&obs);
+        assert_eq!(r.outcome, "stuck");
+        assert_eq!(r.metrics["lock_held_ms"], json!(3000.0));
+        assert_eq!(r.metrics["bookings_stuck"], json!(2));
+        assert_eq!(r.metrics["bookings_ok"], json!(0));
+        assert_eq!(r.metrics["p99_ms"], Value::Null);
+        assert_eq!(r.metrics["max_waiting_on_lock"], json!(2));
+        assert_eq!(r.metrics["holder_idle_in_transaction_ms"], json!(2900.0));
+    }
+
+    #[test]
+    fn lock_freed_is_measured_on_the_server_clock() {
+        let mut obs = base();
+        obs.probe = Probe {
+            free_at_first_look: false,
+            free_at_epoch: Some(1001.0025),
+        };
+        obs.cut_off = false;
+        obs.history.ops = vec![
+            op(
+                0,
+                0.0,
+                Some(60.0),
+                Outcome::Error {
+                    class: "55P03".into(),
+                },
+            ),
+            op(0, 150.0, Some(1100.0), Outcome::Ok),
+        ];
+        let r = evaluate(&obs);
+        assert_eq!(r.outcome, "released");
+        assert_eq!(r.metrics["lock_held_ms"], json!(1002.5));
+        assert_eq!(r.metrics["lock_timeouts"], json!(1));
+        assert_eq!(r.metrics["bookings_ok"], json!(1));
+        assert_eq!(r.metrics["p50_ms"], json!(60.0));
+        assert_eq!(r.metrics["p99_ms"], json!(950.0));
+    }
+
+    #[test]
+    fn row_free_at_first_look_was_never_locked() {
+        let mut obs = base();
+        obs.probe = Probe {
+            free_at_first_look: true,
+            free_at_epoch: Some(1000.001),
+        };
+        let r = evaluate(&obs);
+        assert_eq!(r.outcome, "never-locked");
+        assert_eq!(r.metrics["lock_held_ms"], json!(0.0));
+    }
+}

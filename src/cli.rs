@@ -1,0 +1,103 @@
+//! The command line (clap derive only).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "locklab",
+    version,
+    about = "Reproduce lock failures against real PostgreSQL, and see which setting stops them.",
+    after_help = "Exit codes: 0 every expectation held; 1 an expectation did not hold; \
+                  2 bad usage or input; 3 the environment or harness failed; 130 interrupted."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run scenarios (by name, `all`, or a path to a .toml file) and print a table.
+    Run(RunArgs),
+    /// List the built-in scenarios.
+    List,
+    /// Tell a scenario's story: what fails, why, which setting fixes it, what each variant shows.
+    Explain {
+        /// Scenario name or path to a .toml file.
+        scenario: String,
+    },
+    /// Throwaway servers for a workshop.
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+    },
+    /// Internal: the lock holder process of orphan-lock.
+    #[command(name = "__hold", hide = true)]
+    Hold {
+        #[arg(long = "payment-inside", conflicts_with = "outside")]
+        inside: bool,
+        #[arg(long = "payment-outside")]
+        outside: bool,
+        #[arg(long = "payment-call-ms")]
+        payment_call_ms: u64,
+    },
+    /// Internal: removes temp dirs and stops servers if locklab dies.
+    #[command(name = "__guardian", hide = true)]
+    Guardian,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Start throwaway servers, print their URLs, keep them up until Ctrl-C.
+    Up {
+        /// Extra server setting for the throwaway PostgreSQL, NAME=VALUE (repeatable).
+        #[arg(long = "pg-setting", value_name = "NAME=VALUE")]
+        pg_settings: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenario names (`all` for every built-in one) or paths to scenario files.
+    #[arg(required = true)]
+    pub scenarios: Vec<String>,
+    /// Run only this variant (repeatable).
+    #[arg(long = "variant", value_name = "NAME")]
+    pub variants: Vec<String>,
+    /// Override a scenario parameter, NAME=VALUE (repeatable), e.g. --param fault=kill.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Multiply every scenario duration: 1 runs at the write-ups' real speed
+    /// (25 s payment call, 10 s idle timeout).
+    #[arg(long, default_value_t = 0.1, value_name = "FACTOR")]
+    pub time_scale: f64,
+    /// Use your own PostgreSQL instead of a throwaway one. locklab works only in a schema of
+    /// its own, which it drops afterwards, and changes no server, database or role setting.
+    #[arg(
+        long,
+        env = "LOCKLAB_PG_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub pg_url: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Directory for the JSON results.
+    #[arg(long, default_value = "results", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Write no results file.
+    #[arg(long)]
+    pub no_results: bool,
+    /// No progress bars (they are hidden anyway when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}

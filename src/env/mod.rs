@@ -1,0 +1,124 @@
+//! The environment: the servers a scenario runs against, throwaway or the user's own.
+//! Each server kind is one file; `Env` only composes them and owns their teardown.
+
+pub mod guardian;
+pub mod postgres;
+pub mod process;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use guardian::Guardian;
+use postgres::{PgServer, PgTarget};
+
+#[derive(Debug, Clone, Default)]
+pub struct EnvOptions {
+    /// The user's own PostgreSQL; `None` starts a throwaway one.
+    pub pg_url: Option<String>,
+    /// Extra `-c name=value` for a throwaway server (never applied to the user's server).
+    pub pg_server_settings: Vec<(String, String)>,
+    /// The locklab binary, re-executed for the guardian and for worker processes.
+    pub exe: PathBuf,
+}
+
+pub struct Env {
+    pub pg: PgTarget,
+    /// Prefix of every application_name and of the schema: tells our sessions from others'.
+    pub run_tag: String,
+    pub exe: PathBuf,
+    pg_server: Option<PgServer>,
+    guardian: Option<Arc<Guardian>>,
+}
+
+impl Env {
+    pub async fn setup(opts: &EnvOptions) -> anyhow::Result<Env> {
+        let run_tag = format!("locklab_{:08x}", rand::random::<u32>());
+        let (pg, pg_server, guardian) = match &opts.pg_url {
+            Some(url) => (postgres::external(url, &run_tag).await?, None, None),
+            None => {
+                let guardian = Arc::new(Guardian::start(&opts.exe)?);
+                let server = match PgServer::start(guardian.clone(), &opts.pg_server_settings).await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        guardian.finish();
+                        return Err(e.context("could not start a throwaway PostgreSQL"));
+                    }
+                };
+                (server.target(&run_tag), Some(server), Some(guardian))
+            }
+        };
+        let env = Env {
+            pg,
+            run_tag,
+            exe: opts.exe.clone(),
+            pg_server,
+            guardian,
+        };
+        if let Err(e) = env.create_schema().await {
+            env.teardown().await;
+            return Err(e);
+        }
+        Ok(env)
+    }
+
+    async fn create_schema(&self) -> anyhow::Result<()> {
+        let admin = self.pg.connect(&self.app("admin"), &[]).await?;
+        admin
+            .batch_execute(&format!("CREATE SCHEMA \"{}\"", self.pg.schema))
+            .await
+            .with_context(|| {
+                format!(
+                    "could not create schema {} at {} (locklab needs CREATE on the database)",
+                    self.pg.schema, self.pg.display
+                )
+            })?;
+        Ok(())
+    }
+
+    /// An application_name of this run, e.g. `locklab_1a2b3c4d/booker`.
+    pub fn app(&self, role: &str) -> String {
+        format!("{}/{role}", self.run_tag)
+    }
+
+    /// The URL a person can paste into psql (throwaway servers only).
+    pub fn pg_url(&self) -> Option<String> {
+        self.pg_server.as_ref().map(PgServer::url)
+    }
+
+    /// Ends every session this run opened, so nothing of ours holds a lock afterwards.
+    pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
+        let admin = self.pg.connect(&self.app("admin"), &[]).await?;
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name LIKE $1 AND pid <> pg_backend_pid()",
+                &[&format!("{}/{role_prefix}%", self.run_tag).replace('_', "\\_")],
+            )
+            .await
+            .context("could not end this run's sessions")?;
+        Ok(())
+    }
+
+    /// Stops throwaway servers, or removes our schema from the user's server.
+    pub async fn teardown(mut self) {
+        if let Some(server) = self.pg_server.as_mut() {
+            server.stop().await;
+        } else {
+            let _ = self.terminate_sessions("").await;
+            if let Ok(admin) = self.pg.connect(&self.app("admin"), &[]).await {
+                let _ = admin
+                    .batch_execute(&format!(
+                        "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                        self.pg.schema
+                    ))
+                    .await;
+            }
+        }
+        if let Some(g) = self.guardian.take() {
+            g.finish();
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! PostgreSQL: a throwaway server from locally installed binaries, or the user's own by URL.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::guardian::Guardian;
+use super::process::{self, RunAs};
+
+pub const INSTALL_HINT: &str = "install the server packages (Debian/Ubuntu: `apt-get install postgresql redis-server pgbouncer`), \
+or point locklab at your own servers with --pg-url (docker compose up -d starts the ones the README uses)";
+
+/// The throwaway server's superuser and its password over TCP (unix sockets trust).
+const SUPERUSER: &str = "locklab";
+const PASSWORD: &str = "locklab";
+
+/// Where a scenario's PostgreSQL is and how to talk to it.
+#[derive(Clone)]
+pub struct PgTarget {
+    /// A libpq-style connection string or URL, as tokio-postgres parses it.
+    conn: String,
+    /// What to show a person: never contains a password.
+    pub display: String,
+    /// The schema everything locklab creates lives in.
+    pub schema: String,
+    /// Whether locklab started this server (and may do anything to it).
+    pub owned: bool,
+}
+
+impl PgTarget {
+    /// A connection config with the given application_name and per-session settings, passed
+    /// as startup options so nothing on the server, database or role is changed.
+    pub fn config(&self, app: &str, settings: &[(String, String)]) -> anyhow::Result<Config> {
+        let mut cfg = Config::from_str(&self.conn)
+            .with_context(|| format!("bad PostgreSQL URL {}", self.display))?;
+        cfg.application_name(app);
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(Duration::from_secs(5));
+        }
+        if !settings.is_empty() {
+            let opts: Vec<String> = settings
+                .iter()
+                .map(|(k, v)| format!("-c {k}={}", v.replace(' ', "\\ ")))
+                .collect();
+            cfg.options(opts.join(" "));
+        }
+        Ok(cfg)
+    }
+
+    pub async fn connect(
+        &self,
+        app: &str,
+        settings: &[(String, String)],
+    ) -> anyhow::Result<Client> {
+        let cfg = self.config(app, settings)?;
+        let (client, conn) = cfg
+            .connect(NoTls)
+            .await
+            .with_context(|| format!("could not connect to PostgreSQL at {}", self.display))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// The target as a worker process sees it, from what its parent passed down.
+    pub fn for_worker(conn: String, schema: String) -> PgTarget {
+        PgTarget {
+            display: redact(&conn),
+            conn,
+            schema,
+            owned: false,
+        }
+    }
+
+    /// The connection string, for a worker process (passed in its environment, not argv).
+    pub fn conn_string(&self) -> &str {
+        &self.conn
+    }
+
+    /// `"schema".name`
+    pub fn table(&self, name: &str) -> String {
+        format!("\"{}\".{name}", self.schema)
+    }
+}
+
+/// Hides the password of a URL or key=value connection string.
+pub fn redact(conn: &str) -> String {
+    if let Some(rest) = conn
+        .strip_prefix("postgres://")
+        .or_else(|| conn.strip_prefix("postgresql://"))
+    {
+        let scheme = &conn[..conn.len() - rest.len()];
+        if let Some((userinfo, host)) = rest.split_once('@')
+            && let Some((user, _)) = userinfo.split_once(':')
+        {
+            return format!("{scheme}{user}:***@{host}");
+        }
+        return conn.to_string();
+    }
+    conn.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some(("password", _)) => "password=***".to_string(),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Installed PostgreSQL server binaries.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub dir: PathBuf,
+    pub version: String,
+}
+
+/// `LOCKLAB_PG_BIN` if set (and then only there), else PATH, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian and Ubuntu keep the server there, off PATH).
+pub fn find_binaries() -> anyhow::Result<Binaries> {
+    let has = |d: &Path| d.join("postgres").is_file() && d.join("initdb").is_file();
+    let dir = if let Some(d) = std::env::var_os("LOCKLAB_PG_BIN") {
+        let d = PathBuf::from(d);
+        if !has(&d) {
+            bail!(
+                "no postgres and initdb in LOCKLAB_PG_BIN={}: {INSTALL_HINT}",
+                d.display()
+            );
+        }
+        d
+    } else {
+        let on_path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                Some((v, e.path().join("bin")))
+            })
+            .collect();
+        debian.sort();
+        on_path
+            .into_iter()
+            .find(|d| has(d))
+            .or_else(|| debian.into_iter().rev().map(|(_, d)| d).find(|d| has(d)))
+            .with_context(|| {
+                format!("PostgreSQL server binaries (postgres, initdb) not found: {INSTALL_HINT}")
+            })?
+    };
+    let out = std::process::Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .with_context(|| format!("could not run {}/postgres --version", dir.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or("unknown")
+        .to_string();
+    Ok(Binaries { dir, version })
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LOCKLAB_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("locklab");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".cache").join("locklab");
+    }
+    std::env::temp_dir().join("locklab-cache")
+}
+
+/// An initdb'd cluster kept in the cache: copying it is several times faster than initdb.
+async fn template(bins: &Binaries, run_as: Option<RunAs>) -> anyhow::Result<PathBuf> {
+    let cache = cache_dir();
+    let path = cache.join(format!("pg-{}-template", bins.version));
+    if path.join("PG_VERSION").is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("could not create cache dir {}", cache.display()))?;
+    // initdb runs as the server account, which may not reach the cache (e.g. under /root):
+    // build in the temp dir, then copy into place and rename atomically.
+    let staging = process::make_temp_dir("locklab-initdb")?;
+    let result = async {
+        std::fs::write(staging.join("pw"), PASSWORD)?;
+        if let Some(who) = run_as {
+            process::chown_tree(&staging, who)?;
+        }
+        let mut cmd = std::process::Command::new(bins.dir.join("initdb"));
+        cmd.arg("-D")
+            .arg(staging.join("data"))
+            .args(["-U", SUPERUSER, "--pwfile"])
+            .arg(staging.join("pw"))
+            .args([
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ]);
+        if let Some(who) = run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(who.uid).gid(who.gid);
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await?
+            .context("could not run initdb")?;
+        if !out.status.success() {
+            bail!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let tmp = cache.join(format!("pg-template.tmp-{:08x}", rand::random::<u32>()));
+        process::copy_tree(&staging.join("data"), &tmp)?;
+        if std::fs::rename(&tmp, &path).is_err() {
+            // Another locklab got there first; theirs is as good as ours.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&staging);
+    result.context("could not prepare the PostgreSQL template cluster")?;
+    Ok(path)
+}
+
+/// A throwaway PostgreSQL: its own data dir under the temp dir, fsync off, loopback only.
+pub struct PgServer {
+    child: tokio::process::Child,
+    pid: u32,
+    dir: PathBuf,
+    pub port: u16,
+    guardian: Arc<Guardian>,
+    stopped: bool,
+}
+
+impl PgServer {
+    pub async fn start(
+        guardian: Arc<Guardian>,
+        server_settings: &[(String, String)],
+    ) -> anyhow::Result<PgServer> {
+        let bins = find_binaries()?;
+        let run_as = process::unprivileged_account();
+        let template = template(&bins, run_as).await?;
+        let mut last_err = None;
+        // A free port can be taken between our check and postgres's bind: try a few.
+        for _ in 0..3 {
+            match Self::start_once(&bins, run_as, &template, guardian.clone(), server_settings)
+                .await
+            {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("PostgreSQL did not start")))
+    }
+
+    async fn start_once(
+        bins: &Binaries,
+        run_as: Option<RunAs>,
+        template: &Path,
+        guardian: Arc<Guardian>,
+        server_settings: &[(String, String)],
+    ) -> anyhow::Result<PgServer> {
+        let dir = process::make_temp_dir("locklab-pg")?;
+        guardian.watch_dir(&dir);
+        let cleanup_dir = |dir: &Path| {
+            let _ = std::fs::remove_dir_all(dir);
+            guardian.forget_dir(dir);
+        };
+        let data = dir.join("data");
+        let prepared = (|| -> std::io::Result<u16> {
+            process::copy_tree(template, &data)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
+            if let Some(who) = run_as {
+                process::chown_tree(&dir, who)?;
+            }
+            process::free_port()
+        })();
+        let port = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                cleanup_dir(&dir);
+                return Err(e).context("could not prepare the PostgreSQL data directory");
+            }
+        };
+        let log = match std::fs::File::create(dir.join("postgres.log")) {
+            Ok(f) => f,
+            Err(e) => {
+                cleanup_dir(&dir);
+                return Err(e).context("could not create the server log");
+            }
+        };
+        let mut cmd = tokio::process::Command::new(bins.dir.join("postgres"));
+        cmd.arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(&dir)
+            .args(["-p", &port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+            .args(["-c", "shared_buffers=32MB", "-c", "logging_collector=off"]);
+        for (k, v) in server_settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        if let Some(who) = run_as {
+            cmd.uid(who.uid).gid(who.gid);
+        }
+        // SIGQUIT on locklab's death: postgres shuts down at once and removes its shared memory.
+        let child = match process::spawn_tied(cmd, libc::SIGQUIT).await {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup_dir(&dir);
+                return Err(e).context("could not start postgres");
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        guardian.watch_group(pid);
+        let mut server = PgServer {
+            child,
+            pid,
+            dir,
+            port,
+            guardian,
+            stopped: false,
+        };
+        if let Err(e) = server.wait_ready().await {
+            server.stop().await;
+            return Err(e);
+        }
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let target = self.target("public");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "postgres exited ({status}) while starting: {}",
+                    self.log_tail()
+                );
+            }
+            match target.config("locklab-ready", &[])?.connect(NoTls).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    bail!(
+                        "postgres did not accept connections within 20 s ({e}): {}",
+                        self.log_tail()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(3)).await,
+            }
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+
+    /// How locklab itself connects: the unix socket, as the trusted superuser.
+    pub fn target(&self, schema: &str) -> PgTarget {
+        let conn = format!(
+            "host={} port={} user={SUPERUSER} dbname=postgres",
+            self.dir.display(),
+            self.port
+        );
+        PgTarget {
+            display: self.url(),
+            conn,
+            schema: schema.to_string(),
+            owned: true,
+        }
+    }
+
+    /// A psql-ready TCP URL.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    pub async fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        process::stop_group(&mut self.child, libc::SIGQUIT, Duration::from_secs(3)).await;
+        self.guardian.forget_group(self.pid);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.guardian.forget_dir(&self.dir);
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if !self.stopped {
+            // Reached only on an unexpected unwind: stop without waiting.
+            process::signal(self.pid, libc::SIGQUIT);
+        }
+    }
+}
+
+/// The user's own server: checks it answers, and reports clearly when it does not.
+pub async fn external(url: &str, schema: &str) -> anyhow::Result<PgTarget> {
+    Config::from_str(url).with_context(|| format!("bad --pg-url {}", redact(url)))?;
+    Ok(PgTarget {
+        conn: url.to_string(),
+        display: redact(url),
+        schema: schema.to_string(),
+        owned: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_in_both_forms() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact("host=h user=u password=secret"),
+            "host=h user=u password=***"
+        );
+    }
+}

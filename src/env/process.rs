@@ -1,0 +1,186 @@
+//! Child processes that cannot outlive locklab.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process. So
+//! every tied child is forked by one spawner thread that lives as long as locklab itself; forking
+//! from a tokio blocking-pool thread would kill the server when that thread idles out.
+
+use std::io;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+
+type Job = (
+    Command,
+    libc::c_int,
+    tokio::runtime::Handle,
+    tokio::sync::oneshot::Sender<io::Result<Child>>,
+);
+
+fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        // Detached on purpose: it must live until the process exits.
+        std::thread::Builder::new()
+            .name("locklab-spawner".into())
+            .spawn(move || {
+                for (mut cmd, sig, handle, reply) in rx {
+                    let _rt = handle.enter();
+                    let _ = reply.send(spawn_with_deathsig(&mut cmd, sig));
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| eprintln!("locklab: could not start the spawner thread: {e}"));
+        Mutex::new(tx)
+    })
+}
+
+fn spawn_with_deathsig(cmd: &mut Command, sig: libc::c_int) -> io::Result<Child> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Spawns `cmd` so that it receives `deathsig` the moment locklab dies, however it dies.
+/// The child is put in its own process group, so a terminal's Ctrl-C reaches only locklab,
+/// which then stops its children in order.
+pub async fn spawn_tied(mut cmd: Command, deathsig: libc::c_int) -> anyhow::Result<Child> {
+    cmd.process_group(0);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job = (cmd, deathsig, tokio::runtime::Handle::current(), tx);
+    spawner()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the spawner thread is gone"))?
+        .send(job)
+        .map_err(|_| anyhow::anyhow!("the spawner thread is gone"))?;
+    rx.await
+        .context("the spawner thread did not answer")?
+        .context("could not start a child process")
+}
+
+pub fn signal(pid: u32, sig: libc::c_int) -> bool {
+    // SAFETY: kill(2) with a pid we spawned; a stale pid only yields ESRCH.
+    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+}
+
+pub fn signal_group(pgid: u32, sig: libc::c_int) -> bool {
+    // SAFETY: as above, for the process group the child leads.
+    unsafe { libc::kill(-(pgid as libc::pid_t), sig) == 0 }
+}
+
+pub fn group_alive(pgid: u32) -> bool {
+    signal_group(pgid, 0)
+}
+
+/// Stops a child that leads its own process group: `first` (e.g. SIGQUIT for postgres), a
+/// grace period, then SIGKILL for the whole group. Always reaps the child.
+pub async fn stop_group(child: &mut Child, first: libc::c_int, grace: Duration) {
+    let Some(pid) = child.id() else {
+        return; // already reaped
+    };
+    signal(pid, first);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        signal_group(pid, libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+    // Stragglers in the group (a postgres backend, say) must not outlive the leader.
+    let deadline = tokio::time::Instant::now() + grace;
+    while group_alive(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if group_alive(pid) {
+        signal_group(pid, libc::SIGKILL);
+    }
+}
+
+/// The unprivileged account to run a server as when locklab runs as root.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `postgres` where that account exists, else `nobody`; `None` when not root.
+pub fn unprivileged_account() -> Option<RunAs> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    for name in [c"postgres", c"nobody"] {
+        // SAFETY: getpwnam returns a pointer to static storage or null; we copy out at once.
+        let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+        if !pw.is_null() {
+            // SAFETY: pw is non-null and points at a valid passwd record.
+            let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+            return Some(RunAs { uid, gid });
+        }
+    }
+    Some(RunAs {
+        uid: 65534,
+        gid: 65534,
+    })
+}
+
+pub fn chown_tree(path: &std::path::Path, who: RunAs) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(who.uid), Some(who.gid))?;
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), who)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies a directory tree, keeping file modes.
+pub fn copy_tree(src: &std::path::Path, dst: &std::path::Path) -> io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    std::fs::set_permissions(dst, std::fs::metadata(src)?.permissions())?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let to = dst.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &to)?;
+        } else {
+            std::fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// A fresh, uniquely named directory under the system temp dir.
+pub fn make_temp_dir(prefix: &str) -> io::Result<std::path::PathBuf> {
+    for _ in 0..16 {
+        let p = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("could not create a unique temp dir"))
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> io::Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(l.local_addr()?.port())
+}

@@ -1,0 +1,79 @@
+//! Faults: what goes wrong with a lock holder in the middle of its work.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::env::process;
+use crate::error::UsageError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGSTOP: the process is frozen, its socket stays open (a hung function, a GC pause).
+    Freeze,
+    /// SIGKILL: the kernel closes the socket, so the server notices at once.
+    Kill,
+    /// In-process: the task is aborted and its pooled connection goes back to the pool
+    /// mid-transaction.
+    Leak,
+}
+
+impl FromStr for Fault {
+    type Err = UsageError;
+    fn from_str(s: &str) -> Result<Fault, UsageError> {
+        match s {
+            "freeze" => Ok(Fault::Freeze),
+            "kill" => Ok(Fault::Kill),
+            "leak" => Ok(Fault::Leak),
+            _ => Err(UsageError(format!(
+                "fault must be freeze, kill or leak, not `{s}`"
+            ))),
+        }
+    }
+}
+
+/// A lock holder a fault can be injected into.
+pub enum Victim {
+    Process(tokio::process::Child),
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl Victim {
+    pub fn inject(&mut self, fault: Fault) -> anyhow::Result<()> {
+        match (self, fault) {
+            (Victim::Process(child), Fault::Freeze | Fault::Kill) => {
+                let pid = child
+                    .id()
+                    .ok_or_else(|| anyhow::anyhow!("the holder process already exited"))?;
+                let sig = if fault == Fault::Freeze {
+                    libc::SIGSTOP
+                } else {
+                    libc::SIGKILL
+                };
+                if !process::signal(pid, sig) {
+                    anyhow::bail!("could not signal the holder process {pid}");
+                }
+                Ok(())
+            }
+            (Victim::Task(handle), Fault::Leak) => {
+                handle.abort();
+                Ok(())
+            }
+            _ => anyhow::bail!("fault {fault:?} does not apply to this holder"),
+        }
+    }
+
+    /// Ends the holder for good, whatever state the fault left it in.
+    pub async fn end(self) {
+        match self {
+            Victim::Process(mut child) => {
+                // SIGKILL reaches a stopped process too.
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            }
+            Victim::Task(handle) => {
+                handle.abort();
+                let _ = handle.await;
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Watching the server itself while a variant runs: pg_stat_activity states and wait events,
+//! and pg_locks (through pg_blocking_pids), sampled every few milliseconds.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::env::postgres::PgTarget;
+use crate::history::Clock;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    pub at_ms: f64,
+    /// Workload sessions `idle in transaction`.
+    pub idle_in_transaction: i64,
+    /// Workload sessions waiting on a heavyweight lock (wait_event_type = 'Lock').
+    pub waiting_on_lock: i64,
+    /// Workload sessions that pg_blocking_pids says another session blocks.
+    pub blocked: i64,
+    /// How long the watched holder session has been idle in transaction, if it is.
+    pub holder_idle_ms: Option<f64>,
+}
+
+pub struct Observer {
+    stop: CancellationToken,
+    task: JoinHandle<Vec<Sample>>,
+}
+
+impl Observer {
+    /// Samples the sessions whose application_name starts with `workload_prefix`;
+    /// `holder_app` names the one session whose idle-in-transaction age is tracked.
+    pub async fn start(
+        target: &PgTarget,
+        app: &str,
+        clock: Clock,
+        workload_prefix: String,
+        holder_app: String,
+    ) -> anyhow::Result<Observer> {
+        let client = target.connect(app, &[]).await?;
+        let stmt = client
+            .prepare(
+                "SELECT count(*) FILTER (WHERE state = 'idle in transaction'), \
+                        count(*) FILTER (WHERE wait_event_type = 'Lock'), \
+                        count(*) FILTER (WHERE cardinality(pg_blocking_pids(pid)) > 0), \
+                        max(extract(epoch FROM clock_timestamp() - state_change)::float8 * 1000) \
+                          FILTER (WHERE state = 'idle in transaction' AND application_name = $2) \
+                 FROM pg_stat_activity WHERE application_name LIKE $1",
+            )
+            .await?;
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let pattern = format!("{}%", workload_prefix.replace('_', "\\_"));
+        let task = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let Ok(row) = client.query_one(&stmt, &[&pattern, &holder_app]).await else {
+                    continue;
+                };
+                samples.push(Sample {
+                    at_ms: clock.now_ms(),
+                    idle_in_transaction: row.get(0),
+                    waiting_on_lock: row.get(1),
+                    blocked: row.get(2),
+                    holder_idle_ms: row.get(3),
+                });
+            }
+            samples
+        });
+        Ok(Observer { stop, task })
+    }
+
+    pub async fn finish(self) -> Vec<Sample> {
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
+    }
+}

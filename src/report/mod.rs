@@ -1,0 +1,302 @@
+//! The result of a run as plain serde data, and the exporters that only read it.
+
+pub mod json;
+pub mod markdown;
+pub mod table;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::check::expect::{ExpectationResult, Verdict};
+
+/// One run of locklab: the stable JSON contract later scenarios reuse.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub locklab: String,
+    pub scenarios: Vec<ScenarioReport>,
+    /// Wall time of the whole run.
+    pub wall_ms: u64,
+    /// Ctrl-C or SIGTERM stopped the run: what is here was measured before that.
+    #[serde(default)]
+    pub interrupted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub summary: String,
+    /// `built-in orphan-lock.toml` or the user's file.
+    pub source: String,
+    /// Where it ran: `throwaway` or the user's server (password hidden).
+    pub target: String,
+    pub time_scale: f64,
+    pub params: BTreeMap<String, serde_json::Value>,
+    pub harm: Harm,
+    pub variants: Vec<VariantReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Harm {
+    pub metric: String,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VariantReport {
+    pub name: String,
+    pub mitigated: bool,
+    pub shows: String,
+    /// Session settings the variant applied (never server settings).
+    pub settings: BTreeMap<String, String>,
+    pub outcome: String,
+    pub expectations: Vec<ExpectationResult>,
+    pub expectations_held: bool,
+    pub metrics: BTreeMap<String, serde_json::Value>,
+    pub requests: Requests,
+    pub wall_ms: u64,
+    /// The harness failed for this variant: no verdict could be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the simulated clients got, from the history.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Requests {
+    pub ok: usize,
+    pub failed: usize,
+    /// In flight at the cut-off: outcome unknown.
+    pub stuck: usize,
+    /// Failures by class (SQLSTATE where the server gave one).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Requests {
+    /// The most frequent failure class, named for people: `55P03 lock_timeout`.
+    pub fn main_error(&self) -> Option<String> {
+        self.errors
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(class, _)| describe_error(class))
+    }
+}
+
+/// Short names for the SQLSTATEs the scenarios provoke.
+pub fn describe_error(class: &str) -> String {
+    let name = match class {
+        "55P03" => "lock timeout",
+        "57014" => "statement timeout",
+        "40P01" => "deadlock",
+        "40001" => "serialization",
+        "23505" => "unique violation",
+        "25P03" => "idle-in-transaction timeout",
+        "57P01" => "terminated",
+        _ => return class.to_string(),
+    };
+    format!("{class} {name}")
+}
+
+impl RunReport {
+    pub fn all_held(&self) -> bool {
+        self.scenarios
+            .iter()
+            .flat_map(|s| &s.variants)
+            .all(|v| v.expectations_held)
+    }
+
+    /// Every expectation that did not hold, as `scenario/variant: what (measured)`.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &self.scenarios {
+            for v in &s.variants {
+                if let Some(e) = &v.error {
+                    out.push(format!("{}/{}: harness error: {e}", s.name, v.name));
+                }
+                for e in v.expectations.iter().filter(|e| e.verdict != Verdict::Held) {
+                    let verdict = match e.verdict {
+                        Verdict::Unknown => "unknown",
+                        _ => "did not hold",
+                    };
+                    out.push(format!(
+                        "{}/{}: `{}` {verdict}: {}",
+                        s.name, v.name, e.what, e.measured
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// An output format.
+pub trait Exporter {
+    fn render(&self, report: &RunReport) -> String;
+}
+
+/// `1.00 s`, `35 ms`, `—`: how a millisecond metric reads in a table.
+pub fn fmt_ms(v: Option<&serde_json::Value>) -> String {
+    match v.and_then(serde_json::Value::as_f64) {
+        None => "—".into(),
+        Some(ms) if ms >= 1000.0 => format!("{:.2} s", ms / 1000.0),
+        Some(ms) if ms >= 10.0 => format!("{ms:.0} ms"),
+        Some(ms) => format!("{ms:.1} ms"),
+    }
+}
+
+/// The cells every exporter shows for a variant, so table and Markdown agree.
+pub struct Row {
+    pub variant: String,
+    pub outcome: String,
+    pub requests: String,
+    pub p50: String,
+    pub p99: String,
+    pub harm: String,
+    pub verdict: String,
+}
+
+impl Row {
+    pub fn of(s: &ScenarioReport, v: &VariantReport) -> Row {
+        let r = &v.requests;
+        let mut requests = format!("{} ok / {} failed", r.ok, r.failed);
+        if r.stuck > 0 {
+            requests.push_str(&format!(" / {} stuck", r.stuck));
+        }
+        if let Some(e) = r.main_error() {
+            requests.push_str(&format!(" ({e})"));
+        }
+        let cut_off = v.metrics.get("cut_off").and_then(|c| c.as_bool()) == Some(true);
+        let harm_value = v.metrics.get(&s.harm.metric);
+        let harm = match harm_value {
+            // A figure measured up to the cut-off is a lower bound.
+            Some(_) if cut_off && v.outcome == "stuck" => format!("≥ {}", fmt_ms(harm_value)),
+            _ => fmt_ms(harm_value),
+        };
+        let verdict = if let Some(e) = &v.error {
+            format!("ERROR: {e}")
+        } else if v.expectations_held {
+            format!("held ({})", v.expectations.len())
+        } else {
+            let bad: Vec<String> = v
+                .expectations
+                .iter()
+                .filter(|e| e.verdict != Verdict::Held)
+                .map(|e| format!("{}: {}", e.what, e.measured))
+                .collect();
+            format!("FAILED {}", bad.join("; "))
+        };
+        Row {
+            variant: if v.mitigated {
+                format!("{} *", v.name)
+            } else {
+                v.name.clone()
+            },
+            outcome: v.outcome.clone(),
+            requests,
+            p50: fmt_ms(v.metrics.get("p50_ms")),
+            p99: fmt_ms(v.metrics.get("p99_ms")),
+            harm,
+            verdict,
+        }
+    }
+
+    pub fn headers(s: &ScenarioReport) -> [String; 7] {
+        [
+            "variant".into(),
+            "outcome".into(),
+            "requests".into(),
+            "p50".into(),
+            "p99".into(),
+            s.harm.label.clone(),
+            "expectations".into(),
+        ]
+    }
+
+    pub fn cells(self) -> [String; 7] {
+        [
+            self.variant,
+            self.outcome,
+            self.requests,
+            self.p50,
+            self.p99,
+            self.harm,
+            self.verdict,
+        ]
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::check::expect::Verdict;
+    use serde_json::json;
+
+    /// A hand-built report: one stuck baseline, one mitigated variant that held, one that failed.
+    pub fn report() -> RunReport {
+        let exp = |what: &str, verdict: Verdict, measured: &str| ExpectationResult {
+            what: what.into(),
+            held: verdict == Verdict::Held,
+            verdict,
+            measured: measured.into(),
+        };
+        let variant =
+            |name: &str, mitigated: bool, outcome: &str, lock_held: f64, cut_off: bool| {
+                VariantReport {
+                    name: name.into(),
+                    mitigated,
+                    shows: "what it shows".into(),
+                    settings: BTreeMap::new(),
+                    outcome: outcome.into(),
+                    expectations: vec![],
+                    expectations_held: true,
+                    metrics: [
+                        ("lock_held_ms".to_string(), json!(lock_held)),
+                        ("cut_off".to_string(), json!(cut_off)),
+                        ("p50_ms".to_string(), json!(null)),
+                        ("p99_ms".to_string(), json!(null)),
+                    ]
+                    .into(),
+                    requests: Requests::default(),
+                    wall_ms: 100,
+                    error: None,
+                }
+            };
+        let mut baseline = variant("baseline", false, "stuck", 3000.4, true);
+        baseline.requests.stuck = 20;
+        baseline.expectations = vec![exp("cut_off", Verdict::Held, "was true")];
+        let mut mitigated = variant("mitigated", true, "released", 1002.0, false);
+        mitigated.requests = Requests {
+            ok: 20,
+            failed: 31,
+            stuck: 0,
+            errors: [("55P03".to_string(), 31)].into(),
+        };
+        mitigated.metrics.insert("p50_ms".into(), json!(52.5));
+        mitigated.metrics.insert("p99_ms".into(), json!(1210.0));
+        mitigated.expectations = vec![exp(
+            "lock_held_ms <= idle_timeout * 1.5",
+            Verdict::Held,
+            "was 1002, expected <= 1500",
+        )];
+        let mut broken = variant("broken", true, "stuck", 3000.0, true);
+        broken.expectations_held = false;
+        broken.expectations = vec![exp("not cut_off", Verdict::Violated, "was true")];
+        RunReport {
+            locklab: "0.1.0".into(),
+            scenarios: vec![ScenarioReport {
+                name: "orphan-lock".into(),
+                summary: "A frozen holder keeps a row locked".into(),
+                source: "built-in orphan-lock.toml".into(),
+                target: "throwaway PostgreSQL".into(),
+                time_scale: 0.1,
+                params: BTreeMap::new(),
+                harm: Harm {
+                    metric: "lock_held_ms".into(),
+                    label: "row locked".into(),
+                },
+                variants: vec![baseline, mitigated, broken],
+            }],
+            wall_ms: 4200,
+            interrupted: false,
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Runs scenarios variant by variant against one environment, decides each variant's
+//! expectations from its metrics, and writes results as soon as each variant finishes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use crate::check::expect::MapScope;
+use crate::env::{Env, EnvOptions};
+use crate::error::UsageError;
+use crate::history::{History, Outcome};
+use crate::report::json::Json;
+use crate::report::{Exporter, Harm, Requests, RunReport, ScenarioReport, VariantReport};
+use crate::scenario::spec::nearest;
+use crate::scenario::{Scenario, VariantCtx, VariantRun};
+
+/// A variant whose own code outlives its deadline by this much is a harness bug: cut it off.
+const HARNESS_GRACE: Duration = Duration::from_secs(30);
+
+pub struct RunOptions {
+    pub scenarios: Vec<Scenario>,
+    /// Run only these variants (all when empty).
+    pub variants: Vec<String>,
+    pub time_scale: f64,
+    pub env: EnvOptions,
+    /// Where the JSON results go; `None` writes none.
+    pub out_dir: Option<PathBuf>,
+    pub progress: bool,
+}
+
+pub struct Finished {
+    pub report: RunReport,
+    /// Where the results were written, if they were.
+    pub results_file: Option<PathBuf>,
+    pub write_error: Option<String>,
+}
+
+fn check_variant_filter(opts: &RunOptions) -> Result<(), UsageError> {
+    for wanted in &opts.variants {
+        let all: Vec<&str> = opts
+            .scenarios
+            .iter()
+            .flat_map(|s| s.variants.iter().map(|v| v.name.as_str()))
+            .collect();
+        if !all.contains(&wanted.as_str()) {
+            let hint = nearest(wanted, all.iter().copied())
+                .map(|n| format!("; did you mean `{n}`?"))
+                .unwrap_or_default();
+            return Err(UsageError(format!(
+                "no variant `{wanted}`{hint} (variants: {})",
+                all.join(", ")
+            )));
+        }
+    }
+    if !(opts.time_scale > 0.0 && opts.time_scale.is_finite()) {
+        return Err(UsageError(format!(
+            "--time-scale must be a positive number, not {}",
+            opts.time_scale
+        )));
+    }
+    Ok(())
+}
+
+pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<Finished> {
+    check_variant_filter(&opts)?;
+    let started = Instant::now();
+    let env = Env::setup(&opts.env).await?;
+    let target = match env.pg_url() {
+        Some(_) => "throwaway PostgreSQL".to_string(),
+        None => format!("PostgreSQL at {}", env.pg.display),
+    };
+    let results_file = opts
+        .out_dir
+        .as_ref()
+        .map(|d| results_path(d, &opts.scenarios));
+    let mut report = RunReport {
+        locklab: env!("CARGO_PKG_VERSION").to_string(),
+        scenarios: Vec::new(),
+        wall_ms: 0,
+        interrupted: false,
+    };
+    let mut write_error = None;
+
+    'scenarios: for scenario in &opts.scenarios {
+        let base = scenario.resolve(&scenario.variants[0], opts.time_scale);
+        report.scenarios.push(ScenarioReport {
+            name: scenario.name.clone(),
+            summary: scenario.summary.clone(),
+            source: scenario.source.clone(),
+            target: target.clone(),
+            time_scale: opts.time_scale,
+            params: base.params.to_json(),
+            harm: Harm {
+                metric: scenario.harm_metric.clone(),
+                label: scenario.harm_label.clone(),
+            },
+            variants: Vec::new(),
+        });
+        for variant in &scenario.variants {
+            if !opts.variants.is_empty() && !opts.variants.contains(&variant.name) {
+                continue;
+            }
+            if cancel.is_cancelled() {
+                report.interrupted = true;
+                break 'scenarios;
+            }
+            let resolved = scenario.resolve(variant, opts.time_scale);
+            let v = run_variant(&env, scenario, &resolved, &cancel, opts.progress).await;
+            if let Some(s) = report.scenarios.last_mut() {
+                s.variants.push(v);
+            }
+            report.interrupted = cancel.is_cancelled();
+            report.wall_ms = started.elapsed().as_millis() as u64;
+            if let Some(path) = &results_file {
+                write_error = write_results(path, &report).err().map(|e| format!("{e:#}"));
+            }
+        }
+    }
+    env.teardown().await;
+    report.wall_ms = started.elapsed().as_millis() as u64;
+    if let Some(path) = &results_file {
+        write_error = write_results(path, &report).err().map(|e| format!("{e:#}"));
+    }
+    Ok(Finished {
+        report,
+        results_file: if write_error.is_none() {
+            results_file
+        } else {
+            None
+        },
+        write_error,
+    })
+}
+
+async fn run_variant(
+    env: &Env,
+    scenario: &Scenario,
+    variant: &crate::scenario::ResolvedVariant,
+    cancel: &CancellationToken,
+    show_progress: bool,
+) -> VariantReport {
+    let started = Instant::now();
+    let deadline = variant
+        .params
+        .duration("deadline")
+        .unwrap_or(Duration::from_secs(30));
+    let progress = if show_progress {
+        let bar = ProgressBar::new(deadline.as_millis() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>32} [{bar:24}] {elapsed:>3} of cut-off  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", scenario.name, variant.name));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let ticker = {
+        let bar = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(started.elapsed().as_millis() as u64);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let ctx = VariantCtx {
+        env,
+        variant,
+        cancel: cancel.clone(),
+        progress: progress.clone(),
+    };
+    let result = tokio::time::timeout(deadline + HARNESS_GRACE, (scenario.kind.run)(&ctx))
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the variant's own code did not finish within {} of its deadline",
+                humantime::format_duration(HARNESS_GRACE)
+            ))
+        })
+        .with_context(|| format!("{}/{}", scenario.name, variant.name));
+    ticker.abort();
+    progress.finish_and_clear();
+
+    let (run, error) = match result {
+        Ok(run) => (run, None),
+        Err(e) => (VariantRun::default(), Some(format!("{e:#}"))),
+    };
+    let params = variant.params.vals();
+    let scope = MapScope {
+        params: &params,
+        metrics: &run.metrics,
+    };
+    let expectations: Vec<_> = if error.is_some() {
+        Vec::new()
+    } else {
+        variant
+            .expect
+            .iter()
+            .map(|e| e.evaluate(&scope, variant.params.time_scale))
+            .collect()
+    };
+    VariantReport {
+        name: variant.name.clone(),
+        mitigated: variant.mitigated,
+        shows: variant.shows.clone(),
+        settings: variant.settings.iter().cloned().collect::<BTreeMap<_, _>>(),
+        outcome: if error.is_some() {
+            "error".into()
+        } else {
+            run.outcome.clone()
+        },
+        expectations_held: error.is_none() && expectations.iter().all(|e| e.held),
+        expectations,
+        requests: requests(&run.history),
+        metrics: run.metrics,
+        wall_ms: started.elapsed().as_millis() as u64,
+        error,
+    }
+}
+
+fn requests(h: &History) -> Requests {
+    let mut r = Requests::default();
+    for op in &h.ops {
+        match &op.outcome {
+            Outcome::Ok => r.ok += 1,
+            Outcome::Unknown => r.stuck += 1,
+            Outcome::Error { class } => {
+                r.failed += 1;
+                *r.errors.entry(class.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    r
+}
+
+fn results_path(dir: &Path, scenarios: &[Scenario]) -> PathBuf {
+    let stamp = humantime::format_rfc3339_millis(SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+    let mut name = names.join("+");
+    if name.len() > 60 {
+        name = format!("{}-scenarios", names.len());
+    }
+    dir.join(format!("{stamp}-{name}.json"))
+}
+
+fn write_results(path: &Path, report: &RunReport) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+    }
+    // Write then rename, so a reader (or a crash) never sees half a file.
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, Json.render(report))
+        .with_context(|| format!("could not write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("could not write {}", path.display()))
+}

@@ -1,0 +1,93 @@
+//! Scenarios: data in `scenarios/*.toml`, plus one code file per failure mode.
+//! A scenario never sees the CLI: it gets its resolved variant and a context to work in.
+
+pub mod orphan_lock;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use futures::future::BoxFuture;
+use indicatif::ProgressBar;
+use tokio_util::sync::CancellationToken;
+
+use crate::env::Env;
+use crate::error::UsageError;
+use crate::history::History;
+pub use spec::{ResolvedVariant, Scenario};
+
+/// The code behind a scenario: which parameters it reads, which metrics it reports.
+#[derive(Debug)]
+pub struct Kind {
+    pub name: &'static str,
+    pub params: &'static [&'static str],
+    pub metrics: &'static [&'static str],
+    pub run: for<'a> fn(&'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>,
+}
+
+pub static KINDS: &[Kind] = &[orphan_lock::KIND];
+
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// The scenario files, embedded so `locklab run NAME` works from any directory.
+pub static BUILTIN: &[(&str, &str)] = &[(
+    "orphan-lock",
+    include_str!("../../scenarios/orphan-lock.toml"),
+)];
+
+/// Loads a built-in scenario by name, or a file by path (anything with a `/` or `.toml`).
+pub fn load(name_or_path: &str) -> Result<Scenario, UsageError> {
+    if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
+        let text = std::fs::read_to_string(Path::new(name_or_path))
+            .map_err(|e| UsageError(format!("cannot read scenario file {name_or_path}: {e}")))?;
+        return Scenario::parse(&text, name_or_path);
+    }
+    match BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+        Some((n, text)) => Scenario::parse(text, &format!("built-in {n}.toml")),
+        None => {
+            let hint = match spec::nearest(name_or_path, BUILTIN.iter().map(|(n, _)| *n)) {
+                Some(n) => format!("; did you mean `{n}`?"),
+                None => String::new(),
+            };
+            Err(UsageError(format!(
+                "unknown scenario `{name_or_path}`{hint} (`locklab list` shows them all; a path to a .toml file runs your own)"
+            )))
+        }
+    }
+}
+
+/// Everything a scenario may use while running one variant.
+pub struct VariantCtx<'a> {
+    pub env: &'a Env,
+    pub variant: &'a ResolvedVariant,
+    /// Ctrl-C or SIGTERM: wind down now, as at the cut-off.
+    pub cancel: CancellationToken,
+    pub progress: ProgressBar,
+}
+
+impl VariantCtx<'_> {
+    /// application_name of a session of this variant, e.g. `locklab_1a2b3c4d/baseline/holder`.
+    /// Sessions of the workload live under `…/w/`, so observers can tell them from probes.
+    pub fn app(&self, role: &str) -> String {
+        let variant: String = self.variant.name.chars().take(24).collect();
+        self.env.app(&format!("{variant}/{role}"))
+    }
+
+    /// Ends this variant's sessions whose role starts with `role_prefix` (e.g. `w/`).
+    pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
+        let variant: String = self.variant.name.chars().take(24).collect();
+        self.env
+            .terminate_sessions(&format!("{variant}/{role_prefix}"))
+            .await
+    }
+}
+
+/// What one variant run produced: metrics and outcome from its checker, and the raw history.
+#[derive(Debug, Clone, Default)]
+pub struct VariantRun {
+    pub outcome: String,
+    pub metrics: BTreeMap<String, serde_json::Value>,
+    pub history: History,
+}

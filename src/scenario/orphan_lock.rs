@@ -1,0 +1,571 @@
+//! orphan-lock: a booking holder locks the flight's inventory row, goes off to "call the
+//! payment provider", and never comes back (frozen, killed, or its task aborted). Meanwhile
+//! booking clients queue on the row. The checker decides from a probe session and from
+//! pg_stat_activity how long the row stayed locked and what the clients got.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::time::Instant;
+use tokio_postgres::{Client, NoTls};
+
+use super::{Kind, VariantCtx, VariantRun};
+use crate::check::orphan_lock::{METRICS, Observations, Probe, evaluate};
+use crate::env::postgres::PgTarget;
+use crate::env::process::spawn_tied;
+use crate::fault::{Fault, Victim};
+use crate::history::Clock;
+use crate::observe::Observer;
+use crate::workload::{self, OpError, Plan};
+
+pub const KIND: Kind = Kind {
+    name: "orphan-lock",
+    params: &[
+        "clients",
+        "fault",
+        "payment",
+        "seats",
+        "payment_call",
+        "booker_payment",
+        "retry_after",
+        "idle_timeout",
+        "lock_timeout",
+        "statement_timeout",
+        "deadline",
+    ],
+    metrics: METRICS,
+    run: run_boxed,
+};
+
+const FLIGHT: &str = "LL-101";
+const FARE: &str = "Y";
+
+/// Sessions that watch rather than book: no timeouts of the user's server may cut them short.
+const UNLIMITED: &[(&str, &str)] = &[
+    ("lock_timeout", "0"),
+    ("statement_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+];
+
+fn unlimited() -> Vec<(String, String)> {
+    UNLIMITED
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn run_boxed<'a>(ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {
+    Box::pin(run(ctx))
+}
+
+/// The booking code every client runs, the holder included.
+struct Booking {
+    inventory: String,
+    bookings: String,
+}
+
+impl Booking {
+    fn new(target: &PgTarget) -> Booking {
+        Booking {
+            inventory: target.table("flight_inventory"),
+            bookings: target.table("bookings"),
+        }
+    }
+
+    /// Takes a seat inside the caller's transaction, locking the row. Returns the server's
+    /// clock at that moment, or `None` when sold out.
+    async fn take_seat(&self, c: &Client) -> Result<Option<f64>, tokio_postgres::Error> {
+        let rows = c
+            .query(
+                &format!(
+                    "UPDATE {} SET seats_available = seats_available - 1 \
+                     WHERE flight_id = $1 AND fare_class = $2 AND seats_available > 0 \
+                     RETURNING extract(epoch FROM clock_timestamp())::float8",
+                    self.inventory
+                ),
+                &[&FLIGHT, &FARE],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn record(&self, c: &Client, passenger: &str) -> Result<(), tokio_postgres::Error> {
+        c.execute(
+            &format!(
+                "INSERT INTO {} (flight_id, fare_class, passenger) VALUES ($1, $2, $3)",
+                self.bookings
+            ),
+            &[&FLIGHT, &FARE, &passenger],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The code fix: payment already done, the booking is one short statement, so no session
+    /// ever sits idle holding the row.
+    async fn book_at_once(
+        &self,
+        c: &Client,
+        passenger: &str,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let n = c
+            .execute(
+                &format!(
+                    "WITH seat AS (UPDATE {} SET seats_available = seats_available - 1 \
+                       WHERE flight_id = $1 AND fare_class = $2 AND seats_available > 0 RETURNING 1) \
+                     INSERT INTO {} (flight_id, fare_class, passenger) SELECT $1, $2, $3 FROM seat",
+                    self.inventory, self.bookings
+                ),
+                &[&FLIGHT, &FARE, &passenger],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+async fn server_epoch(c: &Client) -> Result<f64, tokio_postgres::Error> {
+    Ok(
+        c.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+            .await?
+            .get(0),
+    )
+}
+
+/// The holder's booking: lock, report, pay (this is where the fault hits), record, commit.
+/// `inside` puts the payment call inside the transaction, as the write-up's code does.
+async fn hold(
+    c: &Client,
+    booking: &Booking,
+    inside: bool,
+    payment_call: Duration,
+    report: impl FnOnce(f64),
+) -> anyhow::Result<()> {
+    if inside {
+        c.batch_execute("BEGIN").await?;
+        let at = booking.take_seat(c).await?.context("sold out")?;
+        report(at);
+        tokio::time::sleep(payment_call).await;
+        booking.record(c, "holder").await?;
+        c.batch_execute("COMMIT").await?;
+    } else {
+        report(server_epoch(c).await?);
+        tokio::time::sleep(payment_call).await;
+        booking.book_at_once(c, "holder").await?;
+    }
+    Ok(())
+}
+
+/// `locklab __hold`: the holder as its own process, so it can be frozen or killed for real.
+/// Connection details come in the environment, never on the command line.
+pub async fn holder_main(inside: bool, payment_call: Duration) -> anyhow::Result<()> {
+    let var = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
+    let target = PgTarget::for_worker(var("LOCKLAB_WORKER_CONN")?, var("LOCKLAB_WORKER_SCHEMA")?);
+    let settings: Vec<(String, String)> = var("LOCKLAB_WORKER_SETTINGS")?
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let c = target
+        .connect(&var("LOCKLAB_WORKER_APP")?, &settings)
+        .await?;
+    hold(&c, &Booking::new(&target), inside, payment_call, |at| {
+        use std::io::Write;
+        println!("paying {at}");
+        let _ = std::io::stdout().flush();
+    })
+    .await
+}
+
+struct Booker {
+    client: Client,
+    booking: Arc<Booking>,
+    inside: bool,
+    payment: Duration,
+    passenger: String,
+}
+
+impl Booker {
+    async fn book(&mut self) -> Result<(), OpError> {
+        if !self.inside {
+            tokio::time::sleep(self.payment).await;
+            return match self
+                .booking
+                .book_at_once(&self.client, &self.passenger)
+                .await?
+            {
+                true => Ok(()),
+                false => Err(OpError::new("sold-out")),
+            };
+        }
+        self.client.batch_execute("BEGIN").await?;
+        let result = async {
+            if self.booking.take_seat(&self.client).await?.is_none() {
+                return Err(OpError::new("sold-out"));
+            }
+            tokio::time::sleep(self.payment).await;
+            self.booking.record(&self.client, &self.passenger).await?;
+            self.client.batch_execute("COMMIT").await?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        result
+    }
+}
+
+impl workload::Client for Booker {
+    fn kind(&self) -> &'static str {
+        "book"
+    }
+    fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(self.book())
+    }
+    fn cancel_token(&self) -> Option<tokio_postgres::CancelToken> {
+        Some(self.client.cancel_token())
+    }
+}
+
+/// Starts the holder and waits until it is inside its payment call. Returns the victim for the
+/// fault and the server clock when the call began.
+async fn start_holder(
+    ctx: &VariantCtx<'_>,
+    fault: Fault,
+    inside: bool,
+    payment_call: Duration,
+) -> anyhow::Result<(Victim, f64, Option<deadpool_postgres::Pool>)> {
+    let env = ctx.env;
+    let app = ctx.app("w/holder");
+    let settings = &ctx.variant.settings;
+    if fault == Fault::Leak {
+        // One application pool of one connection, as in a service with a small pool.
+        let cfg = env.pg.config(&app, settings)?;
+        let mgr = deadpool_postgres::Manager::from_config(
+            cfg,
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(mgr)
+            .max_size(1)
+            .build()
+            .context("could not build the holder's pool")?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (task_pool, target) = (pool.clone(), env.pg.clone());
+        let task = tokio::spawn(async move {
+            let Ok(conn) = task_pool.get().await else {
+                return;
+            };
+            let booking = Booking::new(&target);
+            let _ = hold(&conn, &booking, inside, payment_call, |at| {
+                let _ = tx.send(at);
+            })
+            .await;
+        });
+        let at = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .context("the holder task did not start its payment call within 10 s")?
+            .context("the holder task failed before its payment call")?;
+        return Ok((Victim::Task(task), at, Some(pool)));
+    }
+
+    let mut cmd = tokio::process::Command::new(&env.exe);
+    cmd.arg("__hold")
+        .arg(if inside {
+            "--payment-inside"
+        } else {
+            "--payment-outside"
+        })
+        .arg("--payment-call-ms")
+        .arg(payment_call.as_millis().to_string())
+        .env("LOCKLAB_WORKER_CONN", env.pg.conn_string())
+        .env("LOCKLAB_WORKER_SCHEMA", &env.pg.schema)
+        .env("LOCKLAB_WORKER_APP", &app)
+        .env(
+            "LOCKLAB_WORKER_SETTINGS",
+            settings
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = spawn_tied(cmd, libc::SIGKILL)
+        .await
+        .context("could not start the holder process")?;
+    let stdout = child.stdout.take().context("holder has no stdout")?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stdout).lines().next_line(),
+    )
+    .await;
+    let at = match line {
+        Ok(Ok(Some(l))) => l
+            .strip_prefix("paying ")
+            .and_then(|t| t.trim().parse::<f64>().ok()),
+        _ => None,
+    };
+    match at {
+        Some(at) => Ok((Victim::Process(child), at, None)),
+        None => {
+            let _ = child.start_kill();
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err)).await;
+            }
+            let _ = child.wait().await;
+            bail!(
+                "the holder process did not reach its payment call: {}",
+                err.trim()
+            )
+        }
+    }
+}
+
+/// Tries to lock the row: first without waiting (was it free at all?), then waiting until it
+/// is free, the deadline passes, or the run is cancelled.
+async fn probe(
+    target: &PgTarget,
+    app: &str,
+    booking: &Booking,
+    deadline: Instant,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Probe> {
+    let c = target.connect(app, &unlimited()).await?;
+    let lock = format!(
+        "SELECT 1 FROM {} WHERE flight_id = $1 AND fare_class = $2 FOR UPDATE",
+        booking.inventory
+    );
+    c.batch_execute("BEGIN").await?;
+    match c.query(&format!("{lock} NOWAIT"), &[&FLIGHT, &FARE]).await {
+        Ok(_) => {
+            let at = server_epoch(&c).await?;
+            c.batch_execute("ROLLBACK").await?;
+            return Ok(Probe {
+                free_at_first_look: true,
+                free_at_epoch: Some(at),
+            });
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            c.batch_execute("ROLLBACK").await?;
+        }
+        Err(e) => return Err(e).context("the probe could not look at the row"),
+    }
+    c.batch_execute("BEGIN").await?;
+    let waited = tokio::select! {
+        r = c.query(&lock, &[&FLIGHT, &FARE]) => Some(r),
+        _ = tokio::time::sleep_until(deadline) => None,
+        _ = cancel.cancelled() => None,
+    };
+    match waited {
+        Some(r) => {
+            r.context("the probe's wait for the row failed")?;
+            let at = server_epoch(&c).await?;
+            c.batch_execute("ROLLBACK").await?;
+            Ok(Probe {
+                free_at_first_look: false,
+                free_at_epoch: Some(at),
+            })
+        }
+        None => {
+            let _ = c.cancel_token().cancel_query(NoTls).await;
+            Ok(Probe {
+                free_at_first_look: false,
+                free_at_epoch: None,
+            })
+        }
+    }
+}
+
+async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
+    let p = &ctx.variant.params;
+    let env = ctx.env;
+    let clients = p.count("clients")?;
+    let fault: Fault = p.text("fault")?.parse()?;
+    let inside = match p.text("payment")? {
+        "inside" => true,
+        "outside" => false,
+        other => bail!("payment must be inside or outside, not `{other}`"),
+    };
+    let payment_call = p.duration("payment_call")?;
+    let deadline_after = p.duration("deadline")?;
+    let booking = Arc::new(Booking::new(&env.pg));
+
+    let admin = env.pg.connect(&ctx.app("admin"), &unlimited()).await?;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {inv}, {book}; \
+             CREATE TABLE {inv} (flight_id text, fare_class text, seats_available int NOT NULL, \
+                                 PRIMARY KEY (flight_id, fare_class)); \
+             CREATE TABLE {book} (id bigserial PRIMARY KEY, flight_id text, fare_class text, \
+                                  passenger text, booked_at timestamptz DEFAULT clock_timestamp()); \
+             INSERT INTO {inv} VALUES ('{FLIGHT}', '{FARE}', {seats});",
+            inv = booking.inventory,
+            book = booking.bookings,
+            seats = p.count("seats")?,
+        ))
+        .await
+        .context("could not create the scenario's tables")?;
+
+    let clock = Clock::start();
+    let observer = Observer::start(
+        &env.pg,
+        &ctx.app("observer"),
+        clock,
+        ctx.app("w/"),
+        ctx.app("w/holder"),
+    )
+    .await?;
+
+    // Everything after this point must reach the teardown below, whatever fails.
+    let outcome = async {
+        let (mut victim, paying_at, pool) = start_holder(ctx, fault, inside, payment_call).await?;
+        let result = async {
+            let reported = Instant::now();
+            victim.inject(fault)?;
+            let deadline = Instant::now() + deadline_after;
+
+            let next_user_in_leaked_tx = match &pool {
+                Some(pool) => Some(next_user_in_leaked_tx(pool).await?),
+                None => None,
+            };
+
+            let probe_app = ctx.app("probe");
+            let probe_task = {
+                let (target, booking, cancel, app) = (
+                    env.pg.clone(),
+                    booking.clone(),
+                    ctx.cancel.clone(),
+                    probe_app.clone(),
+                );
+                tokio::spawn(async move { probe(&target, &app, &booking, deadline, &cancel).await })
+            };
+            // The probe queues on the row before any booker does, so it is first in line.
+            wait_until_probe_queued(&admin, &probe_app, &probe_task).await;
+
+            let mut bookers: Vec<Box<dyn workload::Client>> = Vec::with_capacity(clients);
+            let apps: Vec<String> = (0..clients)
+                .map(|i| ctx.app(&format!("w/booker-{i}")))
+                .collect();
+            let connects = apps
+                .iter()
+                .map(|app| env.pg.connect(app, &ctx.variant.settings));
+            for (i, c) in futures::future::join_all(connects)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                bookers.push(Box::new(Booker {
+                    client: c?,
+                    booking: booking.clone(),
+                    inside,
+                    payment: p.duration("booker_payment")?,
+                    passenger: format!("passenger-{i}"),
+                }));
+            }
+            let booked = Arc::new(AtomicUsize::new(0));
+            let ticker = progress_ticker(ctx, booked.clone(), clients);
+            let plan = Plan {
+                retry_after: p.duration("retry_after")?,
+                stop_after_ok: true,
+            };
+            let driven = workload::drive(bookers, plan, clock, deadline, &ctx.cancel, booked).await;
+            ticker.abort();
+            let probe = probe_task.await.context("the probe task failed")??;
+            let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;
+            anyhow::Ok((driven, probe, waited_ms, next_user_in_leaked_tx, paying_at))
+        }
+        .await;
+        victim.end().await;
+        drop(pool);
+        result
+    }
+    .await;
+
+    // Whatever the fault left behind (a frozen holder's session, a cancelled waiter) ends here,
+    // so the next variant starts clean.
+    for role in ["w/", "probe"] {
+        ctx.terminate_sessions(role).await?;
+    }
+    let samples = observer.finish().await;
+    let (driven, probe, waited_ms, next_user_in_leaked_tx, paying_at) = outcome?;
+    let committed: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {}", booking.bookings), &[])
+        .await
+        .context("could not count the committed bookings")?
+        .get(0);
+    Ok(evaluate(&Observations {
+        cut_off: driven.cut_off || probe.free_at_epoch.is_none(),
+        history: driven.history,
+        holder_paying_epoch: paying_at,
+        probe,
+        waited_ms,
+        samples,
+        bookings_committed: committed,
+        next_user_in_leaked_tx,
+    }))
+}
+
+/// Leak fault: the next user of the holder's pool checks whether it was handed a connection
+/// still inside the aborted task's transaction (transaction start earlier than statement start).
+async fn next_user_in_leaked_tx(pool: &deadpool_postgres::Pool) -> anyhow::Result<bool> {
+    let conn = tokio::time::timeout(Duration::from_secs(5), pool.get())
+        .await
+        .context("the holder's pool gave no connection within 5 s")?
+        .context("the holder's pool gave no connection")?;
+    let row = conn
+        .query_one(
+            "SELECT transaction_timestamp() < statement_timestamp()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+async fn wait_until_probe_queued(
+    admin: &Client,
+    probe_app: &str,
+    probe: &tokio::task::JoinHandle<anyhow::Result<Probe>>,
+) {
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && !probe.is_finished() {
+        let queued = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&probe_app],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) > 0)
+            .unwrap_or(false);
+        if queued {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn progress_ticker(
+    ctx: &VariantCtx<'_>,
+    booked: Arc<AtomicUsize>,
+    clients: usize,
+) -> tokio::task::JoinHandle<()> {
+    let bar = ctx.progress.clone();
+    tokio::spawn(async move {
+        loop {
+            bar.set_message(format!(
+                "{} of {clients} booked",
+                booked.load(Ordering::Relaxed)
+            ));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}

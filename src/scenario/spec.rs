@@ -1,0 +1,634 @@
+//! Scenario files: the scenario as data (parameters, variants, settings, expectations).
+//! Parsing and validation are pure; every mistake in a file is reported as `file:line:col`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::check::expect::{Expectation, Val};
+use crate::error::UsageError;
+use crate::scenario::Kind;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    name: Spanned<String>,
+    /// Which built-in code drives the scenario; defaults to `name`, so an edited copy can be
+    /// renamed and still run the same workload.
+    kind: Option<Spanned<String>>,
+    summary: String,
+    explain: String,
+    harm: HarmSpec,
+    #[serde(default)]
+    params: BTreeMap<String, Spanned<toml::Value>>,
+    variants: Vec<VariantSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HarmSpec {
+    metric: Spanned<String>,
+    label: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VariantSpec {
+    name: String,
+    #[serde(default)]
+    mitigated: bool,
+    shows: String,
+    #[serde(default)]
+    settings: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    params: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    expect: Vec<Spanned<String>>,
+    #[serde(default)]
+    expect_when: Vec<ExpectWhenSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectWhenSpec {
+    param: Spanned<String>,
+    equals: toml::Value,
+    expect: Vec<Spanned<String>>,
+}
+
+/// A parameter value as written in a file. Durations are written as at the write-up's real
+/// speed and scaled by the run's time scale when resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Duration(Duration),
+    Text(String),
+}
+
+impl Param {
+    fn from_toml(v: &toml::Value) -> Result<Param, String> {
+        Ok(match v {
+            toml::Value::Integer(i) => Param::Int(*i),
+            toml::Value::Float(f) => Param::Float(*f),
+            toml::Value::Boolean(b) => Param::Bool(*b),
+            toml::Value::String(s) => parse_text_param(s),
+            other => {
+                return Err(format!(
+                    "a parameter is a number, true/false, a duration (\"500ms\") or text, not {}",
+                    other.type_str()
+                ));
+            }
+        })
+    }
+
+    fn scaled(&self, time_scale: f64) -> Param {
+        match self {
+            Param::Duration(d) => Param::Duration(d.mul_f64(time_scale)),
+            other => other.clone(),
+        }
+    }
+
+    /// The value an expectation sees: durations in milliseconds.
+    pub fn as_val(&self) -> Option<Val> {
+        match self {
+            Param::Int(i) => Some(Val::Num(*i as f64)),
+            Param::Float(f) => Some(Val::Num(*f)),
+            Param::Bool(b) => Some(Val::Bool(*b)),
+            Param::Duration(d) => Some(Val::Num(d.as_secs_f64() * 1000.0)),
+            Param::Text(_) => None,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Param::Int(i) => serde_json::json!(i),
+            Param::Float(f) => serde_json::json!(f),
+            Param::Bool(b) => serde_json::json!(b),
+            Param::Duration(d) => serde_json::json!(format_duration(*d)),
+            Param::Text(s) => serde_json::json!(s),
+        }
+    }
+}
+
+impl fmt::Display for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Param::Int(i) => write!(f, "{i}"),
+            Param::Float(x) => write!(f, "{x}"),
+            Param::Bool(b) => write!(f, "{b}"),
+            Param::Duration(d) => write!(f, "{}", format_duration(*d)),
+            Param::Text(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// `1.5s`, `250ms`: short and exact enough for tables and settings.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms >= 1000.0 {
+        let s = ms / 1000.0;
+        if s.fract() == 0.0 {
+            format!("{s:.0}s")
+        } else {
+            format!("{s:.2}s")
+        }
+    } else if ms.fract() == 0.0 || ms >= 10.0 {
+        format!("{ms:.0}ms")
+    } else {
+        format!("{ms:.1}ms")
+    }
+}
+
+fn parse_text_param(s: &str) -> Param {
+    let starts_with_digit = s.chars().next().is_some_and(|c| c.is_ascii_digit());
+    match humantime::parse_duration(s) {
+        Ok(d) if starts_with_digit => Param::Duration(d),
+        _ => Param::Text(s.to_string()),
+    }
+}
+
+/// Parses a `--param name=value` override: numbers, booleans and durations as in a file.
+pub fn parse_override(s: &str) -> Result<(String, Param), UsageError> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| UsageError(format!("--param takes name=value, got `{s}`")))?;
+    let v = v.trim();
+    let p = if let Ok(i) = v.parse::<i64>() {
+        Param::Int(i)
+    } else if let Ok(f) = v.parse::<f64>() {
+        Param::Float(f)
+    } else if let Ok(b) = v.parse::<bool>() {
+        Param::Bool(b)
+    } else {
+        parse_text_param(v)
+    };
+    Ok((k.trim().to_string(), p))
+}
+
+/// Parameters of one variant, durations already scaled.
+#[derive(Debug, Clone)]
+pub struct Params {
+    values: BTreeMap<String, Param>,
+    pub time_scale: f64,
+}
+
+impl Params {
+    pub fn get(&self, name: &str) -> anyhow::Result<&Param> {
+        self.values
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("the scenario needs a parameter `{name}`"))
+    }
+
+    pub fn duration(&self, name: &str) -> anyhow::Result<Duration> {
+        match self.get(name)? {
+            Param::Duration(d) => Ok(*d),
+            other => {
+                anyhow::bail!("parameter `{name}` must be a duration like \"2s\", not {other}")
+            }
+        }
+    }
+
+    pub fn count(&self, name: &str) -> anyhow::Result<usize> {
+        match self.get(name)? {
+            Param::Int(i) if *i >= 0 => Ok(*i as usize),
+            other => anyhow::bail!("parameter `{name}` must be a whole number, not {other}"),
+        }
+    }
+
+    pub fn text(&self, name: &str) -> anyhow::Result<&str> {
+        match self.get(name)? {
+            Param::Text(s) => Ok(s),
+            other => anyhow::bail!("parameter `{name}` must be text, not {other}"),
+        }
+    }
+
+    pub fn vals(&self) -> BTreeMap<String, Val> {
+        self.values
+            .iter()
+            .filter_map(|(k, v)| v.as_val().map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    pub fn to_json(&self) -> BTreeMap<String, serde_json::Value> {
+        self.values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json()))
+            .collect()
+    }
+
+    /// Renders a variant's setting: a parameter name takes that parameter's value, a duration
+    /// literal is scaled, anything else is passed to the server as written.
+    fn render_setting(&self, raw: &str, time_scale: f64) -> String {
+        let p = match self.values.get(raw) {
+            Some(p) => p.clone(),
+            None => parse_text_param(raw).scaled(time_scale),
+        };
+        match p {
+            // PostgreSQL takes whole milliseconds; never round a timeout down to 0 (= off).
+            Param::Duration(d) => format!("{}ms", d.as_millis().max(1)),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub name: String,
+    pub mitigated: bool,
+    pub shows: String,
+    settings: Vec<(String, String)>,
+    params: BTreeMap<String, Param>,
+    expect: Vec<Expectation>,
+    expect_when: Vec<(String, Param, Vec<Expectation>)>,
+}
+
+/// A variant ready to run: its parameters scaled, its settings rendered, its expectations chosen.
+#[derive(Debug, Clone)]
+pub struct ResolvedVariant {
+    pub name: String,
+    pub mitigated: bool,
+    pub shows: String,
+    pub params: Params,
+    /// Session settings applied to the workload's connections (never to the server).
+    pub settings: Vec<(String, String)>,
+    pub expect: Vec<Expectation>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub kind: &'static Kind,
+    pub summary: String,
+    pub explain: String,
+    pub harm_metric: String,
+    pub harm_label: String,
+    pub params: BTreeMap<String, Param>,
+    pub variants: Vec<Variant>,
+    /// Where it came from: `built-in` or a path.
+    pub source: String,
+}
+
+impl Scenario {
+    /// Parses and validates a scenario file. `origin` names the file in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
+        let at = |span: Range<usize>, msg: &str| {
+            let (line, col) = line_col(text, span.start);
+            UsageError(format!("{origin}:{line}:{col}: {msg}"))
+        };
+        let spec: FileSpec = toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim().to_string();
+            match e.span() {
+                Some(span) => at(span, &msg),
+                None => UsageError(format!("{origin}: {msg}")),
+            }
+        })?;
+
+        let kind_name = spec.kind.as_ref().unwrap_or(&spec.name);
+        let kind = crate::scenario::kind(kind_name.get_ref()).ok_or_else(|| {
+            at(
+                kind_name.span(),
+                &format!(
+                    "no built-in scenario code named `{}` (set `kind` to one of: {})",
+                    kind_name.get_ref(),
+                    crate::scenario::KINDS
+                        .iter()
+                        .map(|k| k.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+
+        let parse_params = |raw: &BTreeMap<String, Spanned<toml::Value>>| {
+            let mut out = BTreeMap::new();
+            for (k, v) in raw {
+                if !kind.params.contains(&k.as_str()) {
+                    return Err(at(
+                        v.span(),
+                        &format!(
+                            "`{k}` is not a parameter of {} (it takes: {})",
+                            kind.name,
+                            kind.params.join(", ")
+                        ),
+                    ));
+                }
+                let p = Param::from_toml(v.get_ref()).map_err(|m| at(v.span(), &m))?;
+                out.insert(k.clone(), p);
+            }
+            Ok(out)
+        };
+        let params = parse_params(&spec.params)?;
+        for p in kind.params {
+            if !params.contains_key(*p) {
+                return Err(UsageError(format!(
+                    "{origin}: [params] must set `{p}` (the {} scenario reads it)",
+                    kind.name
+                )));
+            }
+        }
+
+        let known = |name: &str| kind.params.contains(&name) || kind.metrics.contains(&name);
+        let parse_expect = |list: &[Spanned<String>]| {
+            list.iter()
+                .map(|s| {
+                    let e = Expectation::parse(s.get_ref()).map_err(|m| at(s.span(), &m))?;
+                    if let Some(bad) = e.idents().into_iter().find(|i| !known(i)) {
+                        return Err(at(
+                            s.span(),
+                            &format!(
+                                "`{bad}` is neither a parameter nor a metric of {} (metrics: {})",
+                                kind.name,
+                                kind.metrics.join(", ")
+                            ),
+                        ));
+                    }
+                    Ok(e)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+
+        if !kind.metrics.contains(&spec.harm.metric.get_ref().as_str()) {
+            return Err(at(
+                spec.harm.metric.span(),
+                &format!(
+                    "`{}` is not a metric of {}",
+                    spec.harm.metric.get_ref(),
+                    kind.name
+                ),
+            ));
+        }
+        if spec.variants.is_empty() {
+            return Err(UsageError(format!(
+                "{origin}: a scenario needs at least one [[variants]]"
+            )));
+        }
+
+        let mut variants = Vec::new();
+        for v in &spec.variants {
+            if variants.iter().any(|x: &Variant| x.name == v.name) {
+                return Err(UsageError(format!(
+                    "{origin}: two variants are named `{}`",
+                    v.name
+                )));
+            }
+            let mut expect_when = Vec::new();
+            for w in &v.expect_when {
+                if !kind.params.contains(&w.param.get_ref().as_str()) {
+                    return Err(at(w.param.span(), "expect_when names an unknown parameter"));
+                }
+                let equals = Param::from_toml(&w.equals).map_err(|m| at(w.param.span(), &m))?;
+                expect_when.push((w.param.get_ref().clone(), equals, parse_expect(&w.expect)?));
+            }
+            variants.push(Variant {
+                name: v.name.clone(),
+                mitigated: v.mitigated,
+                shows: v.shows.trim().to_string(),
+                settings: v
+                    .settings
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.get_ref().clone()))
+                    .collect(),
+                params: parse_params(&v.params)?,
+                expect: parse_expect(&v.expect)?,
+                expect_when,
+            });
+        }
+
+        Ok(Scenario {
+            name: spec.name.get_ref().clone(),
+            kind,
+            summary: spec.summary.trim().to_string(),
+            explain: spec.explain.trim().to_string(),
+            harm_metric: spec.harm.metric.get_ref().clone(),
+            harm_label: spec.harm.label,
+            params,
+            variants,
+            source: origin.to_string(),
+        })
+    }
+
+    /// Applies `--param` overrides; unknown names are a usage error.
+    pub fn override_params(&mut self, overrides: &[(String, Param)]) -> Result<(), UsageError> {
+        for (k, v) in overrides {
+            if !self.kind.params.contains(&k.as_str()) {
+                return Err(UsageError(format!(
+                    "`{k}` is not a parameter of {} (it takes: {})",
+                    self.name,
+                    self.kind.params.join(", ")
+                )));
+            }
+            self.params.insert(k.clone(), v.clone());
+            // A command-line override wins over a variant's own value too.
+            for var in &mut self.variants {
+                var.params.remove(k);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn resolve(&self, variant: &Variant, time_scale: f64) -> ResolvedVariant {
+        let mut values: BTreeMap<String, Param> = self.params.clone();
+        values.extend(variant.params.clone());
+        let values = values
+            .into_iter()
+            .map(|(k, v)| (k, v.scaled(time_scale)))
+            .collect();
+        let params = Params { values, time_scale };
+        let settings = variant
+            .settings
+            .iter()
+            .map(|(k, raw)| (k.clone(), params.render_setting(raw, time_scale)))
+            .collect();
+        let expect = variant
+            .expect_when
+            .iter()
+            .find(|(p, equals, _)| params.values.get(p) == Some(equals))
+            .map(|(_, _, e)| e.clone())
+            .unwrap_or_else(|| variant.expect.clone());
+        ResolvedVariant {
+            name: variant.name.clone(),
+            mitigated: variant.mitigated,
+            shows: variant.shows.clone(),
+            params,
+            settings,
+            expect,
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The closest of `candidates` to `name`, if it is close enough to be a likely typo.
+pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, c)| *d <= (c.len() / 2).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "orphan-lock"
+summary = "s"
+explain = "e"
+harm = { metric = "lock_held_ms", label = "row locked" }
+
+[params]
+clients = 20
+fault = "freeze"
+seats = 100
+payment_call = "25s"
+booker_payment = "100ms"
+retry_after = "1s"
+idle_timeout = "10s"
+lock_timeout = "500ms"
+statement_timeout = "5s"
+deadline = "30s"
+
+[[variants]]
+name = "mitigated"
+mitigated = true
+shows = "it works"
+settings = { idle_in_transaction_session_timeout = "idle_timeout", lock_timeout = "250ms" }
+expect = ["lock_held_ms <= idle_timeout * 1.5"]
+
+[[variants.expect_when]]
+param = "fault"
+equals = "kill"
+expect = ["lock_held_ms < 100"]
+"#;
+
+    #[test]
+    fn durations_and_settings_are_scaled() {
+        let s = Scenario::parse(MINIMAL, "t.toml").unwrap();
+        let v = s.resolve(&s.variants[0], 0.1);
+        assert_eq!(
+            v.params.duration("idle_timeout").unwrap(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            v.settings,
+            vec![
+                (
+                    "idle_in_transaction_session_timeout".into(),
+                    "1000ms".into()
+                ),
+                ("lock_timeout".into(), "25ms".into()),
+            ]
+        );
+        assert_eq!(v.expect[0].text, "lock_held_ms <= idle_timeout * 1.5");
+    }
+
+    #[test]
+    fn expect_when_replaces_expectations_for_that_parameter_value() {
+        let mut s = Scenario::parse(MINIMAL, "t.toml").unwrap();
+        s.override_params(&[parse_override("fault=kill").unwrap()])
+            .unwrap();
+        let v = s.resolve(&s.variants[0], 1.0);
+        assert_eq!(v.expect.len(), 1);
+        assert_eq!(v.expect[0].text, "lock_held_ms < 100");
+    }
+
+    #[test]
+    fn syntax_error_reports_file_line_and_column() {
+        let bad = MINIMAL.replace("clients = 20", "clients = = 20");
+        let e = Scenario::parse(&bad, "my.toml").unwrap_err().0;
+        assert!(e.starts_with("my.toml:8:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_metric_in_expectation_points_at_it() {
+        let bad = MINIMAL.replace("lock_held_ms <= idle", "lock_hold_ms <= idle");
+        let e = Scenario::parse(&bad, "my.toml").unwrap_err().0;
+        assert!(e.starts_with("my.toml:24:"), "{e}");
+        assert!(e.contains("lock_hold_ms"), "{e}");
+    }
+
+    #[test]
+    fn unknown_parameter_and_field_are_rejected() {
+        let bad = MINIMAL.replace("seats = 100", "seats = 100\nsaets = 3");
+        assert!(Scenario::parse(&bad, "f").unwrap_err().0.contains("saets"));
+        let bad = MINIMAL.replace("mitigated = true", "mitigated = true\nmitigate = 1");
+        assert!(
+            Scenario::parse(&bad, "f")
+                .unwrap_err()
+                .0
+                .contains("mitigate")
+        );
+        let mut s = Scenario::parse(MINIMAL, "f").unwrap();
+        assert!(
+            s.override_params(&[parse_override("nope=1").unwrap()])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn missing_parameter_is_named() {
+        let bad = MINIMAL.replace("deadline = \"30s\"", "");
+        assert!(
+            Scenario::parse(&bad, "f")
+                .unwrap_err()
+                .0
+                .contains("`deadline`")
+        );
+    }
+
+    #[test]
+    fn overrides_parse_like_file_values() {
+        assert_eq!(parse_override("clients=5").unwrap().1, Param::Int(5));
+        assert_eq!(
+            parse_override("deadline=2s").unwrap().1,
+            Param::Duration(Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_override("fault=kill").unwrap().1,
+            Param::Text("kill".into())
+        );
+        assert!(parse_override("novalue").is_err());
+    }
+
+    #[test]
+    fn nearest_name_suggests_typos_only() {
+        let names = ["orphan-lock", "pool-deadlock", "setnx-race"];
+        assert_eq!(nearest("orphan-lok", names), Some("orphan-lock"));
+        assert_eq!(nearest("setnx", names), Some("setnx-race"));
+        assert_eq!(nearest("completely-different", names), None);
+    }
+
+    #[test]
+    fn durations_format_compactly() {
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.50s");
+        assert_eq!(format_duration(Duration::from_secs(3)), "3s");
+        assert_eq!(format_duration(Duration::from_millis(25)), "25ms");
+    }
+}

@@ -1,0 +1,166 @@
+//! The concurrent client driver: one loop for every scenario, parameterised by what a client
+//! does. Clients only record; the history is assembled when they are done.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+use tokio_postgres::{CancelToken, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::history::{Clock, History, Op, Outcome};
+
+/// Why an operation failed: the SQLSTATE where the server gave one, else a short word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    pub class: String,
+}
+
+impl OpError {
+    pub fn new(class: &str) -> OpError {
+        OpError {
+            class: class.to_string(),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for OpError {
+    fn from(e: tokio_postgres::Error) -> OpError {
+        let class = match e.code() {
+            Some(code) => code.code().to_string(),
+            None if e.is_closed() => "connection-closed".to_string(),
+            None => "client".to_string(),
+        };
+        OpError { class }
+    }
+}
+
+/// One simulated client.
+pub trait Client: Send + 'static {
+    /// What an operation is called in the history, e.g. `book`.
+    fn kind(&self) -> &'static str;
+    /// One operation, start to finish.
+    fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>>;
+    /// Cancels the statement in flight on the server: dropping the future would not.
+    fn cancel_token(&self) -> Option<CancelToken>;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Pause after a failed attempt before the next one (jittered ±50%).
+    pub retry_after: Duration,
+    /// A client stops after its first successful operation.
+    pub stop_after_ok: bool,
+}
+
+pub struct Driven {
+    pub history: History,
+    /// Some client was still at work when the deadline (or Ctrl-C) came.
+    pub cut_off: bool,
+}
+
+/// Runs every client until it is done, the deadline passes, or `cancel` fires.
+/// An operation in flight at that moment is recorded as unknown and cancelled on the server.
+pub async fn drive(
+    clients: Vec<Box<dyn Client>>,
+    plan: Plan,
+    clock: Clock,
+    deadline: Instant,
+    cancel: &CancellationToken,
+    ok_count: Arc<AtomicUsize>,
+) -> Driven {
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(id, client)| {
+            let cancel = cancel.clone();
+            let ok_count = ok_count.clone();
+            tokio::spawn(run_client(
+                id, client, plan, clock, deadline, cancel, ok_count,
+            ))
+        })
+        .collect();
+    let mut history = History::default();
+    let mut cut_off = false;
+    for t in tasks {
+        if let Ok((ops, was_cut)) = t.await {
+            history.ops.extend(ops);
+            cut_off |= was_cut;
+        }
+    }
+    history
+        .ops
+        .sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+    Driven { history, cut_off }
+}
+
+async fn run_client(
+    id: usize,
+    mut client: Box<dyn Client>,
+    plan: Plan,
+    clock: Clock,
+    deadline: Instant,
+    cancel: CancellationToken,
+    ok_count: Arc<AtomicUsize>,
+) -> (Vec<Op>, bool) {
+    let mut ops = Vec::new();
+    let kind = client.kind();
+    loop {
+        if Instant::now() >= deadline || cancel.is_cancelled() {
+            return (ops, true);
+        }
+        let start_ms = clock.now_ms();
+        let token = client.cancel_token();
+        let result = tokio::select! {
+            r = client.attempt() => Some(r),
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = cancel.cancelled() => None,
+        };
+        let Some(result) = result else {
+            ops.push(Op {
+                client: id,
+                kind,
+                start_ms,
+                end_ms: None,
+                outcome: Outcome::Unknown,
+            });
+            if let Some(t) = token {
+                let _ = t.cancel_query(NoTls).await;
+            }
+            return (ops, true);
+        };
+        let end_ms = Some(clock.now_ms());
+        match result {
+            Ok(()) => {
+                ops.push(Op {
+                    client: id,
+                    kind,
+                    start_ms,
+                    end_ms,
+                    outcome: Outcome::Ok,
+                });
+                ok_count.fetch_add(1, Ordering::Relaxed);
+                if plan.stop_after_ok {
+                    return (ops, false);
+                }
+            }
+            Err(e) => {
+                ops.push(Op {
+                    client: id,
+                    kind,
+                    start_ms,
+                    end_ms,
+                    outcome: Outcome::Error { class: e.class },
+                });
+                let pause = plan.retry_after.mul_f64(rand::random_range(0.5..1.5));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            }
+        }
+    }
+}
