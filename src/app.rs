@@ -189,6 +189,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             pg_url: args.pg_url,
             pg_server_settings: Vec::new(),
             exe: exe()?,
+            servers_only: false,
         },
         out_dir: (!args.no_results).then_some(args.out),
         progress: !args.no_progress
@@ -245,6 +246,7 @@ async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {
         pg_url: None,
         pg_server_settings: settings,
         exe: exe()?,
+        servers_only: true,
     })
     .await?;
     let url = env.pg_url().unwrap_or_default();

@@ -67,6 +67,13 @@ fn check_variant_filter(opts: &RunOptions) -> Result<(), UsageError> {
 
 pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<Finished> {
     check_variant_filter(&opts)?;
+    for s in &opts.scenarios {
+        for v in &s.variants {
+            let resolved = s.resolve(v, opts.time_scale);
+            (s.kind.validate)(&resolved.params)
+                .with_context(|| format!("{}/{}", s.name, v.name))?;
+        }
+    }
     let started = Instant::now();
     let env = Env::setup(&opts.env).await?;
     let target = match env.pg_url() {

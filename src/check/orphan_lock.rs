@@ -13,8 +13,8 @@ use crate::scenario::VariantRun;
 /// What the probe session found when it tried to lock the row after the fault.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Probe {
-    /// The row was lockable at the first look after the fault (NOWAIT succeeded).
-    pub free_at_first_look: bool,
+    /// The row was locked by someone else just before the fault (a NOWAIT lock failed).
+    pub locked_before_fault: bool,
     /// Server clock (epoch seconds) when the probe got the row lock; `None` if it never did.
     pub free_at_epoch: Option<f64>,
 }
@@ -59,7 +59,7 @@ pub fn evaluate(obs: &Observations) -> VariantRun {
     let h = &obs.history;
     let lock_held_ms = match obs.probe {
         Probe {
-            free_at_first_look: true,
+            locked_before_fault: false,
             ..
         } => Some(0.0),
         Probe {
@@ -73,7 +73,7 @@ pub fn evaluate(obs: &Observations) -> VariantRun {
     };
     let outcome = match lock_held_ms {
         None => "stuck",
-        Some(ms) if ms == 0.0 => "never-locked",
+        Some(_) if !obs.probe.locked_before_fault => "never-locked",
         Some(_) => "released",
     };
     let latencies = h.completed_latencies("book");
@@ -144,7 +144,7 @@ mod tests {
             history: History::default(),
             holder_paying_epoch: 1000.0,
             probe: Probe {
-                free_at_first_look: false,
+                locked_before_fault: true,
                 free_at_epoch: None,
             },
             waited_ms: 3000.0,
@@ -153,6 +153,18 @@ mod tests {
             bookings_committed: 0,
             next_user_in_leaked_tx: None,
         }
+    }
+
+    #[test]
+    fn kill_frees_the_row_within_milliseconds_and_counts_as_released() {
+        let mut obs = base();
+        obs.probe = Probe {
+            locked_before_fault: true,
+            free_at_epoch: Some(1000.002),
+        };
+        let r = evaluate(&obs);
+        assert_eq!(r.outcome, "released");
+        assert_eq!(r.metrics["lock_held_ms"], json!(2.0));
     }
 
     #[test]
@@ -182,7 +194,7 @@ mod tests {
     fn lock_freed_is_measured_on_the_server_clock() {
         let mut obs = base();
         obs.probe = Probe {
-            free_at_first_look: false,
+            locked_before_fault: true,
             free_at_epoch: Some(1001.0025),
         };
         obs.cut_off = false;
@@ -207,10 +219,10 @@ mod tests {
     }
 
     #[test]
-    fn row_free_at_first_look_was_never_locked() {
+    fn row_free_before_the_fault_was_never_locked() {
         let mut obs = base();
         obs.probe = Probe {
-            free_at_first_look: true,
+            locked_before_fault: false,
             free_at_epoch: Some(1000.001),
         };
         let r = evaluate(&obs);

@@ -21,6 +21,8 @@ pub struct EnvOptions {
     pub pg_server_settings: Vec<(String, String)>,
     /// The locklab binary, re-executed for the guardian and for worker processes.
     pub exe: PathBuf,
+    /// Start the servers but create no schema (workshop mode: nothing runs in this process).
+    pub servers_only: bool,
 }
 
 pub struct Env {
@@ -57,6 +59,9 @@ impl Env {
             pg_server,
             guardian,
         };
+        if opts.servers_only {
+            return Ok(env);
+        }
         if let Err(e) = env.create_schema().await {
             env.teardown().await;
             return Err(e);

@@ -22,6 +22,8 @@ pub struct Kind {
     pub name: &'static str,
     pub params: &'static [&'static str],
     pub metrics: &'static [&'static str],
+    /// Rejects parameter values the code cannot run with, before any server starts.
+    pub validate: fn(&spec::Params) -> anyhow::Result<()>,
     pub run: for<'a> fn(&'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>,
 }
 

@@ -17,9 +17,11 @@ use super::{Kind, VariantCtx, VariantRun};
 use crate::check::orphan_lock::{METRICS, Observations, Probe, evaluate};
 use crate::env::postgres::PgTarget;
 use crate::env::process::spawn_tied;
+use crate::error::UsageError;
 use crate::fault::{Fault, Victim};
 use crate::history::Clock;
 use crate::observe::Observer;
+use crate::scenario::spec::Params;
 use crate::workload::{self, OpError, Plan};
 
 pub const KIND: Kind = Kind {
@@ -38,6 +40,7 @@ pub const KIND: Kind = Kind {
         "deadline",
     ],
     metrics: METRICS,
+    validate,
     run: run_boxed,
 };
 
@@ -56,6 +59,28 @@ fn unlimited() -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// Checks what can be checked before any server starts.
+fn validate(p: &Params) -> anyhow::Result<()> {
+    p.text("fault")?.parse::<Fault>()?;
+    payment_inside(p)?;
+    p.count("clients")?;
+    p.count("seats")?;
+    for d in ["payment_call", "booker_payment", "retry_after", "deadline"] {
+        p.duration(d)?;
+    }
+    Ok(())
+}
+
+fn payment_inside(p: &Params) -> anyhow::Result<bool> {
+    match p.text("payment")? {
+        "inside" => Ok(true),
+        "outside" => Ok(false),
+        other => {
+            Err(UsageError(format!("payment must be inside or outside, not `{other}`")).into())
+        }
+    }
 }
 
 fn run_boxed<'a>(ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {
@@ -331,57 +356,73 @@ async fn start_holder(
     }
 }
 
-/// Tries to lock the row: first without waiting (was it free at all?), then waiting until it
-/// is free, the deadline passes, or the run is cancelled.
-async fn probe(
-    target: &PgTarget,
-    app: &str,
-    booking: &Booking,
-    deadline: Instant,
-    cancel: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<Probe> {
-    let c = target.connect(app, &unlimited()).await?;
-    let lock = format!(
-        "SELECT 1 FROM {} WHERE flight_id = $1 AND fare_class = $2 FOR UPDATE",
-        booking.inventory
-    );
-    c.batch_execute("BEGIN").await?;
-    match c.query(&format!("{lock} NOWAIT"), &[&FLIGHT, &FARE]).await {
-        Ok(_) => {
-            let at = server_epoch(&c).await?;
-            c.batch_execute("ROLLBACK").await?;
-            return Ok(Probe {
-                free_at_first_look: true,
-                free_at_epoch: Some(at),
-            });
-        }
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-            c.batch_execute("ROLLBACK").await?;
-        }
-        Err(e) => return Err(e).context("the probe could not look at the row"),
+/// The probe: a session of its own that tries to lock the row, to learn from the server
+/// whether, and until when, someone else held it.
+struct Prober {
+    client: Client,
+    lock: String,
+}
+
+impl Prober {
+    async fn connect(target: &PgTarget, app: &str, booking: &Booking) -> anyhow::Result<Prober> {
+        Ok(Prober {
+            client: target.connect(app, &unlimited()).await?,
+            lock: format!(
+                "SELECT 1 FROM {} WHERE flight_id = $1 AND fare_class = $2 FOR UPDATE",
+                booking.inventory
+            ),
+        })
     }
-    c.batch_execute("BEGIN").await?;
-    let waited = tokio::select! {
-        r = c.query(&lock, &[&FLIGHT, &FARE]) => Some(r),
-        _ = tokio::time::sleep_until(deadline) => None,
-        _ = cancel.cancelled() => None,
-    };
-    match waited {
-        Some(r) => {
-            r.context("the probe's wait for the row failed")?;
-            let at = server_epoch(&c).await?;
-            c.batch_execute("ROLLBACK").await?;
-            Ok(Probe {
-                free_at_first_look: false,
-                free_at_epoch: Some(at),
-            })
+
+    /// Locks the row without waiting; on success returns the server clock then.
+    async fn try_now(&self) -> anyhow::Result<Option<f64>> {
+        let c = &self.client;
+        c.batch_execute("BEGIN").await?;
+        match c
+            .query(&format!("{} NOWAIT", self.lock), &[&FLIGHT, &FARE])
+            .await
+        {
+            Ok(_) => {
+                let at = server_epoch(c).await?;
+                c.batch_execute("ROLLBACK").await?;
+                Ok(Some(at))
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                c.batch_execute("ROLLBACK").await?;
+                Ok(None)
+            }
+            Err(e) => Err(e).context("the probe could not look at the row"),
         }
-        None => {
-            let _ = c.cancel_token().cancel_query(NoTls).await;
-            Ok(Probe {
-                free_at_first_look: false,
-                free_at_epoch: None,
-            })
+    }
+
+    /// Waits for the row to be free; returns the server clock when the probe got it, or `None`
+    /// at the deadline or on cancel (the wait is then cancelled on the server too).
+    async fn wait_free(
+        self,
+        deadline: Instant,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Option<f64>> {
+        if let Some(at) = self.try_now().await? {
+            return Ok(Some(at));
+        }
+        let c = &self.client;
+        c.batch_execute("BEGIN").await?;
+        let waited = tokio::select! {
+            r = c.query(&self.lock, &[&FLIGHT, &FARE]) => Some(r),
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = cancel.cancelled() => None,
+        };
+        match waited {
+            Some(r) => {
+                r.context("the probe's wait for the row failed")?;
+                let at = server_epoch(c).await?;
+                c.batch_execute("ROLLBACK").await?;
+                Ok(Some(at))
+            }
+            None => {
+                let _ = c.cancel_token().cancel_query(NoTls).await;
+                Ok(None)
+            }
         }
     }
 }
@@ -391,11 +432,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
     let clients = p.count("clients")?;
     let fault: Fault = p.text("fault")?.parse()?;
-    let inside = match p.text("payment")? {
-        "inside" => true,
-        "outside" => false,
-        other => bail!("payment must be inside or outside, not `{other}`"),
-    };
+    let inside = payment_inside(p)?;
     let payment_call = p.duration("payment_call")?;
     let deadline_after = p.duration("deadline")?;
     let booking = Arc::new(Booking::new(&env.pg));
@@ -426,11 +463,38 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     )
     .await?;
 
+    // The booking clients are already running when the holder freezes: connect them first, so
+    // connection set-up (slow with SCRAM over TCP) never eats into the window being measured.
+    let mut bookers: Vec<Box<dyn workload::Client>> = Vec::with_capacity(clients);
+    let apps: Vec<String> = (0..clients)
+        .map(|i| ctx.app(&format!("w/booker-{i}")))
+        .collect();
+    let connects = apps
+        .iter()
+        .map(|app| env.pg.connect(app, &ctx.variant.settings));
+    for (i, c) in futures::future::join_all(connects)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        bookers.push(Box::new(Booker {
+            client: c.context("could not connect a booking client")?,
+            booking: booking.clone(),
+            inside,
+            payment: p.duration("booker_payment")?,
+            passenger: format!("passenger-{i}"),
+        }));
+    }
+
     // Everything after this point must reach the teardown below, whatever fails.
     let outcome = async {
         let (mut victim, paying_at, pool) = start_holder(ctx, fault, inside, payment_call).await?;
         let result = async {
             let reported = Instant::now();
+            let probe_app = ctx.app("probe");
+            let prober = Prober::connect(&env.pg, &probe_app, &booking).await?;
+            // Looked at just before the fault: a row the holder never locked reads free here.
+            let locked_before_fault = prober.try_now().await?.is_none();
             victim.inject(fault)?;
             let deadline = Instant::now() + deadline_after;
 
@@ -439,39 +503,10 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
                 None => None,
             };
 
-            let probe_app = ctx.app("probe");
-            let probe_task = {
-                let (target, booking, cancel, app) = (
-                    env.pg.clone(),
-                    booking.clone(),
-                    ctx.cancel.clone(),
-                    probe_app.clone(),
-                );
-                tokio::spawn(async move { probe(&target, &app, &booking, deadline, &cancel).await })
-            };
+            let probe_task = tokio::spawn(prober.wait_free(deadline, ctx.cancel.clone()));
             // The probe queues on the row before any booker does, so it is first in line.
             wait_until_probe_queued(&admin, &probe_app, &probe_task).await;
 
-            let mut bookers: Vec<Box<dyn workload::Client>> = Vec::with_capacity(clients);
-            let apps: Vec<String> = (0..clients)
-                .map(|i| ctx.app(&format!("w/booker-{i}")))
-                .collect();
-            let connects = apps
-                .iter()
-                .map(|app| env.pg.connect(app, &ctx.variant.settings));
-            for (i, c) in futures::future::join_all(connects)
-                .await
-                .into_iter()
-                .enumerate()
-            {
-                bookers.push(Box::new(Booker {
-                    client: c?,
-                    booking: booking.clone(),
-                    inside,
-                    payment: p.duration("booker_payment")?,
-                    passenger: format!("passenger-{i}"),
-                }));
-            }
             let booked = Arc::new(AtomicUsize::new(0));
             let ticker = progress_ticker(ctx, booked.clone(), clients);
             let plan = Plan {
@@ -480,7 +515,10 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             };
             let driven = workload::drive(bookers, plan, clock, deadline, &ctx.cancel, booked).await;
             ticker.abort();
-            let probe = probe_task.await.context("the probe task failed")??;
+            let probe = Probe {
+                locked_before_fault,
+                free_at_epoch: probe_task.await.context("the probe task failed")??,
+            };
             let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;
             anyhow::Ok((driven, probe, waited_ms, next_user_in_leaked_tx, paying_at))
         }
@@ -534,7 +572,7 @@ async fn next_user_in_leaked_tx(pool: &deadpool_postgres::Pool) -> anyhow::Resul
 async fn wait_until_probe_queued(
     admin: &Client,
     probe_app: &str,
-    probe: &tokio::task::JoinHandle<anyhow::Result<Probe>>,
+    probe: &tokio::task::JoinHandle<anyhow::Result<Option<f64>>>,
 ) {
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until && !probe.is_finished() {

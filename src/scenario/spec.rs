@@ -182,29 +182,35 @@ impl Params {
     pub fn get(&self, name: &str) -> anyhow::Result<&Param> {
         self.values
             .get(name)
-            .ok_or_else(|| anyhow::anyhow!("the scenario needs a parameter `{name}`"))
+            .ok_or_else(|| UsageError(format!("the scenario needs a parameter `{name}`")).into())
     }
 
     pub fn duration(&self, name: &str) -> anyhow::Result<Duration> {
         match self.get(name)? {
             Param::Duration(d) => Ok(*d),
-            other => {
-                anyhow::bail!("parameter `{name}` must be a duration like \"2s\", not {other}")
-            }
+            other => Err(UsageError(format!(
+                "parameter `{name}` must be a duration like \"2s\", not {other}"
+            ))
+            .into()),
         }
     }
 
     pub fn count(&self, name: &str) -> anyhow::Result<usize> {
         match self.get(name)? {
             Param::Int(i) if *i >= 0 => Ok(*i as usize),
-            other => anyhow::bail!("parameter `{name}` must be a whole number, not {other}"),
+            other => Err(UsageError(format!(
+                "parameter `{name}` must be a whole number, not {other}"
+            ))
+            .into()),
         }
     }
 
     pub fn text(&self, name: &str) -> anyhow::Result<&str> {
         match self.get(name)? {
             Param::Text(s) => Ok(s),
-            other => anyhow::bail!("parameter `{name}` must be text, not {other}"),
+            other => {
+                Err(UsageError(format!("parameter `{name}` must be text, not {other}")).into())
+            }
         }
     }
 
@@ -506,6 +512,7 @@ harm = { metric = "lock_held_ms", label = "row locked" }
 [params]
 clients = 20
 fault = "freeze"
+payment = "inside"
 seats = 100
 payment_call = "25s"
 booker_payment = "100ms"
@@ -570,7 +577,7 @@ expect = ["lock_held_ms < 100"]
     fn unknown_metric_in_expectation_points_at_it() {
         let bad = MINIMAL.replace("lock_held_ms <= idle", "lock_hold_ms <= idle");
         let e = Scenario::parse(&bad, "my.toml").unwrap_err().0;
-        assert!(e.starts_with("my.toml:24:"), "{e}");
+        assert!(e.starts_with("my.toml:25:"), "{e}");
         assert!(e.contains("lock_hold_ms"), "{e}");
     }
 

@@ -1,0 +1,306 @@
+//! The command line: exit codes and clear errors for bad input, never a panic or a hang.
+
+mod common;
+use common::*;
+
+use std::process::Output;
+
+fn run(tmp: &std::path::Path, args: &[&str]) -> Output {
+    locklab(tmp).args(args).output().expect("run locklab")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn list_and_explain_describe_the_scenarios() {
+    let tmp = tempdir();
+    let o = run(tmp.path(), &["list"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("orphan-lock"), "{out}");
+    assert!(out.contains("payment-outside-tx"), "{out}");
+
+    let o = run(tmp.path(), &["explain", "orphan-lock"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("idle_in_transaction_session_timeout=10000ms"),
+        "{out}"
+    );
+    assert!(out.contains("statement-timeout-only"), "{out}");
+}
+
+#[test]
+fn unknown_scenario_suggests_the_nearest_name() {
+    let tmp = tempdir();
+    let o = run(tmp.path(), &["run", "orphan-lok"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("did you mean `orphan-lock`?"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(tmp.path(), &["explain", "nothing-like-it"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn unknown_variant_and_parameter_are_usage_errors() {
+    let tmp = tempdir();
+    let o = run(tmp.path(), &["run", "orphan-lock", "--variant", "mitigatd"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("did you mean `mitigated`?"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(tmp.path(), &["run", "orphan-lock", "--param", "clinets=3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("clinets"), "{}", stderr(&o));
+    let o = run(tmp.path(), &["run", "orphan-lock", "--param", "fault=melt"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(tmp.path(), &["run", "orphan-lock", "--time-scale", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(tmp.path(), &["run"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn malformed_scenario_file_is_reported_with_file_line_and_column() {
+    let tmp = tempdir();
+    let text = locklab::scenario::BUILTIN[0]
+        .1
+        .replace("clients = 20", "clients = = 20");
+    let file = tmp.path().join("broken.toml");
+    std::fs::write(&file, text).unwrap();
+    let o = run(tmp.path(), &["run", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    let line = locklab::scenario::BUILTIN[0]
+        .1
+        .lines()
+        .position(|l| l.starts_with("clients = 20"))
+        .unwrap()
+        + 1;
+    assert!(err.contains(&format!("broken.toml:{line}:")), "{err}");
+
+    let typo = locklab::scenario::BUILTIN[0]
+        .1
+        .replace("\"bookings_ok == 0\"", "\"bookings_okk == 0\"");
+    std::fs::write(&file, typo).unwrap();
+    let o = run(tmp.path(), &["run", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("bookings_okk"), "{}", stderr(&o));
+
+    let o = run(tmp.path(), &["run", "./does-not-exist.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn unreachable_server_exits_3_with_the_url_but_not_the_password() {
+    let tmp = tempdir();
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "orphan-lock",
+            "--pg-url",
+            "postgres://me:hunter2@127.0.0.1:1/db",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    let err = stderr(&o);
+    assert!(
+        err.contains("could not connect to PostgreSQL at postgres://me:***@127.0.0.1:1/db"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn missing_server_binaries_name_the_packages_to_install() {
+    let tmp = tempdir();
+    let o = locklab(tmp.path())
+        .env("LOCKLAB_PG_BIN", tmp.path())
+        .args(["run", "orphan-lock"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    let err = stderr(&o);
+    assert!(
+        err.contains("apt-get install postgresql redis-server pgbouncer"),
+        "{err}"
+    );
+    assert!(err.contains("docker compose"), "{err}");
+    assert_nothing_left(tmp.path(), std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn workshop_server_takes_scenarios_by_url_and_rejects_a_wrong_password() {
+    let tmp = tempdir();
+    let env = EnvUp::start(tmp.path(), &[]);
+    assert!(
+        env.url.starts_with("postgres://locklab:locklab@127.0.0.1:"),
+        "{}",
+        env.url
+    );
+
+    let wrong = env.url.replace("locklab:locklab@", "locklab:wrong@");
+    let o = run(tmp.path(), &["run", "orphan-lock", "--pg-url", &wrong]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).contains("password authentication failed"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Against a server it did not start, locklab works in its own schema and drops it after.
+    let (code, report, err) = run_json(
+        tmp.path(),
+        &[
+            "orphan-lock",
+            "--pg-url",
+            &env.url,
+            "--variant",
+            "mitigated",
+            "--variant",
+            "baseline",
+        ],
+    );
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    assert!(
+        report["scenarios"][0]["target"]
+            .as_str()
+            .unwrap()
+            .contains("locklab:***@")
+    );
+    assert_eq!(variant(&report, "mitigated")["outcome"], "released");
+    assert_eq!(variant(&report, "baseline")["outcome"], "stuck");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let leftovers: (i64, i64, i64) = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&env.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let schemas: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'locklab%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let sessions: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'locklab\\_%/%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let role_or_db_settings: i64 = c
+            .query_one("SELECT count(*) FROM pg_db_role_setting", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (schemas, sessions, role_or_db_settings)
+    });
+    assert_eq!(
+        leftovers,
+        (0, 0, 0),
+        "(schemas, sessions, db/role settings) left on the user's server"
+    );
+
+    let status = env.stop();
+    assert!(status.success(), "env up exits 0 on Ctrl-C: {status:?}");
+    assert_nothing_left(tmp.path(), std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn markdown_output_is_a_table_with_one_row_per_variant() {
+    let tmp = tempdir();
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "orphan-lock",
+            "--variant",
+            "payment-outside-tx",
+            "--format",
+            "markdown",
+            "--no-results",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("| payment-outside-tx * | never-locked |"),
+        "{out}"
+    );
+    assert!(out.contains("**Every expectation held.**"), "{out}");
+}
+
+#[test]
+fn results_are_written_as_json_under_the_out_dir() {
+    let tmp = tempdir();
+    let out_dir = tmp.path().join("results");
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "orphan-lock",
+            "--variant",
+            "payment-outside-tx",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let files: Vec<_> = std::fs::read_dir(&out_dir).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files[0].path()).unwrap()).unwrap();
+    assert_eq!(
+        report["scenarios"][0]["variants"][0]["name"],
+        "payment-outside-tx"
+    );
+    assert_eq!(
+        report["scenarios"][0]["variants"][0]["expectations_held"],
+        true
+    );
+}
+
+#[test]
+fn a_broken_mitigation_exits_1_and_names_the_expectation_and_figure() {
+    let tmp = tempdir();
+    // The user's copy of the scenario with the idle timeout removed from `mitigated`.
+    let text = locklab::scenario::BUILTIN[0].1.replace(
+        "settings = { idle_in_transaction_session_timeout = \"idle_timeout\", ",
+        "settings = { ",
+    );
+    let file = tmp.path().join("no-idle-timeout.toml");
+    std::fs::write(&file, text).unwrap();
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--variant",
+            "mitigated",
+            "--no-results",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("orphan-lock/mitigated: `not cut_off` did not hold: was true"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`lock_held_ms <= idle_timeout * 1.5` did not hold: was"),
+        "{err}"
+    );
+}

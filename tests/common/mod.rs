@@ -1,0 +1,139 @@
+//! Helpers for driving the locklab binary against real servers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_locklab")
+}
+
+/// A locklab command whose temp files land in `tmp`, so a test can check nothing is left.
+pub fn locklab(tmp: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.env("TMPDIR", tmp).env_remove("LOCKLAB_PG_URL");
+    c
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("locklab-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// Runs `locklab run ... --format json` and returns (exit code, parsed report, stderr).
+pub fn run_json(tmp: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = locklab(tmp)
+        .arg("run")
+        .args(args)
+        .args(["--format", "json", "--no-results"])
+        .output()
+        .expect("run locklab");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+/// The variant named `name` of the first scenario in a report.
+pub fn variant<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["scenarios"][0]["variants"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no variant {name} in {report:#}"))
+}
+
+pub fn metric(v: &serde_json::Value, name: &str) -> f64 {
+    v["metrics"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("metric {name} missing in {v:#}"))
+}
+
+/// Processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// Waits until `tmp` is empty and no process mentions it; panics with what is left.
+pub fn assert_nothing_left(tmp: &Path, within: Duration) {
+    let needle = tmp.to_string_lossy().to_string();
+    let until = Instant::now() + within;
+    loop {
+        let files: Vec<_> = std::fs::read_dir(tmp)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let procs = processes_mentioning(&needle);
+        if files.is_empty() && procs.is_empty() {
+            return;
+        }
+        if Instant::now() > until {
+            panic!("left behind after {within:?}: files {files:?}, processes {procs:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: signalling a child we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// `locklab env up` in the background; its URL; stopped with Ctrl-C (SIGINT) on drop.
+pub struct EnvUp {
+    pub child: Child,
+    pub url: String,
+}
+
+impl EnvUp {
+    pub fn start(tmp: &Path, extra: &[&str]) -> EnvUp {
+        let mut child = locklab(tmp)
+            .args(["env", "up"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn env up");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| l.strip_prefix("PostgreSQL").map(|u| u.trim().to_string()))
+            .expect("env up prints the PostgreSQL URL first");
+        // Keep draining stdout so env up never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        EnvUp { child, url }
+    }
+
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        signal(&self.child, libc::SIGINT);
+        self.child.wait().expect("wait env up")
+    }
+}
+
+impl Drop for EnvUp {
+    fn drop(&mut self) {
+        signal(&self.child, libc::SIGINT);
+        let _ = self.child.wait();
+    }
+}
