@@ -62,6 +62,9 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Env {
             command: EnvCommand::Up { pg_settings },
         } => env_up(pg_settings).await,
+        Command::Env {
+            command: EnvCommand::Time { runs },
+        } => env_time(runs).await,
         Command::Hold {
             inside,
             outside: _,
@@ -258,5 +261,63 @@ async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {
     println!("\nUp until Ctrl-C.");
     cancel.cancelled().await;
     env.teardown().await;
+    Ok(exit::OK)
+}
+
+/// Times what every run pays before its first variant: start a throwaway server and get a
+/// first answer; and what it pays after: stop it and remove its files.
+async fn env_time(runs: usize) -> anyhow::Result<i32> {
+    use crate::check::stats::percentile;
+    let runs = runs.max(1);
+    let opts = EnvOptions {
+        pg_url: None,
+        pg_server_settings: Vec::new(),
+        exe: exe()?,
+        servers_only: true,
+    };
+    // The first start may build the template cache; it is not counted.
+    Env::setup(&opts).await?.teardown().await;
+    let (mut start, mut stop) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = std::time::Instant::now();
+        let env = Env::setup(&opts).await?;
+        env.pg
+            .connect("locklab-time", &[])
+            .await?
+            .batch_execute("SELECT 1")
+            .await?;
+        start.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = std::time::Instant::now();
+        env.teardown().await;
+        stop.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let initdb = crate::env::postgres::time_initdb().await?;
+    let bins = crate::env::postgres::find_binaries()?;
+    let major = Env::setup(&opts).await.map(|e| {
+        let v = e.pg_version().unwrap_or_default();
+        (e, v)
+    })?;
+    major.0.teardown().await;
+    let med = |xs: &[f64]| percentile(xs, 50.0).unwrap_or(0.0);
+    let max = |xs: &[f64]| xs.iter().copied().fold(0.0, f64::max);
+    println!(
+        "throwaway PostgreSQL {} ({}), {runs} runs",
+        major.1,
+        bins.dir.display()
+    );
+    println!(
+        "  copy template + start + first query   median {:>6.1} ms   max {:>6.1} ms",
+        med(&start),
+        max(&start)
+    );
+    println!(
+        "  stop (SIGQUIT) + remove data dir      median {:>6.1} ms   max {:>6.1} ms",
+        med(&stop),
+        max(&stop)
+    );
+    println!(
+        "  initdb alone (what the template saves)       {:>6.1} ms",
+        initdb.as_secs_f64() * 1000.0
+    );
     Ok(exit::OK)
 }

@@ -56,6 +56,12 @@ pub enum EnvCommand {
         #[arg(long = "pg-setting", value_name = "NAME=VALUE")]
         pg_settings: Vec<String>,
     },
+    /// Measure how fast a throwaway server starts (template copy vs initdb) and stops.
+    Time {
+        /// How many warm starts to time.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -93,6 +93,11 @@ impl Env {
         self.pg_server.as_ref().map(PgServer::url)
     }
 
+    /// The throwaway server's major version.
+    pub fn pg_version(&self) -> Option<String> {
+        self.pg_server.as_ref().map(|s| s.version.clone())
+    }
+
     /// Ends every session this run opened, so nothing of ours holds a lock afterwards.
     pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
         let admin = self.pg.connect(&self.app("admin"), &[]).await?;

@@ -115,7 +115,15 @@ pub fn redact(conn: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub dir: PathBuf,
+    /// Identifies the build: the template cache is kept per build.
     pub version: String,
+}
+
+/// The major version a data directory was made with (its PG_VERSION file).
+pub fn data_version(data: &Path) -> String {
+    std::fs::read_to_string(data.join("PG_VERSION"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// `LOCKLAB_PG_BIN` if set (and then only there), else PATH, else the newest
@@ -153,16 +161,24 @@ pub fn find_binaries() -> anyhow::Result<Binaries> {
                 format!("PostgreSQL server binaries (postgres, initdb) not found: {INSTALL_HINT}")
             })?
     };
-    let out = std::process::Command::new(dir.join("postgres"))
-        .arg("--version")
-        .output()
-        .with_context(|| format!("could not run {}/postgres --version", dir.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or("unknown")
-        .to_string();
+    // Key the template cache on the binary itself, without the cost of running it.
+    let meta = std::fs::metadata(dir.join("postgres"))
+        .with_context(|| format!("cannot read {}/postgres", dir.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(
+        &(
+            dir.canonicalize().unwrap_or_else(|_| dir.clone()),
+            meta.len(),
+            mtime,
+        ),
+        &mut h,
+    );
+    let version = format!("{:016x}", std::hash::Hasher::finish(&h));
     Ok(Binaries { dir, version })
 }
 
@@ -181,7 +197,26 @@ fn cache_dir() -> PathBuf {
 
 /// An initdb'd cluster kept in the cache: copying it is several times faster than initdb.
 async fn template(bins: &Binaries, run_as: Option<RunAs>) -> anyhow::Result<PathBuf> {
-    let cache = cache_dir();
+    template_in(&cache_dir(), bins, run_as).await
+}
+
+/// How long initdb takes here: builds a template in a scratch cache and removes it.
+pub async fn time_initdb() -> anyhow::Result<Duration> {
+    let bins = find_binaries()?;
+    let scratch = process::make_temp_dir("locklab-cache")?;
+    let started = Instant::now();
+    let result = template_in(&scratch, &bins, process::unprivileged_account()).await;
+    let took = started.elapsed();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result.map(|_| took)
+}
+
+async fn template_in(
+    cache: &Path,
+    bins: &Binaries,
+    run_as: Option<RunAs>,
+) -> anyhow::Result<PathBuf> {
+    let cache = cache.to_path_buf();
     let path = cache.join(format!("pg-{}-template", bins.version));
     if path.join("PG_VERSION").is_file() {
         return Ok(path);
@@ -239,6 +274,8 @@ async fn template(bins: &Binaries, run_as: Option<RunAs>) -> anyhow::Result<Path
 
 /// A throwaway PostgreSQL: its own data dir under the temp dir, fsync off, loopback only.
 pub struct PgServer {
+    /// Major version, e.g. `15`.
+    pub version: String,
     child: tokio::process::Child,
     pid: u32,
     dir: PathBuf,
@@ -335,6 +372,7 @@ impl PgServer {
         let pid = child.id().unwrap_or(0);
         guardian.watch_group(pid);
         let mut server = PgServer {
+            version: data_version(&data),
             child,
             pid,
             dir,

@@ -162,10 +162,27 @@ pub fn copy_tree(src: &std::path::Path, dst: &std::path::Path) -> io::Result<()>
     Ok(())
 }
 
-/// A fresh, uniquely named directory under the system temp dir.
+/// Where throwaway data dirs go: `$TMPDIR` when set, else RAM-backed `/dev/shm` where it is
+/// writable (a throwaway server has no reason to wait on a disk), else the temp dir.
+pub fn scratch_root() -> std::path::PathBuf {
+    if std::env::var_os("TMPDIR").is_none() {
+        let shm = std::path::Path::new("/dev/shm");
+        let writable = std::ffi::CString::new("/dev/shm")
+            // SAFETY: access(2) on a valid NUL-terminated path.
+            .map(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0)
+            .unwrap_or(false);
+        if shm.is_dir() && writable {
+            return shm.to_path_buf();
+        }
+    }
+    std::env::temp_dir()
+}
+
+/// A fresh, uniquely named directory under [`scratch_root`].
 pub fn make_temp_dir(prefix: &str) -> io::Result<std::path::PathBuf> {
+    let root = scratch_root();
     for _ in 0..16 {
-        let p = std::env::temp_dir().join(format!(
+        let p = root.join(format!(
             "{prefix}-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()

@@ -17,11 +17,15 @@ pub fn locklab(tmp: &Path) -> Command {
     c
 }
 
+/// A temp dir for one test, RAM-backed where the machine has /dev/shm (as locklab's own).
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("locklab-test-")
-        .tempdir()
-        .expect("temp dir")
+    let mut b = tempfile::Builder::new();
+    b.prefix("locklab-test-");
+    match std::path::Path::new("/dev/shm").is_dir() {
+        true => b.tempdir_in("/dev/shm"),
+        false => b.tempdir(),
+    }
+    .expect("temp dir")
 }
 
 /// Runs `locklab run ... --format json` and returns (exit code, parsed report, stderr).
