@@ -152,27 +152,36 @@ fn resolve_scenarios(
     Ok(out)
 }
 
-/// Ctrl-C and SIGTERM cancel the token; teardown then runs as usual.
+/// Ctrl-C and SIGTERM cancel the token; teardown then runs as usual. A second one exits at
+/// once: servers still die with locklab (PDEATHSIG) and the guardian removes their files.
 fn cancel_on_signals() -> CancellationToken {
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let terminated = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
+        for round in 0.. {
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-                None => std::future::pending::<()>().await,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminated => {}
+            if round > 0 {
+                eprintln!("locklab: interrupted again; exiting now (servers die with locklab)");
+                std::process::exit(exit::INTERRUPTED);
+            }
+            eprintln!(
+                "locklab: interrupted; stopping servers and writing partial results (again to quit at once)"
+            );
+            c.cancel();
         }
-        eprintln!("locklab: interrupted; stopping servers and writing partial results");
-        c.cancel();
     });
     cancel
 }

@@ -74,3 +74,16 @@ fn sigterm_stops_servers_like_ctrl_c() {
     assert_eq!(status.code(), Some(130));
     assert_nothing_left(tmp.path(), Duration::from_secs(5));
 }
+
+#[test]
+fn second_ctrl_c_exits_at_once_and_still_leaves_nothing() {
+    let tmp = tempdir();
+    let out = tempdir();
+    let mut child = start_run(tmp.path(), out.path());
+    signal(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(5));
+    signal(&child, libc::SIGINT);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_nothing_left(tmp.path(), Duration::from_secs(10));
+}

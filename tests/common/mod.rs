@@ -62,15 +62,19 @@ pub fn metric(v: &serde_json::Value, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name} missing in {v:#}"))
 }
 
-/// Processes whose command line mentions `needle`.
+/// Processes whose command line or environment mentions `needle`. Every process locklab
+/// starts inherits its TMPDIR, so this finds the frozen holder and the guardian too.
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) {
-                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
-            }
+        let read = |f: &str| {
+            std::fs::read(entry.path().join(f))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default()
+        };
+        let cmd = read("cmdline");
+        if cmd.contains(needle) || read("environ").contains(needle) {
+            found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
         }
     }
     found
