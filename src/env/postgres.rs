@@ -42,10 +42,13 @@ impl PgTarget {
             cfg.connect_timeout(Duration::from_secs(5));
         }
         if !settings.is_empty() {
-            let opts: Vec<String> = settings
-                .iter()
-                .map(|(k, v)| format!("-c {k}={}", v.replace(' ', "\\ ")))
-                .collect();
+            let mut opts: Vec<String> = cfg.get_options().map(str::to_string).into_iter().collect();
+            // Appended after the URL's own options: on a repeated -c, the last one wins.
+            opts.extend(
+                settings
+                    .iter()
+                    .map(|(k, v)| format!("-c {k}={}", v.replace(' ', "\\ "))),
+            );
             cfg.options(opts.join(" "));
         }
         Ok(cfg)
@@ -474,6 +477,22 @@ pub async fn external(url: &str, schema: &str) -> anyhow::Result<PgTarget> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_settings_are_appended_to_the_urls_own_options() {
+        let t = PgTarget::for_worker(
+            "postgres://u@h/db?options=-c%20search_path%3Dapp".into(),
+            "s".into(),
+        );
+        let cfg = t
+            .config("app", &[("lock_timeout".into(), "50ms".into())])
+            .unwrap();
+        assert_eq!(
+            cfg.get_options(),
+            Some("-c search_path=app -c lock_timeout=50ms")
+        );
+        assert_eq!(cfg.get_application_name(), Some("app"));
+    }
 
     #[test]
     fn redact_hides_passwords_in_both_forms() {
