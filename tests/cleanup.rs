@@ -26,10 +26,9 @@ fn start_run(tmp: &std::path::Path, out: &std::path::Path) -> std::process::Chil
         .expect("spawn locklab");
     let needle = tmp.to_string_lossy().to_string();
     let until = Instant::now() + Duration::from_secs(30);
-    // The holder (`__hold`) is spawned once postgres is up and the variant is running.
-    while !processes_mentioning("__hold").iter().any(|p| !p.is_empty())
-        || processes_mentioning(&needle).is_empty()
-    {
+    // This run's holder (`__hold`, with this test's TMPDIR in its environment) exists once
+    // postgres is up and the variant is running; other tests' holders must not count.
+    while processes_mentioning_all(&["__hold", &needle]).is_empty() {
         assert!(Instant::now() < until, "the run did not get going");
         std::thread::sleep(Duration::from_millis(20));
     }

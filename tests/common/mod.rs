@@ -65,6 +65,11 @@ pub fn metric(v: &serde_json::Value, name: &str) -> f64 {
 /// Processes whose command line or environment mentions `needle`. Every process locklab
 /// starts inherits its TMPDIR, so this finds the frozen holder and the guardian too.
 pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    processes_mentioning_all(&[needle])
+}
+
+/// Processes whose command line or environment mentions every one of `needles`.
+pub fn processes_mentioning_all(needles: &[&str]) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let read = |f: &str| {
@@ -73,7 +78,8 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
                 .unwrap_or_default()
         };
         let cmd = read("cmdline");
-        if cmd.contains(needle) || read("environ").contains(needle) {
+        let all = format!("{cmd} {}", read("environ"));
+        if needles.iter().all(|n| all.contains(n)) {
             found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
         }
     }
