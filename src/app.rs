@@ -285,7 +285,9 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
         servers_only: true,
     };
     // The first start may build the template cache; it is not counted.
-    Env::setup(&opts).await?.teardown().await;
+    let warmup = Env::setup(&opts).await?;
+    let major = warmup.pg_version().unwrap_or_default();
+    warmup.teardown().await;
     let (mut start, mut stop) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let t = std::time::Instant::now();
@@ -302,16 +304,11 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
     }
     let initdb = crate::env::postgres::time_initdb().await?;
     let bins = crate::env::postgres::find_binaries()?;
-    let major = Env::setup(&opts).await.map(|e| {
-        let v = e.pg_version().unwrap_or_default();
-        (e, v)
-    })?;
-    major.0.teardown().await;
     let med = |xs: &[f64]| percentile(xs, 50.0).unwrap_or(0.0);
     let max = |xs: &[f64]| xs.iter().copied().fold(0.0, f64::max);
     println!(
         "throwaway PostgreSQL {} ({}), {runs} runs",
-        major.1,
+        major,
         bins.dir.display()
     );
     println!(

@@ -73,15 +73,18 @@ impl VariantCtx<'_> {
     /// application_name of a session of this variant, e.g. `locklab_1a2b3c4d/baseline/holder`.
     /// Sessions of the workload live under `…/w/`, so observers can tell them from probes.
     pub fn app(&self, role: &str) -> String {
-        let variant: String = self.variant.name.chars().take(24).collect();
-        self.env.app(&format!("{variant}/{role}"))
+        self.env.app(&format!("{}/{role}", self.variant_tag()))
+    }
+
+    /// The variant's name as it appears in application_name (which PostgreSQL caps at 63 bytes).
+    fn variant_tag(&self) -> String {
+        self.variant.name.chars().take(24).collect()
     }
 
     /// Ends this variant's sessions whose role starts with `role_prefix` (e.g. `w/`).
     pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
-        let variant: String = self.variant.name.chars().take(24).collect();
         self.env
-            .terminate_sessions(&format!("{variant}/{role_prefix}"))
+            .terminate_sessions(&format!("{}/{role_prefix}", self.variant_tag()))
             .await
     }
 }
