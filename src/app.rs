@@ -74,6 +74,10 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
                 .await?;
             Ok(exit::OK)
         }
+        Command::Buy => {
+            scenario::setnx_race::holder_main().await?;
+            Ok(exit::OK)
+        }
         Command::Guardian => Ok(crate::env::guardian::guardian_main()),
     }
 }
@@ -154,7 +158,7 @@ fn resolve_scenarios(
 
 /// Ctrl-C and SIGTERM cancel the token; teardown then runs as usual. A second one exits at
 /// once: servers still die with locklab (PDEATHSIG) and the guardian removes their files.
-fn cancel_on_signals() -> CancellationToken {
+fn cancel_on_signals(winding_down: &'static str) -> CancellationToken {
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
@@ -177,9 +181,7 @@ fn cancel_on_signals() -> CancellationToken {
                 eprintln!("locklab: interrupted again; exiting now (servers die with locklab)");
                 std::process::exit(exit::INTERRUPTED);
             }
-            eprintln!(
-                "locklab: interrupted; stopping servers and writing partial results (again to quit at once)"
-            );
+            eprintln!("locklab: interrupted; {winding_down} (again to quit at once)");
             c.cancel();
         }
     });
@@ -192,13 +194,16 @@ fn exe() -> anyhow::Result<std::path::PathBuf> {
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let scenarios = resolve_scenarios(&args.scenarios, &args.params)?;
-    let cancel = cancel_on_signals();
+    let need_redis = scenarios.iter().any(|s| s.kind.needs_redis);
+    let cancel = cancel_on_signals("stopping servers and writing partial results");
     let opts = RunOptions {
         scenarios,
         variants: args.variants,
         time_scale: args.time_scale,
         env: EnvOptions {
             pg_url: args.pg_url,
+            redis_url: args.redis_url,
+            need_redis,
             pg_server_settings: Vec::new(),
             exe: exe()?,
             servers_only: false,
@@ -253,20 +258,24 @@ async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {
                 .ok_or_else(|| UsageError(format!("--pg-setting takes NAME=VALUE, got `{s}`")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let cancel = cancel_on_signals();
+    let cancel = cancel_on_signals("stopping servers");
     let env = Env::setup(&EnvOptions {
         pg_url: None,
+        redis_url: None,
+        need_redis: true,
         pg_server_settings: settings,
         exe: exe()?,
         servers_only: true,
     })
     .await?;
     let url = env.pg_url().unwrap_or_default();
+    let redis_url = env.redis_url().unwrap_or_default();
     println!("PostgreSQL  {url}");
+    println!("Redis       {redis_url}");
     println!(
         "\nWatch it:   psql '{url}' -c \"SELECT pid, application_name, state, wait_event_type, now() - state_change AS for FROM pg_stat_activity WHERE application_name LIKE 'locklab%'\""
     );
-    println!("Run on it:  locklab run orphan-lock --pg-url '{url}'");
+    println!("Run on it:  locklab run all --pg-url '{url}' --redis-url '{redis_url}'");
     println!("\nUp until Ctrl-C.");
     cancel.cancelled().await;
     env.teardown().await;
@@ -280,6 +289,8 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
     let runs = runs.max(1);
     let opts = EnvOptions {
         pg_url: None,
+        redis_url: None,
+        need_redis: false,
         pg_server_settings: Vec::new(),
         exe: exe()?,
         servers_only: true,

@@ -43,6 +43,9 @@ pub enum Command {
         #[arg(long = "payment-call-ms")]
         payment_call_ms: u64,
     },
+    /// Internal: the first lock holder process of setnx-race.
+    #[command(name = "__buy", hide = true)]
+    Buy,
     /// Internal: removes temp dirs and stops servers if locklab dies.
     #[command(name = "__guardian", hide = true)]
     Guardian,
@@ -95,6 +98,16 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub pg_url: Option<String>,
+    /// Use your own Redis instead of a throwaway one (redis://[:PASSWORD@]HOST:PORT/DB).
+    /// locklab touches only keys under its own `locklab_<id>:` prefix and deletes them
+    /// afterwards; it never runs FLUSHDB, FLUSHALL or CONFIG SET.
+    #[arg(
+        long,
+        env = "LOCKLAB_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Directory for the JSON results.

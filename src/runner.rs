@@ -105,6 +105,14 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 metric: scenario.harm_metric.clone(),
                 label: scenario.harm_label.clone(),
             },
+            columns: scenario
+                .columns
+                .iter()
+                .map(|(metric, label)| Harm {
+                    metric: metric.clone(),
+                    label: label.clone(),
+                })
+                .collect(),
             variants: Vec::new(),
         });
         for variant in &scenario.variants {

@@ -2,4 +2,5 @@
 
 pub mod expect;
 pub mod orphan_lock;
+pub mod setnx_race;
 pub mod stats;

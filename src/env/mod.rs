@@ -4,6 +4,7 @@
 pub mod guardian;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,11 +13,16 @@ use anyhow::Context;
 
 use guardian::Guardian;
 use postgres::{PgServer, PgTarget};
+use redis::{RedisServer, RedisTarget};
 
 #[derive(Debug, Clone, Default)]
 pub struct EnvOptions {
     /// The user's own PostgreSQL; `None` starts a throwaway one.
     pub pg_url: Option<String>,
+    /// The user's own Redis; `None` starts a throwaway one when a scenario needs Redis.
+    pub redis_url: Option<String>,
+    /// Whether any scenario of the run uses Redis (no Redis is started or checked otherwise).
+    pub need_redis: bool,
     /// Extra `-c name=value` for a throwaway server (never applied to the user's server).
     pub pg_server_settings: Vec<(String, String)>,
     /// The locklab binary, re-executed for the guardian and for worker processes.
@@ -27,38 +33,50 @@ pub struct EnvOptions {
 
 pub struct Env {
     pub pg: PgTarget,
+    /// Present when the run needs Redis.
+    pub redis: Option<RedisTarget>,
     /// Prefix of every application_name and of the schema: tells our sessions from others'.
     pub run_tag: String,
     pub exe: PathBuf,
     pg_server: Option<PgServer>,
+    redis_server: Option<RedisServer>,
     guardian: Option<Arc<Guardian>>,
 }
 
 impl Env {
     pub async fn setup(opts: &EnvOptions) -> anyhow::Result<Env> {
         let run_tag = format!("locklab_{:08x}", rand::random::<u32>());
-        let (pg, pg_server, guardian) = match &opts.pg_url {
-            Some(url) => (postgres::external(url, &run_tag).await?, None, None),
-            None => {
-                let guardian = Arc::new(Guardian::start(&opts.exe)?);
-                let server = match PgServer::start(guardian.clone(), &opts.pg_server_settings).await
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        guardian.finish();
-                        return Err(e.context("could not start a throwaway PostgreSQL"));
-                    }
-                };
-                (server.target(&run_tag), Some(server), Some(guardian))
-            }
+        let throwaway = opts.pg_url.is_none() || (opts.need_redis && opts.redis_url.is_none());
+        let guardian = match throwaway {
+            true => Some(Arc::new(Guardian::start(&opts.exe)?)),
+            false => None,
         };
-        let env = Env {
+        let (pg, pg_server) = match (&opts.pg_url, &guardian) {
+            (Some(url), _) => (postgres::external(url, &run_tag).await?, None),
+            (None, Some(g)) => match PgServer::start(g.clone(), &opts.pg_server_settings).await {
+                Ok(s) => (s.target(&run_tag), Some(s)),
+                Err(e) => {
+                    g.finish();
+                    return Err(e.context("could not start a throwaway PostgreSQL"));
+                }
+            },
+            (None, None) => anyhow::bail!("no guardian for a throwaway server"),
+        };
+        let mut env = Env {
             pg,
+            redis: None,
             run_tag,
             exe: opts.exe.clone(),
             pg_server,
+            redis_server: None,
             guardian,
         };
+        if opts.need_redis
+            && let Err(e) = env.setup_redis(opts).await
+        {
+            env.teardown().await;
+            return Err(e);
+        }
         if opts.servers_only {
             return Ok(env);
         }
@@ -67,6 +85,38 @@ impl Env {
             return Err(e);
         }
         Ok(env)
+    }
+
+    async fn setup_redis(&mut self, opts: &EnvOptions) -> anyhow::Result<()> {
+        let prefix = format!("{}:", self.run_tag);
+        let target = match (&opts.redis_url, &self.guardian) {
+            (Some(url), _) => RedisTarget::new(url, &prefix),
+            (None, Some(g)) => {
+                let server = RedisServer::start(g.clone())
+                    .await
+                    .context("could not start a throwaway Redis")?;
+                let target = server.target(&prefix);
+                self.redis_server = Some(server);
+                target
+            }
+            (None, None) => anyhow::bail!("no guardian for a throwaway server"),
+        };
+        // Fails here, before any variant, on a wrong URL or password.
+        target.connect().await?;
+        self.redis = Some(target);
+        Ok(())
+    }
+
+    /// The run's Redis, for scenarios that declared they need it.
+    pub fn redis(&self) -> anyhow::Result<&RedisTarget> {
+        self.redis
+            .as_ref()
+            .context("this scenario needs Redis, but the run was set up without it")
+    }
+
+    /// The throwaway Redis's URL, with its password.
+    pub fn redis_url(&self) -> Option<String> {
+        self.redis_server.as_ref().map(RedisServer::url)
     }
 
     async fn create_schema(&self) -> anyhow::Result<()> {
@@ -114,6 +164,11 @@ impl Env {
 
     /// Stops throwaway servers, or removes our schema from the user's server.
     pub async fn teardown(mut self) {
+        if let Some(server) = self.redis_server.as_mut() {
+            server.stop().await;
+        } else if let Some(r) = &self.redis {
+            let _ = r.remove_keys("").await;
+        }
         if let Some(server) = self.pg_server.as_mut() {
             server.stop().await;
         } else {

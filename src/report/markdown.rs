@@ -13,8 +13,9 @@ impl Exporter for Markdown {
         let mut out = String::new();
         for s in &report.scenarios {
             out.push_str(&format!("### {}\n\n{}\n\n", s.name, s.summary));
-            out.push_str(&format!("| {} |\n", Row::headers(s).join(" | ")));
-            out.push_str(&format!("|{}\n", "---|".repeat(7)));
+            let headers = Row::headers(s);
+            out.push_str(&format!("| {} |\n", headers.join(" | ")));
+            out.push_str(&format!("|{}\n", "---|".repeat(headers.len())));
             for v in &s.variants {
                 let cells: Vec<String> = Row::of(s, v).cells().iter().map(|c| escape(c)).collect();
                 out.push_str(&format!("| {} |\n", cells.join(" | ")));

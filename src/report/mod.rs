@@ -33,6 +33,9 @@ pub struct ScenarioReport {
     pub time_scale: f64,
     pub params: BTreeMap<String, serde_json::Value>,
     pub harm: Harm,
+    /// Further metric columns of the table.
+    #[serde(default)]
+    pub columns: Vec<Harm>,
     pub variants: Vec<VariantReport>,
 }
 
@@ -143,6 +146,22 @@ pub fn fmt_ms(v: Option<&serde_json::Value>) -> String {
     }
 }
 
+/// A metric as a table cell: milliseconds for `*_ms`, else the number or yes/no.
+pub fn fmt_metric(name: &str, v: Option<&serde_json::Value>) -> String {
+    if name.ends_with("_ms") {
+        return fmt_ms(v);
+    }
+    match v {
+        None | Some(serde_json::Value::Null) => "—".into(),
+        Some(serde_json::Value::Bool(b)) => if *b { "yes" } else { "no" }.into(),
+        Some(serde_json::Value::Number(n)) => match n.as_i64() {
+            Some(i) => i.to_string(),
+            None => format!("{:.1}", n.as_f64().unwrap_or(0.0)),
+        },
+        Some(other) => other.to_string(),
+    }
+}
+
 /// The cells every exporter shows for a variant, so table and Markdown agree.
 pub struct Row {
     pub variant: String,
@@ -151,6 +170,7 @@ pub struct Row {
     pub p50: String,
     pub p99: String,
     pub harm: String,
+    pub extra: Vec<String>,
     pub verdict: String,
 }
 
@@ -168,9 +188,16 @@ impl Row {
         let harm_value = v.metrics.get(&s.harm.metric);
         let harm = match harm_value {
             // A figure measured up to the cut-off is a lower bound.
-            Some(_) if cut_off && v.outcome == "stuck" => format!("≥ {}", fmt_ms(harm_value)),
-            _ => fmt_ms(harm_value),
+            Some(_) if cut_off && v.outcome == "stuck" => {
+                format!("≥ {}", fmt_metric(&s.harm.metric, harm_value))
+            }
+            _ => fmt_metric(&s.harm.metric, harm_value),
         };
+        let extra = s
+            .columns
+            .iter()
+            .map(|c| fmt_metric(&c.metric, v.metrics.get(&c.metric)))
+            .collect();
         let verdict = if let Some(e) = &v.error {
             format!("ERROR: {e}")
         } else if v.expectations_held {
@@ -195,32 +222,37 @@ impl Row {
             p50: fmt_ms(v.metrics.get("p50_ms")),
             p99: fmt_ms(v.metrics.get("p99_ms")),
             harm,
+            extra,
             verdict,
         }
     }
 
-    pub fn headers(s: &ScenarioReport) -> [String; 7] {
-        [
+    pub fn headers(s: &ScenarioReport) -> Vec<String> {
+        let mut h: Vec<String> = vec![
             "variant".into(),
             "outcome".into(),
             "requests".into(),
             "p50".into(),
             "p99".into(),
             s.harm.label.clone(),
-            "expectations".into(),
-        ]
+        ];
+        h.extend(s.columns.iter().map(|c| c.label.clone()));
+        h.push("expectations".into());
+        h
     }
 
-    pub fn cells(self) -> [String; 7] {
-        [
+    pub fn cells(self) -> Vec<String> {
+        let mut c = vec![
             self.variant,
             self.outcome,
             self.requests,
             self.p50,
             self.p99,
             self.harm,
-            self.verdict,
-        ]
+        ];
+        c.extend(self.extra);
+        c.push(self.verdict);
+        c
     }
 }
 
@@ -293,6 +325,7 @@ pub(crate) mod fixtures {
                     metric: "lock_held_ms".into(),
                     label: "row locked".into(),
                 },
+                columns: vec![],
                 variants: vec![baseline, mitigated, broken],
             }],
             wall_ms: 4200,

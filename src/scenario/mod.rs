@@ -2,6 +2,7 @@
 //! A scenario never sees the CLI: it gets its resolved variant and a context to work in.
 
 pub mod orphan_lock;
+pub mod setnx_race;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -22,22 +23,30 @@ pub struct Kind {
     pub name: &'static str,
     pub params: &'static [&'static str],
     pub metrics: &'static [&'static str],
+    /// The run starts (or connects to) Redis only when some scenario needs it.
+    pub needs_redis: bool,
     /// Rejects parameter values the code cannot run with, before any server starts.
     pub validate: fn(&spec::Params) -> anyhow::Result<()>,
     pub run: for<'a> fn(&'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>,
 }
 
-pub static KINDS: &[Kind] = &[orphan_lock::KIND];
+pub static KINDS: &[Kind] = &[orphan_lock::KIND, setnx_race::KIND];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
 }
 
 /// The scenario files, embedded so `locklab run NAME` works from any directory.
-pub static BUILTIN: &[(&str, &str)] = &[(
-    "orphan-lock",
-    include_str!("../../scenarios/orphan-lock.toml"),
-)];
+pub static BUILTIN: &[(&str, &str)] = &[
+    (
+        "orphan-lock",
+        include_str!("../../scenarios/orphan-lock.toml"),
+    ),
+    (
+        "setnx-race",
+        include_str!("../../scenarios/setnx-race.toml"),
+    ),
+];
 
 /// Loads a built-in scenario by name, or a file by path (anything with a `/` or `.toml`).
 pub fn load(name_or_path: &str) -> Result<Scenario, UsageError> {
@@ -79,6 +88,14 @@ impl VariantCtx<'_> {
     /// The variant's name as it appears in application_name (which PostgreSQL caps at 63 bytes).
     fn variant_tag(&self) -> String {
         self.variant.name.chars().take(24).collect()
+    }
+
+    /// A Redis key of this variant, under the run's prefix.
+    pub fn redis_key(&self, name: &str) -> anyhow::Result<String> {
+        Ok(self
+            .env
+            .redis()?
+            .key(&format!("{}/{}", self.variant_tag(), name)))
     }
 
     /// Ends this variant's sessions whose role starts with `role_prefix` (e.g. `w/`).

@@ -40,6 +40,7 @@ pub const KIND: Kind = Kind {
         "deadline",
     ],
     metrics: METRICS,
+    needs_redis: false,
     validate,
     run: run_boxed,
 };
@@ -512,6 +513,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             let plan = Plan {
                 retry_after: p.duration("retry_after")?,
                 stop_after_ok: true,
+                stop_on: &[],
             };
             let driven = workload::drive(bookers, plan, clock, deadline, &ctx.cancel, booked).await;
             ticker.abort();

@@ -23,6 +23,9 @@ struct FileSpec {
     summary: String,
     explain: String,
     harm: HarmSpec,
+    /// More metric columns for the table, after the harm column.
+    #[serde(default)]
+    columns: Vec<HarmSpec>,
     #[serde(default)]
     params: BTreeMap<String, Spanned<toml::Value>>,
     variants: Vec<VariantSpec>,
@@ -274,6 +277,8 @@ pub struct Scenario {
     pub explain: String,
     pub harm_metric: String,
     pub harm_label: String,
+    /// Extra table columns: (metric, label).
+    pub columns: Vec<(String, String)>,
     pub params: BTreeMap<String, Param>,
     pub variants: Vec<Variant>,
     /// Where it came from: `built-in` or a path.
@@ -359,15 +364,18 @@ impl Scenario {
                 .collect::<Result<Vec<_>, _>>()
         };
 
-        if !kind.metrics.contains(&spec.harm.metric.get_ref().as_str()) {
-            return Err(at(
-                spec.harm.metric.span(),
-                &format!(
-                    "`{}` is not a metric of {}",
-                    spec.harm.metric.get_ref(),
-                    kind.name
-                ),
-            ));
+        for column in std::iter::once(&spec.harm).chain(&spec.columns) {
+            if !kind.metrics.contains(&column.metric.get_ref().as_str()) {
+                return Err(at(
+                    column.metric.span(),
+                    &format!(
+                        "`{}` is not a metric of {} (its metrics: {})",
+                        column.metric.get_ref(),
+                        kind.name,
+                        kind.metrics.join(", ")
+                    ),
+                ));
+            }
         }
         if spec.variants.is_empty() {
             return Err(UsageError(format!(
@@ -413,6 +421,11 @@ impl Scenario {
             explain: spec.explain.trim().to_string(),
             harm_metric: spec.harm.metric.get_ref().clone(),
             harm_label: spec.harm.label,
+            columns: spec
+                .columns
+                .into_iter()
+                .map(|c| (c.metric.into_inner(), c.label))
+                .collect(),
             params,
             variants,
             source: origin.to_string(),

@@ -37,6 +37,14 @@ impl From<tokio_postgres::Error> for OpError {
     }
 }
 
+impl From<redis::RedisError> for OpError {
+    fn from(e: redis::RedisError) -> OpError {
+        OpError {
+            class: format!("redis-{}", e.category()),
+        }
+    }
+}
+
 /// One simulated client.
 pub trait Client: Send + 'static {
     /// What an operation is called in the history, e.g. `book`.
@@ -53,6 +61,8 @@ pub struct Plan {
     pub retry_after: Duration,
     /// A client stops after its first successful operation.
     pub stop_after_ok: bool,
+    /// Error classes that end a client's attempts (e.g. `sold-out`): retrying cannot help.
+    pub stop_on: &'static [&'static str],
 }
 
 pub struct Driven {
@@ -147,6 +157,7 @@ async fn run_client(
                 }
             }
             Err(e) => {
+                let stop = plan.stop_on.contains(&e.class.as_str());
                 ops.push(Op {
                     client: id,
                     kind,
@@ -154,6 +165,9 @@ async fn run_client(
                     end_ms,
                     outcome: Outcome::Error { class: e.class },
                 });
+                if stop {
+                    return (ops, false);
+                }
                 let pause = plan.retry_after.mul_f64(rand::random_range(0.5..1.5));
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}

@@ -13,7 +13,9 @@ pub fn bin() -> &'static str {
 /// A locklab command whose temp files land in `tmp`, so a test can check nothing is left.
 pub fn locklab(tmp: &Path) -> Command {
     let mut c = Command::new(bin());
-    c.env("TMPDIR", tmp).env_remove("LOCKLAB_PG_URL");
+    c.env("TMPDIR", tmp)
+        .env_remove("LOCKLAB_PG_URL")
+        .env_remove("LOCKLAB_REDIS_URL");
     c
 }
 
@@ -116,6 +118,7 @@ pub fn signal(child: &Child, sig: i32) {
 pub struct EnvUp {
     pub child: Child,
     pub url: String,
+    pub redis_url: String,
 }
 
 impl EnvUp {
@@ -134,9 +137,18 @@ impl EnvUp {
             .and_then(Result::ok)
             .and_then(|l| l.strip_prefix("PostgreSQL").map(|u| u.trim().to_string()))
             .expect("env up prints the PostgreSQL URL first");
+        let redis_url = lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| l.strip_prefix("Redis").map(|u| u.trim().to_string()))
+            .expect("env up prints the Redis URL second");
         // Keep draining stdout so env up never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        EnvUp { child, url }
+        EnvUp {
+            child,
+            url,
+            redis_url,
+        }
     }
 
     pub fn stop(mut self) -> std::process::ExitStatus {

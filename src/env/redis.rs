@@ -1,0 +1,275 @@
+//! Redis: a throwaway `redis-server` from the installed package, or the user's own by URL.
+//! On the user's server locklab only touches keys under its run's prefix, removes them
+//! afterwards, and never runs FLUSHDB, FLUSHALL or CONFIG SET.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use redis::aio::MultiplexedConnection;
+
+use super::guardian::Guardian;
+use super::postgres::INSTALL_HINT;
+use super::process;
+
+/// The throwaway server's password: set, so the URL people copy is the same shape as theirs.
+const PASSWORD: &str = "locklab";
+
+/// Where a scenario's Redis is and which keys are ours.
+#[derive(Clone)]
+pub struct RedisTarget {
+    url: String,
+    /// What to show a person: never contains a password.
+    pub display: String,
+    /// Every key locklab creates starts with this, e.g. `locklab_1a2b3c4d:`.
+    pub prefix: String,
+}
+
+impl RedisTarget {
+    pub fn new(url: &str, prefix: &str) -> RedisTarget {
+        RedisTarget {
+            url: url.to_string(),
+            display: redact(url),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The URL, for a worker process (passed in its environment, not argv).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A key of this run: `prefix` + `name`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<MultiplexedConnection> {
+        let client = redis::Client::open(self.url.as_str())
+            .with_context(|| format!("bad Redis URL {}", self.display))?;
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        let mut con = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .with_context(|| format!("could not connect to Redis at {}", self.display))?;
+        // A wrong password can surface on the first command rather than at connect.
+        redis::cmd("PING")
+            .query_async::<String>(&mut con)
+            .await
+            .with_context(|| format!("Redis at {} does not answer PING", self.display))?;
+        Ok(con)
+    }
+
+    /// Deletes every key under our prefix (SCAN, never KEYS or FLUSHDB).
+    pub async fn remove_keys(&self, under: &str) -> anyhow::Result<usize> {
+        let mut con = self.connect().await?;
+        let pattern = format!("{}*", glob_escape(&self.key(under)));
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut con)
+                .await?;
+            if !keys.is_empty() {
+                removed += redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<usize>(&mut con)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Hides the password of a redis:// URL (`redis://:pw@h`, `redis://user:pw@h`).
+pub fn redact(url: &str) -> String {
+    for scheme in ["redis://", "rediss://"] {
+        if let Some(rest) = url.strip_prefix(scheme)
+            && let Some((userinfo, host)) = rest.rsplit_once('@')
+        {
+            // `redis://:pw@h` has an empty user; `redis://pw@h` is a password alone too.
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            return format!("{scheme}{user}:***@{host}");
+        }
+    }
+    url.to_string()
+}
+
+/// `LOCKLAB_REDIS_BIN` (a directory) if set, else `redis-server` on PATH, else /usr/bin.
+pub fn find_binary() -> anyhow::Result<PathBuf> {
+    let dirs: Vec<PathBuf> = match std::env::var_os("LOCKLAB_REDIS_BIN") {
+        Some(d) => vec![PathBuf::from(d)],
+        None => std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+            .collect(),
+    };
+    dirs.iter()
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file())
+        .with_context(|| format!("redis-server not found: {INSTALL_HINT}"))
+}
+
+/// A throwaway Redis: loopback only, no persistence, a password, its own temp dir.
+pub struct RedisServer {
+    child: tokio::process::Child,
+    pid: u32,
+    dir: PathBuf,
+    pub port: u16,
+    guardian: Arc<Guardian>,
+    stopped: bool,
+}
+
+impl RedisServer {
+    pub async fn start(guardian: Arc<Guardian>) -> anyhow::Result<RedisServer> {
+        let bin = find_binary()?;
+        let mut last_err = None;
+        // The port can be taken between our check and the server's bind: try a few.
+        for _ in 0..3 {
+            match Self::start_once(&bin, guardian.clone()).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    async fn start_once(bin: &Path, guardian: Arc<Guardian>) -> anyhow::Result<RedisServer> {
+        let dir = process::make_temp_dir("locklab-redis")?;
+        guardian.watch_dir(&dir);
+        let port = match process::free_port() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                guardian.forget_dir(&dir);
+                return Err(e).context("could not find a free port for Redis");
+            }
+        };
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--requirepass", PASSWORD])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = match process::spawn_tied(cmd, libc::SIGKILL).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                guardian.forget_dir(&dir);
+                return Err(e).context("could not start redis-server");
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        guardian.watch_group(pid);
+        let mut server = RedisServer {
+            child,
+            pid,
+            dir,
+            port,
+            guardian,
+            stopped: false,
+        };
+        if let Err(e) = server.wait_ready().await {
+            server.stop().await;
+            return Err(e);
+        }
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let target = self.target("");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                bail!(
+                    "redis-server exited ({status}) while starting: {}",
+                    log.trim()
+                );
+            }
+            match target.connect().await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    bail!("redis-server did not answer within 10 s: {e:#}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+
+    /// A redis-cli-ready URL with the password.
+    pub fn url(&self) -> String {
+        format!("redis://:{PASSWORD}@127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn target(&self, prefix: &str) -> RedisTarget {
+        RedisTarget::new(&self.url(), prefix)
+    }
+
+    pub async fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        process::stop_group(&mut self.child, libc::SIGTERM, Duration::from_secs(3)).await;
+        self.guardian.forget_group(self.pid);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.guardian.forget_dir(&self.dir);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if !self.stopped {
+            process::signal(self.pid, libc::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_redis_passwords() {
+        assert_eq!(redact("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("redis://u:pw@h:6379"), "redis://u:***@h:6379");
+        assert_eq!(redact("redis://pw@h"), "redis://:***@h");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn scan_patterns_escape_glob_characters() {
+        assert_eq!(glob_escape("a*b?[c]"), "a\\*b\\?\\[c\\]");
+    }
+}

@@ -1,0 +1,147 @@
+//! setnx-race against a real throwaway Redis and PostgreSQL, and against a Redis given by URL.
+//! Every figure comes from the JSON report: critical sections the buyers recorded, the lock key
+//! as sampled from Redis, and orders counted by PostgreSQL.
+
+mod common;
+use std::time::Duration;
+
+use common::*;
+
+fn redis_keys(url: &str) -> Vec<String> {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut con = client.get_connection().expect("connect to redis");
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).expect("KEYS");
+    keys.sort();
+    keys
+}
+
+#[test]
+fn every_variant_shows_its_verdict_and_nothing_is_left_behind() {
+    let tmp = tempdir();
+    let (code, report, stderr) = run_json(tmp.path(), &["setnx-race"]);
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    for v in report["scenarios"][0]["variants"]
+        .as_array()
+        .expect("variants")
+    {
+        assert_eq!(v["expectations_held"], true, "{v:#}");
+    }
+
+    let none = variant(&report, "no-lock");
+    assert_eq!(metric(none, "sold"), 20.0);
+    assert_eq!(metric(none, "oversold"), 19.0);
+    assert_eq!(metric(none, "stock_left"), -19.0);
+
+    let no_ttl = variant(&report, "setnx-no-ttl");
+    assert_eq!(no_ttl["outcome"], "locked-out");
+    assert_eq!(metric(no_ttl, "sold"), 0.0);
+    assert!(metric(no_ttl, "lock_stuck_ms") >= 2700.0, "{no_ttl:#}");
+    assert!(metric(no_ttl, "denied") >= 19.0);
+
+    let ttl = variant(&report, "setnx-ttl");
+    assert_eq!(metric(ttl, "sold"), 1.0);
+    let stuck = metric(ttl, "lock_stuck_ms");
+    assert!(
+        (900.0..=1500.0).contains(&stuck),
+        "a crashed holder's lock with a 1 s TTL was stuck {stuck} ms"
+    );
+    assert_eq!(metric(ttl, "max_concurrent_holders"), 1.0);
+
+    let short = variant(&report, "ttl-too-short");
+    assert!(metric(short, "oversold") >= 1.0, "{short:#}");
+    assert!(metric(short, "max_concurrent_holders") >= 2.0);
+    assert!(metric(short, "foreign_releases") >= 1.0);
+
+    let fixed = variant(&report, "mitigated");
+    assert_eq!(metric(fixed, "sold"), 1.0);
+    assert_eq!(metric(fixed, "oversold"), 0.0);
+    assert_eq!(metric(fixed, "foreign_releases"), 0.0);
+    assert!(metric(fixed, "stale_writes_rejected") >= 1.0, "{fixed:#}");
+    // Honest: the pause still makes two holders overlap; the fence keeps the data right.
+    assert!(metric(fixed, "max_concurrent_holders") >= 2.0);
+
+    // No redis-server, holder process or temp dir outlives the run.
+    assert_nothing_left(tmp.path(), Duration::from_secs(5));
+}
+
+#[test]
+fn against_a_redis_given_by_url_with_a_password_only_our_keys_are_touched() {
+    let tmp = tempdir();
+    let servers = EnvUp::start(tmp.path(), &[]);
+    assert!(
+        servers.redis_url.contains(":locklab@"),
+        "{}",
+        servers.redis_url
+    );
+    {
+        let client = redis::Client::open(servers.redis_url.as_str()).expect("url");
+        let mut con = client.get_connection().expect("connect");
+        let _: () = redis::cmd("SET")
+            .arg("customer:42")
+            .arg("theirs")
+            .query(&mut con)
+            .expect("SET");
+    }
+    let (code, report, stderr) = run_json(
+        tmp.path(),
+        &[
+            "setnx-race",
+            "--pg-url",
+            &servers.url,
+            "--redis-url",
+            &servers.redis_url,
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    assert!(
+        !serde_json::to_string(&report)
+            .unwrap()
+            .contains(":locklab@"),
+        "the Redis password leaked into the report"
+    );
+    assert_eq!(
+        redis_keys(&servers.redis_url),
+        vec!["customer:42".to_string()]
+    );
+}
+
+#[test]
+fn a_wrong_redis_password_or_an_unreachable_redis_is_an_environment_error() {
+    let tmp = tempdir();
+    let servers = EnvUp::start(tmp.path(), &[]);
+    let wrong = servers.redis_url.replace(":locklab@", ":wrong@");
+    let out = locklab(tmp.path())
+        .args([
+            "run",
+            "setnx-race",
+            "--no-results",
+            "--pg-url",
+            &servers.url,
+        ])
+        .args(["--redis-url", &wrong])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+    assert!(!stderr.contains(":wrong@"), "password shown: {stderr}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let out = locklab(tmp.path())
+        .args([
+            "run",
+            "setnx-race",
+            "--no-results",
+            "--pg-url",
+            &servers.url,
+        ])
+        .args(["--redis-url", &format!("redis://:pw@127.0.0.1:{port}/0")])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("could not connect to Redis"), "{stderr}");
+}
