@@ -2,5 +2,6 @@
 
 pub mod expect;
 pub mod orphan_lock;
+pub mod pool;
 pub mod setnx_race;
 pub mod stats;

@@ -70,6 +70,34 @@ impl PgTarget {
         Ok(client)
     }
 
+    /// An application-side connection pool (deadpool-postgres) of at most `size` connections.
+    /// `wait` bounds a checkout (deadpool's default is to wait forever). Connections go back
+    /// to the pool as they are, without any reset, as in most application pools.
+    pub fn pool(
+        &self,
+        app: &str,
+        settings: &[(String, String)],
+        size: usize,
+        wait: Option<Duration>,
+        queue: deadpool_postgres::QueueMode,
+    ) -> anyhow::Result<deadpool_postgres::Pool> {
+        let mgr = deadpool_postgres::Manager::from_config(
+            self.config(app, settings)?,
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        deadpool_postgres::Pool::builder(mgr)
+            .max_size(size)
+            .queue_mode(queue)
+            .wait_timeout(wait)
+            // A wait timeout needs a runtime named explicitly (else NoRuntimeSpecified).
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .context("could not build a connection pool")
+    }
+
     /// The target as a worker process sees it, from what its parent passed down.
     pub fn for_worker(conn: String, schema: String) -> PgTarget {
         PgTarget {

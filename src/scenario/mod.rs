@@ -1,7 +1,9 @@
 //! Scenarios: data in `scenarios/*.toml`, plus one code file per failure mode.
 //! A scenario never sees the CLI: it gets its resolved variant and a context to work in.
 
+pub mod begin_on_pool;
 pub mod orphan_lock;
+pub mod pool_deadlock;
 pub mod setnx_race;
 pub mod spec;
 
@@ -30,7 +32,12 @@ pub struct Kind {
     pub run: for<'a> fn(&'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>,
 }
 
-pub static KINDS: &[Kind] = &[orphan_lock::KIND, setnx_race::KIND];
+pub static KINDS: &[Kind] = &[
+    begin_on_pool::KIND,
+    orphan_lock::KIND,
+    pool_deadlock::KIND,
+    setnx_race::KIND,
+];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
@@ -41,6 +48,14 @@ pub static BUILTIN: &[(&str, &str)] = &[
     (
         "orphan-lock",
         include_str!("../../scenarios/orphan-lock.toml"),
+    ),
+    (
+        "begin-on-pool",
+        include_str!("../../scenarios/begin-on-pool.toml"),
+    ),
+    (
+        "pool-deadlock",
+        include_str!("../../scenarios/pool-deadlock.toml"),
     ),
     (
         "setnx-race",

@@ -270,18 +270,9 @@ async fn start_holder(
     let settings = &ctx.variant.settings;
     if fault == Fault::Leak {
         // One application pool of one connection, as in a service with a small pool.
-        let cfg = env.pg.config(&app, settings)?;
-        let mgr = deadpool_postgres::Manager::from_config(
-            cfg,
-            NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        let pool = deadpool_postgres::Pool::builder(mgr)
-            .max_size(1)
-            .build()
-            .context("could not build the holder's pool")?;
+        let pool = env
+            .pg
+            .pool(&app, settings, 1, None, deadpool_postgres::QueueMode::Fifo)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (task_pool, target) = (pool.clone(), env.pg.clone());
         let task = tokio::spawn(async move {

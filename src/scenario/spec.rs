@@ -208,6 +208,16 @@ impl Params {
         }
     }
 
+    pub fn flag(&self, name: &str) -> anyhow::Result<bool> {
+        match self.get(name)? {
+            Param::Bool(b) => Ok(*b),
+            other => Err(UsageError(format!(
+                "parameter `{name}` must be true or false, not {other}"
+            ))
+            .into()),
+        }
+    }
+
     pub fn text(&self, name: &str) -> anyhow::Result<&str> {
         match self.get(name)? {
             Param::Text(s) => Ok(s),

@@ -45,6 +45,16 @@ impl From<redis::RedisError> for OpError {
     }
 }
 
+impl From<deadpool_postgres::PoolError> for OpError {
+    fn from(e: deadpool_postgres::PoolError) -> OpError {
+        match e {
+            deadpool_postgres::PoolError::Timeout(_) => OpError::new("pool-timeout"),
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            _ => OpError::new("pool"),
+        }
+    }
+}
+
 /// One simulated client.
 pub trait Client: Send + 'static {
     /// What an operation is called in the history, e.g. `book`.
@@ -62,6 +72,7 @@ pub struct Plan {
     /// A client stops after its first successful operation.
     pub stop_after_ok: bool,
     /// Error classes that end a client's attempts (e.g. `sold-out`): retrying cannot help.
+    /// `*` stops on any error: each client makes one attempt.
     pub stop_on: &'static [&'static str],
 }
 
@@ -157,7 +168,7 @@ async fn run_client(
                 }
             }
             Err(e) => {
-                let stop = plan.stop_on.contains(&e.class.as_str());
+                let stop = plan.stop_on.contains(&e.class.as_str()) || plan.stop_on.contains(&"*");
                 ops.push(Op {
                     client: id,
                     kind,

@@ -1,0 +1,363 @@
+//! begin-on-pool: a booking transaction whose BEGIN, SELECT, UPDATE, INSERT and COMMIT each go
+//! through the pool as a checkout of their own, so they land on whichever connection is free.
+//! The checker compares what customers were told with the rows PostgreSQL shows afterwards and
+//! with the pool's connections left `idle in transaction`.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+use tokio_postgres::types::ToSql;
+
+use super::{Kind, VariantCtx, VariantRun};
+use crate::check::pool::{BOOKING_METRICS, BookingObservations, evaluate_booking};
+use crate::error::UsageError;
+use crate::history::Clock;
+use crate::scenario::spec::Params;
+use crate::workload::{self, OpError, Plan};
+
+pub const KIND: Kind = Kind {
+    name: "begin-on-pool",
+    params: &[
+        "bookers",
+        "pool_size",
+        "client",
+        "select",
+        "update",
+        "unique_index",
+        "think",
+        "step",
+        "deadline",
+    ],
+    metrics: BOOKING_METRICS,
+    needs_redis: false,
+    validate,
+    run: run_boxed,
+};
+
+const SEAT: i32 = 1;
+
+fn choice<'a>(p: &'a Params, name: &str, allowed: &[&str]) -> anyhow::Result<&'a str> {
+    let v = p.text(name)?;
+    if allowed.contains(&v) {
+        Ok(v)
+    } else {
+        Err(UsageError(format!(
+            "{name} must be one of {}, not `{v}`",
+            allowed.join(", ")
+        ))
+        .into())
+    }
+}
+
+fn validate(p: &Params) -> anyhow::Result<()> {
+    choice(p, "client", &["pool", "dedicated"])?;
+    choice(p, "select", &["plain", "for-update"])?;
+    choice(p, "update", &["plain", "conditional"])?;
+    p.flag("unique_index")?;
+    if p.count("bookers")? == 0 || p.count("pool_size")? == 0 {
+        return Err(UsageError("bookers and pool_size must be at least 1".into()).into());
+    }
+    p.duration("think")?;
+    p.duration("step")?;
+    p.duration("deadline")?;
+    Ok(())
+}
+
+fn run_boxed<'a>(ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {
+    Box::pin(run(ctx))
+}
+
+/// Paces the bookers statement by statement: after each statement a booker waits until every
+/// booker has finished that statement, or `patience` has passed. Where nothing blocks (every
+/// statement through the pool) all arrive at once, so the pool hands out connections the same
+/// way on every run. Where bookers wait on a row lock (the dedicated-client variants) the gate
+/// falls back to the timeout instead of deadlocking, as a plain barrier would.
+struct Pace {
+    arrived: [AtomicUsize; Pace::GATES],
+    notify: tokio::sync::Notify,
+    bookers: usize,
+    patience: Duration,
+}
+
+impl Pace {
+    const GATES: usize = 4;
+
+    fn new(bookers: usize, patience: Duration) -> Pace {
+        Pace {
+            arrived: Default::default(),
+            notify: tokio::sync::Notify::new(),
+            bookers,
+            patience,
+        }
+    }
+
+    async fn gate(&self, gate: usize) {
+        self.arrived[gate].fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        let until = Instant::now() + self.patience;
+        loop {
+            let notified = self.notify.notified();
+            if self.arrived[gate].load(Ordering::SeqCst) >= self.bookers {
+                return;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A booker that stops early passes the gates it will not reach, so nobody waits for it.
+    fn leave(&self, passed: usize) {
+        for g in passed..Self::GATES {
+            self.arrived[g].fetch_add(1, Ordering::SeqCst);
+        }
+        self.notify.notify_waiters();
+    }
+}
+
+struct Sql {
+    select: String,
+    update: String,
+    conditional: bool,
+    insert: String,
+}
+
+/// Where a booker's statements go: every one through the pool, or one checked-out client.
+enum Conn {
+    Pool,
+    Dedicated(Box<deadpool_postgres::Object>),
+}
+
+struct Booker {
+    pool: deadpool_postgres::Pool,
+    dedicated: bool,
+    sql: Arc<Sql>,
+    customer: String,
+    think: Duration,
+    pace: Arc<Pace>,
+    start_line: Arc<tokio::sync::Barrier>,
+    told_booked: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Booker {
+    /// One statement: on the dedicated client, or on whatever connection the pool hands out
+    /// (returned to the pool as soon as the statement is done, as `pool.query` does).
+    async fn exec(
+        &self,
+        conn: &Conn,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, OpError> {
+        match conn {
+            Conn::Dedicated(c) => Ok(c.execute(sql, params).await?),
+            Conn::Pool => {
+                let c = self.pool.get().await?;
+                Ok(c.execute(sql, params).await?)
+            }
+        }
+    }
+
+    async fn booked(&self, conn: &Conn) -> Result<bool, OpError> {
+        let row = match conn {
+            Conn::Dedicated(c) => c.query_one(&self.sql.select, &[&SEAT]).await?,
+            Conn::Pool => {
+                let c = self.pool.get().await?;
+                c.query_one(&self.sql.select, &[&SEAT]).await?
+            }
+        };
+        Ok(row.get(0))
+    }
+
+    async fn book(&mut self) -> Result<(), OpError> {
+        // Everyone starts together (nothing is locked yet, so waiting here cannot deadlock).
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.start_line.wait()).await;
+        let conn = match self.dedicated {
+            true => Conn::Dedicated(Box::new(self.pool.get().await?)),
+            false => Conn::Pool,
+        };
+        let mut passed = 0;
+        let result = self.transaction(&conn, &mut passed).await;
+        self.pace.leave(passed);
+        if result.is_err() {
+            let _ = self.exec(&conn, "ROLLBACK", &[]).await;
+        }
+        if result.is_ok()
+            && let Ok(mut told) = self.told_booked.lock()
+        {
+            told.insert(self.customer.clone());
+        }
+        result
+    }
+
+    async fn transaction(&self, conn: &Conn, passed: &mut usize) -> Result<(), OpError> {
+        let pace = |gate: usize, passed: &mut usize| {
+            *passed = gate + 1;
+            self.pace.gate(gate)
+        };
+        self.exec(conn, "BEGIN", &[]).await?;
+        pace(0, passed).await;
+        if self.booked(conn).await? {
+            return Err(OpError::new("taken"));
+        }
+        pace(1, passed).await;
+        // The window between check and act, widened on purpose so every run shows the race.
+        tokio::time::sleep(self.think).await;
+        let updated = self
+            .exec(conn, &self.sql.update, &[&SEAT, &self.customer])
+            .await?;
+        if self.sql.conditional && updated == 0 {
+            return Err(OpError::new("taken"));
+        }
+        pace(2, passed).await;
+        self.exec(conn, &self.sql.insert, &[&SEAT, &self.customer])
+            .await?;
+        pace(3, passed).await;
+        self.exec(conn, "COMMIT", &[]).await?;
+        Ok(())
+    }
+}
+
+impl workload::Client for Booker {
+    fn kind(&self) -> &'static str {
+        "book"
+    }
+    fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(self.book())
+    }
+    fn cancel_token(&self) -> Option<tokio_postgres::CancelToken> {
+        // Statements land on many connections; the cut-off ends the pool's sessions instead.
+        None
+    }
+}
+
+async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
+    let p = &ctx.variant.params;
+    let env = ctx.env;
+    let bookers = p.count("bookers")?;
+    let (seats, bookings) = (env.pg.table("seats"), env.pg.table("bookings"));
+    let admin = env.pg.connect(&ctx.app("admin"), &[]).await?;
+    let index = match p.flag("unique_index")? {
+        true => format!("CREATE UNIQUE INDEX ON {bookings} (seat_id) WHERE status = 'confirmed';"),
+        false => String::new(),
+    };
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {seats}, {bookings}; \
+             CREATE TABLE {seats} (id int PRIMARY KEY, booked boolean NOT NULL DEFAULT false, \
+                                   booked_by text); \
+             CREATE TABLE {bookings} (id bigserial PRIMARY KEY, seat_id int NOT NULL, \
+                                      customer text NOT NULL, status text NOT NULL DEFAULT 'confirmed'); \
+             {index} \
+             INSERT INTO {seats} (id) VALUES ({SEAT});"
+        ))
+        .await
+        .context("could not create the scenario's tables")?;
+
+    let for_update = choice(p, "select", &["plain", "for-update"])? == "for-update";
+    let conditional = choice(p, "update", &["plain", "conditional"])? == "conditional";
+    let sql = Arc::new(Sql {
+        select: format!(
+            "SELECT booked FROM {seats} WHERE id = $1{}",
+            if for_update { " FOR UPDATE" } else { "" }
+        ),
+        update: format!(
+            "UPDATE {seats} SET booked = true, booked_by = $2 WHERE id = $1{}",
+            if conditional { " AND NOT booked" } else { "" }
+        ),
+        conditional,
+        insert: format!("INSERT INTO {bookings} (seat_id, customer) VALUES ($1, $2)"),
+    });
+    let pool_app = ctx.app("w/pool");
+    // deadpool's defaults: first in, first out, and a checkout that waits for ever.
+    let pool = env.pg.pool(
+        &pool_app,
+        &ctx.variant.settings,
+        p.count("pool_size")?,
+        None,
+        deadpool_postgres::QueueMode::Fifo,
+    )?;
+    // A service's pool is warm: every connection is open and idle before the bookers come.
+    {
+        let warm = (0..p.count("pool_size")?).map(|_| pool.get());
+        let conns: Vec<_> = futures::future::join_all(warm).await;
+        for c in conns {
+            drop(c.context("could not open the pool's connections")?);
+        }
+    }
+    let told_booked = Arc::new(Mutex::new(BTreeSet::new()));
+    let dedicated = choice(p, "client", &["pool", "dedicated"])? == "dedicated";
+    let start_line = Arc::new(tokio::sync::Barrier::new(bookers));
+    let think = p.duration("think")?;
+    let pace = Arc::new(Pace::new(bookers, p.duration("step")?));
+    let clients: Vec<Box<dyn workload::Client>> = (0..bookers)
+        .map(|i| {
+            Box::new(Booker {
+                pool: pool.clone(),
+                dedicated,
+                sql: sql.clone(),
+                customer: format!("customer-{i}"),
+                think,
+                pace: pace.clone(),
+                start_line: start_line.clone(),
+                told_booked: told_booked.clone(),
+            }) as Box<dyn workload::Client>
+        })
+        .collect();
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let ticker = {
+        let (bar, done) = (ctx.progress.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_message(format!(
+                    "{} customers told booked",
+                    done.load(Ordering::Relaxed)
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let clock = Clock::start();
+    let deadline = Instant::now() + p.duration("deadline")?;
+    let plan = Plan {
+        retry_after: Duration::ZERO,
+        stop_after_ok: true,
+        stop_on: &["*"],
+    };
+    let driven = workload::drive(clients, plan, clock, deadline, &ctx.cancel, done).await;
+    ticker.abort();
+
+    // Every booker is done: whatever the pool's connections still have open is leaked.
+    let leaked: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+            &[&pool_app],
+        )
+        .await
+        .context("could not look at the pool's sessions")?
+        .get(0);
+    pool.close();
+    ctx.terminate_sessions("w/").await?;
+    let visible: Vec<String> = admin
+        .query(&format!("SELECT customer FROM {bookings}"), &[])
+        .await
+        .context("could not count the bookings")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let told = told_booked.lock().map(|t| t.clone()).unwrap_or_default();
+    Ok(evaluate_booking(&BookingObservations {
+        history: driven.history,
+        seats: 1,
+        told_booked: told,
+        visible,
+        leaked_open_transactions: leaked,
+        cut_off: driven.cut_off,
+    }))
+}

@@ -1,0 +1,217 @@
+//! pool-deadlock: request handlers that, while streaming the rows of an outer query, check out
+//! a second connection from the same pool for an inner query. When every connection is held by
+//! an outer query, every handler waits for a second one that never comes back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+use super::{Kind, VariantCtx, VariantRun};
+use crate::check::pool::{DEADLOCK_METRICS, DeadlockObservations, PoolState, evaluate_deadlock};
+use crate::error::UsageError;
+use crate::history::Clock;
+use crate::scenario::spec::Params;
+use crate::workload::{self, OpError, Plan};
+
+pub const KIND: Kind = Kind {
+    name: "pool-deadlock",
+    params: &[
+        "pool_size",
+        "handlers",
+        "rows",
+        "code",
+        "wait_timeout",
+        "deadline",
+    ],
+    metrics: DEADLOCK_METRICS,
+    needs_redis: false,
+    validate,
+    run: run_boxed,
+};
+
+/// Longest a handler waits at the start line for the others: a safety net, never reached.
+const BARRIER_PATIENCE: Duration = Duration::from_secs(10);
+
+fn validate(p: &Params) -> anyhow::Result<()> {
+    nested(p)?;
+    if p.count("pool_size")? == 0 || p.count("handlers")? == 0 || p.count("rows")? == 0 {
+        return Err(UsageError("pool_size, handlers and rows must be at least 1".into()).into());
+    }
+    p.duration("deadline")?;
+    wait_timeout(p)?;
+    Ok(())
+}
+
+/// `nested`: inner queries while the outer rows stream. `drain-first`: the fix.
+fn nested(p: &Params) -> anyhow::Result<bool> {
+    match p.text("code")? {
+        "nested" => Ok(true),
+        "drain-first" => Ok(false),
+        other => {
+            Err(UsageError(format!("code must be nested or drain-first, not `{other}`")).into())
+        }
+    }
+}
+
+/// `0s` means none: deadpool's default, a checkout that waits forever.
+fn wait_timeout(p: &Params) -> anyhow::Result<Option<Duration>> {
+    let d = p.duration("wait_timeout")?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
+fn run_boxed<'a>(ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {
+    Box::pin(run(ctx))
+}
+
+struct Handler {
+    pool: deadpool_postgres::Pool,
+    /// Everyone holds a first connection before anyone asks for a second.
+    start_line: Arc<tokio::sync::Barrier>,
+    rows: i32,
+    nested: bool,
+}
+
+const OUTER: &str = "SELECT g FROM generate_series(1, $1) AS g";
+const INNER: &str = "SELECT $1::int * 2";
+
+impl Handler {
+    async fn handle(&self) -> Result<(), OpError> {
+        let outer = self.pool.get().await?;
+        if self.nested {
+            // The rows stream in while the handler works on each one: the connection is busy
+            // until the stream is drained.
+            let stream = outer
+                .query_raw(OUTER, [self.rows])
+                .await
+                .map_err(OpError::from)?;
+            futures::pin_mut!(stream);
+            let mut first = true;
+            while let Some(row) = stream.next().await {
+                let g: i32 = row?.get(0);
+                if first {
+                    first = false;
+                    self.wait_for_everyone().await;
+                }
+                let inner = self.pool.get().await?;
+                inner.query_one(INNER, &[&g]).await?;
+            }
+            Ok(())
+        } else {
+            // The fix: read the outer rows into memory and give the connection back first.
+            let rows = outer.query(OUTER, &[&self.rows]).await?;
+            self.wait_for_everyone().await;
+            drop(outer);
+            for row in rows {
+                let g: i32 = row.get(0);
+                let inner = self.pool.get().await?;
+                inner.query_one(INNER, &[&g]).await?;
+            }
+            Ok(())
+        }
+    }
+
+    async fn wait_for_everyone(&self) {
+        let _ = tokio::time::timeout(BARRIER_PATIENCE, self.start_line.wait()).await;
+    }
+}
+
+impl workload::Client for Handler {
+    fn kind(&self) -> &'static str {
+        "handle"
+    }
+    fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(self.handle())
+    }
+    fn cancel_token(&self) -> Option<tokio_postgres::CancelToken> {
+        // What hangs is the pool checkout, not a statement on the server.
+        None
+    }
+}
+
+async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
+    let p = &ctx.variant.params;
+    let handlers = p.count("handlers")?;
+    let pool = ctx.env.pg.pool(
+        &ctx.app("w/pool"),
+        &ctx.variant.settings,
+        p.count("pool_size")?,
+        wait_timeout(p)?,
+        deadpool_postgres::QueueMode::Fifo,
+    )?;
+    let start_line = Arc::new(tokio::sync::Barrier::new(handlers));
+    let rows = i32::try_from(p.count("rows")?).unwrap_or(i32::MAX);
+    let nested = nested(p)?;
+    let clients: Vec<Box<dyn workload::Client>> = (0..handlers)
+        .map(|_| {
+            Box::new(Handler {
+                pool: pool.clone(),
+                start_line: start_line.clone(),
+                rows,
+                nested,
+            }) as Box<dyn workload::Client>
+        })
+        .collect();
+
+    let clock = Clock::start();
+    let deadline = Instant::now() + p.duration("deadline")?;
+    // The pool's counters as they were just before the cut-off, for a run that is cut off
+    // (after it, the dropped handlers have given everything back).
+    let sampler = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut last = PoolState::default();
+            while Instant::now() + Duration::from_millis(5) < deadline {
+                let s = pool.status();
+                last = PoolState {
+                    size: s.size,
+                    available: s.available,
+                    waiting: s.waiting,
+                };
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            last
+        })
+    };
+    let done = Arc::new(AtomicUsize::new(0));
+    let ticker = {
+        let (bar, done) = (ctx.progress.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_message(format!(
+                    "{} of {handlers} handlers done",
+                    done.load(Ordering::Relaxed)
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let plan = Plan {
+        retry_after: Duration::ZERO,
+        stop_after_ok: true,
+        stop_on: &["*"],
+    };
+    let driven = workload::drive(clients, plan, clock, deadline, &ctx.cancel, done).await;
+    ticker.abort();
+    let pool_at_end = if driven.cut_off {
+        sampler.await.unwrap_or_default()
+    } else {
+        sampler.abort();
+        let s = pool.status();
+        PoolState {
+            size: s.size,
+            available: s.available,
+            waiting: s.waiting,
+        }
+    };
+    pool.close();
+    ctx.terminate_sessions("w/").await?;
+    Ok(evaluate_deadlock(&DeadlockObservations {
+        history: driven.history,
+        pool_at_end,
+        cut_off: driven.cut_off,
+    }))
+}
