@@ -8,10 +8,12 @@ use clap::Parser;
 use comfy_table::{Table, presets::NOTHING};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, EnvCommand, Format, RunArgs};
+use crate::cli::{Cli, Command, EnvCommand, Format, ReportArgs, RunArgs};
 use crate::env::{Env, EnvOptions};
 use crate::error::{UsageError, exit, exit_code};
-use crate::report::{Exporter, json::Json, markdown::Markdown, table::Tables};
+use crate::report::{
+    Exporter, RunReport, json::Json, junit::Junit, markdown::Markdown, table::Tables,
+};
 use crate::runner::{self, RunOptions};
 use crate::scenario::{self, BUILTIN, spec};
 
@@ -59,6 +61,7 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::List => list(),
         Command::Explain { scenario } => explain(&scenario),
         Command::Run(args) => run(args).await,
+        Command::Report(args) => reprint(args),
         Command::Env {
             command: EnvCommand::Up { pg_settings },
         } => env_up(pg_settings).await,
@@ -209,13 +212,29 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             servers_only: false,
         },
         out_dir: (!args.no_results).then_some(args.out),
+        repeat: args.repeat,
         progress: !args.no_progress
             && args.format == Format::Table
             && std::io::stderr().is_terminal(),
     };
     let finished = runner::run(opts, cancel).await?;
-    let report = &finished.report;
-    let out = match args.format {
+    let code = print_report(&finished.report, args.format, args.junit.as_deref())?;
+    if let Some(e) = &finished.write_error {
+        eprintln!("locklab: results not written: {e}");
+    } else if let Some(path) = &finished.results_file {
+        eprintln!("results: {}", path.display());
+    }
+    Ok(code)
+}
+
+/// Prints a report in the chosen format, writes JUnit if asked, lists what failed and why,
+/// and returns the exit code the report calls for.
+fn print_report(
+    report: &RunReport,
+    format: Format,
+    junit: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
+    let out = match format {
         Format::Table => Tables {
             fit_terminal: std::io::stdout().is_terminal(),
         }
@@ -224,29 +243,29 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         Format::Markdown => Markdown.render(report),
     };
     println!("{}", out.trim_end());
-    if let Some(e) = &finished.write_error {
-        eprintln!("locklab: results not written: {e}");
-    } else if let Some(path) = &finished.results_file {
-        eprintln!("results: {}", path.display());
+    if let Some(path) = junit {
+        std::fs::write(path, Junit.render(report))
+            .with_context(|| format!("could not write the JUnit report {}", path.display()))?;
     }
-    let failures = report.failures();
-    for f in &failures {
-        eprintln!("FAILED {f}");
+    for f in report.failures() {
+        eprintln!("{f}");
     }
-    let harness_failed = report
-        .scenarios
-        .iter()
-        .flat_map(|s| &s.variants)
-        .any(|v| v.error.is_some());
-    Ok(if report.interrupted {
-        exit::INTERRUPTED
-    } else if harness_failed {
-        exit::ENVIRONMENT
-    } else if !failures.is_empty() {
-        exit::EXPECTATION_FAILED
-    } else {
-        exit::OK
-    })
+    Ok(report.exit_code())
+}
+
+/// `locklab report FILE`: a past run, printed again.
+fn reprint(args: ReportArgs) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", args.file.display())))?;
+    let report: RunReport = serde_json::from_str(&text).map_err(|e| {
+        UsageError(format!(
+            "{}:{}:{}: not a locklab results file: {e}",
+            args.file.display(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    print_report(&report, args.format, args.junit.as_deref())
 }
 
 async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {

@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "locklab",
     version,
     about = "Reproduce lock failures against real PostgreSQL, and see which setting stops them.",
-    after_help = "Exit codes: 0 every expectation held; 1 an expectation did not hold; \
-                  2 bad usage or input; 3 the environment or harness failed; 130 interrupted."
+    after_help = "Exit codes: 0 every expectation held; 1 a mitigation regressed, a baseline no \
+                  longer reproduces, or repeated runs disagreed; 2 bad usage or input; \
+                  3 the environment or harness failed; 130 interrupted."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -21,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Run scenarios (by name, `all`, or a path to a .toml file) and print a table.
     Run(RunArgs),
+    /// Print a results file again (table, JSON, Markdown or JUnit) without re-running anything.
+    /// Exits as the run did.
+    Report(ReportArgs),
     /// List the built-in scenarios.
     List,
     /// Tell a scenario's story: what fails, why, which setting fixes it, what each variant shows.
@@ -119,4 +123,21 @@ pub struct RunArgs {
     /// No progress bars (they are hidden anyway when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Run each variant N times; any disagreement between runs fails the run.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeat: u32,
+    /// Also write a JUnit XML report (one test case per scenario and variant).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A results file written by `locklab run` (under results/ by default).
+    pub file: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Also write a JUnit XML report.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }

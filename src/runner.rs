@@ -14,7 +14,9 @@ use crate::env::{Env, EnvOptions};
 use crate::error::UsageError;
 use crate::history::{History, Outcome};
 use crate::report::json::Json;
-use crate::report::{Exporter, Harm, Requests, RunReport, ScenarioReport, VariantReport};
+use crate::report::{
+    Exporter, Failure, Harm, RepeatRun, Requests, RunReport, ScenarioReport, VariantReport,
+};
 use crate::scenario::spec::nearest;
 use crate::scenario::{Scenario, VariantCtx, VariantRun};
 
@@ -30,6 +32,8 @@ pub struct RunOptions {
     /// Where the JSON results go; `None` writes none.
     pub out_dir: Option<PathBuf>,
     pub progress: bool,
+    /// Runs of each variant (`--repeat`).
+    pub repeat: u32,
 }
 
 pub struct Finished {
@@ -116,7 +120,11 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
             variants: Vec::new(),
         });
         for variant in &scenario.variants {
-            if !opts.variants.is_empty() && !opts.variants.contains(&variant.name) {
+            let wanted = match opts.variants.is_empty() {
+                true => !variant.opt_in,
+                false => opts.variants.contains(&variant.name),
+            };
+            if !wanted {
                 continue;
             }
             if cancel.is_cancelled() {
@@ -124,7 +132,21 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 break 'scenarios;
             }
             let resolved = scenario.resolve(variant, opts.time_scale);
-            let v = run_variant(&env, scenario, &resolved, &cancel, opts.progress).await;
+            let repeat = opts.repeat.max(1);
+            let mut runs = Vec::new();
+            for i in 0..repeat {
+                if cancel.is_cancelled() && !runs.is_empty() {
+                    break;
+                }
+                let label = match repeat {
+                    1 => String::new(),
+                    n => format!(" {}/{n}", i + 1),
+                };
+                runs.push(
+                    run_variant(&env, scenario, &resolved, &cancel, opts.progress, &label).await,
+                );
+            }
+            let v = aggregate(runs, resolved.mitigated);
             if let Some(s) = report.scenarios.last_mut() {
                 s.variants.push(v);
             }
@@ -151,12 +173,94 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
     })
 }
 
+/// One report for all runs of a variant: the first failing run's figures (else the first run's),
+/// how many runs held, and why the variant fails the run, if it does.
+fn aggregate(runs: Vec<VariantReport>, mitigated: bool) -> VariantReport {
+    let n = runs.len() as u32;
+    let held = runs.iter().filter(|r| r.expectations_held).count() as u32;
+    let harness_error = runs.iter().any(|r| r.error.is_some());
+    let mut outcomes = BTreeMap::new();
+    for r in &runs {
+        *outcomes.entry(r.outcome.clone()).or_insert(0) += 1;
+    }
+    let repeats = match n {
+        0 | 1 => Vec::new(),
+        _ => runs
+            .iter()
+            .map(|r| RepeatRun {
+                outcome: r.outcome.clone(),
+                expectations_held: r.expectations_held,
+                failed: r
+                    .expectations
+                    .iter()
+                    .filter(|e| !e.held)
+                    .map(|e| format!("{}: {}", e.what, e.measured))
+                    .collect(),
+                metrics: r.metrics.clone(),
+                wall_ms: r.wall_ms,
+                error: r.error.clone(),
+            })
+            .collect(),
+    };
+    let wall_ms = runs.iter().map(|r| r.wall_ms).sum();
+    let pick = runs
+        .iter()
+        .position(|r| !r.expectations_held || r.error.is_some())
+        .unwrap_or(0);
+    let mut chosen = runs.into_iter().nth(pick).unwrap_or_else(|| VariantReport {
+        name: String::new(),
+        mitigated,
+        shows: String::new(),
+        settings: BTreeMap::new(),
+        outcome: "error".into(),
+        expectations: Vec::new(),
+        expectations_held: false,
+        metrics: BTreeMap::new(),
+        requests: Requests::default(),
+        wall_ms: 0,
+        error: Some("the variant did not run".into()),
+        runs: 0,
+        runs_held: 0,
+        outcomes: BTreeMap::new(),
+        repeats: Vec::new(),
+        failure: None,
+        server_settings: BTreeMap::new(),
+    });
+    chosen.runs = n;
+    chosen.runs_held = held;
+    chosen.outcomes = outcomes;
+    chosen.repeats = repeats;
+    chosen.wall_ms = wall_ms;
+    chosen.failure = Failure::classify(mitigated, n, held, harness_error);
+    chosen
+}
+
+/// The server settings a session of this variant sees, as the server reports them.
+async fn server_settings(
+    env: &Env,
+    variant: &crate::scenario::ResolvedVariant,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let c = env
+        .pg
+        .connect(&env.app("settings"), &variant.settings)
+        .await?;
+    let rows = c
+        .query(
+            "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY($1) ORDER BY name",
+            &[&variant.show_settings],
+        )
+        .await
+        .context("could not read the server's settings")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 async fn run_variant(
     env: &Env,
     scenario: &Scenario,
     variant: &crate::scenario::ResolvedVariant,
     cancel: &CancellationToken,
     show_progress: bool,
+    label: &str,
 ) -> VariantReport {
     let started = Instant::now();
     let deadline = variant
@@ -170,7 +274,7 @@ async fn run_variant(
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        bar.set_prefix(format!("{}/{}", scenario.name, variant.name));
+        bar.set_prefix(format!("{}/{}{label}", scenario.name, variant.name));
         bar
     } else {
         ProgressBar::hidden()
@@ -190,7 +294,14 @@ async fn run_variant(
         cancel: cancel.clone(),
         progress: progress.clone(),
     };
-    let result = tokio::time::timeout(deadline + HARNESS_GRACE, (scenario.kind.run)(&ctx))
+    let mut settings_seen = BTreeMap::new();
+    let result = async {
+        if !variant.show_settings.is_empty() {
+            settings_seen = server_settings(env, variant).await?;
+        }
+        (scenario.kind.run)(&ctx).await
+    };
+    let result = tokio::time::timeout(deadline + HARNESS_GRACE, result)
         .await
         .unwrap_or_else(|_| {
             Err(anyhow::anyhow!(
@@ -236,6 +347,12 @@ async fn run_variant(
         metrics: run.metrics,
         wall_ms: started.elapsed().as_millis() as u64,
         error,
+        runs: 1,
+        runs_held: 0,
+        outcomes: BTreeMap::new(),
+        repeats: Vec::new(),
+        failure: None,
+        server_settings: settings_seen,
     }
 }
 

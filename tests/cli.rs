@@ -240,7 +240,7 @@ fn markdown_output_is_a_table_with_one_row_per_variant() {
         out.contains("| payment-outside-tx * | never-locked |"),
         "{out}"
     );
-    assert!(out.contains("**Every expectation held.**"), "{out}");
+    assert!(out.contains("**Every expectation held**"), "{out}");
 }
 
 #[test]
@@ -296,11 +296,186 @@ fn a_broken_mitigation_exits_1_and_names_the_expectation_and_figure() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(
-        err.contains("orphan-lock/mitigated: `not cut_off` did not hold: was true"),
+        err.contains(
+            "MITIGATION REGRESSED orphan-lock/mitigated: `not cut_off` did not hold: was true"
+        ),
         "{err}"
     );
     assert!(
         err.contains("`lock_held_ms <= idle_timeout * 1.5` did not hold: was"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_baseline_that_no_longer_fails_is_named_apart_from_a_regression() {
+    let tmp = tempdir();
+    // The user's copy where the baseline quietly gained the mitigation: the lab lost its teeth.
+    let text = locklab::scenario::BUILTIN[0].1.replacen(
+        "name = \"baseline\"\n",
+        "name = \"baseline\"\nsettings = { idle_in_transaction_session_timeout = \"idle_timeout\" }\n",
+        1,
+    );
+    let file = tmp.path().join("toothless.toml");
+    std::fs::write(&file, text).unwrap();
+    let junit = tmp.path().join("junit.xml");
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--variant",
+            "baseline",
+            "--no-results",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("BASELINE NO LONGER REPRODUCES orphan-lock/baseline: `cut_off` did not hold"),
+        "{err}"
+    );
+    assert!(!err.contains("MITIGATION REGRESSED"), "{err}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("type=\"BASELINE NO LONGER REPRODUCES\""),
+        "{xml}"
+    );
+}
+
+#[test]
+fn repeats_show_consistency_and_a_results_file_prints_again_without_a_rerun() {
+    let tmp = tempdir();
+    let out_dir = tmp.path().join("results");
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "orphan-lock",
+            "--variant",
+            "payment-outside-tx",
+            "--repeat",
+            "2",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(table.contains("held in"), "{table}");
+    assert!(table.contains("2/2"), "{table}");
+    let file = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let v = &report["scenarios"][0]["variants"][0];
+    assert_eq!(v["runs"], 2);
+    assert_eq!(v["runs_held"], 2);
+    assert_eq!(v["repeats"].as_array().unwrap().len(), 2);
+
+    let junit = tmp.path().join("junit.xml");
+    let again = run(
+        tmp.path(),
+        &[
+            "report",
+            file.to_str().unwrap(),
+            "--format",
+            "markdown",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let md = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        md.contains("| payment-outside-tx * | never-locked |"),
+        "{md}"
+    );
+    assert!(md.contains("| 2/2 |"), "{md}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("<testcase classname=\"orphan-lock\" name=\"payment-outside-tx\""),
+        "{xml}"
+    );
+
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, "{\"locklab\": 1}").unwrap();
+    let o = run(tmp.path(), &["report", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("not a locklab results file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn as_configured_checks_what_the_server_itself_is_configured_with() {
+    let tmp = tempdir();
+    let args = |url: &str| {
+        vec![
+            "run".to_string(),
+            "orphan-lock".into(),
+            "--variant".into(),
+            "as-configured".into(),
+            "--pg-url".into(),
+            url.to_string(),
+            "--format".into(),
+            "json".into(),
+            "--no-results".into(),
+        ]
+    };
+    // A server configured with the timeout: protected.
+    let protected = EnvUp::start(
+        tmp.path(),
+        &["--pg-setting", "idle_in_transaction_session_timeout=1s"],
+    );
+    let o = run(
+        tmp.path(),
+        &args(&protected.url)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = &report["scenarios"][0]["variants"][0];
+    assert_eq!(
+        v["settings"],
+        serde_json::json!({}),
+        "locklab applied settings of its own"
+    );
+    assert_eq!(
+        v["server_settings"]["idle_in_transaction_session_timeout"],
+        "1s"
+    );
+    drop(protected);
+
+    // The same server without it: not protected, and the message says which expectation failed.
+    let bare = EnvUp::start(tmp.path(), &[]);
+    let o = run(
+        tmp.path(),
+        &args(&bare.url)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = &report["scenarios"][0]["variants"][0];
+    assert_eq!(
+        v["server_settings"]["idle_in_transaction_session_timeout"],
+        "0"
+    );
+    assert_eq!(v["failure"], "mitigation-regressed");
+    assert!(
+        stderr(&o).contains("orphan-lock/as-configured: `not cut_off` did not hold: was true"),
+        "{}",
+        stderr(&o)
     );
 }

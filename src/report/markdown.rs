@@ -24,15 +24,25 @@ impl Exporter for Markdown {
                 "\n{} · time scale {} · * = mitigated variant\n\n",
                 s.target, s.time_scale
             ));
+            for line in super::settings_lines(s) {
+                out.push_str(&format!("{}\n\n", escape(&line)));
+            }
         }
         let failures = report.failures();
-        if failures.is_empty() {
-            out.push_str("**Every expectation held.**\n");
+        let wall = report.wall_ms as f64 / 1000.0;
+        if report.interrupted {
+            out.push_str(&format!(
+                "**Interrupted: partial results** (wall time {wall:.1} s)\n"
+            ));
+        } else if failures.is_empty() {
+            out.push_str(&format!(
+                "**Every expectation held** (wall time {wall:.1} s)\n"
+            ));
         } else {
-            out.push_str("**Expectations that did not hold:**\n\n");
-            for f in failures {
-                out.push_str(&format!("- {}\n", escape(&f)));
-            }
+            out.push_str(&format!("**What failed** (wall time {wall:.1} s):\n\n"));
+        }
+        for f in failures {
+            out.push_str(&format!("- {}\n", escape(&f)));
         }
         out
     }
@@ -59,7 +69,9 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("- orphan-lock/broken: `not cut_off` did not hold: was true"),
+            out.contains(
+                "- MITIGATION REGRESSED orphan-lock/broken: `not cut_off` did not hold: was true"
+            ),
             "{out}"
         );
     }

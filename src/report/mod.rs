@@ -1,6 +1,7 @@
 //! The result of a run as plain serde data, and the exporters that only read it.
 
 pub mod json;
+pub mod junit;
 pub mod markdown;
 pub mod table;
 
@@ -61,6 +62,125 @@ pub struct VariantReport {
     /// The harness failed for this variant: no verdict could be reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How often the variant ran (`--repeat`), and in how many runs every expectation held.
+    /// The fields above are those of the first run that failed, else of the first run.
+    #[serde(default = "one")]
+    pub runs: u32,
+    #[serde(default)]
+    pub runs_held: u32,
+    /// Outcomes over all runs, counted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outcomes: BTreeMap<String, u32>,
+    /// Every run, in order, when there was more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<RepeatRun>,
+    /// Why this variant fails the run, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Server settings as a session of this variant saw them (e.g. the as-configured variant).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_settings: BTreeMap<String, String>,
+}
+
+impl VariantReport {
+    /// Why this variant fails the run, one line per reason; empty when it does not.
+    pub fn failure_lines(&self, scenario: &str) -> Vec<String> {
+        let kind = self.failure.or_else(|| {
+            (!self.expectations_held)
+                .then(|| Failure::classify(self.mitigated, 1, 0, self.error.is_some()))
+                .flatten()
+        });
+        let Some(kind) = kind else {
+            return Vec::new();
+        };
+        let at = format!("{} {scenario}/{}", kind.headline(), self.name);
+        if let Some(e) = &self.error {
+            return vec![format!("{at}: {e}")];
+        }
+        let mut out = Vec::new();
+        if kind == Failure::Inconsistent {
+            out.push(format!(
+                "{at}: every expectation held in {} of {} runs",
+                self.runs_held, self.runs
+            ));
+        }
+        for e in self
+            .expectations
+            .iter()
+            .filter(|e| e.verdict != Verdict::Held)
+        {
+            let verdict = match e.verdict {
+                Verdict::Unknown => "could not be decided",
+                _ => "did not hold",
+            };
+            out.push(format!("{at}: `{}` {verdict}: {}", e.what, e.measured));
+        }
+        out
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One run of a repeated variant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepeatRun {
+    pub outcome: String,
+    pub expectations_held: bool,
+    /// The expectations that did not hold, with the measured figure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+    pub metrics: BTreeMap<String, serde_json::Value>,
+    pub wall_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The ways a variant fails a run, named apart because they call for different actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failure {
+    /// A mitigated variant's expectation did not hold: the protection stopped working.
+    MitigationRegressed,
+    /// A variant that demonstrates a failure did not show it: the lab lost its teeth
+    /// (e.g. the server's defaults now mitigate it).
+    BaselineNoLongerReproduces,
+    /// Repeated runs disagreed: a lab whose verdicts flip is not a regression test.
+    Inconsistent,
+    /// locklab itself could not run the variant: no verdict.
+    HarnessError,
+}
+
+impl Failure {
+    /// Decides from the runs' verdicts. `None`: every run held.
+    pub fn classify(
+        mitigated: bool,
+        runs: u32,
+        runs_held: u32,
+        harness_error: bool,
+    ) -> Option<Failure> {
+        if harness_error {
+            Some(Failure::HarnessError)
+        } else if runs_held == runs {
+            None
+        } else if runs_held > 0 {
+            Some(Failure::Inconsistent)
+        } else if mitigated {
+            Some(Failure::MitigationRegressed)
+        } else {
+            Some(Failure::BaselineNoLongerReproduces)
+        }
+    }
+
+    pub fn headline(self) -> &'static str {
+        match self {
+            Failure::MitigationRegressed => "MITIGATION REGRESSED",
+            Failure::BaselineNoLongerReproduces => "BASELINE NO LONGER REPRODUCES",
+            Failure::Inconsistent => "INCONSISTENT",
+            Failure::HarnessError => "HARNESS ERROR",
+        }
+    }
 }
 
 /// What the simulated clients got, from the history.
@@ -104,31 +224,59 @@ impl RunReport {
         self.scenarios
             .iter()
             .flat_map(|s| &s.variants)
-            .all(|v| v.expectations_held)
+            .all(|v| v.failure.is_none() && v.expectations_held)
     }
 
-    /// Every expectation that did not hold, as `scenario/variant: what (measured)`.
+    /// Every variant that fails the run, each with why, as lines for people:
+    /// `MITIGATION REGRESSED orphan-lock/mitigated: `not cut_off` did not hold: was true`.
     pub fn failures(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for s in &self.scenarios {
-            for v in &s.variants {
-                if let Some(e) = &v.error {
-                    out.push(format!("{}/{}: harness error: {e}", s.name, v.name));
-                }
-                for e in v.expectations.iter().filter(|e| e.verdict != Verdict::Held) {
-                    let verdict = match e.verdict {
-                        Verdict::Unknown => "unknown",
-                        _ => "did not hold",
-                    };
-                    out.push(format!(
-                        "{}/{}: `{}` {verdict}: {}",
-                        s.name, v.name, e.what, e.measured
-                    ));
-                }
-            }
-        }
-        out
+        self.scenarios
+            .iter()
+            .flat_map(|s| {
+                s.variants
+                    .iter()
+                    .flat_map(move |v| v.failure_lines(&s.name))
+            })
+            .collect()
     }
+
+    pub fn harness_failed(&self) -> bool {
+        self.scenarios
+            .iter()
+            .flat_map(|s| &s.variants)
+            .any(|v| v.error.is_some())
+    }
+
+    /// The exit code this report calls for.
+    pub fn exit_code(&self) -> i32 {
+        use crate::error::exit;
+        if self.interrupted {
+            exit::INTERRUPTED
+        } else if self.harness_failed() {
+            exit::ENVIRONMENT
+        } else if !self.all_held() {
+            exit::EXPECTATION_FAILED
+        } else {
+            exit::OK
+        }
+    }
+}
+
+/// `as-configured: the server reports idle_in_transaction_session_timeout=0, ...` for every
+/// variant that read server settings.
+pub fn settings_lines(s: &ScenarioReport) -> Vec<String> {
+    s.variants
+        .iter()
+        .filter(|v| !v.server_settings.is_empty())
+        .map(|v| {
+            let kv: Vec<String> = v
+                .server_settings
+                .iter()
+                .map(|(k, val)| format!("{k}={val}"))
+                .collect();
+            format!("{}: the server reports {}", v.name, kv.join(", "))
+        })
+        .collect()
 }
 
 /// An output format.
@@ -171,6 +319,8 @@ pub struct Row {
     pub p99: String,
     pub harm: String,
     pub extra: Vec<String>,
+    /// `10/10`: runs in which every expectation held (shown with --repeat).
+    pub runs: Option<String>,
     pub verdict: String,
 }
 
@@ -200,6 +350,8 @@ impl Row {
             .collect();
         let verdict = if let Some(e) = &v.error {
             format!("ERROR: {e}")
+        } else if v.failure == Some(Failure::Inconsistent) {
+            format!("INCONSISTENT: held in {} of {} runs", v.runs_held, v.runs)
         } else if v.expectations_held {
             format!("held ({})", v.expectations.len())
         } else {
@@ -209,7 +361,11 @@ impl Row {
                 .filter(|e| e.verdict != Verdict::Held)
                 .map(|e| format!("{}: {}", e.what, e.measured))
                 .collect();
-            format!("FAILED {}", bad.join("; "))
+            let kind = match v.mitigated {
+                true => "REGRESSED",
+                false => "NOT REPRODUCED",
+            };
+            format!("{kind}: {}", bad.join("; "))
         };
         Row {
             variant: if v.mitigated {
@@ -223,6 +379,11 @@ impl Row {
             p99: fmt_ms(v.metrics.get("p99_ms")),
             harm,
             extra,
+            runs: s
+                .variants
+                .iter()
+                .any(|x| x.runs > 1)
+                .then(|| format!("{}/{}", v.runs_held, v.runs)),
             verdict,
         }
     }
@@ -237,6 +398,9 @@ impl Row {
             s.harm.label.clone(),
         ];
         h.extend(s.columns.iter().map(|c| c.label.clone()));
+        if s.variants.iter().any(|v| v.runs > 1) {
+            h.push("held in".into());
+        }
         h.push("expectations".into());
         h
     }
@@ -251,8 +415,45 @@ impl Row {
             self.harm,
         ];
         c.extend(self.extra);
+        c.extend(self.runs);
         c.push(self.verdict);
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_classified_by_what_the_variant_is_for() {
+        assert_eq!(Failure::classify(true, 10, 10, false), None);
+        assert_eq!(
+            Failure::classify(true, 1, 0, false),
+            Some(Failure::MitigationRegressed)
+        );
+        assert_eq!(
+            Failure::classify(false, 3, 0, false),
+            Some(Failure::BaselineNoLongerReproduces)
+        );
+        assert_eq!(
+            Failure::classify(true, 10, 9, false),
+            Some(Failure::Inconsistent)
+        );
+        assert_eq!(
+            Failure::classify(false, 10, 10, true),
+            Some(Failure::HarnessError)
+        );
+    }
+
+    #[test]
+    fn failure_lines_name_the_kind_the_expectation_and_the_figure() {
+        let r = fixtures::report();
+        assert_eq!(
+            r.failures(),
+            vec!["MITIGATION REGRESSED orphan-lock/broken: `not cut_off` did not hold: was true"]
+        );
+        assert_eq!(r.exit_code(), crate::error::exit::EXPECTATION_FAILED);
     }
 }
 
@@ -290,6 +491,12 @@ pub(crate) mod fixtures {
                     requests: Requests::default(),
                     wall_ms: 100,
                     error: None,
+                    runs: 1,
+                    runs_held: 1,
+                    outcomes: BTreeMap::new(),
+                    repeats: vec![],
+                    failure: None,
+                    server_settings: BTreeMap::new(),
                 }
             };
         let mut baseline = variant("baseline", false, "stuck", 3000.4, true);
@@ -311,6 +518,8 @@ pub(crate) mod fixtures {
         )];
         let mut broken = variant("broken", true, "stuck", 3000.0, true);
         broken.expectations_held = false;
+        broken.runs_held = 0;
+        broken.failure = Some(Failure::MitigationRegressed);
         broken.expectations = vec![exp("not cut_off", Verdict::Violated, "was true")];
         RunReport {
             locklab: "0.1.0".into(),

@@ -28,13 +28,16 @@ impl Exporter for Tables {
                 "{} — {}\n{} · time scale {} · * = mitigated variant\n{t}\n",
                 s.name, s.summary, s.target, s.time_scale
             ));
+            for line in super::settings_lines(s) {
+                out.push_str(&format!("{line}\n"));
+            }
         }
         let verdict = if report.interrupted {
             "interrupted: partial results".to_string()
         } else if report.all_held() {
             "every expectation held".to_string()
         } else {
-            format!("{} expectation(s) did not hold", report.failures().len())
+            format!("FAILED: {} reason(s) below", report.failures().len())
         };
         out.push_str(&format!(
             "{verdict} · wall time {:.1} s\n",
@@ -72,9 +75,9 @@ mod tests {
         assert!(out.contains("mitigated *"), "{out}");
         assert!(out.contains("1.00 s"), "{out}");
         assert!(out.contains("53 ms") || out.contains("52 ms"), "{out}");
-        assert!(out.contains("FAILED not cut_off: was true"), "{out}");
+        assert!(out.contains("REGRESSED: not cut_off: was true"), "{out}");
         assert!(
-            out.contains("1 expectation(s) did not hold · wall time 4.2 s"),
+            out.contains("FAILED: 1 reason(s) below · wall time 4.2 s"),
             "{out}"
         );
     }

@@ -44,6 +44,12 @@ struct VariantSpec {
     name: String,
     #[serde(default)]
     mitigated: bool,
+    /// Runs only when named with --variant (e.g. as-configured, which checks the user's server).
+    #[serde(default)]
+    opt_in: bool,
+    /// Server settings to read and report, as a session of this variant sees them.
+    #[serde(default)]
+    show_settings: Vec<String>,
     shows: String,
     #[serde(default)]
     settings: BTreeMap<String, Spanned<String>>,
@@ -260,6 +266,8 @@ impl Params {
 pub struct Variant {
     pub name: String,
     pub mitigated: bool,
+    pub opt_in: bool,
+    pub show_settings: Vec<String>,
     pub shows: String,
     settings: Vec<(String, String)>,
     params: BTreeMap<String, Param>,
@@ -272,6 +280,7 @@ pub struct Variant {
 pub struct ResolvedVariant {
     pub name: String,
     pub mitigated: bool,
+    pub show_settings: Vec<String>,
     pub shows: String,
     pub params: Params,
     /// Session settings applied to the workload's connections (never to the server).
@@ -412,6 +421,8 @@ impl Scenario {
             variants.push(Variant {
                 name: v.name.clone(),
                 mitigated: v.mitigated,
+                opt_in: v.opt_in,
+                show_settings: v.show_settings.clone(),
                 shows: v.shows.trim().to_string(),
                 settings: v
                     .settings
@@ -483,6 +494,7 @@ impl Scenario {
         ResolvedVariant {
             name: variant.name.clone(),
             mitigated: variant.mitigated,
+            show_settings: variant.show_settings.clone(),
             shows: variant.shows.clone(),
             params,
             settings,
