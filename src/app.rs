@@ -244,6 +244,10 @@ fn print_report(
     };
     println!("{}", out.trim_end());
     if let Some(path) = junit {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("could not create {}", dir.display()))?;
+        }
         std::fs::write(path, Junit.render(report))
             .with_context(|| format!("could not write the JUnit report {}", path.display()))?;
     }
@@ -332,6 +336,25 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
         env.teardown().await;
         stop.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    // Redis alone: start, first PING answered; then stop.
+    let (mut rstart, mut rstop) = (Vec::new(), Vec::new());
+    let guardian = std::sync::Arc::new(crate::env::guardian::Guardian::start(&opts.exe)?);
+    for _ in 0..runs {
+        let t = std::time::Instant::now();
+        let started = crate::env::redis::RedisServer::start(guardian.clone()).await;
+        let mut server = match started {
+            Ok(s) => s,
+            Err(e) => {
+                guardian.finish();
+                return Err(e);
+            }
+        };
+        rstart.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = std::time::Instant::now();
+        server.stop().await;
+        rstop.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    guardian.finish();
     let initdb = crate::env::postgres::time_initdb().await?;
     let bins = crate::env::postgres::find_binaries()?;
     let med = |xs: &[f64]| percentile(xs, 50.0).unwrap_or(0.0);
@@ -354,6 +377,17 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
     println!(
         "  initdb alone (what the template saves)       {:>6.1} ms",
         initdb.as_secs_f64() * 1000.0
+    );
+    println!("throwaway Redis ({}), {runs} runs", crate::env::redis::find_binary()?.display());
+    println!(
+        "  start + first PING answered           median {:>6.1} ms   max {:>6.1} ms",
+        med(&rstart),
+        max(&rstart)
+    );
+    println!(
+        "  stop (SIGTERM) + remove dir           median {:>6.1} ms   max {:>6.1} ms",
+        med(&rstop),
+        max(&rstop)
     );
     Ok(exit::OK)
 }

@@ -357,12 +357,33 @@ impl Shop {
     }
 }
 
+/// Set once a buyer other than the first holder is inside its critical section, paying.
+#[derive(Default)]
+struct SomeonePaying {
+    flag: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl SomeonePaying {
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.flag.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Turns a buyer's events into critical sections.
 #[derive(Clone)]
 struct Recorder {
     buyer: String,
     sections: Arc<Mutex<Vec<Section>>>,
     open: Option<usize>,
+    /// Told when this buyer starts paying (the in-process buyers; not the first holder).
+    paying: Option<Arc<SomeonePaying>>,
 }
 
 impl Recorder {
@@ -392,7 +413,13 @@ impl Recorder {
                     s.deleted = deleted.clone();
                 }
             }
-            Event::Paying | Event::Done { .. } => {}
+            Event::Paying => {
+                if let Some(p) = &self.paying {
+                    p.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    p.notify.notify_waiters();
+                }
+            }
+            Event::Done { .. } => {}
         }
     }
 
@@ -605,6 +632,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
 
     // Every buyer is connected before the first one takes the lock.
     let sections = Arc::new(Mutex::new(Vec::new()));
+    let someone_paying = Arc::new(SomeonePaying::default());
     let connects = (1..buyers).map(|i| {
         let app = ctx.app(&format!("w/buyer-{i}"));
         async move {
@@ -629,6 +657,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
                 buyer: name.clone(),
                 sections: sections.clone(),
                 open: None,
+                paying: Some(someone_paying.clone()),
             },
             name,
             first_attempt_ms: None,
@@ -646,6 +675,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         buyer: "holder".into(),
         sections: sections.clone(),
         open: None,
+        paying: None,
     };
 
     let outcome = async {
@@ -685,8 +715,13 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
                     holder.signal(libc::SIGSTOP)?;
                     let pid = holder.child.id();
                     let pause = p.duration("pause")?;
+                    let (someone_paying, deadline) =
+                        (someone_paying.clone(), Instant::now() + p.duration("deadline")?);
+                    // Paused for at least `pause`, and until the next holder is at work: the
+                    // overlap then happens on every run, not only when the timing is kind.
                     resume = Some(tokio::spawn(async move {
                         tokio::time::sleep(pause).await;
+                        let _ = tokio::time::timeout_at(deadline, someone_paying.wait()).await;
                         if let Some(pid) = pid {
                             process::signal(pid, libc::SIGCONT);
                         }
