@@ -378,14 +378,17 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
         "  initdb alone (what the template saves)       {:>6.1} ms",
         initdb.as_secs_f64() * 1000.0
     );
-    println!("throwaway Redis ({}), {runs} runs", crate::env::redis::find_binary()?.display());
+    println!(
+        "throwaway Redis ({}), {runs} runs",
+        crate::env::redis::find_binary()?.display()
+    );
     println!(
         "  start + first PING answered           median {:>6.1} ms   max {:>6.1} ms",
         med(&rstart),
         max(&rstart)
     );
     println!(
-        "  stop (SIGTERM) + remove dir           median {:>6.1} ms   max {:>6.1} ms",
+        "  stop (SIGKILL) + remove dir           median {:>6.1} ms   max {:>6.1} ms",
         med(&rstop),
         max(&rstop)
     );

@@ -102,7 +102,11 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
             name: scenario.name.clone(),
             summary: scenario.summary.clone(),
             source: scenario.source.clone(),
-            target: target.clone(),
+            target: match (&env.redis, scenario.kind.needs_redis, env.redis_url()) {
+                (Some(_), true, Some(_)) => format!("{target} + throwaway Redis"),
+                (Some(r), true, None) => format!("{target} + Redis at {}", r.display),
+                _ => target.clone(),
+            },
             time_scale: opts.time_scale,
             params: base.params.to_json(),
             harm: Harm {

@@ -135,6 +135,21 @@ fn missing_server_binaries_name_the_packages_to_install() {
     );
     assert!(err.contains("docker compose"), "{err}");
     assert_nothing_left(tmp.path(), std::time::Duration::from_secs(5));
+
+    // PostgreSQL is there but redis-server is not: the throwaway PostgreSQL is stopped again.
+    let o = locklab(tmp.path())
+        .env("LOCKLAB_REDIS_BIN", tmp.path())
+        .args(["run", "setnx-race", "--no-results"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    let err = stderr(&o);
+    assert!(err.contains("redis-server not found"), "{err}");
+    assert!(
+        err.contains("apt-get install postgresql redis-server"),
+        "{err}"
+    );
+    assert_nothing_left(tmp.path(), std::time::Duration::from_secs(5));
 }
 
 #[test]

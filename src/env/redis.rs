@@ -241,7 +241,9 @@ impl RedisServer {
             return;
         }
         self.stopped = true;
-        process::stop_group(&mut self.child, libc::SIGTERM, Duration::from_secs(3)).await;
+        // No persistence, so nothing to save: SIGKILL spares the ~100 ms Redis takes to notice
+        // a SIGTERM in its periodic tick.
+        process::stop_group(&mut self.child, libc::SIGKILL, Duration::from_secs(3)).await;
         self.guardian.forget_group(self.pid);
         let _ = std::fs::remove_dir_all(&self.dir);
         self.guardian.forget_dir(&self.dir);

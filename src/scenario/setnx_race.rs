@@ -715,8 +715,10 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
                     holder.signal(libc::SIGSTOP)?;
                     let pid = holder.child.id();
                     let pause = p.duration("pause")?;
-                    let (someone_paying, deadline) =
-                        (someone_paying.clone(), Instant::now() + p.duration("deadline")?);
+                    let (someone_paying, deadline) = (
+                        someone_paying.clone(),
+                        Instant::now() + p.duration("deadline")?,
+                    );
                     // Paused for at least `pause`, and until the next holder is at work: the
                     // overlap then happens on every run, not only when the timing is kind.
                     resume = Some(tokio::spawn(async move {
