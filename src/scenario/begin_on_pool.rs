@@ -309,19 +309,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         })
         .collect();
 
-    let done = Arc::new(AtomicUsize::new(0));
-    let ticker = {
-        let (bar, done) = (ctx.progress.clone(), done.clone());
-        tokio::spawn(async move {
-            loop {
-                bar.set_message(format!(
-                    "{} customers told booked",
-                    done.load(Ordering::Relaxed)
-                ));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let (done, ticker) = ctx.progress_counter(" customers told booked".into());
     let clock = Clock::start();
     let deadline = Instant::now() + p.duration("deadline")?;
     let plan = Plan {
@@ -330,7 +318,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         stop_on: &["*"],
     };
     let driven = workload::drive(clients, plan, clock, deadline, &ctx.cancel, done).await;
-    ticker.abort();
+    drop(ticker);
 
     // Every booker is done: whatever the pool's connections still have open is leaked.
     let leaked: i64 = admin

@@ -9,6 +9,8 @@ pub mod spec;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::future::BoxFuture;
 use indicatif::ProgressBar;
@@ -113,11 +115,34 @@ impl VariantCtx<'_> {
             .key(&format!("{}/{}", self.variant_tag(), name)))
     }
 
+    /// A counter the progress bar shows as `{n}{label}` (e.g. ` of 20 booked`) every 100 ms,
+    /// for as long as the returned ticker lives.
+    pub fn progress_counter(&self, label: String) -> (Arc<AtomicUsize>, Ticker) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let (bar, c) = (self.progress.clone(), count.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                bar.set_message(format!("{}{label}", c.load(Ordering::Relaxed)));
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        (count, Ticker(task))
+    }
+
     /// Ends this variant's sessions whose role starts with `role_prefix` (e.g. `w/`).
     pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
         self.env
             .terminate_sessions(&format!("{}/{role_prefix}", self.variant_tag()))
             .await
+    }
+}
+
+/// Stops updating the progress bar when dropped.
+pub struct Ticker(tokio::task::JoinHandle<()>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -4,7 +4,6 @@
 //! pg_stat_activity how long the row stayed locked and what the clients got.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -499,15 +498,14 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             // The probe queues on the row before any booker does, so it is first in line.
             wait_until_probe_queued(&admin, &probe_app, &probe_task).await;
 
-            let booked = Arc::new(AtomicUsize::new(0));
-            let ticker = progress_ticker(ctx, booked.clone(), clients);
+            let (booked, ticker) = ctx.progress_counter(format!(" of {clients} booked"));
             let plan = Plan {
                 retry_after: p.duration("retry_after")?,
                 stop_after_ok: true,
                 stop_on: &[],
             };
             let driven = workload::drive(bookers, plan, clock, deadline, &ctx.cancel, booked).await;
-            ticker.abort();
+            drop(ticker);
             let probe = Probe {
                 locked_before_fault,
                 free_at_epoch: probe_task.await.context("the probe task failed")??,
@@ -582,21 +580,4 @@ async fn wait_until_probe_queued(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-fn progress_ticker(
-    ctx: &VariantCtx<'_>,
-    booked: Arc<AtomicUsize>,
-    clients: usize,
-) -> tokio::task::JoinHandle<()> {
-    let bar = ctx.progress.clone();
-    tokio::spawn(async move {
-        loop {
-            bar.set_message(format!(
-                "{} of {clients} booked",
-                booked.load(Ordering::Relaxed)
-            ));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
 }

@@ -3,7 +3,6 @@
 //! an outer query, every handler waits for a second one that never comes back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -176,26 +175,14 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             last
         })
     };
-    let done = Arc::new(AtomicUsize::new(0));
-    let ticker = {
-        let (bar, done) = (ctx.progress.clone(), done.clone());
-        tokio::spawn(async move {
-            loop {
-                bar.set_message(format!(
-                    "{} of {handlers} handlers done",
-                    done.load(Ordering::Relaxed)
-                ));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let (done, ticker) = ctx.progress_counter(format!(" of {handlers} handlers done"));
     let plan = Plan {
         retry_after: Duration::ZERO,
         stop_after_ok: true,
         stop_on: &["*"],
     };
     let driven = workload::drive(clients, plan, clock, deadline, &ctx.cancel, done).await;
-    ticker.abort();
+    drop(ticker);
     let pool_at_end = if driven.cut_off {
         sampler.await.unwrap_or_default()
     } else {

@@ -731,8 +731,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
                 }
             }
             let deadline = Instant::now() + p.duration("deadline")?;
-            let sold = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let ticker = progress_ticker(ctx, sold.clone());
+            let (sold, ticker) = ctx.progress_counter(" bought".into());
             let plan = Plan {
                 retry_after: p.duration("retry_after")?,
                 stop_after_ok: true,
@@ -758,7 +757,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
                     }
                 }
             );
-            ticker.abort();
+            drop(ticker);
             if let Some(r) = resume {
                 r.abort();
             }
@@ -816,20 +815,4 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         stock_left: row.get(0),
         orders: row.get(1),
     }))
-}
-
-fn progress_ticker(
-    ctx: &VariantCtx<'_>,
-    sold: Arc<std::sync::atomic::AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
-    let bar = ctx.progress.clone();
-    tokio::spawn(async move {
-        loop {
-            bar.set_message(format!(
-                "{} bought",
-                sold.load(std::sync::atomic::Ordering::Relaxed)
-            ));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
 }
