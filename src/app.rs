@@ -298,6 +298,7 @@ async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {
     println!(
         "\nWatch it:   psql '{url}' -c \"SELECT pid, application_name, state, wait_event_type, now() - state_change AS for FROM pg_stat_activity WHERE application_name LIKE 'locklab%'\""
     );
+    println!("            redis-cli -u '{redis_url}' --scan --pattern 'locklab_*'");
     println!("Run on it:  locklab run all --pg-url '{url}' --redis-url '{redis_url}'");
     println!("\nUp until Ctrl-C.");
     cancel.cancelled().await;

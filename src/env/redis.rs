@@ -229,7 +229,8 @@ impl RedisServer {
 
     /// A redis-cli-ready URL with the password.
     pub fn url(&self) -> String {
-        format!("redis://:{PASSWORD}@127.0.0.1:{}/0", self.port)
+        // `default:` (the ACL user) so that redis-cli -u accepts the URL too.
+        format!("redis://default:{PASSWORD}@127.0.0.1:{}/0", self.port)
     }
 
     pub fn target(&self, prefix: &str) -> RedisTarget {
