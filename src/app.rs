@@ -114,7 +114,10 @@ fn explain(name: &str) -> anyhow::Result<i32> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let mark = if v.mitigated { " (mitigation)" } else { "" };
+        let mut mark = if v.mitigated { " (mitigation)" } else { "" }.to_string();
+        if v.opt_in {
+            mark.push_str(" (runs only when named with --variant)");
+        }
         println!(
             "\n  {}{mark} [{settings}]\n    {}",
             v.name,

@@ -131,7 +131,9 @@ pub fn find_binary() -> anyhow::Result<PathBuf> {
     dirs.iter()
         .map(|d| d.join("redis-server"))
         .find(|p| p.is_file())
-        .with_context(|| format!("redis-server not found: {INSTALL_HINT}"))
+        .with_context(|| {
+            format!("redis-server not found (or give your own with --redis-url): {INSTALL_HINT}")
+        })
 }
 
 /// A throwaway Redis: loopback only, no persistence, a password, its own temp dir.
