@@ -480,6 +480,13 @@ pub async fn holder_main() -> anyhow::Result<()> {
         .context("LOCKLAB_WORKER_SHOP is not a shop")?;
     let redis = RedisTarget::new(&var("LOCKLAB_WORKER_REDIS")?, "");
     let app = var("LOCKLAB_WORKER_APP")?;
+    // A stopped process's epoll_wait is restarted on SIGCONT with its whole original timeout,
+    // so the runtime would sleep on for up to its last park time after being resumed. A handler
+    // for SIGCONT wakes it at once, as a real process resumes after a GC pause.
+    let mut resumed =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGCONT))
+            .context("could not listen for SIGCONT")?;
+    tokio::spawn(async move { while resumed.recv().await.is_some() {} });
     let pg = target.connect(&app, &[]).await?;
     let mut con = redis.connect().await?;
     let print = |e: &Event| {
