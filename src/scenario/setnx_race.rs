@@ -320,6 +320,7 @@ impl Shop {
         redis: &mut MultiplexedConnection,
         me: &str,
         waited_ms: f64,
+        finish_after: Option<&Flag>,
         report: &mut (dyn FnMut(Event) + Send),
     ) -> Result<(), OpError> {
         let held = self.acquire(redis, me).await?;
@@ -337,6 +338,9 @@ impl Shop {
             }
             report(Event::Paying);
             tokio::time::sleep(Duration::from_millis(self.payment_ms)).await;
+            if let Some(f) = finish_after {
+                f.wait().await;
+            }
             self.write(pg, me, fence).await
         }
         .await;
@@ -357,14 +361,20 @@ impl Shop {
     }
 }
 
-/// Set once a buyer other than the first holder is inside its critical section, paying.
+/// A one-way flag tasks can wait for: "another buyer is paying", "the first holder is done
+/// with the lock".
 #[derive(Default)]
-struct SomeonePaying {
+struct Flag {
     flag: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
 }
 
-impl SomeonePaying {
+impl Flag {
+    fn set(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
     async fn wait(&self) {
         loop {
             let notified = self.notify.notified();
@@ -383,7 +393,7 @@ struct Recorder {
     sections: Arc<Mutex<Vec<Section>>>,
     open: Option<usize>,
     /// Told when this buyer starts paying (the in-process buyers; not the first holder).
-    paying: Option<Arc<SomeonePaying>>,
+    paying: Option<Arc<Flag>>,
 }
 
 impl Recorder {
@@ -415,8 +425,7 @@ impl Recorder {
             }
             Event::Paying => {
                 if let Some(p) = &self.paying {
-                    p.flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                    p.notify.notify_waiters();
+                    p.set();
                 }
             }
             Event::Done { .. } => {}
@@ -437,6 +446,9 @@ struct Buyer {
     name: String,
     first_attempt_ms: Option<f64>,
     recorder: Recorder,
+    /// The paused first holder has released (or there is none): only then does a buyer's
+    /// payment end, so the paused holder always resumes inside someone else's lock.
+    holder_released: Arc<Flag>,
 }
 
 impl Buyer {
@@ -451,6 +463,7 @@ impl Buyer {
                 &mut self.redis,
                 &self.name,
                 now - first,
+                Some(&self.holder_released),
                 &mut |e| rec.on(&e),
             )
             .await;
@@ -480,13 +493,6 @@ pub async fn holder_main() -> anyhow::Result<()> {
         .context("LOCKLAB_WORKER_SHOP is not a shop")?;
     let redis = RedisTarget::new(&var("LOCKLAB_WORKER_REDIS")?, "");
     let app = var("LOCKLAB_WORKER_APP")?;
-    // A stopped process's epoll_wait is restarted on SIGCONT with its whole original timeout,
-    // so the runtime would sleep on for up to its last park time after being resumed. A handler
-    // for SIGCONT wakes it at once, as a real process resumes after a GC pause.
-    let mut resumed =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGCONT))
-            .context("could not listen for SIGCONT")?;
-    tokio::spawn(async move { while resumed.recv().await.is_some() {} });
     let pg = target.connect(&app, &[]).await?;
     let mut con = redis.connect().await?;
     let print = |e: &Event| {
@@ -497,7 +503,7 @@ pub async fn holder_main() -> anyhow::Result<()> {
         }
     };
     let result = shop
-        .buy(&pg, &mut con, "holder", 0.0, &mut |e| print(&e))
+        .buy(&pg, &mut con, "holder", 0.0, None, &mut |e| print(&e))
         .await;
     print(&Event::Done {
         error: result.err().map(|e| e.class),
@@ -639,7 +645,8 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
 
     // Every buyer is connected before the first one takes the lock.
     let sections = Arc::new(Mutex::new(Vec::new()));
-    let someone_paying = Arc::new(SomeonePaying::default());
+    let someone_paying = Arc::new(Flag::default());
+    let holder_released = Arc::new(Flag::default());
     let connects = (1..buyers).map(|i| {
         let app = ctx.app(&format!("w/buyer-{i}"));
         async move {
@@ -668,6 +675,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             },
             name,
             first_attempt_ms: None,
+            holder_released: holder_released.clone(),
         }));
     }
 
@@ -717,6 +725,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
                         at_ms,
                         deleted: None,
                     });
+                    holder_released.set();
                 }
                 HolderFault::Pause => {
                     holder.signal(libc::SIGSTOP)?;
@@ -750,18 +759,21 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
                     if crash.is_some() {
                         return Some((Err("crashed".to_string()), clock.now_ms()));
                     }
-                    loop {
+                    let done = loop {
                         tokio::select! {
                             e = holder.next(deadline) => match e {
                                 Some(Event::Done { error }) => {
-                                    return Some((error.map_or(Ok(()), Err), clock.now_ms()));
+                                    break Some((error.map_or(Ok(()), Err), clock.now_ms()));
                                 }
+                                Some(Event::Released { .. }) => holder_released.set(),
                                 Some(_) => continue,
-                                None => return None,
+                                None => break None,
                             },
-                            _ = ctx.cancel.cancelled() => return None,
+                            _ = ctx.cancel.cancelled() => break None,
                         }
-                    }
+                    };
+                    holder_released.set();
+                    done
                 }
             );
             drop(ticker);
