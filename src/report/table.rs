@@ -9,21 +9,82 @@ pub struct Tables {
     pub fit_terminal: bool,
 }
 
+/// One comfy table; `fit` wraps it to that many columns, `None` lays it out at natural width.
+fn table(headers: &[String], rows: &[Vec<String>], fit: Option<u16>) -> String {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED);
+    match fit {
+        Some(w) => {
+            t.set_content_arrangement(ContentArrangement::Dynamic);
+            t.set_width(w);
+        }
+        None => {
+            t.set_content_arrangement(ContentArrangement::Disabled);
+        }
+    }
+    t.set_header(headers.to_vec());
+    for r in rows {
+        t.add_row(r.clone());
+    }
+    t.to_string()
+}
+
+fn widest_line(text: &str) -> usize {
+    text.lines().map(|l| l.chars().count()).max().unwrap_or(0)
+}
+
+/// A scenario's table at natural width, or fitted to `width` columns: split into a verdict
+/// table and a figures table when it would not fit whole.
+fn lay_out(s: &super::ScenarioReport, width: Option<u16>) -> String {
+    let headers = Row::headers(s);
+    let rows: Vec<Vec<String>> = s.variants.iter().map(|v| Row::of(s, v).cells()).collect();
+    let whole = table(&headers, &rows, None);
+    match width {
+        Some(w) if widest_line(&whole) > w as usize => {
+            // Too wide for the terminal: the verdict table first, then the figures,
+            // rather than one table whose cells wrap word by word.
+            // Cells: variant, outcome, requests, p50, p99, harm, extra columns, [held in],
+            // expectations.
+            let extra = s.columns.len();
+            let figures: Vec<usize> = std::iter::once(0)
+                .chain([3, 4])
+                .chain(6..6 + extra)
+                .collect();
+            let verdicts: Vec<usize> = (0..headers.len())
+                .filter(|i| *i == 0 || !figures.contains(i))
+                .collect();
+            let pick = |cols: &[usize], cells: &[String]| -> Vec<String> {
+                cols.iter().map(|&i| cells[i].clone()).collect()
+            };
+            let t1 = table(
+                &pick(&verdicts, &headers),
+                &rows.iter().map(|r| pick(&verdicts, r)).collect::<Vec<_>>(),
+                Some(w),
+            );
+            let t2 = table(
+                &pick(&figures, &headers),
+                &rows.iter().map(|r| pick(&figures, r)).collect::<Vec<_>>(),
+                Some(w),
+            );
+            format!("{t1}\n{t2}")
+        }
+        Some(w) => table(&headers, &rows, Some(w)),
+        None => whole,
+    }
+}
+
 impl Exporter for Tables {
     fn render(&self, report: &RunReport) -> String {
         let mut out = String::new();
         for s in &report.scenarios {
-            let mut t = Table::new();
-            t.load_style(UTF8_FULL_CONDENSED);
-            t.set_content_arrangement(if self.fit_terminal {
-                ContentArrangement::Dynamic
+            let width = if self.fit_terminal {
+                // A terminal that reports no usable size (a pty of 0 x 0, say) would squeeze
+                // every column to one character: lay out at natural width there instead.
+                Table::new().width().filter(|w| *w >= 40)
             } else {
-                ContentArrangement::Disabled
-            });
-            t.set_header(Row::headers(s));
-            for v in &s.variants {
-                t.add_row(Row::of(s, v).cells());
-            }
+                None
+            };
+            let t = lay_out(s, width);
             out.push_str(&format!(
                 "{} — {}\n{} · time scale {} · * = mitigated variant\n{t}\n",
                 s.name, s.summary, s.target, s.time_scale
@@ -51,6 +112,25 @@ impl Exporter for Tables {
 mod tests {
     use super::*;
     use crate::report::fixtures;
+
+    #[test]
+    fn a_table_too_wide_for_the_terminal_splits_into_verdicts_and_figures() {
+        let mut report = fixtures::report();
+        report.scenarios[0].columns = vec![crate::report::Harm {
+            metric: "cut_off".into(),
+            label: "cut off".into(),
+        }];
+        let s = &report.scenarios[0];
+        let whole = lay_out(s, None);
+        assert_eq!(whole.matches("┌").count(), 1, "{whole}");
+        let split = lay_out(s, Some(90));
+        assert_eq!(split.matches("┌").count(), 2, "{split}");
+        assert!(widest_line(&split) <= 90, "{split}");
+        let (verdicts, figures) = split.split_once("┘\n").unwrap();
+        assert!(verdicts.contains("row locked") && verdicts.contains("expectations"));
+        assert!(figures.contains("p99") && figures.contains("cut off"));
+        assert!(!figures.contains("expectations"), "{figures}");
+    }
 
     #[test]
     fn table_shows_outcomes_harm_and_failed_expectation() {
