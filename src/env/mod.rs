@@ -5,6 +5,7 @@ pub mod guardian;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod server;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use super::guardian::Guardian;
 use super::process::{self, RunAs};
+use super::server::{GuardedDir, ServerProcess, on_a_free_port};
 
 pub const INSTALL_HINT: &str = "install the server packages (Debian/Ubuntu: `apt-get install postgresql redis-server pgbouncer`), \
 or point locklab at your own servers with --pg-url (docker compose up -d starts the ones the README uses)";
@@ -307,12 +308,8 @@ async fn template_in(
 pub struct PgServer {
     /// Major version, e.g. `15`.
     pub version: String,
-    child: tokio::process::Child,
-    pid: u32,
-    dir: PathBuf,
+    process: ServerProcess,
     pub port: u16,
-    guardian: Arc<Guardian>,
-    stopped: bool,
 }
 
 impl PgServer {
@@ -323,61 +320,46 @@ impl PgServer {
         let bins = find_binaries()?;
         let run_as = process::unprivileged_account();
         let template = template(&bins, run_as).await?;
-        let mut last_err = None;
-        // A free port can be taken between our check and postgres's bind: try a few.
-        for _ in 0..3 {
-            match Self::start_once(&bins, run_as, &template, guardian.clone(), server_settings)
-                .await
-            {
-                Ok(s) => return Ok(s),
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("PostgreSQL did not start")))
+        on_a_free_port("PostgreSQL", |port| {
+            Self::start_on(
+                &bins,
+                run_as,
+                &template,
+                guardian.clone(),
+                server_settings,
+                port,
+            )
+        })
+        .await
     }
 
-    async fn start_once(
+    async fn start_on(
         bins: &Binaries,
         run_as: Option<RunAs>,
         template: &Path,
         guardian: Arc<Guardian>,
         server_settings: &[(String, String)],
+        port: u16,
     ) -> anyhow::Result<PgServer> {
-        let dir = process::make_temp_dir("locklab-pg")?;
-        guardian.watch_dir(&dir);
-        let cleanup_dir = |dir: &Path| {
-            let _ = std::fs::remove_dir_all(dir);
-            guardian.forget_dir(dir);
-        };
-        let data = dir.join("data");
-        let prepared = (|| -> std::io::Result<u16> {
+        let dir = GuardedDir::new(guardian, "locklab-pg")?;
+        let data = dir.path().join("data");
+        (|| -> std::io::Result<()> {
             process::copy_tree(template, &data)?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))?;
             if let Some(who) = run_as {
-                process::chown_tree(&dir, who)?;
+                process::chown_tree(dir.path(), who)?;
             }
-            process::free_port()
-        })();
-        let port = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                cleanup_dir(&dir);
-                return Err(e).context("could not prepare the PostgreSQL data directory");
-            }
-        };
-        let log = match std::fs::File::create(dir.join("postgres.log")) {
-            Ok(f) => f,
-            Err(e) => {
-                cleanup_dir(&dir);
-                return Err(e).context("could not create the server log");
-            }
-        };
+            Ok(())
+        })()
+        .context("could not prepare the PostgreSQL data directory")?;
+        let log = std::fs::File::create(dir.path().join("postgres.log"))
+            .context("could not create the server log")?;
         let mut cmd = tokio::process::Command::new(bins.dir.join("postgres"));
         cmd.arg("-D")
             .arg(&data)
             .arg("-k")
-            .arg(&dir)
+            .arg(dir.path())
             .args(["-p", &port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
@@ -392,24 +374,15 @@ impl PgServer {
         if let Some(who) = run_as {
             cmd.uid(who.uid).gid(who.gid);
         }
-        // SIGQUIT on locklab's death: postgres shuts down at once and removes its shared memory.
-        let child = match process::spawn_tied(cmd, libc::SIGQUIT).await {
-            Ok(c) => c,
-            Err(e) => {
-                cleanup_dir(&dir);
-                return Err(e).context("could not start postgres");
-            }
-        };
-        let pid = child.id().unwrap_or(0);
-        guardian.watch_group(pid);
+        // SIGQUIT (also on locklab's death): postgres shuts down at once and removes its shared
+        // memory.
+        let process = ServerProcess::spawn(cmd, dir, libc::SIGQUIT)
+            .await
+            .context("could not start postgres")?;
         let mut server = PgServer {
             version: data_version(&data),
-            child,
-            pid,
-            dir,
+            process,
             port,
-            guardian,
-            stopped: false,
         };
         if let Err(e) = server.wait_ready().await {
             server.stop().await;
@@ -422,7 +395,7 @@ impl PgServer {
         let target = self.target("public");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.process.exited()? {
                 bail!(
                     "postgres exited ({status}) while starting: {}",
                     self.log_tail()
@@ -442,7 +415,8 @@ impl PgServer {
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.process.dir().join("postgres.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
     }
@@ -451,7 +425,7 @@ impl PgServer {
     pub fn target(&self, schema: &str) -> PgTarget {
         let conn = format!(
             "host={} port={} user={SUPERUSER} dbname=postgres",
-            self.dir.display(),
+            self.process.dir().display(),
             self.port
         );
         PgTarget {
@@ -471,23 +445,7 @@ impl PgServer {
     }
 
     pub async fn stop(&mut self) {
-        if self.stopped {
-            return;
-        }
-        self.stopped = true;
-        process::stop_group(&mut self.child, libc::SIGQUIT, Duration::from_secs(3)).await;
-        self.guardian.forget_group(self.pid);
-        let _ = std::fs::remove_dir_all(&self.dir);
-        self.guardian.forget_dir(&self.dir);
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        if !self.stopped {
-            // Reached only on an unexpected unwind: stop without waiting.
-            process::signal(self.pid, libc::SIGQUIT);
-        }
+        self.process.stop().await;
     }
 }
 

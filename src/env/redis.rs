@@ -11,7 +11,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::guardian::Guardian;
 use super::postgres::INSTALL_HINT;
-use super::process;
+use super::server::{GuardedDir, ServerProcess, on_a_free_port};
 
 /// The throwaway server's password: set, so the URL people copy is the same shape as theirs.
 const PASSWORD: &str = "locklab";
@@ -138,69 +138,43 @@ pub fn find_binary() -> anyhow::Result<PathBuf> {
 
 /// A throwaway Redis: loopback only, no persistence, a password, its own temp dir.
 pub struct RedisServer {
-    child: tokio::process::Child,
-    pid: u32,
-    dir: PathBuf,
+    process: ServerProcess,
     pub port: u16,
-    guardian: Arc<Guardian>,
-    stopped: bool,
 }
 
 impl RedisServer {
     pub async fn start(guardian: Arc<Guardian>) -> anyhow::Result<RedisServer> {
         let bin = find_binary()?;
-        let mut last_err = None;
-        // The port can be taken between our check and the server's bind: try a few.
-        for _ in 0..3 {
-            match Self::start_once(&bin, guardian.clone()).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+        on_a_free_port("redis-server", |port| {
+            Self::start_on(&bin, guardian.clone(), port)
+        })
+        .await
     }
 
-    async fn start_once(bin: &Path, guardian: Arc<Guardian>) -> anyhow::Result<RedisServer> {
-        let dir = process::make_temp_dir("locklab-redis")?;
-        guardian.watch_dir(&dir);
-        let port = match process::free_port() {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                guardian.forget_dir(&dir);
-                return Err(e).context("could not find a free port for Redis");
-            }
-        };
+    async fn start_on(
+        bin: &Path,
+        guardian: Arc<Guardian>,
+        port: u16,
+    ) -> anyhow::Result<RedisServer> {
+        let dir = GuardedDir::new(guardian, "locklab-redis")?;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--requirepass", PASSWORD])
             .args(["--daemonize", "no", "--loglevel", "warning"])
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir.path())
             .arg("--logfile")
-            .arg(dir.join("redis.log"))
+            .arg(dir.path().join("redis.log"))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        let child = match process::spawn_tied(cmd, libc::SIGKILL).await {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                guardian.forget_dir(&dir);
-                return Err(e).context("could not start redis-server");
-            }
-        };
-        let pid = child.id().unwrap_or(0);
-        guardian.watch_group(pid);
-        let mut server = RedisServer {
-            child,
-            pid,
-            dir,
-            port,
-            guardian,
-            stopped: false,
-        };
+        // No persistence, so nothing to save: SIGKILL, rather than the ~100 ms Redis takes to
+        // notice a SIGTERM in its periodic tick.
+        let process = ServerProcess::spawn(cmd, dir, libc::SIGKILL)
+            .await
+            .context("could not start redis-server")?;
+        let mut server = RedisServer { process, port };
         if let Err(e) = server.wait_ready().await {
             server.stop().await;
             return Err(e);
@@ -212,8 +186,9 @@ impl RedisServer {
         let target = self.target("");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+            if let Some(status) = self.process.exited()? {
+                let log = std::fs::read_to_string(self.process.dir().join("redis.log"))
+                    .unwrap_or_default();
                 bail!(
                     "redis-server exited ({status}) while starting: {}",
                     log.trim()
@@ -240,24 +215,7 @@ impl RedisServer {
     }
 
     pub async fn stop(&mut self) {
-        if self.stopped {
-            return;
-        }
-        self.stopped = true;
-        // No persistence, so nothing to save: SIGKILL spares the ~100 ms Redis takes to notice
-        // a SIGTERM in its periodic tick.
-        process::stop_group(&mut self.child, libc::SIGKILL, Duration::from_secs(3)).await;
-        self.guardian.forget_group(self.pid);
-        let _ = std::fs::remove_dir_all(&self.dir);
-        self.guardian.forget_dir(&self.dir);
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if !self.stopped {
-            process::signal(self.pid, libc::SIGKILL);
-        }
+        self.process.stop().await;
     }
 }
 
