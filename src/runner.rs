@@ -137,17 +137,19 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
             }
             let resolved = scenario.resolve(variant, opts.time_scale);
             let repeat = opts.repeat.max(1);
-            let mut runs = Vec::new();
-            for i in 0..repeat {
-                if cancel.is_cancelled() && !runs.is_empty() {
+            let label = |i: u32| match repeat {
+                1 => String::new(),
+                n => format!(" {}/{n}", i + 1),
+            };
+            let first =
+                run_variant(&env, scenario, &resolved, &cancel, opts.progress, &label(0)).await;
+            let mut runs = vec![first];
+            for i in 1..repeat {
+                if cancel.is_cancelled() {
                     break;
                 }
-                let label = match repeat {
-                    1 => String::new(),
-                    n => format!(" {}/{n}", i + 1),
-                };
                 runs.push(
-                    run_variant(&env, scenario, &resolved, &cancel, opts.progress, &label).await,
+                    run_variant(&env, scenario, &resolved, &cancel, opts.progress, &label(i)).await,
                 );
             }
             let v = aggregate(runs, resolved.mitigated);
@@ -179,7 +181,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
 
 /// One report for all runs of a variant: the first failing run's figures (else the first run's),
 /// how many runs held, and why the variant fails the run, if it does.
-fn aggregate(runs: Vec<VariantReport>, mitigated: bool) -> VariantReport {
+fn aggregate(mut runs: Vec<VariantReport>, mitigated: bool) -> VariantReport {
     let n = runs.len() as u32;
     let held = runs.iter().filter(|r| r.expectations_held).count() as u32;
     let harness_error = runs.iter().any(|r| r.error.is_some());
@@ -207,29 +209,12 @@ fn aggregate(runs: Vec<VariantReport>, mitigated: bool) -> VariantReport {
             .collect(),
     };
     let wall_ms = runs.iter().map(|r| r.wall_ms).sum();
+    // `runs` is never empty (the caller runs a variant at least once), so `pick` is in range.
     let pick = runs
         .iter()
         .position(|r| !r.expectations_held || r.error.is_some())
         .unwrap_or(0);
-    let mut chosen = runs.into_iter().nth(pick).unwrap_or_else(|| VariantReport {
-        name: String::new(),
-        mitigated,
-        shows: String::new(),
-        settings: BTreeMap::new(),
-        outcome: "error".into(),
-        expectations: Vec::new(),
-        expectations_held: false,
-        metrics: BTreeMap::new(),
-        requests: Requests::default(),
-        wall_ms: 0,
-        error: Some("the variant did not run".into()),
-        runs: 0,
-        runs_held: 0,
-        outcomes: BTreeMap::new(),
-        repeats: Vec::new(),
-        failure: None,
-        server_settings: BTreeMap::new(),
-    });
+    let mut chosen = runs.swap_remove(pick);
     chosen.runs = n;
     chosen.runs_held = held;
     chosen.outcomes = outcomes;

@@ -29,10 +29,9 @@ impl Exporter for Junit {
         let total: usize = report.scenarios.iter().map(|s| s.variants.len()).sum();
         let (mut failed, mut errored) = (0, 0);
         for v in report.scenarios.iter().flat_map(|s| &s.variants) {
-            match v.failure {
+            match v.failure_kind() {
                 Some(Failure::HarnessError) => errored += 1,
                 Some(_) => failed += 1,
-                None if !v.expectations_held => failed += 1,
                 None => {}
             }
         }
@@ -54,15 +53,15 @@ impl Exporter for Junit {
                     v.wall_ms as f64 / 1000.0
                 ));
                 let mine = v.failure_lines(&s.name);
-                if let Some(first) = mine.first() {
-                    let tag = match v.failure {
-                        Some(Failure::HarnessError) => "error",
+                if let (Some(first), Some(kind)) = (mine.first(), v.failure_kind()) {
+                    let tag = match kind {
+                        Failure::HarnessError => "error",
                         _ => "failure",
                     };
                     out.push_str(&format!(
                         "      <{tag} message=\"{}\" type=\"{}\">{}</{tag}>\n",
                         escape(first),
-                        v.failure.map_or("failed", Failure::headline),
+                        kind.headline(),
                         escape(&mine.join("\n"))
                     ));
                 }

@@ -40,6 +40,13 @@ pub struct ScenarioReport {
     pub variants: Vec<VariantReport>,
 }
 
+impl ScenarioReport {
+    /// Variants ran more than once (`--repeat`): the table shows how many runs held.
+    pub fn repeated(&self) -> bool {
+        self.variants.iter().any(|v| v.runs > 1)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Harm {
     pub metric: String,
@@ -83,14 +90,19 @@ pub struct VariantReport {
 }
 
 impl VariantReport {
-    /// Why this variant fails the run, one line per reason; empty when it does not.
-    pub fn failure_lines(&self, scenario: &str) -> Vec<String> {
-        let kind = self.failure.or_else(|| {
-            (!self.expectations_held)
+    /// Why this variant fails the run, if it does: the recorded kind, or for a results file
+    /// written without one, the kind its single verdict calls for.
+    pub fn failure_kind(&self) -> Option<Failure> {
+        self.failure.or_else(|| {
+            (!self.expectations_held || self.error.is_some())
                 .then(|| Failure::classify(self.mitigated, 1, 0, self.error.is_some()))
                 .flatten()
-        });
-        let Some(kind) = kind else {
+        })
+    }
+
+    /// Why this variant fails the run, one line per reason; empty when it does not.
+    pub fn failure_lines(&self, scenario: &str) -> Vec<String> {
+        let Some(kind) = self.failure_kind() else {
             return Vec::new();
         };
         let at = format!("{} {scenario}/{}", kind.headline(), self.name);
@@ -224,7 +236,7 @@ impl RunReport {
         self.scenarios
             .iter()
             .flat_map(|s| &s.variants)
-            .all(|v| v.failure.is_none() && v.expectations_held)
+            .all(|v| v.failure_kind().is_none())
     }
 
     /// Every variant that fails the run, each with why, as lines for people:
@@ -379,11 +391,7 @@ impl Row {
             p99: fmt_ms(v.metrics.get("p99_ms")),
             harm,
             extra,
-            runs: s
-                .variants
-                .iter()
-                .any(|x| x.runs > 1)
-                .then(|| format!("{}/{}", v.runs_held, v.runs)),
+            runs: s.repeated().then(|| format!("{}/{}", v.runs_held, v.runs)),
             verdict,
         }
     }
@@ -398,7 +406,7 @@ impl Row {
             s.harm.label.clone(),
         ];
         h.extend(s.columns.iter().map(|c| c.label.clone()));
-        if s.variants.iter().any(|v| v.runs > 1) {
+        if s.repeated() {
             h.push("held in".into());
         }
         h.push("expectations".into());
@@ -454,6 +462,17 @@ mod tests {
             vec!["MITIGATION REGRESSED orphan-lock/broken: `not cut_off` did not hold: was true"]
         );
         assert_eq!(r.exit_code(), crate::error::exit::EXPECTATION_FAILED);
+
+        // A results file without `failure` still gets its kind from the verdict.
+        let mut old = r.scenarios[0].variants[2].clone();
+        old.failure = None;
+        assert_eq!(old.failure_kind(), Some(Failure::MitigationRegressed));
+        old.mitigated = false;
+        assert_eq!(
+            old.failure_kind(),
+            Some(Failure::BaselineNoLongerReproduces)
+        );
+        assert_eq!(r.scenarios[0].variants[1].failure_kind(), None);
     }
 }
 
