@@ -109,20 +109,18 @@ fn against_a_redis_given_by_url_with_a_password_only_our_keys_are_touched() {
 fn a_wrong_redis_password_or_an_unreachable_redis_is_an_environment_error() {
     let tmp = tempdir();
     let servers = EnvUp::start(tmp.path(), &[]);
-    let wrong = servers.redis_url.replace(":locklab@", ":wrong@");
-    let out = locklab(tmp.path())
-        .args([
-            "run",
-            "setnx-race",
-            "--no-results",
-            "--pg-url",
-            &servers.url,
-        ])
-        .args(["--redis-url", &wrong])
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let run_with = |redis_url: &str| {
+        let out = locklab(tmp.path())
+            .args(["run", "setnx-race", "--no-results"])
+            .args(["--pg-url", &servers.url, "--redis-url", redis_url])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        stderr
+    };
+
+    let stderr = run_with(&servers.redis_url.replace(":locklab@", ":wrong@"));
     assert!(stderr.contains("authentication failed"), "{stderr}");
     assert!(!stderr.contains(":wrong@"), "password shown: {stderr}");
 
@@ -130,18 +128,7 @@ fn a_wrong_redis_password_or_an_unreachable_redis_is_an_environment_error() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port");
-    let out = locklab(tmp.path())
-        .args([
-            "run",
-            "setnx-race",
-            "--no-results",
-            "--pg-url",
-            &servers.url,
-        ])
-        .args(["--redis-url", &format!("redis://:pw@127.0.0.1:{port}/0")])
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let stderr = run_with(&format!("redis://:pw@127.0.0.1:{port}/0"));
     assert!(stderr.contains("could not connect to Redis"), "{stderr}");
+    assert!(!stderr.contains(":pw@"), "password shown: {stderr}");
 }

@@ -542,7 +542,6 @@ struct Holder {
     child: tokio::process::Child,
     events: tokio::sync::mpsc::UnboundedReceiver<Event>,
     recorder: Recorder,
-    started_ms: f64,
 }
 
 impl Holder {
@@ -579,7 +578,6 @@ impl Holder {
             child,
             events,
             recorder,
-            started_ms: 0.0,
         })
     }
 
@@ -694,8 +692,8 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     };
 
     let outcome = async {
+        let started_ms = clock.now_ms();
         let mut holder = Holder::start(ctx, &shop, recorder).await?;
-        holder.started_ms = clock.now_ms();
         let result = async {
             // The holder is inside its critical section, paying, before anyone else starts.
             let ready_by = Instant::now() + Duration::from_secs(10);
@@ -784,34 +782,31 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         }
         .await;
         let end_ms = epoch_ms();
-        let holder_op = Op {
-            client: buyers - 1,
-            kind: "buy",
-            start_ms: holder.started_ms,
-            end_ms: None,
-            outcome: Outcome::Unknown,
-        };
         let _ = holder.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), holder.child.wait()).await;
-        result.map(|r| (r, holder_op, end_ms))
+        result.map(|r| (r, started_ms, end_ms))
     }
     .await;
 
     stop_watch.cancel();
     let key_samples = watcher.await.unwrap_or_default();
     ctx.terminate_sessions("w/").await?;
-    let ((driven, holder_done, crash), mut holder_op, end_ms) = outcome?;
+    let ((driven, holder_done, crash), started_ms, end_ms) = outcome?;
     let mut history = driven.history;
-    if let Some((result, at)) = &holder_done {
-        holder_op.end_ms = Some(*at);
-        holder_op.outcome = match result {
-            Ok(()) => Outcome::Ok,
-            Err(class) => Outcome::Error {
+    // The holder's purchase, as its process reported it (unknown if it never finished).
+    history.ops.push(Op {
+        client: buyers - 1,
+        kind: "buy",
+        start_ms: started_ms,
+        end_ms: holder_done.as_ref().map(|(_, at)| *at),
+        outcome: match &holder_done {
+            None => Outcome::Unknown,
+            Some((Ok(()), _)) => Outcome::Ok,
+            Some((Err(class), _)) => Outcome::Error {
                 class: class.clone(),
             },
-        };
-    }
-    history.ops.push(holder_op);
+        },
+    });
     let row = admin
         .query_one(
             &format!(
