@@ -312,12 +312,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let (done, ticker) = ctx.progress_counter(" customers told booked".into());
     let clock = Clock::start();
     let deadline = Instant::now() + p.duration("deadline")?;
-    let plan = Plan {
-        retry_after: Duration::ZERO,
-        stop_after_ok: true,
-        stop_on: &["*"],
-    };
-    let driven = workload::drive(clients, plan, clock, deadline, &ctx.cancel, done).await;
+    let driven = workload::drive(clients, Plan::Once, clock, deadline, &ctx.cancel, done).await;
     drop(ticker);
 
     // Every booker is done: whatever the pool's connections still have open is leaked.

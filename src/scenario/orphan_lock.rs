@@ -499,9 +499,8 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             wait_until_probe_queued(&admin, &probe_app, &probe_task).await;
 
             let (booked, ticker) = ctx.progress_counter(format!(" of {clients} booked"));
-            let plan = Plan {
+            let plan = Plan::UntilOk {
                 retry_after: p.duration("retry_after")?,
-                stop_after_ok: true,
                 stop_on: &[],
             };
             let driven = workload::drive(bookers, plan, clock, deadline, &ctx.cancel, booked).await;

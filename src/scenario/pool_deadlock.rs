@@ -176,12 +176,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         })
     };
     let (done, ticker) = ctx.progress_counter(format!(" of {handlers} handlers done"));
-    let plan = Plan {
-        retry_after: Duration::ZERO,
-        stop_after_ok: true,
-        stop_on: &["*"],
-    };
-    let driven = workload::drive(clients, plan, clock, deadline, &ctx.cancel, done).await;
+    let driven = workload::drive(clients, Plan::Once, clock, deadline, &ctx.cancel, done).await;
     drop(ticker);
     let pool_at_end = if driven.cut_off {
         sampler.await.unwrap_or_default()

@@ -746,9 +746,8 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             }
             let deadline = Instant::now() + p.duration("deadline")?;
             let (sold, ticker) = ctx.progress_counter(" bought".into());
-            let plan = Plan {
+            let plan = Plan::UntilOk {
                 retry_after: p.duration("retry_after")?,
-                stop_after_ok: true,
                 stop_on: &["sold-out", "fenced"],
             };
             let (driven, holder_done) = tokio::join!(

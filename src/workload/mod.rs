@@ -65,15 +65,17 @@ pub trait Client: Send + 'static {
     fn cancel_token(&self) -> Option<CancelToken>;
 }
 
+/// What a client does after an attempt. Every client stops after its first success.
 #[derive(Debug, Clone, Copy)]
-pub struct Plan {
-    /// Pause after a failed attempt before the next one (jittered ±50%).
-    pub retry_after: Duration,
-    /// A client stops after its first successful operation.
-    pub stop_after_ok: bool,
-    /// Error classes that end a client's attempts (e.g. `sold-out`): retrying cannot help.
-    /// `*` stops on any error: each client makes one attempt.
-    pub stop_on: &'static [&'static str],
+pub enum Plan {
+    /// One attempt per client, whatever its outcome.
+    Once,
+    /// Retry a failed attempt after `retry_after` (jittered ±50%), except after an error of a
+    /// class in `stop_on` (e.g. `sold-out`), where retrying cannot help.
+    UntilOk {
+        retry_after: Duration,
+        stop_on: &'static [&'static str],
+    },
 }
 
 pub struct Driven {
@@ -163,12 +165,16 @@ async fn run_client(
                     outcome: Outcome::Ok,
                 });
                 ok_count.fetch_add(1, Ordering::Relaxed);
-                if plan.stop_after_ok {
-                    return (ops, false);
-                }
+                return (ops, false);
             }
             Err(e) => {
-                let stop = plan.stop_on.contains(&e.class.as_str()) || plan.stop_on.contains(&"*");
+                let retry_after = match plan {
+                    Plan::UntilOk {
+                        retry_after,
+                        stop_on,
+                    } if !stop_on.contains(&e.class.as_str()) => Some(retry_after),
+                    _ => None,
+                };
                 ops.push(Op {
                     client: id,
                     kind,
@@ -176,10 +182,10 @@ async fn run_client(
                     end_ms,
                     outcome: Outcome::Error { class: e.class },
                 });
-                if stop {
+                let Some(retry_after) = retry_after else {
                     return (ops, false);
-                }
-                let pause = plan.retry_after.mul_f64(rand::random_range(0.5..1.5));
+                };
+                let pause = retry_after.mul_f64(rand::random_range(0.5..1.5));
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = tokio::time::sleep_until(deadline) => {}
