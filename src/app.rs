@@ -15,7 +15,7 @@ use crate::report::{
     Exporter, RunReport, json::Json, junit::Junit, markdown::Markdown, table::Tables,
 };
 use crate::runner::{self, RunOptions};
-use crate::scenario::{self, BUILTIN, spec};
+use crate::scenario::{self, KINDS, spec};
 
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -88,8 +88,8 @@ async fn dispatch(command: Command) -> anyhow::Result<i32> {
 fn list() -> anyhow::Result<i32> {
     let mut t = Table::new();
     t.load_style(NOTHING);
-    for (name, _) in BUILTIN {
-        let s = scenario::load(name)?;
+    for k in KINDS {
+        let s = scenario::load(k.name)?;
         let variants: Vec<&str> = s.variants.iter().map(|v| v.name.as_str()).collect();
         t.add_row(vec![s.name.clone(), s.summary.clone(), variants.join(", ")]);
     }
@@ -149,8 +149,8 @@ fn resolve_scenarios(
     let mut out = Vec::new();
     for name in names {
         if name == "all" {
-            for (n, _) in BUILTIN {
-                out.push(scenario::load(n)?);
+            for k in KINDS {
+                out.push(scenario::load(k.name)?);
             }
         } else {
             out.push(scenario::load(name)?);

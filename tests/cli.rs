@@ -70,24 +70,24 @@ fn unknown_variant_and_parameter_are_usage_errors() {
 #[test]
 fn malformed_scenario_file_is_reported_with_file_line_and_column() {
     let tmp = tempdir();
-    let text = locklab::scenario::BUILTIN[0]
-        .1
+    let text = locklab::scenario::builtin_file("orphan-lock")
+        .unwrap()
         .replace("clients = 20", "clients = = 20");
     let file = tmp.path().join("broken.toml");
     std::fs::write(&file, text).unwrap();
     let o = run(tmp.path(), &["run", file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    let line = locklab::scenario::BUILTIN[0]
-        .1
+    let line = locklab::scenario::builtin_file("orphan-lock")
+        .unwrap()
         .lines()
         .position(|l| l.starts_with("clients = 20"))
         .unwrap()
         + 1;
     assert!(err.contains(&format!("broken.toml:{line}:")), "{err}");
 
-    let typo = locklab::scenario::BUILTIN[0]
-        .1
+    let typo = locklab::scenario::builtin_file("orphan-lock")
+        .unwrap()
         .replace("\"bookings_ok == 0\"", "\"bookings_okk == 0\"");
     std::fs::write(&file, typo).unwrap();
     let o = run(tmp.path(), &["run", file.to_str().unwrap()]);
@@ -292,10 +292,12 @@ fn results_are_written_as_json_under_the_out_dir() {
 fn a_broken_mitigation_exits_1_and_names_the_expectation_and_figure() {
     let tmp = tempdir();
     // The user's copy of the scenario with the idle timeout removed from `mitigated`.
-    let text = locklab::scenario::BUILTIN[0].1.replace(
-        "settings = { idle_in_transaction_session_timeout = \"idle_timeout\", ",
-        "settings = { ",
-    );
+    let text = locklab::scenario::builtin_file("orphan-lock")
+        .unwrap()
+        .replace(
+            "settings = { idle_in_transaction_session_timeout = \"idle_timeout\", ",
+            "settings = { ",
+        );
     let file = tmp.path().join("no-idle-timeout.toml");
     std::fs::write(&file, text).unwrap();
     let o = run(
@@ -326,7 +328,7 @@ fn a_broken_mitigation_exits_1_and_names_the_expectation_and_figure() {
 fn a_baseline_that_no_longer_fails_is_named_apart_from_a_regression() {
     let tmp = tempdir();
     // The user's copy where the baseline quietly gained the mitigation: the lab lost its teeth.
-    let text = locklab::scenario::BUILTIN[0].1.replacen(
+    let text = locklab::scenario::builtin_file("orphan-lock").unwrap().replacen(
         "name = \"baseline\"\n",
         "name = \"baseline\"\nsettings = { idle_in_transaction_session_timeout = \"idle_timeout\" }\n",
         1,

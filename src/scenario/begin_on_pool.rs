@@ -22,6 +22,7 @@ use crate::workload::{self, OpError, Plan};
 
 pub const KIND: Kind = Kind {
     name: "begin-on-pool",
+    file: include_str!("../../scenarios/begin-on-pool.toml"),
     params: &[
         "bookers",
         "pool_size",

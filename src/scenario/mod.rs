@@ -25,6 +25,8 @@ pub use spec::{ResolvedVariant, Scenario};
 #[derive(Debug)]
 pub struct Kind {
     pub name: &'static str,
+    /// Its scenario file, embedded so `locklab run NAME` works from any directory.
+    pub file: &'static str,
     pub params: &'static [&'static str],
     pub metrics: &'static [&'static str],
     /// The run starts (or connects to) Redis only when some scenario needs it.
@@ -34,9 +36,10 @@ pub struct Kind {
     pub run: for<'a> fn(&'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>,
 }
 
+/// The built-in scenarios, in the order `list` and `run all` use.
 pub static KINDS: &[Kind] = &[
-    begin_on_pool::KIND,
     orphan_lock::KIND,
+    begin_on_pool::KIND,
     pool_deadlock::KIND,
     setnx_race::KIND,
 ];
@@ -45,25 +48,10 @@ pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
 }
 
-/// The scenario files, embedded so `locklab run NAME` works from any directory.
-pub static BUILTIN: &[(&str, &str)] = &[
-    (
-        "orphan-lock",
-        include_str!("../../scenarios/orphan-lock.toml"),
-    ),
-    (
-        "begin-on-pool",
-        include_str!("../../scenarios/begin-on-pool.toml"),
-    ),
-    (
-        "pool-deadlock",
-        include_str!("../../scenarios/pool-deadlock.toml"),
-    ),
-    (
-        "setnx-race",
-        include_str!("../../scenarios/setnx-race.toml"),
-    ),
-];
+/// A built-in scenario's file, by name.
+pub fn builtin_file(name: &str) -> Option<&'static str> {
+    kind(name).map(|k| k.file)
+}
 
 /// Loads a built-in scenario by name, or a file by path (anything with a `/` or `.toml`).
 pub fn load(name_or_path: &str) -> Result<Scenario, UsageError> {
@@ -72,10 +60,10 @@ pub fn load(name_or_path: &str) -> Result<Scenario, UsageError> {
             .map_err(|e| UsageError(format!("cannot read scenario file {name_or_path}: {e}")))?;
         return Scenario::parse(&text, name_or_path);
     }
-    match BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
-        Some((n, text)) => Scenario::parse(text, &format!("built-in {n}.toml")),
+    match kind(name_or_path) {
+        Some(k) => Scenario::parse(k.file, &format!("built-in {}.toml", k.name)),
         None => {
-            let hint = match spec::nearest(name_or_path, BUILTIN.iter().map(|(n, _)| *n)) {
+            let hint = match spec::nearest(name_or_path, KINDS.iter().map(|k| k.name)) {
                 Some(n) => format!("; did you mean `{n}`?"),
                 None => String::new(),
             };

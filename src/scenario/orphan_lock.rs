@@ -25,6 +25,7 @@ use crate::workload::{self, OpError, Plan};
 
 pub const KIND: Kind = Kind {
     name: "orphan-lock",
+    file: include_str!("../../scenarios/orphan-lock.toml"),
     params: &[
         "clients",
         "fault",

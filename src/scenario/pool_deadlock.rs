@@ -18,6 +18,7 @@ use crate::workload::{self, OpError, Plan};
 
 pub const KIND: Kind = Kind {
     name: "pool-deadlock",
+    file: include_str!("../../scenarios/pool-deadlock.toml"),
     params: &[
         "pool_size",
         "handlers",

@@ -27,6 +27,7 @@ use crate::workload::{self, OpError, Plan};
 
 pub const KIND: Kind = Kind {
     name: "setnx-race",
+    file: include_str!("../../scenarios/setnx-race.toml"),
     params: &[
         "buyers",
         "stock",
