@@ -134,6 +134,22 @@ enum Conn {
     Dedicated(Box<deadpool_postgres::Object>),
 }
 
+/// A connection for one statement.
+enum Checkout<'a> {
+    Dedicated(&'a deadpool_postgres::Object),
+    Pooled(Box<deadpool_postgres::Object>),
+}
+
+impl std::ops::Deref for Checkout<'_> {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &deadpool_postgres::Object {
+        match self {
+            Checkout::Dedicated(c) => c,
+            Checkout::Pooled(c) => c,
+        }
+    }
+}
+
 struct Booker {
     pool: deadpool_postgres::Pool,
     dedicated: bool,
@@ -146,32 +162,27 @@ struct Booker {
 }
 
 impl Booker {
-    /// One statement: on the dedicated client, or on whatever connection the pool hands out
-    /// (returned to the pool as soon as the statement is done, as `pool.query` does).
+    /// Where the next statement runs: the dedicated client, or whatever connection the pool
+    /// hands out (back to the pool as soon as the statement is done, as `pool.query` does).
+    async fn client<'a>(&self, conn: &'a Conn) -> Result<Checkout<'a>, OpError> {
+        Ok(match conn {
+            Conn::Dedicated(c) => Checkout::Dedicated(c),
+            Conn::Pool => Checkout::Pooled(Box::new(self.pool.get().await?)),
+        })
+    }
+
     async fn exec(
         &self,
         conn: &Conn,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, OpError> {
-        match conn {
-            Conn::Dedicated(c) => Ok(c.execute(sql, params).await?),
-            Conn::Pool => {
-                let c = self.pool.get().await?;
-                Ok(c.execute(sql, params).await?)
-            }
-        }
+        Ok(self.client(conn).await?.execute(sql, params).await?)
     }
 
     async fn booked(&self, conn: &Conn) -> Result<bool, OpError> {
-        let row = match conn {
-            Conn::Dedicated(c) => c.query_one(&self.sql.select, &[&SEAT]).await?,
-            Conn::Pool => {
-                let c = self.pool.get().await?;
-                c.query_one(&self.sql.select, &[&SEAT]).await?
-            }
-        };
-        Ok(row.get(0))
+        let c = self.client(conn).await?;
+        Ok(c.query_one(&self.sql.select, &[&SEAT]).await?.get(0))
     }
 
     async fn book(&mut self) -> Result<(), OpError> {
