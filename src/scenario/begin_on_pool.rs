@@ -42,23 +42,22 @@ pub const KIND: Kind = Kind {
 
 const SEAT: i32 = 1;
 
-fn choice<'a>(p: &'a Params, name: &str, allowed: &[&str]) -> anyhow::Result<&'a str> {
-    let v = p.text(name)?;
-    if allowed.contains(&v) {
-        Ok(v)
-    } else {
-        Err(UsageError(format!(
-            "{name} must be one of {}, not `{v}`",
-            allowed.join(", ")
-        ))
-        .into())
-    }
+fn dedicated(p: &Params) -> anyhow::Result<bool> {
+    p.switch("client", "dedicated", "pool")
+}
+
+fn for_update(p: &Params) -> anyhow::Result<bool> {
+    p.switch("select", "for-update", "plain")
+}
+
+fn conditional(p: &Params) -> anyhow::Result<bool> {
+    p.switch("update", "conditional", "plain")
 }
 
 fn validate(p: &Params) -> anyhow::Result<()> {
-    choice(p, "client", &["pool", "dedicated"])?;
-    choice(p, "select", &["plain", "for-update"])?;
-    choice(p, "update", &["plain", "conditional"])?;
+    dedicated(p)?;
+    for_update(p)?;
+    conditional(p)?;
     p.flag("unique_index")?;
     if p.count("bookers")? == 0 || p.count("pool_size")? == 0 {
         return Err(UsageError("bookers and pool_size must be at least 1".into()).into());
@@ -270,8 +269,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         .await
         .context("could not create the scenario's tables")?;
 
-    let for_update = choice(p, "select", &["plain", "for-update"])? == "for-update";
-    let conditional = choice(p, "update", &["plain", "conditional"])? == "conditional";
+    let (for_update, conditional) = (for_update(p)?, conditional(p)?);
     let sql = Arc::new(Sql {
         select: format!(
             "SELECT booked FROM {seats} WHERE id = $1{}",
@@ -302,7 +300,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         }
     }
     let told_booked = Arc::new(Mutex::new(BTreeSet::new()));
-    let dedicated = choice(p, "client", &["pool", "dedicated"])? == "dedicated";
+    let dedicated = dedicated(p)?;
     let start_line = Arc::new(tokio::sync::Barrier::new(bookers));
     let think = p.duration("think")?;
     let pace = Arc::new(Pace::new(bookers, p.duration("step")?));

@@ -16,7 +16,6 @@ use super::{Kind, VariantCtx, VariantRun};
 use crate::check::orphan_lock::{METRICS, Observations, Probe, evaluate};
 use crate::env::postgres::PgTarget;
 use crate::env::process::spawn_tied;
-use crate::error::UsageError;
 use crate::fault::{Fault, Victim};
 use crate::history::Clock;
 use crate::observe::Observer;
@@ -75,13 +74,7 @@ fn validate(p: &Params) -> anyhow::Result<()> {
 }
 
 fn payment_inside(p: &Params) -> anyhow::Result<bool> {
-    match p.text("payment")? {
-        "inside" => Ok(true),
-        "outside" => Ok(false),
-        other => {
-            Err(UsageError(format!("payment must be inside or outside, not `{other}`")).into())
-        }
-    }
+    p.switch("payment", "inside", "outside")
 }
 
 fn run_boxed<'a>(ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {

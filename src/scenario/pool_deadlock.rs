@@ -48,13 +48,7 @@ fn validate(p: &Params) -> anyhow::Result<()> {
 
 /// `nested`: inner queries while the outer rows stream. `drain-first`: the fix.
 fn nested(p: &Params) -> anyhow::Result<bool> {
-    match p.text("code")? {
-        "nested" => Ok(true),
-        "drain-first" => Ok(false),
-        other => {
-            Err(UsageError(format!("code must be nested or drain-first, not `{other}`")).into())
-        }
-    }
+    p.switch("code", "nested", "drain-first")
 }
 
 /// `0s` means none: deadpool's default, a checkout that waits forever.

@@ -214,6 +214,15 @@ impl Params {
         }
     }
 
+    /// A text parameter that picks one of two behaviours: `true` for `on`, `false` for `off`.
+    pub fn switch(&self, name: &str, on: &str, off: &str) -> anyhow::Result<bool> {
+        match self.text(name)? {
+            v if v == on => Ok(true),
+            v if v == off => Ok(false),
+            v => Err(UsageError(format!("{name} must be {on} or {off}, not `{v}`")).into()),
+        }
+    }
+
     pub fn flag(&self, name: &str) -> anyhow::Result<bool> {
         match self.get(name)? {
             Param::Bool(b) => Ok(*b),
@@ -672,5 +681,15 @@ expect = ["lock_held_ms < 100"]
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.50s");
         assert_eq!(format_duration(Duration::from_secs(3)), "3s");
         assert_eq!(format_duration(Duration::from_millis(25)), "25ms");
+    }
+
+    #[test]
+    fn a_switch_takes_exactly_its_two_values() {
+        let s = Scenario::parse(MINIMAL, "t.toml").unwrap();
+        let p = &s.resolve(&s.variants[0], 1.0).params;
+        assert!(p.switch("fault", "freeze", "kill").unwrap());
+        assert!(!p.switch("fault", "kill", "freeze").unwrap());
+        let e = p.switch("fault", "a", "b").unwrap_err().to_string();
+        assert_eq!(e, "fault must be a or b, not `freeze`");
     }
 }
