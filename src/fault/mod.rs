@@ -62,6 +62,14 @@ impl Victim {
         }
     }
 
+    /// The frozen process, to resume later with [`resume`].
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Victim::Process(child) => child.id(),
+            Victim::Task(_) => None,
+        }
+    }
+
     /// Ends the holder for good, whatever state the fault left it in.
     pub async fn end(self) {
         match self {
@@ -76,4 +84,9 @@ impl Victim {
             }
         }
     }
+}
+
+/// Lets a frozen process run again (SIGCONT): the end of a pause, as after a long GC.
+pub fn resume(pid: u32) -> bool {
+    process::signal(pid, libc::SIGCONT)
 }

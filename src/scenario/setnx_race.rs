@@ -18,9 +18,10 @@ use tokio_postgres::Client;
 use super::{Kind, VariantCtx, VariantRun};
 use crate::check::setnx_race::{Crash, KeySample, METRICS, Observations, Section, evaluate};
 use crate::env::postgres::PgTarget;
-use crate::env::process::{self, spawn_tied};
+use crate::env::process::spawn_tied;
 use crate::env::redis::RedisTarget;
 use crate::error::UsageError;
+use crate::fault::{self, Fault, Victim};
 use crate::history::{Clock, Op, Outcome};
 use crate::scenario::spec::Params;
 use crate::workload::{self, OpError, Plan};
@@ -540,7 +541,7 @@ fn watch_key(
 }
 
 struct Holder {
-    child: tokio::process::Child,
+    victim: Victim,
     events: tokio::sync::mpsc::UnboundedReceiver<Event>,
     recorder: Recorder,
 }
@@ -576,7 +577,7 @@ impl Holder {
             }
         });
         Ok(Holder {
-            child,
+            victim: Victim::Process(child),
             events,
             recorder,
         })
@@ -589,17 +590,6 @@ impl Holder {
             .ok()??;
         self.recorder.on(&e);
         Some(e)
-    }
-
-    fn signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
-        let pid = self
-            .child
-            .id()
-            .context("the holder process already exited")?;
-        if !process::signal(pid, sig) {
-            bail!("could not signal the holder process {pid}");
-        }
-        Ok(())
     }
 }
 
@@ -713,7 +703,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             match fault {
                 HolderFault::None => {}
                 HolderFault::Crash => {
-                    holder.signal(libc::SIGKILL)?;
+                    holder.victim.inject(Fault::Kill)?;
                     let at_ms = epoch_ms();
                     crash = Some(Crash {
                         at_ms,
@@ -727,8 +717,8 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
                     holder_released.set();
                 }
                 HolderFault::Pause => {
-                    holder.signal(libc::SIGSTOP)?;
-                    let pid = holder.child.id();
+                    holder.victim.inject(Fault::Freeze)?;
+                    let pid = holder.victim.pid();
                     let pause = p.duration("pause")?;
                     let (someone_paying, deadline) = (
                         someone_paying.clone(),
@@ -740,7 +730,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
                         tokio::time::sleep(pause).await;
                         let _ = tokio::time::timeout_at(deadline, someone_paying.wait()).await;
                         if let Some(pid) = pid {
-                            process::signal(pid, libc::SIGCONT);
+                            fault::resume(pid);
                         }
                     }));
                 }
@@ -782,8 +772,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         }
         .await;
         let end_ms = epoch_ms();
-        let _ = holder.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), holder.child.wait()).await;
+        holder.victim.end().await;
         result.map(|r| (r, started_ms, end_ms))
     }
     .await;
