@@ -412,12 +412,14 @@ fn as_configured_checks_what_the_server_itself_is_configured_with() {
     assert_eq!(
         v["settings"],
         serde_json::json!({}),
-        "locklab applied settings of its own"
+        "the variant declares none"
     );
-    assert_eq!(
-        v["server_settings"]["idle_in_transaction_session_timeout"],
-        "1s"
-    );
+    // What a workload session of the variant saw: the server's timeout, and none of the
+    // timeouts locklab's own mitigated variant would have set on it.
+    let seen = &v["server_settings"];
+    assert_eq!(seen["idle_in_transaction_session_timeout"], "1s");
+    assert_eq!(seen["lock_timeout"], "0", "{seen}");
+    assert_eq!(seen["statement_timeout"], "0", "{seen}");
     drop(protected);
 
     // The same server without it: not protected, and the message says which expectation failed.
