@@ -38,6 +38,13 @@ impl Op {
     }
 }
 
+/// Wall-clock epoch milliseconds: the one clock locklab and its worker processes share.
+pub fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
 /// Clock of one variant: every timestamp in its history is relative to `origin`.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {

@@ -14,4 +14,5 @@ pub mod observe;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod text;
 pub mod workload;

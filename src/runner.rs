@@ -17,8 +17,8 @@ use crate::report::json::Json;
 use crate::report::{
     Exporter, Failure, Harm, RepeatRun, Requests, RunReport, ScenarioReport, VariantReport,
 };
-use crate::scenario::spec::nearest;
 use crate::scenario::{Scenario, VariantCtx, VariantRun};
+use crate::text::nearest;
 
 /// A variant whose own code outlives its deadline by this much is a harness bug: cut it off.
 const HARNESS_GRACE: Duration = Duration::from_secs(30);

@@ -7,15 +7,8 @@ use serde_json::{Value, json};
 
 use super::stats::{json_ms, percentile};
 use crate::history::History;
+pub use crate::observe::pool::PoolState;
 use crate::scenario::VariantRun;
-
-/// The pool's own counters, as deadpool reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct PoolState {
-    pub size: usize,
-    pub available: usize,
-    pub waiting: usize,
-}
 
 #[derive(Debug, Clone)]
 pub struct DeadlockObservations {

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::stats::{json_ms, percentile};
 use crate::history::History;
+pub use crate::observe::redis_key::KeySample;
 use crate::scenario::VariantRun;
 
 /// One buyer's time holding the lock: from SET … NX granted to its release (or its death).
@@ -25,13 +26,6 @@ pub struct Section {
     pub released_ms: Option<f64>,
     /// The value the release removed from Redis: `None` when it removed nothing.
     pub deleted: Option<String>,
-}
-
-/// The lock key's value as sampled from Redis, only where it changed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeySample {
-    pub at_ms: f64,
-    pub value: Option<String>,
 }
 
 /// The holder process was killed while holding the lock.

@@ -16,6 +16,10 @@ use guardian::Guardian;
 use postgres::{PgServer, PgTarget};
 use redis::{RedisServer, RedisTarget};
 
+/// What to do when a server binary is missing.
+pub const INSTALL_HINT: &str = "install the server packages (Debian/Ubuntu: `apt-get install postgresql redis-server pgbouncer`), \
+or point locklab at your own servers with --pg-url (docker compose up -d starts the ones the README uses)";
+
 #[derive(Debug, Clone, Default)]
 pub struct EnvOptions {
     /// The user's own PostgreSQL; `None` starts a throwaway one.

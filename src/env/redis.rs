@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use redis::aio::MultiplexedConnection;
 
+use super::INSTALL_HINT;
 use super::guardian::Guardian;
-use super::postgres::INSTALL_HINT;
 use super::server::{GuardedDir, ServerProcess, on_a_free_port};
 
 /// The throwaway server's password: set, so the URL people copy is the same shape as theirs.

@@ -63,7 +63,7 @@ pub fn load(name_or_path: &str) -> Result<Scenario, UsageError> {
     match kind(name_or_path) {
         Some(k) => Scenario::parse(k.file, &format!("built-in {}.toml", k.name)),
         None => {
-            let hint = match spec::nearest(name_or_path, KINDS.iter().map(|k| k.name)) {
+            let hint = match crate::text::nearest(name_or_path, KINDS.iter().map(|k| k.name)) {
                 Some(n) => format!("; did you mean `{n}`?"),
                 None => String::new(),
             };

@@ -13,6 +13,7 @@ use super::{Kind, VariantCtx, VariantRun};
 use crate::check::pool::{DEADLOCK_METRICS, DeadlockObservations, PoolState, evaluate_deadlock};
 use crate::error::UsageError;
 use crate::history::Clock;
+use crate::observe;
 use crate::scenario::spec::Params;
 use crate::workload::{self, OpError, Plan};
 
@@ -152,24 +153,8 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
 
     let clock = Clock::start();
     let deadline = Instant::now() + p.duration("deadline")?;
-    // The pool's counters as they were just before the cut-off, for a run that is cut off
-    // (after it, the dropped handlers have given everything back).
-    let sampler = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let mut last = PoolState::default();
-            while Instant::now() + Duration::from_millis(5) < deadline {
-                let s = pool.status();
-                last = PoolState {
-                    size: s.size,
-                    available: s.available,
-                    waiting: s.waiting,
-                };
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            last
-        })
-    };
+    // The pool's counters as they were just before the cut-off, for a run that is cut off.
+    let sampler = observe::pool::last_before(pool.clone(), deadline);
     let (done, ticker) = ctx.progress_counter(format!(" of {handlers} handlers done"));
     let driven = workload::drive(clients, Plan::Once, clock, deadline, &ctx.cancel, done).await;
     drop(ticker);
@@ -177,12 +162,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         sampler.await.unwrap_or_default()
     } else {
         sampler.abort();
-        let s = pool.status();
-        PoolState {
-            size: s.size,
-            available: s.available,
-            waiting: s.waiting,
-        }
+        PoolState::of(&pool)
     };
     pool.close();
     ctx.terminate_sessions("w/").await?;

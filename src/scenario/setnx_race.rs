@@ -16,13 +16,14 @@ use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use super::{Kind, VariantCtx, VariantRun};
-use crate::check::setnx_race::{Crash, KeySample, METRICS, Observations, Section, evaluate};
+use crate::check::setnx_race::{Crash, METRICS, Observations, Section, evaluate};
 use crate::env::postgres::PgTarget;
 use crate::env::process::spawn_tied;
 use crate::env::redis::RedisTarget;
 use crate::error::UsageError;
 use crate::fault::{self, Fault, Victim};
-use crate::history::{Clock, Op, Outcome};
+use crate::history::{Clock, Op, Outcome, epoch_ms};
+use crate::observe;
 use crate::scenario::spec::Params;
 use crate::workload::{self, OpError, Plan};
 
@@ -152,12 +153,6 @@ enum Event {
     Done {
         error: Option<String>,
     },
-}
-
-pub fn epoch_ms() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 /// Only deletes the key while it still holds my token.
@@ -513,33 +508,6 @@ pub async fn holder_main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Samples the lock key every few milliseconds, keeping only the changes.
-fn watch_key(
-    mut con: MultiplexedConnection,
-    key: String,
-    stop: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<Vec<KeySample>> {
-    tokio::spawn(async move {
-        let mut samples: Vec<KeySample> = Vec::new();
-        loop {
-            let got: Result<Option<String>, _> =
-                redis::cmd("GET").arg(&key).query_async(&mut con).await;
-            if let Ok(value) = got
-                && samples.last().is_none_or(|s| s.value != value)
-            {
-                samples.push(KeySample {
-                    at_ms: epoch_ms(),
-                    value,
-                });
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
-                _ = stop.cancelled() => return samples,
-            }
-        }
-    })
-}
-
 struct Holder {
     victim: Victim,
     events: tokio::sync::mpsc::UnboundedReceiver<Event>,
@@ -670,7 +638,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
 
     let clock = Clock::start();
     let stop_watch = tokio_util::sync::CancellationToken::new();
-    let watcher = watch_key(
+    let watcher = observe::redis_key::watch(
         redis.connect().await?,
         shop.lock_key.clone(),
         stop_watch.clone(),

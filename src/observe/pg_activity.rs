@@ -1,5 +1,5 @@
-//! Watching the server itself while a variant runs: pg_stat_activity states and wait events,
-//! and pg_locks (through pg_blocking_pids), sampled every few milliseconds.
+//! PostgreSQL's own view of the workload: pg_stat_activity states and wait events, and pg_locks
+//! (through pg_blocking_pids), sampled every few milliseconds.
 
 use std::time::Duration;
 

@@ -1,147 +1,22 @@
-//! PostgreSQL: a throwaway server from locally installed binaries, or the user's own by URL.
+//! A throwaway PostgreSQL: installed binaries, an initdb'd template kept in a cache, and a
+//! server process per run with its own data dir, fsync off, loopback only.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::NoTls;
 
-use super::guardian::Guardian;
-use super::process::{self, RunAs};
-use super::server::{GuardedDir, ServerProcess, on_a_free_port};
-
-pub const INSTALL_HINT: &str = "install the server packages (Debian/Ubuntu: `apt-get install postgresql redis-server pgbouncer`), \
-or point locklab at your own servers with --pg-url (docker compose up -d starts the ones the README uses)";
+use super::target::PgTarget;
+use crate::env::INSTALL_HINT;
+use crate::env::guardian::Guardian;
+use crate::env::process::{self, RunAs};
+use crate::env::server::{GuardedDir, ServerProcess, on_a_free_port};
 
 /// The throwaway server's superuser and its password over TCP (unix sockets trust).
 const SUPERUSER: &str = "locklab";
 const PASSWORD: &str = "locklab";
-
-/// Where a scenario's PostgreSQL is and how to talk to it.
-#[derive(Clone)]
-pub struct PgTarget {
-    /// A libpq-style connection string or URL, as tokio-postgres parses it.
-    conn: String,
-    /// What to show a person: never contains a password.
-    pub display: String,
-    /// The schema everything locklab creates lives in.
-    pub schema: String,
-    /// Whether locklab started this server (and may do anything to it).
-    pub owned: bool,
-}
-
-impl PgTarget {
-    /// A connection config with the given application_name and per-session settings, passed
-    /// as startup options so nothing on the server, database or role is changed.
-    pub fn config(&self, app: &str, settings: &[(String, String)]) -> anyhow::Result<Config> {
-        let mut cfg = Config::from_str(&self.conn)
-            .with_context(|| format!("bad PostgreSQL URL {}", self.display))?;
-        cfg.application_name(app);
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(Duration::from_secs(5));
-        }
-        if !settings.is_empty() {
-            let mut opts: Vec<String> = cfg.get_options().map(str::to_string).into_iter().collect();
-            // Appended after the URL's own options: on a repeated -c, the last one wins.
-            opts.extend(
-                settings
-                    .iter()
-                    .map(|(k, v)| format!("-c {k}={}", v.replace(' ', "\\ "))),
-            );
-            cfg.options(opts.join(" "));
-        }
-        Ok(cfg)
-    }
-
-    pub async fn connect(
-        &self,
-        app: &str,
-        settings: &[(String, String)],
-    ) -> anyhow::Result<Client> {
-        let cfg = self.config(app, settings)?;
-        let (client, conn) = cfg
-            .connect(NoTls)
-            .await
-            .with_context(|| format!("could not connect to PostgreSQL at {}", self.display))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
-    }
-
-    /// An application-side connection pool (deadpool-postgres) of at most `size` connections.
-    /// `wait` bounds a checkout (deadpool's default is to wait forever). Connections go back
-    /// to the pool as they are, without any reset, as in most application pools.
-    pub fn pool(
-        &self,
-        app: &str,
-        settings: &[(String, String)],
-        size: usize,
-        wait: Option<Duration>,
-        queue: deadpool_postgres::QueueMode,
-    ) -> anyhow::Result<deadpool_postgres::Pool> {
-        let mgr = deadpool_postgres::Manager::from_config(
-            self.config(app, settings)?,
-            NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        deadpool_postgres::Pool::builder(mgr)
-            .max_size(size)
-            .queue_mode(queue)
-            .wait_timeout(wait)
-            // A wait timeout needs a runtime named explicitly (else NoRuntimeSpecified).
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .context("could not build a connection pool")
-    }
-
-    /// The target as a worker process sees it, from what its parent passed down.
-    pub fn for_worker(conn: String, schema: String) -> PgTarget {
-        PgTarget {
-            display: redact(&conn),
-            conn,
-            schema,
-            owned: false,
-        }
-    }
-
-    /// The connection string, for a worker process (passed in its environment, not argv).
-    pub fn conn_string(&self) -> &str {
-        &self.conn
-    }
-
-    /// `"schema".name`
-    pub fn table(&self, name: &str) -> String {
-        format!("\"{}\".{name}", self.schema)
-    }
-}
-
-/// Hides the password of a URL or key=value connection string.
-pub fn redact(conn: &str) -> String {
-    if let Some(rest) = conn
-        .strip_prefix("postgres://")
-        .or_else(|| conn.strip_prefix("postgresql://"))
-    {
-        let scheme = &conn[..conn.len() - rest.len()];
-        if let Some((userinfo, host)) = rest.split_once('@')
-            && let Some((user, _)) = userinfo.split_once(':')
-        {
-            return format!("{scheme}{user}:***@{host}");
-        }
-        return conn.to_string();
-    }
-    conn.split_whitespace()
-        .map(|kv| match kv.split_once('=') {
-            Some(("password", _)) => "password=***".to_string(),
-            _ => kv.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// Installed PostgreSQL server binaries.
 #[derive(Debug, Clone)]
@@ -428,12 +303,7 @@ impl PgServer {
             self.process.dir().display(),
             self.port
         );
-        PgTarget {
-            display: self.url(),
-            conn,
-            schema: schema.to_string(),
-            owned: true,
-        }
+        PgTarget::new(conn, self.url(), schema)
     }
 
     /// A psql-ready TCP URL.
@@ -446,50 +316,5 @@ impl PgServer {
 
     pub async fn stop(&mut self) {
         self.process.stop().await;
-    }
-}
-
-/// The user's own server: checks it answers, and reports clearly when it does not.
-pub async fn external(url: &str, schema: &str) -> anyhow::Result<PgTarget> {
-    Config::from_str(url).with_context(|| format!("bad --pg-url {}", redact(url)))?;
-    Ok(PgTarget {
-        conn: url.to_string(),
-        display: redact(url),
-        schema: schema.to_string(),
-        owned: false,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn session_settings_are_appended_to_the_urls_own_options() {
-        let t = PgTarget::for_worker(
-            "postgres://u@h/db?options=-c%20search_path%3Dapp".into(),
-            "s".into(),
-        );
-        let cfg = t
-            .config("app", &[("lock_timeout".into(), "50ms".into())])
-            .unwrap();
-        assert_eq!(
-            cfg.get_options(),
-            Some("-c search_path=app -c lock_timeout=50ms")
-        );
-        assert_eq!(cfg.get_application_name(), Some("app"));
-    }
-
-    #[test]
-    fn redact_hides_passwords_in_both_forms() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(
-            redact("host=h user=u password=secret"),
-            "host=h user=u password=***"
-        );
     }
 }

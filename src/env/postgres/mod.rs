@@ -1,0 +1,8 @@
+//! PostgreSQL: the target every scenario talks to, and the throwaway server behind it when the
+//! user gives no URL.
+
+mod server;
+mod target;
+
+pub use server::{Binaries, PgServer, data_version, find_binaries, time_initdb};
+pub use target::{PgTarget, external, redact};
