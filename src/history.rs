@@ -2,9 +2,39 @@
 //! completed and how. Workers only append; checkers only read.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
+
+/// Why an operation failed: the SQLSTATEs the scenarios provoke, and the words used where the
+/// server gave none. Scenario code raises them, checkers count them, retry plans stop on them.
+pub mod class {
+    pub const LOCK_TIMEOUT: &str = "55P03";
+    pub const STATEMENT_TIMEOUT: &str = "57014";
+    pub const DEADLOCK: &str = "40P01";
+    pub const SERIALIZATION: &str = "40001";
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+    pub const TERMINATED: &str = "57P01";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+
+    /// Nothing left to buy or book: retrying cannot help.
+    pub const SOLD_OUT: &str = "sold-out";
+    /// The lock is someone else's (a Redis SET NX that was refused).
+    pub const DENIED: &str = "denied";
+    /// The seat was already booked when this booker checked or wrote.
+    pub const TAKEN: &str = "taken";
+    /// A stale fencing token: a newer lock holder has been at the row.
+    pub const FENCED: &str = "fenced";
+    /// The application pool gave no connection within its wait timeout.
+    pub const POOL_TIMEOUT: &str = "pool-timeout";
+    pub const POOL: &str = "pool";
+    pub const CONNECTION_CLOSED: &str = "connection-closed";
+    /// The client library failed without a SQLSTATE.
+    pub const CLIENT: &str = "client";
+    /// The worker process was killed on purpose (the fault).
+    pub const CRASHED: &str = "crashed";
+}
 
 /// How an operation ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -65,16 +95,23 @@ impl Clock {
     pub fn now_ms(&self) -> f64 {
         self.ms(Instant::now())
     }
-
-    pub fn since(&self, ms: f64) -> Duration {
-        Duration::from_secs_f64((self.now_ms() - ms).max(0.0) / 1000.0)
-    }
 }
 
-/// The operations of one variant run, in completion order.
+/// The operations of one variant run, in start order.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct History {
     pub ops: Vec<Op>,
+    /// Client tasks that died (panicked or were aborted) instead of returning: their operation
+    /// in flight is in `ops` with an unknown outcome, never dropped. A harness bug, not a verdict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost_clients: Vec<LostClient>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LostClient {
+    pub client: usize,
+    /// The panic message, or `aborted`.
+    pub why: String,
 }
 
 impl History {
@@ -94,6 +131,13 @@ impl History {
             .count()
     }
 
+    /// Failures of one class, e.g. `class::LOCK_TIMEOUT`.
+    pub fn count(&self, kind: &str, class: &str) -> u64 {
+        self.of(kind)
+            .filter(|o| matches!(&o.outcome, Outcome::Error { class: c } if c == class))
+            .count() as u64
+    }
+
     /// Failures counted by class, e.g. {"55P03": 31}.
     pub fn error_classes(&self, kind: &str) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
@@ -108,6 +152,11 @@ impl History {
     /// Latencies of the operations that completed, ok or failed.
     pub fn completed_latencies(&self, kind: &str) -> Vec<f64> {
         self.of(kind).filter_map(Op::latency_ms).collect()
+    }
+
+    /// Whether `op` belongs to a client whose task died (its unknown outcome is no cut-off).
+    pub fn is_lost(&self, op: &Op) -> bool {
+        op.end_ms.is_none() && self.lost_clients.iter().any(|l| l.client == op.client)
     }
 
     fn of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Op> + 'a {

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::check::expect::MapScope;
+use crate::check::metric_drift;
 use crate::env::{Env, EnvOptions};
 use crate::error::UsageError;
 use crate::history::{History, Outcome};
@@ -302,14 +303,15 @@ async fn run_variant(
     ticker.abort();
     progress.finish_and_clear();
 
-    let (run, error) = match result {
+    let (run, error) = match result.and_then(|run| declared(scenario, run)) {
         Ok(run) => (run, None),
         Err(e) => (VariantRun::default(), Some(format!("{e:#}"))),
     };
+    let evaluation = run.evaluation;
     let params = variant.params.vals();
     let scope = MapScope {
         params: &params,
-        metrics: &run.metrics,
+        metrics: &evaluation.metrics,
     };
     let expectations: Vec<_> = if error.is_some() {
         Vec::new()
@@ -328,12 +330,14 @@ async fn run_variant(
         outcome: if error.is_some() {
             "error".into()
         } else {
-            run.outcome.clone()
+            evaluation.outcome.clone()
         },
         expectations_held: error.is_none() && expectations.iter().all(|e| e.held),
         expectations,
         requests: requests(&run.history),
-        metrics: run.metrics,
+        warnings: warnings(&run.history),
+        metrics: evaluation.metrics,
+        lower_bounds: evaluation.lower_bounds.into_iter().collect(),
         wall_ms: started.elapsed().as_millis() as u64,
         error,
         runs: 1,
@@ -345,11 +349,25 @@ async fn run_variant(
     }
 }
 
+/// A checker that emits metrics its scenario does not declare (or misses some) is a harness
+/// bug: expectations would silently read a metric as unmeasured.
+fn declared(scenario: &Scenario, run: VariantRun) -> anyhow::Result<VariantRun> {
+    let (undeclared, missing) = metric_drift(&run.evaluation, scenario.kind.metrics);
+    if !undeclared.is_empty() || !missing.is_empty() {
+        anyhow::bail!(
+            "{}: the checker's metrics differ from the declared ones (undeclared: {undeclared:?}, missing: {missing:?})",
+            scenario.name
+        );
+    }
+    Ok(run)
+}
+
 fn requests(h: &History) -> Requests {
     let mut r = Requests::default();
     for op in &h.ops {
         match &op.outcome {
             Outcome::Ok => r.ok += 1,
+            Outcome::Unknown if h.is_lost(op) => r.lost += 1,
             Outcome::Unknown => r.stuck += 1,
             Outcome::Error { class } => {
                 r.failed += 1;
@@ -358,6 +376,19 @@ fn requests(h: &History) -> Requests {
         }
     }
     r
+}
+
+/// Harness trouble that did not stop the variant but that a reader must know about.
+fn warnings(h: &History) -> Vec<String> {
+    h.lost_clients
+        .iter()
+        .map(|l| {
+            format!(
+                "client {}'s task died ({}); its operation in flight is recorded as unknown",
+                l.client, l.why
+            )
+        })
+        .collect()
 }
 
 fn results_path(dir: &Path, scenarios: &[Scenario]) -> PathBuf {
@@ -382,4 +413,40 @@ fn write_results(path: &Path, report: &RunReport) -> anyhow::Result<()> {
     std::fs::write(&tmp, Json.render(report))
         .with_context(|| format!("could not write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("could not write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{LostClient, Op};
+
+    #[test]
+    fn a_lost_clients_operation_counts_as_lost_not_stuck_and_is_warned_about() {
+        let op = |client, end_ms: Option<f64>, outcome| Op {
+            client,
+            kind: "book",
+            start_ms: 0.0,
+            end_ms,
+            outcome,
+        };
+        let h = History {
+            ops: vec![
+                op(0, Some(1.0), Outcome::Ok),
+                op(1, None, Outcome::Unknown),
+                op(2, None, Outcome::Unknown),
+            ],
+            lost_clients: vec![LostClient {
+                client: 1,
+                why: "boom".into(),
+            }],
+        };
+        let r = requests(&h);
+        assert_eq!((r.ok, r.failed, r.stuck, r.lost), (1, 0, 1, 1));
+        assert_eq!(
+            warnings(&h),
+            vec!["client 1's task died (boom); its operation in flight is recorded as unknown"]
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["lost"], 1, "{json}");
+    }
 }

@@ -1,14 +1,22 @@
 //! orphan-lock's checker: from the history and what the server showed, how long the row stayed
 //! locked after the fault, and what the booking clients got.
 
-use std::collections::BTreeMap;
+use serde_json::json;
 
-use serde_json::{Value, json};
-
+use super::Evaluation;
 use super::stats::{json_ms, percentile, round1};
-use crate::history::History;
+use crate::history::{History, class};
 use crate::observe::Sample;
-use crate::scenario::VariantRun;
+
+/// What the server showed about the row.
+pub mod outcome {
+    /// Still locked at the cut-off.
+    pub const STUCK: &str = "stuck";
+    /// A probe session got the row after the fault.
+    pub const RELEASED: &str = "released";
+    /// The row was free even just before the fault.
+    pub const NEVER_LOCKED: &str = "never-locked";
+}
 
 /// What the probe session found when it tried to lock the row after the fault.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,7 +29,6 @@ pub struct Probe {
 
 #[derive(Debug, Clone)]
 pub struct Observations {
-    pub history: History,
     /// Server clock (epoch seconds) just before the holder went into its payment call.
     pub holder_paying_epoch: f64,
     pub probe: Probe,
@@ -55,8 +62,7 @@ pub const METRICS: &[&str] = &[
     "next_user_in_leaked_tx",
 ];
 
-pub fn evaluate(obs: &Observations) -> VariantRun {
-    let h = &obs.history;
+pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
     let lock_held_ms = match obs.probe {
         Probe {
             locked_before_fault: false,
@@ -72,19 +78,18 @@ pub fn evaluate(obs: &Observations) -> VariantRun {
         } => None,
     };
     let outcome = match lock_held_ms {
-        None => "stuck",
-        Some(_) if !obs.probe.locked_before_fault => "never-locked",
-        Some(_) => "released",
+        None => outcome::STUCK,
+        Some(_) if !obs.probe.locked_before_fault => outcome::NEVER_LOCKED,
+        Some(_) => outcome::RELEASED,
     };
     let latencies = h.completed_latencies("book");
-    let errors = h.error_classes("book");
     let max = |f: fn(&Sample) -> i64| obs.samples.iter().map(f).max().unwrap_or(0);
     let holder_idle = obs
         .samples
         .iter()
         .filter_map(|s| s.holder_idle_ms)
         .fold(0.0_f64, f64::max);
-    let metrics: BTreeMap<String, Value> = [
+    let metrics = [
         // When the probe never got the row, report the lower bound: held at least this long.
         (
             "lock_held_ms",
@@ -95,13 +100,10 @@ pub fn evaluate(obs: &Observations) -> VariantRun {
         ("bookings_failed", json!(h.failed("book"))),
         ("bookings_stuck", json!(h.unknown("book"))),
         ("bookings_committed", json!(obs.bookings_committed)),
-        (
-            "lock_timeouts",
-            json!(errors.get("55P03").copied().unwrap_or(0)),
-        ),
+        ("lock_timeouts", json!(h.count("book", class::LOCK_TIMEOUT))),
         (
             "statement_timeouts",
-            json!(errors.get("57014").copied().unwrap_or(0)),
+            json!(h.count("book", class::STATEMENT_TIMEOUT)),
         ),
         ("p50_ms", json_ms(percentile(&latencies, 50.0))),
         ("p99_ms", json_ms(percentile(&latencies, 99.0))),
@@ -113,21 +115,15 @@ pub fn evaluate(obs: &Observations) -> VariantRun {
         ("max_blocked", json!(max(|s| s.blocked))),
         ("holder_idle_in_transaction_ms", json!(round1(holder_idle))),
         ("next_user_in_leaked_tx", json!(obs.next_user_in_leaked_tx)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    VariantRun {
-        outcome: outcome.to_string(),
-        metrics,
-        history: h.clone(),
-    }
+    ];
+    Evaluation::new(outcome, metrics).lower_bound("lock_held_ms", lock_held_ms.is_none())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::history::{Op, Outcome};
+    use serde_json::Value;
 
     fn op(client: usize, start: f64, end: Option<f64>, outcome: Outcome) -> Op {
         Op {
@@ -141,7 +137,6 @@ mod tests {
 
     fn base() -> Observations {
         Observations {
-            history: History::default(),
             holder_paying_epoch: 1000.0,
             probe: Probe {
                 locked_before_fault: true,
@@ -162,7 +157,7 @@ mod tests {
             locked_before_fault: true,
             free_at_epoch: Some(1000.002),
         };
-        let r = evaluate(&obs);
+        let r = evaluate(&History::default(), &obs);
         assert_eq!(r.outcome, "released");
         assert_eq!(r.metrics["lock_held_ms"], json!(2.0));
     }
@@ -170,19 +165,23 @@ mod tests {
     #[test]
     fn lock_never_freed_is_stuck_with_a_lower_bound() {
         let mut obs = base();
-        obs.history.ops = vec![
-            op(0, 10.0, None, Outcome::Unknown),
-            op(1, 11.0, None, Outcome::Unknown),
-        ];
+        let history = History {
+            ops: vec![
+                op(0, 10.0, None, Outcome::Unknown),
+                op(1, 11.0, None, Outcome::Unknown),
+            ],
+            ..History::default()
+        };
         obs.samples = vec![Sample {
             idle_in_transaction: 1,
             waiting_on_lock: 2,
             holder_idle_ms: Some(2900.0),
             ..Default::default()
         }];
-        let r = evaluate(&obs);
+        let r = evaluate(&history, &obs);
         assert_eq!(r.outcome, "stuck");
         assert_eq!(r.metrics["lock_held_ms"], json!(3000.0));
+        assert!(r.lower_bounds.contains("lock_held_ms"), "{r:?}");
         assert_eq!(r.metrics["bookings_stuck"], json!(2));
         assert_eq!(r.metrics["bookings_ok"], json!(0));
         assert_eq!(r.metrics["p99_ms"], Value::Null);
@@ -198,24 +197,33 @@ mod tests {
             free_at_epoch: Some(1001.0025),
         };
         obs.cut_off = false;
-        obs.history.ops = vec![
-            op(
-                0,
-                0.0,
-                Some(60.0),
-                Outcome::Error {
-                    class: "55P03".into(),
-                },
-            ),
-            op(0, 150.0, Some(1100.0), Outcome::Ok),
-        ];
-        let r = evaluate(&obs);
+        let history = History {
+            ops: vec![
+                op(
+                    0,
+                    0.0,
+                    Some(60.0),
+                    Outcome::Error {
+                        class: class::LOCK_TIMEOUT.into(),
+                    },
+                ),
+                op(0, 150.0, Some(1100.0), Outcome::Ok),
+            ],
+            ..History::default()
+        };
+        let r = evaluate(&history, &obs);
         assert_eq!(r.outcome, "released");
         assert_eq!(r.metrics["lock_held_ms"], json!(1002.5));
+        assert!(r.lower_bounds.is_empty(), "{r:?}");
         assert_eq!(r.metrics["lock_timeouts"], json!(1));
         assert_eq!(r.metrics["bookings_ok"], json!(1));
         assert_eq!(r.metrics["p50_ms"], json!(60.0));
         assert_eq!(r.metrics["p99_ms"], json!(950.0));
+    }
+
+    #[test]
+    fn emits_exactly_the_declared_metrics() {
+        crate::check::assert_emits_exactly(&evaluate(&History::default(), &base()), METRICS);
     }
 
     #[test]
@@ -225,7 +233,7 @@ mod tests {
             locked_before_fault: false,
             free_at_epoch: Some(1000.001),
         };
-        let r = evaluate(&obs);
+        let r = evaluate(&History::default(), &obs);
         assert_eq!(r.outcome, "never-locked");
         assert_eq!(r.metrics["lock_held_ms"], json!(0.0));
     }

@@ -1,18 +1,32 @@
 //! Checkers of the pool scenarios: pool-deadlock (handlers against the pool's own state) and
 //! begin-on-pool (what customers were told against the rows PostgreSQL shows).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
+use super::Evaluation;
 use super::stats::{json_ms, percentile};
-use crate::history::History;
+use crate::history::{History, class};
 pub use crate::observe::pool::PoolState;
-use crate::scenario::VariantRun;
+
+/// What the pool and the database showed.
+pub mod outcome {
+    /// pool-deadlock: handlers still waiting for a connection at the cut-off.
+    pub const DEADLOCKED: &str = "deadlocked";
+    /// pool-deadlock: no handler waited for ever, some gave up.
+    pub const FAILED_FAST: &str = "failed-fast";
+    pub const COMPLETED: &str = "completed";
+    /// begin-on-pool: more bookings than seats.
+    pub const OVERSOLD: &str = "oversold";
+    /// begin-on-pool: customers told "booked" without a row, or transactions left open.
+    pub const LOST_BOOKINGS: &str = "lost-bookings";
+    pub const BOOKED_ONCE: &str = "booked-once";
+    pub const UNBOOKED: &str = "unbooked";
+}
 
 #[derive(Debug, Clone)]
 pub struct DeadlockObservations {
-    pub history: History,
     /// The pool as it was at the end: at the cut-off for a deadlocked run.
     pub pool_at_end: PoolState,
     pub cut_off: bool,
@@ -31,29 +45,20 @@ pub const DEADLOCK_METRICS: &[&str] = &[
     "cut_off",
 ];
 
-fn metrics(pairs: Vec<(&str, Value)>) -> BTreeMap<String, Value> {
-    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
-}
-
-pub fn evaluate_deadlock(obs: &DeadlockObservations) -> VariantRun {
-    let h = &obs.history;
+pub fn evaluate_deadlock(h: &History, obs: &DeadlockObservations) -> Evaluation {
     let latencies = h.completed_latencies("handle");
     let (ok, failed, stuck) = (h.ok("handle"), h.failed("handle"), h.unknown("handle"));
-    let timeouts = h
-        .error_classes("handle")
-        .get("pool-timeout")
-        .copied()
-        .unwrap_or(0);
+    let timeouts = h.count("handle", class::POOL_TIMEOUT);
     let outcome = if stuck > 0 {
-        "deadlocked"
+        outcome::DEADLOCKED
     } else if failed > 0 {
-        "failed-fast"
+        outcome::FAILED_FAST
     } else {
-        "completed"
+        outcome::COMPLETED
     };
-    VariantRun {
-        outcome: outcome.into(),
-        metrics: metrics(vec![
+    Evaluation::new(
+        outcome,
+        [
             ("handlers_completed", json!(ok)),
             ("handlers_failed", json!(failed)),
             ("handlers_stuck", json!(stuck)),
@@ -64,14 +69,12 @@ pub fn evaluate_deadlock(obs: &DeadlockObservations) -> VariantRun {
             ("pool_available", json!(obs.pool_at_end.available)),
             ("pool_waiting", json!(obs.pool_at_end.waiting)),
             ("cut_off", json!(obs.cut_off)),
-        ]),
-        history: obs.history.clone(),
-    }
+        ],
+    )
 }
 
 #[derive(Debug, Clone)]
 pub struct BookingObservations {
-    pub history: History,
     pub seats: i64,
     /// Customers whose booking call returned "booked".
     pub told_booked: BTreeSet<String>,
@@ -96,8 +99,7 @@ pub const BOOKING_METRICS: &[&str] = &[
     "cut_off",
 ];
 
-pub fn evaluate_booking(obs: &BookingObservations) -> VariantRun {
-    let h = &obs.history;
+pub fn evaluate_booking(h: &History, obs: &BookingObservations) -> Evaluation {
     let bookings = obs.visible.len() as i64;
     let oversold = (bookings - obs.seats).max(0);
     let visible: BTreeSet<&String> = obs.visible.iter().collect();
@@ -106,20 +108,19 @@ pub fn evaluate_booking(obs: &BookingObservations) -> VariantRun {
         .iter()
         .filter(|c| !visible.contains(c))
         .count();
-    let errors = h.error_classes("book");
     let latencies = h.completed_latencies("book");
     let outcome = if oversold > 0 {
-        "oversold"
+        outcome::OVERSOLD
     } else if lost > 0 || obs.leaked_open_transactions > 0 {
-        "lost-bookings"
+        outcome::LOST_BOOKINGS
     } else if bookings == obs.seats {
-        "booked-once"
+        outcome::BOOKED_ONCE
     } else {
-        "unbooked"
+        outcome::UNBOOKED
     };
-    VariantRun {
-        outcome: outcome.into(),
-        metrics: metrics(vec![
+    Evaluation::new(
+        outcome,
+        [
             ("seats", json!(obs.seats)),
             ("bookings", json!(bookings)),
             ("oversold", json!(oversold)),
@@ -129,23 +130,24 @@ pub fn evaluate_booking(obs: &BookingObservations) -> VariantRun {
                 "leaked_open_transactions",
                 json!(obs.leaked_open_transactions),
             ),
-            ("refused", json!(errors.get("taken").copied().unwrap_or(0))),
+            ("refused", json!(h.count("book", class::TAKEN))),
             (
                 "unique_violations",
-                json!(errors.get("23505").copied().unwrap_or(0)),
+                json!(h.count("book", class::UNIQUE_VIOLATION)),
             ),
             ("p50_ms", json_ms(percentile(&latencies, 50.0))),
             ("p99_ms", json_ms(percentile(&latencies, 99.0))),
             ("cut_off", json!(obs.cut_off)),
-        ]),
-        history: obs.history.clone(),
-    }
+        ],
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::assert_emits_exactly;
     use crate::history::{Op, Outcome};
+    use serde_json::Value;
 
     fn op(kind: &'static str, client: usize, outcome: Outcome) -> Op {
         let end_ms = (outcome != Outcome::Unknown).then_some(10.0 * (client + 1) as f64);
@@ -164,15 +166,17 @@ mod tests {
         for c in 0..4 {
             history.ops.push(op("handle", c, Outcome::Unknown));
         }
-        let run = evaluate_deadlock(&DeadlockObservations {
-            history,
-            pool_at_end: PoolState {
-                size: 4,
-                available: 0,
-                waiting: 4,
+        let run = evaluate_deadlock(
+            &history,
+            &DeadlockObservations {
+                pool_at_end: PoolState {
+                    size: 4,
+                    available: 0,
+                    waiting: 4,
+                },
+                cut_off: true,
             },
-            cut_off: true,
-        });
+        );
         assert_eq!(run.outcome, "deadlocked");
         assert_eq!(run.metrics["handlers_stuck"], json!(4));
         assert_eq!(run.metrics["pool_waiting"], json!(4));
@@ -186,15 +190,17 @@ mod tests {
             "handle",
             0,
             Outcome::Error {
-                class: "pool-timeout".into(),
+                class: class::POOL_TIMEOUT.into(),
             },
         ));
         history.ops.push(op("handle", 1, Outcome::Ok));
-        let run = evaluate_deadlock(&DeadlockObservations {
-            history,
-            pool_at_end: PoolState::default(),
-            cut_off: false,
-        });
+        let run = evaluate_deadlock(
+            &history,
+            &DeadlockObservations {
+                pool_at_end: PoolState::default(),
+                cut_off: false,
+            },
+        );
         assert_eq!(run.outcome, "failed-fast");
         assert_eq!(run.metrics["pool_timeouts"], json!(1));
         assert_eq!(run.metrics["handlers_completed"], json!(1));
@@ -206,19 +212,39 @@ mod tests {
         for c in 0..3 {
             history.ops.push(op("book", c, Outcome::Ok));
         }
-        let run = evaluate_booking(&BookingObservations {
-            history,
-            seats: 1,
-            told_booked: ["a", "b", "c"].iter().map(|s| s.to_string()).collect(),
-            visible: vec!["a".into(), "b".into()],
-            leaked_open_transactions: 1,
-            cut_off: false,
-        });
+        let run = evaluate_booking(
+            &history,
+            &BookingObservations {
+                seats: 1,
+                told_booked: ["a", "b", "c"].iter().map(|s| s.to_string()).collect(),
+                visible: vec!["a".into(), "b".into()],
+                leaked_open_transactions: 1,
+                cut_off: false,
+            },
+        );
         assert_eq!(run.outcome, "oversold");
         assert_eq!(run.metrics["bookings"], json!(2));
         assert_eq!(run.metrics["oversold"], json!(1));
         assert_eq!(run.metrics["reported_booked"], json!(3));
         assert_eq!(run.metrics["lost_bookings"], json!(1));
         assert_eq!(run.metrics["p99_ms"], json!(30.0));
+    }
+
+    #[test]
+    fn both_checkers_emit_exactly_the_declared_metrics() {
+        let h = History::default();
+        let deadlock = DeadlockObservations {
+            pool_at_end: PoolState::default(),
+            cut_off: false,
+        };
+        assert_emits_exactly(&evaluate_deadlock(&h, &deadlock), DEADLOCK_METRICS);
+        let booking = BookingObservations {
+            seats: 1,
+            told_booked: BTreeSet::new(),
+            visible: vec![],
+            leaked_open_transactions: 0,
+            cut_off: false,
+        };
+        assert_emits_exactly(&evaluate_booking(&h, &booking), BOOKING_METRICS);
     }
 }

@@ -2,15 +2,22 @@
 //! lock key holding over time, and what PostgreSQL counted, decide how many holders overlapped,
 //! whose lock each release removed, how long a dead holder's lock stayed, and what was sold.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use super::Evaluation;
 use super::stats::{json_ms, percentile};
-use crate::history::History;
+use crate::history::{History, class};
 pub use crate::observe::redis_key::KeySample;
-use crate::scenario::VariantRun;
+
+/// What the stock and the lock key showed.
+pub mod outcome {
+    pub const OVERSOLD: &str = "oversold";
+    /// Nothing sold and buyers still locked out at the cut-off.
+    pub const LOCKED_OUT: &str = "locked-out";
+    pub const SOLD_EXACTLY: &str = "sold-exactly";
+    pub const UNDERSOLD: &str = "undersold";
+}
 
 /// One buyer's time holding the lock: from SET … NX granted to its release (or its death).
 /// Times are wall-clock epoch milliseconds, shared by locklab and its holder process.
@@ -37,7 +44,6 @@ pub struct Crash {
 
 #[derive(Debug, Clone)]
 pub struct Observations {
-    pub history: History,
     pub sections: Vec<Section>,
     pub key_samples: Vec<KeySample>,
     pub crash: Option<Crash>,
@@ -92,23 +98,25 @@ pub fn foreign_releases(sections: &[Section]) -> usize {
         .count()
 }
 
-/// How long the crashed holder's value stayed in the key after the crash.
-pub fn lock_stuck_ms(crash: &Crash, samples: &[KeySample], end_ms: f64) -> f64 {
+/// How long the crashed holder's value stayed in the key after the crash, and whether it was
+/// still there when observation ended (the figure is then a lower bound).
+pub fn lock_stuck_ms(crash: &Crash, samples: &[KeySample], end_ms: f64) -> (f64, bool) {
     let Some(dead) = &crash.value else {
-        return 0.0;
+        return (0.0, false);
     };
     let gone = samples
         .iter()
         .filter(|s| s.at_ms >= crash.at_ms)
         .find(|s| s.value.as_ref() != Some(dead))
-        .map_or(end_ms, |s| s.at_ms);
-    (gone - crash.at_ms).max(0.0)
+        .map(|s| s.at_ms);
+    (
+        (gone.unwrap_or(end_ms) - crash.at_ms).max(0.0),
+        gone.is_none(),
+    )
 }
 
-pub fn evaluate(obs: &Observations) -> VariantRun {
-    let h = &obs.history;
-    let errors = h.error_classes("buy");
-    let count = |class: &str| errors.get(class).copied().unwrap_or(0);
+pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
+    let count = |class: &str| h.count("buy", class);
     let sold = obs.orders;
     let oversold = (sold - obs.stock_initial).max(0);
     let waits: Vec<f64> = obs.sections.iter().map(|s| s.waited_ms).collect();
@@ -118,7 +126,7 @@ pub fn evaluate(obs: &Observations) -> VariantRun {
         .crash
         .as_ref()
         .map(|c| lock_stuck_ms(c, &obs.key_samples, obs.end_ms));
-    let metrics: BTreeMap<String, Value> = [
+    let metrics = [
         ("sold", json!(sold)),
         ("oversold", json!(oversold)),
         ("stock_left", json!(obs.stock_left)),
@@ -127,39 +135,34 @@ pub fn evaluate(obs: &Observations) -> VariantRun {
             json!(max_concurrent(&obs.sections, obs.end_ms)),
         ),
         ("foreign_releases", json!(foreign_releases(&obs.sections))),
-        ("stale_writes_rejected", json!(count("fenced"))),
-        ("lock_stuck_ms", json_ms(lock_stuck)),
-        ("denied", json!(count("denied"))),
-        ("sold_out", json!(count("sold-out"))),
+        ("stale_writes_rejected", json!(count(class::FENCED))),
+        ("lock_stuck_ms", json_ms(lock_stuck.map(|(ms, _)| ms))),
+        ("denied", json!(count(class::DENIED))),
+        ("sold_out", json!(count(class::SOLD_OUT))),
         ("acquire_p50_ms", json_ms(percentile(&waits, 50.0))),
         ("acquire_p99_ms", json_ms(percentile(&waits, 99.0))),
         ("p50_ms", json_ms(percentile(&latencies, 50.0))),
         ("p99_ms", json_ms(percentile(&latencies, 99.0))),
         ("cut_off", json!(obs.cut_off)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    ];
     let outcome = if oversold > 0 {
-        "oversold"
+        outcome::OVERSOLD
     } else if sold == 0 && obs.cut_off {
-        "locked-out"
+        outcome::LOCKED_OUT
     } else if sold == obs.stock_initial {
-        "sold-exactly"
+        outcome::SOLD_EXACTLY
     } else {
-        "undersold"
+        outcome::UNDERSOLD
     };
-    VariantRun {
-        outcome: outcome.to_string(),
-        metrics,
-        history: obs.history.clone(),
-    }
+    let still_stuck = lock_stuck.is_some_and(|(_, open)| open);
+    Evaluation::new(outcome, metrics).lower_bound("lock_stuck_ms", still_stuck)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::history::{Op, Outcome};
+    use serde_json::Value;
 
     fn section(value: &str, granted: f64, released: Option<f64>, deleted: Option<&str>) -> Section {
         Section {
@@ -230,9 +233,9 @@ mod tests {
                 value: Some("b".into()),
             },
         ];
-        assert_eq!(lock_stuck_ms(&crash, &expired, 3000.0), 900.0);
-        // Never expires: stuck for the whole window.
-        assert_eq!(lock_stuck_ms(&crash, &expired[..1], 3000.0), 2900.0);
+        assert_eq!(lock_stuck_ms(&crash, &expired, 3000.0), (900.0, false));
+        // Never expires: stuck for the whole window, and maybe longer.
+        assert_eq!(lock_stuck_ms(&crash, &expired[..1], 3000.0), (2900.0, true));
     }
 
     #[test]
@@ -240,22 +243,24 @@ mod tests {
         let mut history = History::default();
         history.ops.push(op(Outcome::Ok));
         history.ops.push(op(Outcome::Ok));
-        for class in ["denied", "denied", "sold-out", "fenced"] {
+        for class in [class::DENIED, class::DENIED, class::SOLD_OUT, class::FENCED] {
             history.ops.push(op(Outcome::Error {
                 class: class.into(),
             }));
         }
-        let run = evaluate(&Observations {
-            history,
-            sections: vec![],
-            key_samples: vec![],
-            crash: None,
-            end_ms: 0.0,
-            cut_off: false,
-            stock_initial: 1,
-            stock_left: -1,
-            orders: 2,
-        });
+        let run = evaluate(
+            &history,
+            &Observations {
+                sections: vec![],
+                key_samples: vec![],
+                crash: None,
+                end_ms: 0.0,
+                cut_off: false,
+                stock_initial: 1,
+                stock_left: -1,
+                orders: 2,
+            },
+        );
         assert_eq!(run.outcome, "oversold");
         assert_eq!(run.metrics["oversold"], json!(1));
         assert_eq!(run.metrics["denied"], json!(2));
@@ -263,5 +268,6 @@ mod tests {
         assert_eq!(run.metrics["stale_writes_rejected"], json!(1));
         assert_eq!(run.metrics["lock_stuck_ms"], Value::Null);
         assert_eq!(run.metrics["acquire_p50_ms"], Value::Null);
+        crate::check::assert_emits_exactly(&run, METRICS);
     }
 }

@@ -13,7 +13,7 @@ impl Exporter for Markdown {
         let mut out = String::new();
         for s in &report.scenarios {
             out.push_str(&format!("### {}\n\n{}\n\n", s.name, s.summary));
-            let headers = Row::headers(s);
+            let headers: Vec<String> = Row::columns(s).into_iter().map(|(_, h)| h).collect();
             out.push_str(&format!("| {} |\n", headers.join(" | ")));
             out.push_str(&format!("|{}\n", "---|".repeat(headers.len())));
             for v in &s.variants {
@@ -24,7 +24,7 @@ impl Exporter for Markdown {
                 "\n{} · time scale {} · * = mitigated variant\n\n",
                 s.target, s.time_scale
             ));
-            for line in super::settings_lines(s) {
+            for line in super::notes(s) {
                 out.push_str(&format!("{}\n\n", escape(&line)));
             }
         }

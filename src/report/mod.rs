@@ -64,7 +64,13 @@ pub struct VariantReport {
     pub expectations: Vec<ExpectationResult>,
     pub expectations_held: bool,
     pub metrics: BTreeMap<String, serde_json::Value>,
+    /// Metrics measured only up to a cut-off: the true figure is at least this (shown as `≥`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lower_bounds: Vec<String>,
     pub requests: Requests,
+    /// Harness trouble that did not stop the variant (e.g. a client task that panicked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub wall_ms: u64,
     /// The harness failed for this variant: no verdict could be reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +141,10 @@ fn one() -> u32 {
     1
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// One run of a repeated variant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RepeatRun {
@@ -202,6 +212,9 @@ pub struct Requests {
     pub failed: usize,
     /// In flight at the cut-off: outcome unknown.
     pub stuck: usize,
+    /// In flight in a client task that died: outcome unknown (a harness warning says why).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: usize,
     /// Failures by class (SQLSTATE where the server gave one).
     pub errors: BTreeMap<String, u64>,
 }
@@ -218,14 +231,16 @@ impl Requests {
 
 /// Short names for the SQLSTATEs the scenarios provoke.
 pub fn describe_error(class: &str) -> String {
+    use crate::history::class::*;
     let name = match class {
-        "55P03" => "lock timeout",
-        "57014" => "statement timeout",
-        "40P01" => "deadlock",
-        "40001" => "serialization",
-        "23505" => "unique violation",
-        "25P03" => "idle-in-transaction timeout",
-        "57P01" => "terminated",
+        LOCK_TIMEOUT => "lock timeout",
+        STATEMENT_TIMEOUT => "statement timeout",
+        DEADLOCK => "deadlock",
+        SERIALIZATION => "serialization",
+        UNIQUE_VIOLATION => "unique violation",
+        IDLE_IN_TRANSACTION_TIMEOUT => "idle-in-transaction timeout",
+        TERMINATED => "terminated",
+        TOO_MANY_CONNECTIONS => "too many connections",
         _ => return class.to_string(),
     };
     format!("{class} {name}")
@@ -274,10 +289,17 @@ impl RunReport {
     }
 }
 
+/// Lines printed under a scenario's table: harness warnings, then
 /// `as-configured: the server reports idle_in_transaction_session_timeout=0, ...` for every
 /// variant that read server settings.
-pub fn settings_lines(s: &ScenarioReport) -> Vec<String> {
-    s.variants
+pub fn notes(s: &ScenarioReport) -> Vec<String> {
+    let warnings = s.variants.iter().flat_map(|v| {
+        v.warnings
+            .iter()
+            .map(move |w| format!("warning: {}/{}: {w}", s.name, v.name))
+    });
+    let settings = s
+        .variants
         .iter()
         .filter(|v| !v.server_settings.is_empty())
         .map(|v| {
@@ -287,8 +309,8 @@ pub fn settings_lines(s: &ScenarioReport) -> Vec<String> {
                 .map(|(k, val)| format!("{k}={val}"))
                 .collect();
             format!("{}: the server reports {}", v.name, kv.join(", "))
-        })
-        .collect()
+        });
+    warnings.chain(settings).collect()
 }
 
 /// An output format.
@@ -343,23 +365,21 @@ impl Row {
         if r.stuck > 0 {
             requests.push_str(&format!(" / {} stuck", r.stuck));
         }
+        if r.lost > 0 {
+            requests.push_str(&format!(" / {} lost", r.lost));
+        }
         if let Some(e) = r.main_error() {
             requests.push_str(&format!(" ({e})"));
         }
-        let cut_off = v.metrics.get("cut_off").and_then(|c| c.as_bool()) == Some(true);
-        let harm_value = v.metrics.get(&s.harm.metric);
-        let harm = match harm_value {
-            // A figure measured up to the cut-off is a lower bound.
-            Some(_) if cut_off && v.outcome == "stuck" => {
-                format!("≥ {}", fmt_metric(&s.harm.metric, harm_value))
+        let cell = |metric: &str| {
+            let figure = fmt_metric(metric, v.metrics.get(metric));
+            match v.lower_bounds.iter().any(|m| m == metric) {
+                true => format!("≥ {figure}"),
+                false => figure,
             }
-            _ => fmt_metric(&s.harm.metric, harm_value),
         };
-        let extra = s
-            .columns
-            .iter()
-            .map(|c| fmt_metric(&c.metric, v.metrics.get(&c.metric)))
-            .collect();
+        let harm = cell(&s.harm.metric);
+        let extra = s.columns.iter().map(|c| cell(&c.metric)).collect();
         let verdict = if let Some(e) = &v.error {
             format!("ERROR: {e}")
         } else if v.failure == Some(Failure::Inconsistent) {
@@ -396,23 +416,25 @@ impl Row {
         }
     }
 
-    pub fn headers(s: &ScenarioReport) -> Vec<String> {
-        let mut h: Vec<String> = vec![
-            "variant".into(),
-            "outcome".into(),
-            "requests".into(),
-            "p50".into(),
-            "p99".into(),
-            s.harm.label.clone(),
+    /// The columns of a scenario's table, each with its header, in display order.
+    pub fn columns(s: &ScenarioReport) -> Vec<(Column, String)> {
+        let mut c = vec![
+            (Column::Variant, "variant".to_string()),
+            (Column::Outcome, "outcome".into()),
+            (Column::Requests, "requests".into()),
+            (Column::P50, "p50".into()),
+            (Column::P99, "p99".into()),
+            (Column::Harm, s.harm.label.clone()),
         ];
-        h.extend(s.columns.iter().map(|c| c.label.clone()));
+        c.extend(s.columns.iter().map(|x| (Column::Figure, x.label.clone())));
         if s.repeated() {
-            h.push("held in".into());
+            c.push((Column::HeldIn, "held in".into()));
         }
-        h.push("expectations".into());
-        h
+        c.push((Column::Expectations, "expectations".into()));
+        c
     }
 
+    /// The cells, in the order of [`Row::columns`].
     pub fn cells(self) -> Vec<String> {
         let mut c = vec![
             self.variant,
@@ -426,6 +448,30 @@ impl Row {
         c.extend(self.runs);
         c.push(self.verdict);
         c
+    }
+}
+
+/// What a table column shows, so a layout can choose columns by kind rather than position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Variant,
+    Outcome,
+    Requests,
+    P50,
+    P99,
+    /// The scenario's harm metric.
+    Harm,
+    /// One of the scenario's further metric columns.
+    Figure,
+    HeldIn,
+    Expectations,
+}
+
+impl Column {
+    /// Supporting figures, as opposed to what decides the verdict; a table too wide for the
+    /// terminal shows these in a second table.
+    pub fn is_figure(self) -> bool {
+        matches!(self, Column::P50 | Column::P99 | Column::Figure)
     }
 }
 
@@ -507,7 +553,9 @@ pub(crate) mod fixtures {
                         ("p99_ms".to_string(), json!(null)),
                     ]
                     .into(),
+                    lower_bounds: vec![],
                     requests: Requests::default(),
+                    warnings: vec![],
                     wall_ms: 100,
                     error: None,
                     runs: 1,
@@ -519,6 +567,7 @@ pub(crate) mod fixtures {
                 }
             };
         let mut baseline = variant("baseline", false, "stuck", 3000.4, true);
+        baseline.lower_bounds = vec!["lock_held_ms".into()];
         baseline.requests.stuck = 20;
         baseline.expectations = vec![exp("cut_off", Verdict::Held, "was true")];
         let mut mitigated = variant("mitigated", true, "released", 1002.0, false);
@@ -526,6 +575,7 @@ pub(crate) mod fixtures {
             ok: 20,
             failed: 31,
             stuck: 0,
+            lost: 0,
             errors: [("55P03".to_string(), 31)].into(),
         };
         mitigated.metrics.insert("p50_ms".into(), json!(52.5));
@@ -536,6 +586,7 @@ pub(crate) mod fixtures {
             "was 1002, expected <= 1500",
         )];
         let mut broken = variant("broken", true, "stuck", 3000.0, true);
+        broken.lower_bounds = vec!["lock_held_ms".into()];
         broken.expectations_held = false;
         broken.runs_held = 0;
         broken.failure = Some(Failure::MitigationRegressed);

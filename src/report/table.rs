@@ -2,7 +2,7 @@
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
-use super::{Exporter, Row, RunReport};
+use super::{Column, Exporter, Row, RunReport};
 
 pub struct Tables {
     /// Wrap to the terminal width; otherwise lay out at natural width (files, pipes).
@@ -36,37 +36,27 @@ fn widest_line(text: &str) -> usize {
 /// A scenario's table at natural width, or fitted to `width` columns: split into a verdict
 /// table and a figures table when it would not fit whole.
 fn lay_out(s: &super::ScenarioReport, width: Option<u16>) -> String {
-    let headers = Row::headers(s);
+    let columns = Row::columns(s);
+    let headers: Vec<String> = columns.iter().map(|(_, h)| h.clone()).collect();
     let rows: Vec<Vec<String>> = s.variants.iter().map(|v| Row::of(s, v).cells()).collect();
     let whole = table(&headers, &rows, None);
     match width {
         Some(w) if widest_line(&whole) > w as usize => {
             // Too wide for the terminal: the verdict table first, then the figures,
-            // rather than one table whose cells wrap word by word.
-            // Cells: variant, outcome, requests, p50, p99, harm, extra columns, [held in],
-            // expectations.
-            let extra = s.columns.len();
-            let figures: Vec<usize> = std::iter::once(0)
-                .chain([3, 4])
-                .chain(6..6 + extra)
-                .collect();
-            let verdicts: Vec<usize> = (0..headers.len())
-                .filter(|i| *i == 0 || !figures.contains(i))
-                .collect();
-            let pick = |cols: &[usize], cells: &[String]| -> Vec<String> {
-                cols.iter().map(|&i| cells[i].clone()).collect()
+            // rather than one table whose cells wrap word by word. Both keep the variant.
+            let pick = |figures: bool| -> Vec<usize> {
+                (0..columns.len())
+                    .filter(|&i| {
+                        columns[i].0 == Column::Variant || columns[i].0.is_figure() == figures
+                    })
+                    .collect()
             };
-            let t1 = table(
-                &pick(&verdicts, &headers),
-                &rows.iter().map(|r| pick(&verdicts, r)).collect::<Vec<_>>(),
-                Some(w),
-            );
-            let t2 = table(
-                &pick(&figures, &headers),
-                &rows.iter().map(|r| pick(&figures, r)).collect::<Vec<_>>(),
-                Some(w),
-            );
-            format!("{t1}\n{t2}")
+            let sub = |cols: &[usize]| {
+                let cells = |r: &[String]| cols.iter().map(|&i| r[i].clone()).collect::<Vec<_>>();
+                let rows: Vec<Vec<String>> = rows.iter().map(|r| cells(r)).collect();
+                table(&cells(&headers), &rows, Some(w))
+            };
+            format!("{}\n{}", sub(&pick(false)), sub(&pick(true)))
         }
         Some(w) => table(&headers, &rows, Some(w)),
         None => whole,
@@ -89,7 +79,7 @@ impl Exporter for Tables {
                 "{} — {}\n{} · time scale {} · * = mitigated variant\n{t}\n",
                 s.name, s.summary, s.target, s.time_scale
             ));
-            for line in super::settings_lines(s) {
+            for line in super::notes(s) {
                 out.push_str(&format!("{line}\n"));
             }
         }

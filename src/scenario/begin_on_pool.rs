@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 use super::{Kind, VariantCtx, VariantRun};
 use crate::check::pool::{BOOKING_METRICS, BookingObservations, evaluate_booking};
 use crate::error::UsageError;
-use crate::history::Clock;
+use crate::history::{Clock, class};
 use crate::scenario::spec::Params;
 use crate::workload::{self, OpError, Plan};
 
@@ -213,7 +213,7 @@ impl Booker {
         self.exec(conn, "BEGIN", &[]).await?;
         pace(0, passed).await;
         if self.booked(conn).await? {
-            return Err(OpError::new("taken"));
+            return Err(OpError::new(class::TAKEN));
         }
         pace(1, passed).await;
         // The window between check and act, widened on purpose so every run shows the race.
@@ -222,7 +222,7 @@ impl Booker {
             .exec(conn, &self.sql.update, &[&SEAT, &self.customer])
             .await?;
         if self.sql.conditional && updated == 0 {
-            return Err(OpError::new("taken"));
+            return Err(OpError::new(class::TAKEN));
         }
         pace(2, passed).await;
         self.exec(conn, &self.sql.insert, &[&SEAT, &self.customer])
@@ -345,12 +345,18 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         .map(|r| r.get(0))
         .collect();
     let told = told_booked.lock().map(|t| t.clone()).unwrap_or_default();
-    Ok(evaluate_booking(&BookingObservations {
+    let evaluation = evaluate_booking(
+        &driven.history,
+        &BookingObservations {
+            seats: 1,
+            told_booked: told,
+            visible,
+            leaked_open_transactions: leaked,
+            cut_off: driven.cut_off,
+        },
+    );
+    Ok(VariantRun {
         history: driven.history,
-        seats: 1,
-        told_booked: told,
-        visible,
-        leaked_open_transactions: leaked,
-        cut_off: driven.cut_off,
-    }))
+        evaluation,
+    })
 }

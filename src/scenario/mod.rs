@@ -7,7 +7,6 @@ pub mod pool_deadlock;
 pub mod setnx_race;
 pub mod spec;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +15,7 @@ use futures::future::BoxFuture;
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
+use crate::check::Evaluation;
 use crate::env::Env;
 use crate::error::UsageError;
 use crate::history::History;
@@ -134,10 +134,9 @@ impl Drop for Ticker {
     }
 }
 
-/// What one variant run produced: metrics and outcome from its checker, and the raw history.
+/// What one variant run produced: the raw history, and what its checker concluded from it.
 #[derive(Debug, Clone, Default)]
 pub struct VariantRun {
-    pub outcome: String,
-    pub metrics: BTreeMap<String, serde_json::Value>,
     pub history: History,
+    pub evaluation: Evaluation,
 }

@@ -17,7 +17,7 @@ use crate::check::orphan_lock::{METRICS, Observations, Probe, evaluate};
 use crate::env::postgres::PgTarget;
 use crate::env::process::spawn_tied;
 use crate::fault::{Fault, Victim};
-use crate::history::Clock;
+use crate::history::{Clock, class};
 use crate::observe::Observer;
 use crate::scenario::spec::Params;
 use crate::workload::{self, OpError, Plan};
@@ -217,13 +217,13 @@ impl Booker {
                 .await?
             {
                 true => Ok(()),
-                false => Err(OpError::new("sold-out")),
+                false => Err(OpError::new(class::SOLD_OUT)),
             };
         }
         self.client.batch_execute("BEGIN").await?;
         let result = async {
             if self.booking.take_seat(&self.client).await?.is_none() {
-                return Err(OpError::new("sold-out"));
+                return Err(OpError::new(class::SOLD_OUT));
             }
             tokio::time::sleep(self.payment).await;
             self.booking.record(&self.client, &self.passenger).await?;
@@ -525,16 +525,22 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         .await
         .context("could not count the committed bookings")?
         .get(0);
-    Ok(evaluate(&Observations {
-        cut_off: driven.cut_off || probe.free_at_epoch.is_none(),
+    let evaluation = evaluate(
+        &driven.history,
+        &Observations {
+            cut_off: driven.cut_off || probe.free_at_epoch.is_none(),
+            holder_paying_epoch: paying_at,
+            probe,
+            waited_ms,
+            samples,
+            bookings_committed: committed,
+            next_user_in_leaked_tx,
+        },
+    );
+    Ok(VariantRun {
         history: driven.history,
-        holder_paying_epoch: paying_at,
-        probe,
-        waited_ms,
-        samples,
-        bookings_committed: committed,
-        next_user_in_leaked_tx,
-    }))
+        evaluation,
+    })
 }
 
 /// Leak fault: the next user of the holder's pool checks whether it was handed a connection

@@ -166,9 +166,15 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     };
     pool.close();
     ctx.terminate_sessions("w/").await?;
-    Ok(evaluate_deadlock(&DeadlockObservations {
+    let evaluation = evaluate_deadlock(
+        &driven.history,
+        &DeadlockObservations {
+            pool_at_end,
+            cut_off: driven.cut_off,
+        },
+    );
+    Ok(VariantRun {
         history: driven.history,
-        pool_at_end,
-        cut_off: driven.cut_off,
-    }))
+        evaluation,
+    })
 }

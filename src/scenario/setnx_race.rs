@@ -22,7 +22,7 @@ use crate::env::process::spawn_tied;
 use crate::env::redis::RedisTarget;
 use crate::error::UsageError;
 use crate::fault::{self, Fault, Victim};
-use crate::history::{Clock, Op, Outcome, epoch_ms};
+use crate::history::{Clock, Op, Outcome, class, epoch_ms};
 use crate::observe;
 use crate::scenario::spec::Params;
 use crate::workload::{self, OpError, Plan};
@@ -193,7 +193,7 @@ impl Shop {
                     .query_async(redis)
                     .await?;
                 if ok.is_none() {
-                    return Err(OpError::new("denied"));
+                    return Err(OpError::new(class::DENIED));
                 }
                 let fence = match self.lock {
                     LockMode::TokenFenced => Some(
@@ -212,7 +212,7 @@ impl Shop {
                 value: me.to_string(),
                 fence: None,
             })),
-            false => Err(OpError::new("denied")),
+            false => Err(OpError::new(class::DENIED)),
         }
     }
 
@@ -229,7 +229,7 @@ impl Shop {
                     &[&PRODUCT, &f],
                 )
                 .await?
-                .ok_or_else(|| OpError::new("fenced"))?,
+                .ok_or_else(|| OpError::new(class::FENCED))?,
             None => {
                 pg.query_one(
                     &format!("SELECT stock FROM {} WHERE id = $1", self.products),
@@ -278,7 +278,11 @@ impl Shop {
                     )
                     .await?
                     .get(0);
-                Err(OpError::new(if now != f { "fenced" } else { "sold-out" }))
+                Err(OpError::new(if now != f {
+                    class::FENCED
+                } else {
+                    class::SOLD_OUT
+                }))
             }
         }
     }
@@ -331,7 +335,7 @@ impl Shop {
         let fence = held.as_ref().and_then(|h| h.fence);
         let result = async {
             if self.read_stock(pg, fence).await? <= 0 {
-                return Err(OpError::new("sold-out"));
+                return Err(OpError::new(class::SOLD_OUT));
             }
             report(Event::Paying);
             tokio::time::sleep(Duration::from_millis(self.payment_ms)).await;
@@ -707,13 +711,13 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             let (sold, ticker) = ctx.progress_counter(" bought".into());
             let plan = Plan::UntilOk {
                 retry_after: p.duration("retry_after")?,
-                stop_on: &["sold-out", "fenced"],
+                stop_on: &[class::SOLD_OUT, class::FENCED],
             };
             let (driven, holder_done) = tokio::join!(
                 workload::drive(clients, plan, clock, deadline, &ctx.cancel, sold),
                 async {
                     if crash.is_some() {
-                        return Some((Err("crashed".to_string()), clock.now_ms()));
+                        return Some((Err(class::CRASHED.to_string()), clock.now_ms()));
                     }
                     let done = loop {
                         tokio::select! {
@@ -775,15 +779,21 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         .await
         .context("could not count the orders")?;
     let sections = sections.lock().map(|s| s.clone()).unwrap_or_default();
-    Ok(evaluate(&Observations {
+    let evaluation = evaluate(
+        &history,
+        &Observations {
+            sections,
+            key_samples,
+            crash,
+            end_ms,
+            cut_off: driven.cut_off || holder_done.is_none(),
+            stock_initial: stock,
+            stock_left: row.get(0),
+            orders: row.get(1),
+        },
+    );
+    Ok(VariantRun {
         history,
-        sections,
-        key_samples,
-        crash,
-        end_ms,
-        cut_off: driven.cut_off || holder_done.is_none(),
-        stock_initial: stock,
-        stock_left: row.get(0),
-        orders: row.get(1),
-    }))
+        evaluation,
+    })
 }

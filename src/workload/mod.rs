@@ -1,6 +1,8 @@
 //! The concurrent client driver: one loop for every scenario, parameterised by what a client
-//! does. Clients only record; the history is assembled when they are done.
+//! does. Clients only record (invoke, then completion); the history is assembled when they are
+//! done, and an operation that was invoked but never completed is unknown, whatever the reason.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,7 +12,7 @@ use tokio::time::Instant;
 use tokio_postgres::{CancelToken, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use crate::history::{Clock, History, Op, Outcome};
+use crate::history::{Clock, History, LostClient, Op, Outcome, class};
 
 /// Why an operation failed: the SQLSTATE where the server gave one, else a short word.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +32,8 @@ impl From<tokio_postgres::Error> for OpError {
     fn from(e: tokio_postgres::Error) -> OpError {
         let class = match e.code() {
             Some(code) => code.code().to_string(),
-            None if e.is_closed() => "connection-closed".to_string(),
-            None => "client".to_string(),
+            None if e.is_closed() => class::CONNECTION_CLOSED.to_string(),
+            None => class::CLIENT.to_string(),
         };
         OpError { class }
     }
@@ -48,9 +50,9 @@ impl From<redis::RedisError> for OpError {
 impl From<deadpool_postgres::PoolError> for OpError {
     fn from(e: deadpool_postgres::PoolError) -> OpError {
         match e {
-            deadpool_postgres::PoolError::Timeout(_) => OpError::new("pool-timeout"),
+            deadpool_postgres::PoolError::Timeout(_) => OpError::new(class::POOL_TIMEOUT),
             deadpool_postgres::PoolError::Backend(e) => e.into(),
-            _ => OpError::new("pool"),
+            _ => OpError::new(class::POOL),
         }
     }
 }
@@ -84,8 +86,23 @@ pub struct Driven {
     pub cut_off: bool,
 }
 
+/// What a client task reports as it goes, so nothing it started is lost if it dies.
+enum Event {
+    Invoke {
+        client: usize,
+        kind: &'static str,
+        start_ms: f64,
+    },
+    Complete {
+        client: usize,
+        end_ms: f64,
+        outcome: Outcome,
+    },
+}
+
 /// Runs every client until it is done, the deadline passes, or `cancel` fires.
-/// An operation in flight at that moment is recorded as unknown and cancelled on the server.
+/// An operation in flight at that moment is recorded as unknown and cancelled on the server;
+/// so is the one in flight in a client task that panics.
 pub async fn drive(
     clients: Vec<Box<dyn Client>>,
     plan: Plan,
@@ -94,23 +111,63 @@ pub async fn drive(
     cancel: &CancellationToken,
     ok_count: Arc<AtomicUsize>,
 ) -> Driven {
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
         .map(|(id, client)| {
-            let cancel = cancel.clone();
-            let ok_count = ok_count.clone();
-            tokio::spawn(run_client(
-                id, client, plan, clock, deadline, cancel, ok_count,
-            ))
+            let run = ClientRun {
+                id,
+                plan,
+                clock,
+                deadline,
+                cancel: cancel.clone(),
+                ok_count: ok_count.clone(),
+                events: events.clone(),
+            };
+            tokio::spawn(run.run(client))
         })
         .collect();
+    drop(events);
     let mut history = History::default();
     let mut cut_off = false;
-    for t in tasks {
-        if let Ok((ops, was_cut)) = t.await {
-            history.ops.extend(ops);
-            cut_off |= was_cut;
+    for (id, t) in tasks.into_iter().enumerate() {
+        match t.await {
+            Ok(was_cut) => cut_off |= was_cut,
+            Err(e) => history.lost_clients.push(LostClient {
+                client: id,
+                why: panic_message(e),
+            }),
+        }
+    }
+    // Every sender is gone now: this drains what was recorded, in the order it happened.
+    let mut open: BTreeMap<usize, usize> = BTreeMap::new();
+    while let Some(event) = received.recv().await {
+        match event {
+            Event::Invoke {
+                client,
+                kind,
+                start_ms,
+            } => {
+                open.insert(client, history.ops.len());
+                history.ops.push(Op {
+                    client,
+                    kind,
+                    start_ms,
+                    end_ms: None,
+                    outcome: Outcome::Unknown,
+                });
+            }
+            Event::Complete {
+                client,
+                end_ms,
+                outcome,
+            } => {
+                if let Some(op) = open.remove(&client).and_then(|i| history.ops.get_mut(i)) {
+                    op.end_ms = Some(end_ms);
+                    op.outcome = outcome;
+                }
+            }
         }
     }
     history
@@ -119,79 +176,211 @@ pub async fn drive(
     Driven { history, cut_off }
 }
 
-async fn run_client(
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return "aborted".into();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
+}
+
+/// One client task's settings; it only records, the collector assembles the history.
+struct ClientRun {
     id: usize,
-    mut client: Box<dyn Client>,
     plan: Plan,
     clock: Clock,
     deadline: Instant,
     cancel: CancellationToken,
     ok_count: Arc<AtomicUsize>,
-) -> (Vec<Op>, bool) {
-    let mut ops = Vec::new();
-    let kind = client.kind();
-    loop {
-        if Instant::now() >= deadline || cancel.is_cancelled() {
-            return (ops, true);
-        }
-        let start_ms = clock.now_ms();
-        let token = client.cancel_token();
-        let result = tokio::select! {
-            r = client.attempt() => Some(r),
-            _ = tokio::time::sleep_until(deadline) => None,
-            _ = cancel.cancelled() => None,
-        };
-        let Some(result) = result else {
-            ops.push(Op {
-                client: id,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+}
+
+impl ClientRun {
+    /// Runs one client to its end; returns whether the deadline or a cancel cut it off.
+    async fn run(self, mut client: Box<dyn Client>) -> bool {
+        let kind = client.kind();
+        let (deadline, cancel) = (self.deadline, &self.cancel);
+        loop {
+            if Instant::now() >= deadline || cancel.is_cancelled() {
+                return true;
+            }
+            let _ = self.events.send(Event::Invoke {
+                client: self.id,
                 kind,
-                start_ms,
-                end_ms: None,
-                outcome: Outcome::Unknown,
+                start_ms: self.clock.now_ms(),
             });
-            if let Some(t) = token {
-                let _ = t.cancel_query(NoTls).await;
-            }
-            return (ops, true);
-        };
-        let end_ms = Some(clock.now_ms());
-        match result {
-            Ok(()) => {
-                ops.push(Op {
-                    client: id,
-                    kind,
-                    start_ms,
-                    end_ms,
-                    outcome: Outcome::Ok,
-                });
-                ok_count.fetch_add(1, Ordering::Relaxed);
-                return (ops, false);
-            }
-            Err(e) => {
-                let retry_after = match plan {
-                    Plan::UntilOk {
-                        retry_after,
-                        stop_on,
-                    } if !stop_on.contains(&e.class.as_str()) => Some(retry_after),
-                    _ => None,
-                };
-                ops.push(Op {
-                    client: id,
-                    kind,
-                    start_ms,
-                    end_ms,
-                    outcome: Outcome::Error { class: e.class },
-                });
-                let Some(retry_after) = retry_after else {
-                    return (ops, false);
-                };
-                let pause = retry_after.mul_f64(rand::random_range(0.5..1.5));
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                    _ = cancel.cancelled() => {}
+            let token = client.cancel_token();
+            let result = tokio::select! {
+                r = client.attempt() => Some(r),
+                _ = tokio::time::sleep_until(deadline) => None,
+                _ = cancel.cancelled() => None,
+            };
+            // Cut off mid-operation: no completion, so it stays unknown.
+            let Some(result) = result else {
+                if let Some(t) = token {
+                    let _ = t.cancel_query(NoTls).await;
                 }
+                return true;
+            };
+            let end_ms = self.clock.now_ms();
+            let (outcome, retry_after) = match result {
+                Ok(()) => {
+                    self.ok_count.fetch_add(1, Ordering::Relaxed);
+                    (Outcome::Ok, None)
+                }
+                Err(e) => {
+                    let retry_after = match self.plan {
+                        Plan::UntilOk {
+                            retry_after,
+                            stop_on,
+                        } if !stop_on.contains(&e.class.as_str()) => Some(retry_after),
+                        _ => None,
+                    };
+                    (Outcome::Error { class: e.class }, retry_after)
+                }
+            };
+            let _ = self.events.send(Event::Complete {
+                client: self.id,
+                end_ms,
+                outcome,
+            });
+            let Some(retry_after) = retry_after else {
+                return false;
+            };
+            let pause = retry_after.mul_f64(rand::random_range(0.5..1.5));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = cancel.cancelled() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails once, then panics in the middle of its second attempt.
+    struct Panicky {
+        attempts: usize,
+    }
+
+    impl Client for Panicky {
+        fn kind(&self) -> &'static str {
+            "book"
+        }
+        fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
+            self.attempts += 1;
+            let n = self.attempts;
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if n == 1 {
+                    return Err(OpError::new(class::LOCK_TIMEOUT));
+                }
+                panic!("the client's own code broke");
+            })
+        }
+        fn cancel_token(&self) -> Option<CancelToken> {
+            None
+        }
+    }
+
+    struct Fine;
+
+    impl Client for Fine {
+        fn kind(&self) -> &'static str {
+            "book"
+        }
+        fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn cancel_token(&self) -> Option<CancelToken> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_panics_mid_operation_leaves_that_operation_unknown() {
+        let clients: Vec<Box<dyn Client>> = vec![Box::new(Fine), Box::new(Panicky { attempts: 0 })];
+        let plan = Plan::UntilOk {
+            retry_after: Duration::from_millis(1),
+            stop_on: &[],
+        };
+        let driven = drive(
+            clients,
+            plan,
+            Clock::start(),
+            Instant::now() + Duration::from_secs(10),
+            &CancellationToken::new(),
+            Arc::new(AtomicUsize::new(0)),
+        )
+        .await;
+        let h = &driven.history;
+        assert!(!driven.cut_off);
+        assert_eq!(
+            h.lost_clients,
+            vec![LostClient {
+                client: 1,
+                why: "the client's own code broke".into()
+            }]
+        );
+        let of_panicky: Vec<&Outcome> = h
+            .ops
+            .iter()
+            .filter(|o| o.client == 1)
+            .map(|o| &o.outcome)
+            .collect();
+        assert_eq!(
+            of_panicky,
+            vec![
+                &Outcome::Error {
+                    class: class::LOCK_TIMEOUT.into()
+                },
+                &Outcome::Unknown
+            ]
+        );
+        assert_eq!(
+            (h.ok("book"), h.failed("book"), h.unknown("book")),
+            (1, 1, 1)
+        );
+        let unknown: Vec<&Op> = h.ops.iter().filter(|o| o.end_ms.is_none()).collect();
+        assert!(unknown.len() == 1 && h.is_lost(unknown[0]), "{h:?}");
+    }
+
+    #[tokio::test]
+    async fn an_operation_in_flight_at_the_deadline_is_unknown_and_not_lost() {
+        struct Slow;
+        impl Client for Slow {
+            fn kind(&self) -> &'static str {
+                "book"
+            }
+            fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(())
+                })
+            }
+            fn cancel_token(&self) -> Option<CancelToken> {
+                None
+            }
+        }
+        let driven = drive(
+            vec![Box::new(Slow)],
+            Plan::Once,
+            Clock::start(),
+            Instant::now() + Duration::from_millis(20),
+            &CancellationToken::new(),
+            Arc::new(AtomicUsize::new(0)),
+        )
+        .await;
+        assert!(driven.cut_off);
+        assert_eq!(driven.history.unknown("book"), 1);
+        assert!(driven.history.lost_clients.is_empty());
+        assert!(!driven.history.is_lost(&driven.history.ops[0]));
     }
 }
