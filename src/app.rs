@@ -29,9 +29,16 @@ pub fn main() -> i32 {
             };
         }
     };
-    if let Command::Guardian = cli.command {
-        return crate::env::guardian::guardian_main();
-    }
+    // The guardian needs no runtime, and must not wait on one.
+    let command = match cli.command {
+        Command::Guardian => return crate::env::guardian::guardian_main(),
+        Command::Run(a) => Work::Run(a),
+        Command::Report(a) => Work::Report(a),
+        Command::List => Work::List,
+        Command::Explain { scenario } => Work::Explain(scenario),
+        Command::Env { command } => Work::Env(command),
+        Command::Worker { scenario } => Work::Worker(scenario),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,7 +50,7 @@ pub fn main() -> i32 {
         }
     };
     let code = rt.block_on(async {
-        match dispatch(cli.command).await {
+        match dispatch(command).await {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("Error: {e:#}");
@@ -56,32 +63,30 @@ pub fn main() -> i32 {
     code
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<i32> {
-    match command {
-        Command::List => list(),
-        Command::Explain { scenario } => explain(&scenario),
-        Command::Run(args) => run(args).await,
-        Command::Report(args) => reprint(args),
-        Command::Env {
-            command: EnvCommand::Up { pg_settings },
-        } => env_up(pg_settings).await,
-        Command::Env {
-            command: EnvCommand::Time { runs },
-        } => env_time(runs).await,
-        Command::Hold {
-            inside,
-            outside: _,
-            payment_call_ms,
-        } => {
-            scenario::orphan_lock::holder_main(inside, Duration::from_millis(payment_call_ms))
-                .await?;
+/// What a command does, once the runtime is up.
+enum Work {
+    Run(RunArgs),
+    Report(ReportArgs),
+    List,
+    Explain(String),
+    Env(EnvCommand),
+    Worker(String),
+}
+
+async fn dispatch(work: Work) -> anyhow::Result<i32> {
+    match work {
+        Work::List => list(),
+        Work::Explain(scenario) => explain(&scenario),
+        Work::Run(args) => run(args).await,
+        Work::Report(args) => reprint(args),
+        Work::Env(EnvCommand::Up { pg_settings }) => env_up(pg_settings).await,
+        Work::Env(EnvCommand::Time { runs }) => env_time(runs).await,
+        Work::Worker(name) => {
+            let kind = scenario::kind_named(&name)
+                .ok_or_else(|| UsageError(format!("no scenario `{name}` has a worker")))?;
+            (kind.worker)(crate::env::worker::WorkerIo::open().await?).await?;
             Ok(exit::OK)
         }
-        Command::Buy => {
-            scenario::setnx_race::holder_main().await?;
-            Ok(exit::OK)
-        }
-        Command::Guardian => Ok(crate::env::guardian::guardian_main()),
     }
 }
 

@@ -37,19 +37,9 @@ pub enum Command {
         #[command(subcommand)]
         command: EnvCommand,
     },
-    /// Internal: the lock holder process of orphan-lock.
-    #[command(name = "__hold", hide = true)]
-    Hold {
-        #[arg(long = "payment-inside", conflicts_with = "outside")]
-        inside: bool,
-        #[arg(long = "payment-outside")]
-        outside: bool,
-        #[arg(long = "payment-call-ms")]
-        payment_call_ms: u64,
-    },
-    /// Internal: the first lock holder process of setnx-race.
-    #[command(name = "__buy", hide = true)]
-    Buy,
+    /// Internal: a scenario's worker process (a lock holder a fault can hit for real).
+    #[command(name = "__worker", hide = true)]
+    Worker { scenario: String },
     /// Internal: removes temp dirs and stops servers if locklab dies.
     #[command(name = "__guardian", hide = true)]
     Guardian,

@@ -18,7 +18,7 @@ use crate::report::json::Json;
 use crate::report::{
     Exporter, Failure, Harm, RepeatRun, Requests, RunReport, ScenarioReport, VariantReport,
 };
-use crate::scenario::{Scenario, VariantCtx, VariantRun};
+use crate::scenario::{Prepared, Scenario, VariantCtx, VariantRun};
 use crate::text::nearest;
 
 /// A variant whose own code outlives its deadline by this much is a harness bug: cut it off.
@@ -70,14 +70,33 @@ fn check_variant_filter(opts: &RunOptions) -> Result<(), UsageError> {
     Ok(())
 }
 
+/// Whether a variant runs: all but the opt-in ones, or exactly those named with --variant.
+fn wanted(opts: &RunOptions, variant: &crate::scenario::spec::Variant) -> bool {
+    match opts.variants.is_empty() {
+        true => !variant.opt_in,
+        false => opts.variants.contains(&variant.name),
+    }
+}
+
 pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<Finished> {
     check_variant_filter(&opts)?;
+    // Every variant's parameters become its scenario's configuration once, here, before any
+    // server starts: a bad value or combination is a usage error, never a failure mid-run.
+    // Only variants that will run: a relation one of them breaks is no reason to refuse others.
+    let mut prepared: Vec<Vec<Option<Box<dyn Prepared>>>> = Vec::new();
     for s in &opts.scenarios {
+        let mut configs = Vec::new();
         for v in &s.variants {
+            if !wanted(&opts, v) {
+                configs.push(None);
+                continue;
+            }
             let resolved = s.resolve(v, opts.time_scale);
-            (s.kind.validate)(&resolved.params)
-                .with_context(|| format!("{}/{}", s.name, v.name))?;
+            let config = (s.kind.prepare)(&resolved.params)
+                .map_err(|e| anyhow::Error::from(e).context(format!("{}/{}", s.name, v.name)))?;
+            configs.push(Some(config));
         }
+        prepared.push(configs);
     }
     let started = Instant::now();
     let env = Env::setup(&opts.env).await?;
@@ -97,7 +116,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
     };
     let mut write_error = None;
 
-    'scenarios: for scenario in &opts.scenarios {
+    'scenarios: for (scenario, configs) in opts.scenarios.iter().zip(&prepared) {
         let base = scenario.resolve(&scenario.variants[0], opts.time_scale);
         report.scenarios.push(ScenarioReport {
             name: scenario.name.clone(),
@@ -124,14 +143,10 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 .collect(),
             variants: Vec::new(),
         });
-        for variant in &scenario.variants {
-            let wanted = match opts.variants.is_empty() {
-                true => !variant.opt_in,
-                false => opts.variants.contains(&variant.name),
-            };
-            if !wanted {
+        for (variant, config) in scenario.variants.iter().zip(configs) {
+            let Some(config) = config else {
                 continue;
-            }
+            };
             if cancel.is_cancelled() {
                 report.interrupted = true;
                 break 'scenarios;
@@ -142,16 +157,19 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 1 => String::new(),
                 n => format!(" {}/{n}", i + 1),
             };
-            let first =
-                run_variant(&env, scenario, &resolved, &cancel, opts.progress, &label(0)).await;
-            let mut runs = vec![first];
+            let run = |i: u32| {
+                let (label, code) = (label(i), config.as_ref());
+                let (env, resolved, cancel) = (&env, &resolved, &cancel);
+                async move {
+                    run_variant(env, scenario, resolved, code, cancel, opts.progress, &label).await
+                }
+            };
+            let mut runs = vec![run(0).await];
             for i in 1..repeat {
                 if cancel.is_cancelled() {
                     break;
                 }
-                runs.push(
-                    run_variant(&env, scenario, &resolved, &cancel, opts.progress, &label(i)).await,
-                );
+                runs.push(run(i).await);
             }
             let v = aggregate(runs, resolved.mitigated);
             if let Some(s) = report.scenarios.last_mut() {
@@ -248,6 +266,7 @@ async fn run_variant(
     env: &Env,
     scenario: &Scenario,
     variant: &crate::scenario::ResolvedVariant,
+    code: &dyn Prepared,
     cancel: &CancellationToken,
     show_progress: bool,
     label: &str,
@@ -289,7 +308,7 @@ async fn run_variant(
         if !variant.show_settings.is_empty() {
             settings_seen = server_settings(env, variant).await?;
         }
-        (scenario.kind.run)(&ctx).await
+        code.run(&ctx).await
     };
     let result = tokio::time::timeout(deadline + HARNESS_GRACE, result)
         .await

@@ -26,9 +26,9 @@ fn start_run(tmp: &std::path::Path, out: &std::path::Path) -> std::process::Chil
         .expect("spawn locklab");
     let needle = tmp.to_string_lossy().to_string();
     let until = Instant::now() + Duration::from_secs(30);
-    // This run's holder (`__hold`, with this test's TMPDIR in its environment) exists once
+    // This run's holder (`__worker orphan-lock`, with this test's TMPDIR in its environment) exists once
     // postgres is up and the variant is running; other tests' holders must not count.
-    while processes_mentioning_all(&["__hold", &needle]).is_empty() {
+    while processes_mentioning_all(&["__worker", &needle]).is_empty() {
         assert!(Instant::now() < until, "the run did not get going");
         std::thread::sleep(Duration::from_millis(20));
     }

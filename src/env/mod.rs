@@ -6,6 +6,7 @@ pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod server;
+pub mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,6 +111,15 @@ impl Env {
         target.connect().await?;
         self.redis = Some(target);
         Ok(())
+    }
+
+    /// Starts `scenario`'s worker process with `config` (see [`worker`]).
+    pub async fn spawn_worker(
+        &self,
+        scenario: &str,
+        config: &impl serde::Serialize,
+    ) -> anyhow::Result<worker::Worker> {
+        worker::Worker::spawn(&self.exe, scenario, config, self.guardian.clone()).await
     }
 
     /// The run's Redis, for scenarios that declared they need it.

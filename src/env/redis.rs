@@ -16,8 +16,8 @@ use super::server::{GuardedDir, ServerProcess, on_a_free_port};
 /// The throwaway server's password: set, so the URL people copy is the same shape as theirs.
 const PASSWORD: &str = "locklab";
 
-/// Where a scenario's Redis is and which keys are ours.
-#[derive(Clone)]
+/// Where a scenario's Redis is and which keys are ours (serializable for a worker process).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct RedisTarget {
     url: String,
     /// What to show a person: never contains a password.

@@ -1,9 +1,9 @@
 //! Faults: what goes wrong with a lock holder in the middle of its work.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use crate::env::process;
+use crate::env::worker::Worker;
 use crate::error::UsageError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,16 +33,16 @@ impl FromStr for Fault {
 
 /// A lock holder a fault can be injected into.
 pub enum Victim {
-    Process(tokio::process::Child),
+    Process(Box<Worker>),
     Task(tokio::task::JoinHandle<()>),
 }
 
 impl Victim {
     pub fn inject(&mut self, fault: Fault) -> anyhow::Result<()> {
         match (self, fault) {
-            (Victim::Process(child), Fault::Freeze | Fault::Kill) => {
-                let pid = child
-                    .id()
+            (Victim::Process(worker), Fault::Freeze | Fault::Kill) => {
+                let pid = worker
+                    .pid()
                     .ok_or_else(|| anyhow::anyhow!("the holder process already exited"))?;
                 let sig = if fault == Fault::Freeze {
                     libc::SIGSTOP
@@ -65,7 +65,15 @@ impl Victim {
     /// The frozen process, to resume later with [`resume`].
     pub fn pid(&self) -> Option<u32> {
         match self {
-            Victim::Process(child) => child.id(),
+            Victim::Process(worker) => worker.pid(),
+            Victim::Task(_) => None,
+        }
+    }
+
+    /// The holder process itself, to read its events.
+    pub fn worker(&mut self) -> Option<&mut Worker> {
+        match self {
+            Victim::Process(worker) => Some(worker),
             Victim::Task(_) => None,
         }
     }
@@ -73,11 +81,7 @@ impl Victim {
     /// Ends the holder for good, whatever state the fault left it in.
     pub async fn end(self) {
         match self {
-            Victim::Process(mut child) => {
-                // SIGKILL reaches a stopped process too.
-                let _ = child.start_kill();
-                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-            }
+            Victim::Process(worker) => worker.end().await,
             Victim::Task(handle) => {
                 handle.abort();
                 let _ = handle.await;
@@ -87,6 +91,9 @@ impl Victim {
 }
 
 /// Lets a frozen process run again (SIGCONT): the end of a pause, as after a long GC.
-pub fn resume(pid: u32) -> bool {
-    process::signal(pid, libc::SIGCONT)
+pub fn resume(pid: u32) -> anyhow::Result<()> {
+    match process::signal(pid, libc::SIGCONT) {
+        true => Ok(()),
+        false => anyhow::bail!("could not resume the paused process {pid}"),
+    }
 }

@@ -9,68 +9,89 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use std::future::Future;
+
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 
-use super::{Kind, VariantCtx, VariantRun};
+use super::spec::{DAY_MS, HOUR_MS};
+use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::pool::{BOOKING_METRICS, BookingObservations, evaluate_booking};
 use crate::error::UsageError;
 use crate::history::{Clock, class};
-use crate::scenario::spec::Params;
+use crate::text::format_duration;
 use crate::workload::{self, OpError, Plan};
 
-pub const KIND: Kind = Kind {
-    name: "begin-on-pool",
-    file: include_str!("../../scenarios/begin-on-pool.toml"),
-    params: &[
-        "bookers",
-        "pool_size",
-        "client",
-        "select",
-        "update",
-        "unique_index",
-        "think",
-        "step",
-        "deadline",
-    ],
-    metrics: BOOKING_METRICS,
-    needs_redis: false,
-    validate,
-    run: run_boxed,
-};
+/// begin-on-pool's configuration: its parameters, parsed once.
+pub struct BeginOnPool {
+    bookers: usize,
+    pool_size: usize,
+    /// One client per booking (`dedicated`), or every statement its own checkout (`pool`).
+    dedicated: bool,
+    for_update: bool,
+    /// UPDATE ... WHERE NOT booked, with its row count checked.
+    conditional: bool,
+    unique_index: bool,
+    think: Duration,
+    step: Duration,
+    deadline: Duration,
+}
+
+impl Code for BeginOnPool {
+    const NAME: &'static str = "begin-on-pool";
+    const FILE: &'static str = include_str!("../../scenarios/begin-on-pool.toml");
+    const PARAMS: &'static [ParamSpec] = &[
+        ParamSpec::count("bookers", 1, 1000),
+        ParamSpec::count("pool_size", 1, 1000),
+        ParamSpec::words("client", &["pool", "dedicated"]),
+        ParamSpec::words("select", &["plain", "for-update"]),
+        ParamSpec::words("update", &["plain", "conditional"]),
+        ParamSpec::flag("unique_index"),
+        ParamSpec::duration("think", 0, HOUR_MS),
+        ParamSpec::duration("step", 1, HOUR_MS),
+        ParamSpec::duration("deadline", 100, DAY_MS),
+    ];
+    const METRICS: &'static [&'static str] = BOOKING_METRICS;
+
+    fn config(p: &Params) -> Result<BeginOnPool, UsageError> {
+        let (think, step, deadline) = (
+            p.duration("think")?,
+            p.duration("step")?,
+            p.duration("deadline")?,
+        );
+        // A booking takes the think time plus up to one step per gate, even when nothing blocks.
+        let booking = think + step * Pace::GATES as u32;
+        if deadline < booking * 2 {
+            return Err(UsageError(format!(
+                "deadline ({}) must be at least twice think + {} steps ({}): no booking could finish",
+                format_duration(deadline),
+                Pace::GATES,
+                format_duration(booking)
+            )));
+        }
+        Ok(BeginOnPool {
+            bookers: p.count("bookers")?,
+            pool_size: p.count("pool_size")?,
+            dedicated: p.switch("client", "dedicated", "pool")?,
+            for_update: p.switch("select", "for-update", "plain")?,
+            conditional: p.switch("update", "conditional", "plain")?,
+            unique_index: p.flag("unique_index")?,
+            think,
+            step,
+            deadline,
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a VariantCtx<'a>,
+    ) -> impl Future<Output = anyhow::Result<VariantRun>> + Send + 'a {
+        run(self, ctx)
+    }
+}
 
 const SEAT: i32 = 1;
-
-fn dedicated(p: &Params) -> anyhow::Result<bool> {
-    p.switch("client", "dedicated", "pool")
-}
-
-fn for_update(p: &Params) -> anyhow::Result<bool> {
-    p.switch("select", "for-update", "plain")
-}
-
-fn conditional(p: &Params) -> anyhow::Result<bool> {
-    p.switch("update", "conditional", "plain")
-}
-
-fn validate(p: &Params) -> anyhow::Result<()> {
-    dedicated(p)?;
-    for_update(p)?;
-    conditional(p)?;
-    p.flag("unique_index")?;
-    if p.count("bookers")? == 0 || p.count("pool_size")? == 0 {
-        return Err(UsageError("bookers and pool_size must be at least 1".into()).into());
-    }
-    p.duration("think")?;
-    p.duration("step")?;
-    p.duration("deadline")?;
-    Ok(())
-}
-
-fn run_boxed<'a>(ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {
-    Box::pin(run(ctx))
-}
 
 /// Paces the bookers statement by statement: after each statement a booker waits until every
 /// booker has finished that statement, or `patience` has passed. Where nothing blocks (every
@@ -246,13 +267,12 @@ impl workload::Client for Booker {
     }
 }
 
-async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
-    let p = &ctx.variant.params;
+async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
-    let bookers = p.count("bookers")?;
+    let bookers = cfg.bookers;
     let (seats, bookings) = (env.pg.table("seats"), env.pg.table("bookings"));
     let admin = env.pg.connect(&ctx.app("admin"), &[]).await?;
-    let index = match p.flag("unique_index")? {
+    let index = match cfg.unique_index {
         true => format!("CREATE UNIQUE INDEX ON {bookings} (seat_id) WHERE status = 'confirmed';"),
         false => String::new(),
     };
@@ -269,7 +289,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         .await
         .context("could not create the scenario's tables")?;
 
-    let (for_update, conditional) = (for_update(p)?, conditional(p)?);
+    let (for_update, conditional) = (cfg.for_update, cfg.conditional);
     let sql = Arc::new(Sql {
         select: format!(
             "SELECT booked FROM {seats} WHERE id = $1{}",
@@ -287,23 +307,23 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let pool = env.pg.pool(
         &pool_app,
         &ctx.variant.settings,
-        p.count("pool_size")?,
+        cfg.pool_size,
         None,
         deadpool_postgres::QueueMode::Fifo,
     )?;
     // A service's pool is warm: every connection is open and idle before the bookers come.
     {
-        let warm = (0..p.count("pool_size")?).map(|_| pool.get());
+        let warm = (0..cfg.pool_size).map(|_| pool.get());
         let conns: Vec<_> = futures::future::join_all(warm).await;
         for c in conns {
             drop(c.context("could not open the pool's connections")?);
         }
     }
     let told_booked = Arc::new(Mutex::new(BTreeSet::new()));
-    let dedicated = dedicated(p)?;
+    let dedicated = cfg.dedicated;
     let start_line = Arc::new(tokio::sync::Barrier::new(bookers));
-    let think = p.duration("think")?;
-    let pace = Arc::new(Pace::new(bookers, p.duration("step")?));
+    let think = cfg.think;
+    let pace = Arc::new(Pace::new(bookers, cfg.step));
     let clients: Vec<Box<dyn workload::Client>> = (0..bookers)
         .map(|i| {
             Box::new(Booker {
@@ -321,7 +341,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
 
     let (done, ticker) = ctx.progress_counter(" customers told booked".into());
     let clock = Clock::start();
-    let deadline = Instant::now() + p.duration("deadline")?;
+    let deadline = Instant::now() + cfg.deadline;
     let driven = workload::drive(clients, Plan::Once, clock, deadline, &ctx.cancel, done).await;
     drop(ticker);
 

@@ -11,46 +11,122 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::future::Future;
+
 use futures::future::BoxFuture;
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
 use crate::check::Evaluation;
 use crate::env::Env;
+use crate::env::worker::WorkerIo;
 use crate::error::UsageError;
 use crate::history::History;
-pub use spec::{ResolvedVariant, Scenario};
+pub use spec::{Accepts, ParamSpec, Params, ResolvedVariant, Scenario};
 
-/// The code behind a scenario: which parameters it reads, which metrics it reports.
+/// The code behind a scenario. The implementing type is the scenario's typed configuration,
+/// parsed once from a variant's resolved parameters (after each value was checked against
+/// [`Code::PARAMS`]) and then run: nothing is parsed, and no usage error raised, mid-run.
+pub trait Code: Send + Sync + Sized + 'static {
+    const NAME: &'static str;
+    /// Its scenario file, embedded so `locklab run NAME` works from any directory.
+    const FILE: &'static str;
+    /// Every parameter it reads, with what each accepts.
+    const PARAMS: &'static [ParamSpec];
+    /// Every metric its checker emits (a test per checker keeps the two in step).
+    const METRICS: &'static [&'static str];
+    /// The run starts (or connects to) Redis only when some scenario needs it.
+    const NEEDS_REDIS: bool = false;
+
+    /// Builds the configuration; relations between parameters are checked here.
+    fn config(p: &Params) -> Result<Self, UsageError>;
+
+    /// Runs one variant with this configuration.
+    fn run<'a>(
+        &'a self,
+        ctx: &'a VariantCtx<'a>,
+    ) -> impl Future<Output = anyhow::Result<VariantRun>> + Send + 'a;
+
+    /// The scenario's own worker process (`locklab __worker NAME`), where its fault needs one.
+    fn worker(io: WorkerIo) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async move {
+            drop(io);
+            anyhow::bail!("{} has no worker process", Self::NAME)
+        }
+    }
+}
+
+/// A scenario's configuration, ready to run a variant.
+pub trait Prepared: Send + Sync {
+    fn run<'a>(&'a self, ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>;
+}
+
+impl<C: Code> Prepared for C {
+    fn run<'a>(&'a self, ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {
+        Box::pin(Code::run(self, ctx))
+    }
+}
+
+/// A registered scenario: its declarations, and its code behind function pointers.
 #[derive(Debug)]
 pub struct Kind {
     pub name: &'static str,
-    /// Its scenario file, embedded so `locklab run NAME` works from any directory.
     pub file: &'static str,
-    pub params: &'static [&'static str],
+    pub params: &'static [ParamSpec],
     pub metrics: &'static [&'static str],
-    /// The run starts (or connects to) Redis only when some scenario needs it.
     pub needs_redis: bool,
-    /// Rejects parameter values the code cannot run with, before any server starts.
-    pub validate: fn(&spec::Params) -> anyhow::Result<()>,
-    pub run: for<'a> fn(&'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>,
+    pub prepare: fn(&Params) -> Result<Box<dyn Prepared>, UsageError>,
+    pub worker: fn(WorkerIo) -> BoxFuture<'static, anyhow::Result<()>>,
+}
+
+impl Kind {
+    pub fn param(&self, name: &str) -> Option<&'static ParamSpec> {
+        self.params.iter().find(|p| p.name == name)
+    }
+
+    pub fn param_names(&self) -> String {
+        self.params
+            .iter()
+            .map(|p| p.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Registers a scenario's code.
+pub const fn kind<C: Code>() -> Kind {
+    fn prepare<C: Code>(p: &Params) -> Result<Box<dyn Prepared>, UsageError> {
+        Ok(Box::new(C::config(p)?))
+    }
+    fn worker<C: Code>(io: WorkerIo) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(C::worker(io))
+    }
+    Kind {
+        name: C::NAME,
+        file: C::FILE,
+        params: C::PARAMS,
+        metrics: C::METRICS,
+        needs_redis: C::NEEDS_REDIS,
+        prepare: prepare::<C>,
+        worker: worker::<C>,
+    }
 }
 
 /// The built-in scenarios, in the order `list` and `run all` use.
 pub static KINDS: &[Kind] = &[
-    orphan_lock::KIND,
-    begin_on_pool::KIND,
-    pool_deadlock::KIND,
-    setnx_race::KIND,
+    kind::<orphan_lock::OrphanLock>(),
+    kind::<begin_on_pool::BeginOnPool>(),
+    kind::<pool_deadlock::PoolDeadlock>(),
+    kind::<setnx_race::SetnxRace>(),
 ];
 
-pub fn kind(name: &str) -> Option<&'static Kind> {
+pub fn kind_named(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
 }
 
 /// A built-in scenario's file, by name.
 pub fn builtin_file(name: &str) -> Option<&'static str> {
-    kind(name).map(|k| k.file)
+    kind_named(name).map(|k| k.file)
 }
 
 /// Loads a built-in scenario by name, or a file by path (anything with a `/` or `.toml`).
@@ -60,7 +136,7 @@ pub fn load(name_or_path: &str) -> Result<Scenario, UsageError> {
             .map_err(|e| UsageError(format!("cannot read scenario file {name_or_path}: {e}")))?;
         return Scenario::parse(&text, name_or_path);
     }
-    match kind(name_or_path) {
+    match kind_named(name_or_path) {
         Some(k) => Scenario::parse(k.file, &format!("built-in {}.toml", k.name)),
         None => {
             let hint = match crate::text::nearest(name_or_path, KINDS.iter().map(|k| k.name)) {

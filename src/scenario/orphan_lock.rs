@@ -6,43 +6,91 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use anyhow::{Context, bail};
 use futures::future::BoxFuture;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls};
 
-use super::{Kind, VariantCtx, VariantRun};
+use super::spec::{DAY_MS, HOUR_MS};
+use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::orphan_lock::{METRICS, Observations, Probe, evaluate};
 use crate::env::postgres::PgTarget;
-use crate::env::process::spawn_tied;
+use crate::env::worker::WorkerIo;
+use crate::error::UsageError;
 use crate::fault::{Fault, Victim};
 use crate::history::{Clock, class};
 use crate::observe::Observer;
-use crate::scenario::spec::Params;
+use crate::text::format_duration;
 use crate::workload::{self, OpError, Plan};
 
-pub const KIND: Kind = Kind {
-    name: "orphan-lock",
-    file: include_str!("../../scenarios/orphan-lock.toml"),
-    params: &[
-        "clients",
-        "fault",
-        "payment",
-        "seats",
-        "payment_call",
-        "booker_payment",
-        "retry_after",
-        "idle_timeout",
-        "lock_timeout",
-        "statement_timeout",
-        "deadline",
-    ],
-    metrics: METRICS,
-    needs_redis: false,
-    validate,
-    run: run_boxed,
-};
+/// orphan-lock's configuration: its parameters, parsed once.
+pub struct OrphanLock {
+    clients: usize,
+    fault: Fault,
+    /// Where the booking code calls the payment provider: inside the transaction or before it.
+    payment_inside: bool,
+    seats: usize,
+    payment_call: Duration,
+    booker_payment: Duration,
+    retry_after: Duration,
+    deadline: Duration,
+}
+
+impl Code for OrphanLock {
+    const NAME: &'static str = "orphan-lock";
+    const FILE: &'static str = include_str!("../../scenarios/orphan-lock.toml");
+    const PARAMS: &'static [ParamSpec] = &[
+        ParamSpec::count("clients", 1, 1000),
+        ParamSpec::words("fault", &["freeze", "kill", "leak"]),
+        ParamSpec::words("payment", &["inside", "outside"]),
+        ParamSpec::count("seats", 1, 1_000_000),
+        ParamSpec::duration("payment_call", 1, HOUR_MS),
+        ParamSpec::duration("booker_payment", 0, HOUR_MS),
+        ParamSpec::duration("retry_after", 1, HOUR_MS),
+        ParamSpec::duration("idle_timeout", 1, HOUR_MS),
+        ParamSpec::duration("lock_timeout", 1, HOUR_MS),
+        ParamSpec::duration("statement_timeout", 1, HOUR_MS),
+        ParamSpec::duration("deadline", 100, DAY_MS),
+    ];
+    const METRICS: &'static [&'static str] = METRICS;
+
+    fn config(p: &Params) -> Result<OrphanLock, UsageError> {
+        let deadline = p.duration("deadline")?;
+        let idle_timeout = p.duration("idle_timeout")?;
+        // A variant that sets the idle timeout is judged on a release within 1.5 of them.
+        if p.in_settings("idle_timeout") && deadline < idle_timeout * 2 {
+            return Err(UsageError(format!(
+                "deadline ({}) must be at least twice idle_timeout ({}): the mitigation could not show within it",
+                format_duration(deadline),
+                format_duration(idle_timeout)
+            )));
+        }
+        Ok(OrphanLock {
+            clients: p.count("clients")?,
+            fault: p.parse("fault")?,
+            payment_inside: p.switch("payment", "inside", "outside")?,
+            seats: p.count("seats")?,
+            payment_call: p.duration("payment_call")?,
+            booker_payment: p.duration("booker_payment")?,
+            retry_after: p.duration("retry_after")?,
+            deadline,
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a VariantCtx<'a>,
+    ) -> impl Future<Output = anyhow::Result<VariantRun>> + Send + 'a {
+        run(self, ctx)
+    }
+
+    async fn worker(io: WorkerIo) -> anyhow::Result<()> {
+        holder_main(io).await
+    }
+}
 
 const FLIGHT: &str = "LL-101";
 const FARE: &str = "Y";
@@ -59,26 +107,6 @@ fn unlimited() -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-/// Checks what can be checked before any server starts.
-fn validate(p: &Params) -> anyhow::Result<()> {
-    p.text("fault")?.parse::<Fault>()?;
-    payment_inside(p)?;
-    p.count("clients")?;
-    p.count("seats")?;
-    for d in ["payment_call", "booker_payment", "retry_after", "deadline"] {
-        p.duration(d)?;
-    }
-    Ok(())
-}
-
-fn payment_inside(p: &Params) -> anyhow::Result<bool> {
-    p.switch("payment", "inside", "outside")
-}
-
-fn run_boxed<'a>(ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {
-    Box::pin(run(ctx))
 }
 
 /// The booking code every client runs, the holder included.
@@ -178,24 +206,35 @@ async fn hold(
     Ok(())
 }
 
-/// `locklab __hold`: the holder as its own process, so it can be frozen or killed for real.
-/// Connection details come in the environment, never on the command line.
-pub async fn holder_main(inside: bool, payment_call: Duration) -> anyhow::Result<()> {
-    let var = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
-    let target = PgTarget::for_worker(var("LOCKLAB_WORKER_CONN")?, var("LOCKLAB_WORKER_SCHEMA")?);
-    let settings: Vec<(String, String)> = var("LOCKLAB_WORKER_SETTINGS")?
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let c = target
-        .connect(&var("LOCKLAB_WORKER_APP")?, &settings)
-        .await?;
-    hold(&c, &Booking::new(&target), inside, payment_call, |at| {
-        use std::io::Write;
-        println!("paying {at}");
-        let _ = std::io::stdout().flush();
-    })
+/// What the holder process is told: where to book, as whom, and how.
+#[derive(Serialize, Deserialize)]
+struct HolderConfig {
+    target: PgTarget,
+    app: String,
+    settings: Vec<(String, String)>,
+    payment_inside: bool,
+    payment_call: Duration,
+}
+
+/// The holder process reports one thing: it is in its payment call (server clock).
+#[derive(Serialize, Deserialize)]
+struct Paying {
+    at_epoch: f64,
+}
+
+/// The holder as its own process (`locklab __worker orphan-lock`), so it can be frozen or
+/// killed for real.
+async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
+    let cfg: HolderConfig = io.config()?;
+    let c = cfg.target.connect(&cfg.app, &cfg.settings).await?;
+    let booking = Booking::new(&cfg.target);
+    hold(
+        &c,
+        &booking,
+        cfg.payment_inside,
+        cfg.payment_call,
+        |at_epoch| io.emit(&Paying { at_epoch }),
+    )
     .await
 }
 
@@ -254,14 +293,13 @@ impl workload::Client for Booker {
 /// fault and the server clock when the call began.
 async fn start_holder(
     ctx: &VariantCtx<'_>,
-    fault: Fault,
-    inside: bool,
-    payment_call: Duration,
+    cfg: &OrphanLock,
 ) -> anyhow::Result<(Victim, f64, Option<deadpool_postgres::Pool>)> {
     let env = ctx.env;
     let app = ctx.app("w/holder");
     let settings = &ctx.variant.settings;
-    if fault == Fault::Leak {
+    let (inside, payment_call) = (cfg.payment_inside, cfg.payment_call);
+    if cfg.fault == Fault::Leak {
         // One application pool of one connection, as in a service with a small pool.
         let pool = env
             .pg
@@ -285,58 +323,26 @@ async fn start_holder(
         return Ok((Victim::Task(task), at, Some(pool)));
     }
 
-    let mut cmd = tokio::process::Command::new(&env.exe);
-    cmd.arg("__hold")
-        .arg(if inside {
-            "--payment-inside"
-        } else {
-            "--payment-outside"
-        })
-        .arg("--payment-call-ms")
-        .arg(payment_call.as_millis().to_string())
-        .env("LOCKLAB_WORKER_CONN", env.pg.conn_string())
-        .env("LOCKLAB_WORKER_SCHEMA", &env.pg.schema)
-        .env("LOCKLAB_WORKER_APP", &app)
-        .env(
-            "LOCKLAB_WORKER_SETTINGS",
-            settings
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = spawn_tied(cmd, libc::SIGKILL)
-        .await
-        .context("could not start the holder process")?;
-    let stdout = child.stdout.take().context("holder has no stdout")?;
-    let line = tokio::time::timeout(
-        Duration::from_secs(10),
-        BufReader::new(stdout).lines().next_line(),
-    )
-    .await;
-    let at = match line {
-        Ok(Ok(Some(l))) => l
-            .strip_prefix("paying ")
-            .and_then(|t| t.trim().parse::<f64>().ok()),
-        _ => None,
+    let config = HolderConfig {
+        target: env.pg.clone(),
+        app,
+        settings: settings.clone(),
+        payment_inside: inside,
+        payment_call,
     };
-    match at {
-        Some(at) => Ok((Victim::Process(child), at, None)),
-        None => {
-            let _ = child.start_kill();
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err)).await;
-            }
-            let _ = child.wait().await;
-            bail!(
-                "the holder process did not reach its payment call: {}",
-                err.trim()
-            )
+    let mut worker = env.spawn_worker(OrphanLock::NAME, &config).await?;
+    let paying = worker
+        .next::<Paying>(Instant::now() + Duration::from_secs(10))
+        .await;
+    match paying {
+        Ok(Some(p)) => Ok((Victim::Process(Box::new(worker)), p.at_epoch, None)),
+        Ok(None) => {
+            worker.end().await;
+            bail!("the holder process did not reach its payment call within 10 s")
+        }
+        Err(e) => {
+            worker.end().await;
+            Err(e.context("the holder process did not reach its payment call"))
         }
     }
 }
@@ -412,14 +418,9 @@ impl Prober {
     }
 }
 
-async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
-    let p = &ctx.variant.params;
+async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
-    let clients = p.count("clients")?;
-    let fault: Fault = p.text("fault")?.parse()?;
-    let inside = payment_inside(p)?;
-    let payment_call = p.duration("payment_call")?;
-    let deadline_after = p.duration("deadline")?;
+    let (clients, fault, inside) = (cfg.clients, cfg.fault, cfg.payment_inside);
     let booking = Arc::new(Booking::new(&env.pg));
 
     let admin = env.pg.connect(&ctx.app("admin"), &unlimited()).await?;
@@ -433,7 +434,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
              INSERT INTO {inv} VALUES ('{FLIGHT}', '{FARE}', {seats});",
             inv = booking.inventory,
             book = booking.bookings,
-            seats = p.count("seats")?,
+            seats = cfg.seats,
         ))
         .await
         .context("could not create the scenario's tables")?;
@@ -466,14 +467,14 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             client: c.context("could not connect a booking client")?,
             booking: booking.clone(),
             inside,
-            payment: p.duration("booker_payment")?,
+            payment: cfg.booker_payment,
             passenger: format!("passenger-{i}"),
         }));
     }
 
     // Everything after this point must reach the teardown below, whatever fails.
     let outcome = async {
-        let (mut victim, paying_at, pool) = start_holder(ctx, fault, inside, payment_call).await?;
+        let (mut victim, paying_at, pool) = start_holder(ctx, cfg).await?;
         let result = async {
             let reported = Instant::now();
             let probe_app = ctx.app("probe");
@@ -481,7 +482,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
             // Looked at just before the fault: a row the holder never locked reads free here.
             let locked_before_fault = prober.try_now().await?.is_none();
             victim.inject(fault)?;
-            let deadline = Instant::now() + deadline_after;
+            let deadline = Instant::now() + cfg.deadline;
 
             let next_user_in_leaked_tx = match &pool {
                 Some(pool) => Some(next_user_in_leaked_tx(pool).await?),
@@ -494,7 +495,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
 
             let (booked, ticker) = ctx.progress_counter(format!(" of {clients} booked"));
             let plan = Plan::UntilOk {
-                retry_after: p.duration("retry_after")?,
+                retry_after: cfg.retry_after,
                 stop_on: &[],
             };
             let driven = workload::drive(bookers, plan, clock, deadline, &ctx.cancel, booked).await;

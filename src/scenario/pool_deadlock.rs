@@ -5,62 +5,77 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::{Kind, VariantCtx, VariantRun};
+use super::spec::{DAY_MS, HOUR_MS};
+use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::pool::{DEADLOCK_METRICS, DeadlockObservations, PoolState, evaluate_deadlock};
 use crate::error::UsageError;
 use crate::history::Clock;
 use crate::observe;
-use crate::scenario::spec::Params;
+use crate::text::format_duration;
 use crate::workload::{self, OpError, Plan};
 
-pub const KIND: Kind = Kind {
-    name: "pool-deadlock",
-    file: include_str!("../../scenarios/pool-deadlock.toml"),
-    params: &[
-        "pool_size",
-        "handlers",
-        "rows",
-        "code",
-        "wait_timeout",
-        "deadline",
-    ],
-    metrics: DEADLOCK_METRICS,
-    needs_redis: false,
-    validate,
-    run: run_boxed,
-};
+/// pool-deadlock's configuration: its parameters, parsed once.
+pub struct PoolDeadlock {
+    pool_size: usize,
+    handlers: usize,
+    rows: i32,
+    /// Inner queries while the outer rows stream (`nested`), or the fix (`drain-first`).
+    nested: bool,
+    /// The pool's checkout timeout; `None` waits forever (deadpool's default).
+    wait_timeout: Option<Duration>,
+    deadline: Duration,
+}
+
+impl Code for PoolDeadlock {
+    const NAME: &'static str = "pool-deadlock";
+    const FILE: &'static str = include_str!("../../scenarios/pool-deadlock.toml");
+    const PARAMS: &'static [ParamSpec] = &[
+        ParamSpec::count("pool_size", 1, 1000),
+        ParamSpec::count("handlers", 1, 1000),
+        ParamSpec::count("rows", 1, 100_000),
+        ParamSpec::words("code", &["nested", "drain-first"]),
+        ParamSpec::duration("wait_timeout", 0, HOUR_MS),
+        ParamSpec::duration("deadline", 100, DAY_MS),
+    ];
+    const METRICS: &'static [&'static str] = DEADLOCK_METRICS;
+
+    fn config(p: &Params) -> Result<PoolDeadlock, UsageError> {
+        let d = p.duration("wait_timeout")?;
+        let deadline = p.duration("deadline")?;
+        // wait-timeout is judged on every checkout failing within a few timeouts.
+        if deadline < d * 4 {
+            return Err(UsageError(format!(
+                "deadline ({}) must be at least 4 times wait_timeout ({})",
+                format_duration(deadline),
+                format_duration(d)
+            )));
+        }
+        Ok(PoolDeadlock {
+            pool_size: p.count("pool_size")?,
+            handlers: p.count("handlers")?,
+            rows: i32::try_from(p.count("rows")?).unwrap_or(i32::MAX),
+            nested: p.switch("code", "nested", "drain-first")?,
+            wait_timeout: (!d.is_zero()).then_some(d),
+            deadline,
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a VariantCtx<'a>,
+    ) -> impl Future<Output = anyhow::Result<VariantRun>> + Send + 'a {
+        run(self, ctx)
+    }
+}
 
 /// Longest a handler waits at the start line for the others: a safety net, never reached.
 const BARRIER_PATIENCE: Duration = Duration::from_secs(10);
-
-fn validate(p: &Params) -> anyhow::Result<()> {
-    nested(p)?;
-    if p.count("pool_size")? == 0 || p.count("handlers")? == 0 || p.count("rows")? == 0 {
-        return Err(UsageError("pool_size, handlers and rows must be at least 1".into()).into());
-    }
-    p.duration("deadline")?;
-    wait_timeout(p)?;
-    Ok(())
-}
-
-/// `nested`: inner queries while the outer rows stream. `drain-first`: the fix.
-fn nested(p: &Params) -> anyhow::Result<bool> {
-    p.switch("code", "nested", "drain-first")
-}
-
-/// `0s` means none: deadpool's default, a checkout that waits forever.
-fn wait_timeout(p: &Params) -> anyhow::Result<Option<Duration>> {
-    let d = p.duration("wait_timeout")?;
-    Ok((!d.is_zero()).then_some(d))
-}
-
-fn run_boxed<'a>(ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {
-    Box::pin(run(ctx))
-}
 
 struct Handler {
     pool: deadpool_postgres::Pool,
@@ -127,19 +142,17 @@ impl workload::Client for Handler {
     }
 }
 
-async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
-    let p = &ctx.variant.params;
-    let handlers = p.count("handlers")?;
+async fn run(cfg: &PoolDeadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
+    let handlers = cfg.handlers;
     let pool = ctx.env.pg.pool(
         &ctx.app("w/pool"),
         &ctx.variant.settings,
-        p.count("pool_size")?,
-        wait_timeout(p)?,
+        cfg.pool_size,
+        cfg.wait_timeout,
         deadpool_postgres::QueueMode::Fifo,
     )?;
     let start_line = Arc::new(tokio::sync::Barrier::new(handlers));
-    let rows = i32::try_from(p.count("rows")?).unwrap_or(i32::MAX);
-    let nested = nested(p)?;
+    let (rows, nested) = (cfg.rows, cfg.nested);
     let clients: Vec<Box<dyn workload::Client>> = (0..handlers)
         .map(|_| {
             Box::new(Handler {
@@ -152,7 +165,7 @@ async fn run(ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
         .collect();
 
     let clock = Clock::start();
-    let deadline = Instant::now() + p.duration("deadline")?;
+    let deadline = Instant::now() + cfg.deadline;
     // The pool's counters as they were just before the cut-off, for a run that is cut off.
     let sampler = observe::pool::last_before(pool.clone(), deadline);
     let (done, ticker) = ctx.progress_counter(format!(" of {handlers} handlers done"));

@@ -70,6 +70,108 @@ struct ExpectWhenSpec {
     expect: Vec<Spanned<String>>,
 }
 
+/// Duration bounds for [`ParamSpec::duration`], in milliseconds as written.
+pub const HOUR_MS: u64 = 3_600_000;
+pub const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// A parameter a scenario reads, and what it accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub accepts: Accepts,
+}
+
+/// The values a parameter accepts. Duration bounds are as written (at the write-up's real
+/// speed), before `--time-scale`.
+#[derive(Debug, Clone, Copy)]
+pub enum Accepts {
+    Count { min: i64, max: i64 },
+    Duration { min: Duration, max: Duration },
+    Words(&'static [&'static str]),
+    Flag,
+}
+
+impl ParamSpec {
+    pub const fn count(name: &'static str, min: i64, max: i64) -> ParamSpec {
+        ParamSpec {
+            name,
+            accepts: Accepts::Count { min, max },
+        }
+    }
+
+    /// A duration from `min_ms` to `max_ms` milliseconds, as written.
+    pub const fn duration(name: &'static str, min_ms: u64, max_ms: u64) -> ParamSpec {
+        ParamSpec {
+            name,
+            accepts: Accepts::Duration {
+                min: Duration::from_millis(min_ms),
+                max: Duration::from_millis(max_ms),
+            },
+        }
+    }
+
+    pub const fn words(name: &'static str, words: &'static [&'static str]) -> ParamSpec {
+        ParamSpec {
+            name,
+            accepts: Accepts::Words(words),
+        }
+    }
+
+    pub const fn flag(name: &'static str) -> ParamSpec {
+        ParamSpec {
+            name,
+            accepts: Accepts::Flag,
+        }
+    }
+
+    /// Checks a value as written; the error names the parameter, the value and what is allowed.
+    pub fn check(&self, value: &Param) -> Result<(), String> {
+        let ok = match (self.accepts, value) {
+            (Accepts::Count { min, max }, Param::Int(i)) => (min..=max).contains(i),
+            (Accepts::Duration { min, max }, Param::Duration(d)) => (min..=max).contains(d),
+            // `0` for a duration whose range starts at zero: plain enough to accept.
+            (Accepts::Duration { min, .. }, Param::Int(0)) => min.is_zero(),
+            (Accepts::Words(words), Param::Text(t)) => words.contains(&t.as_str()),
+            (Accepts::Flag, Param::Bool(_)) => true,
+            _ => false,
+        };
+        match ok {
+            true => Ok(()),
+            false => Err(format!(
+                "`{}` must be {}, not {value}",
+                self.name,
+                self.allowed()
+            )),
+        }
+    }
+
+    /// What the parameter accepts, for people: `a whole number from 1 to 1000`.
+    pub fn allowed(&self) -> String {
+        match self.accepts {
+            Accepts::Count { min, max } => format!("a whole number from {min} to {max}"),
+            Accepts::Duration { min, max } => format!(
+                "a duration from {} to {} (as written, before --time-scale)",
+                format_duration(min),
+                format_duration(max)
+            ),
+            Accepts::Words(words) => format!("one of {}", words.join(", ")),
+            Accepts::Flag => "true or false".into(),
+        }
+    }
+
+    /// The short form `explain` prints next to the value: `1..1000`, `freeze|kill|leak`.
+    pub fn range(&self) -> String {
+        match self.accepts {
+            Accepts::Count { min, max } => format!("{min}..{max}"),
+            Accepts::Duration { min, max } => {
+                format!("{}..{}", format_duration(min), format_duration(max))
+            }
+            Accepts::Words(words) => words.join("|"),
+            Accepts::Flag => "true|false".into(),
+        }
+    }
+}
+
 /// A parameter value as written in a file. Durations are written as at the write-up's real
 /// speed and scaled by the run's time scale when resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,61 +271,77 @@ pub fn parse_override(s: &str) -> Result<(String, Param), UsageError> {
 pub struct Params {
     values: BTreeMap<String, Param>,
     pub time_scale: f64,
+    /// Parameters the variant's session settings name (e.g. `idle_timeout`).
+    in_settings: Vec<String>,
 }
 
 impl Params {
-    pub fn get(&self, name: &str) -> anyhow::Result<&Param> {
+    pub fn get(&self, name: &str) -> Result<&Param, UsageError> {
         self.values
             .get(name)
-            .ok_or_else(|| UsageError(format!("the scenario needs a parameter `{name}`")).into())
+            .ok_or_else(|| UsageError(format!("the scenario needs a parameter `{name}`")))
     }
 
-    pub fn duration(&self, name: &str) -> anyhow::Result<Duration> {
+    pub fn duration(&self, name: &str) -> Result<Duration, UsageError> {
         match self.get(name)? {
             Param::Duration(d) => Ok(*d),
+            Param::Int(0) => Ok(Duration::ZERO),
             other => Err(UsageError(format!(
                 "parameter `{name}` must be a duration like \"2s\", not {other}"
-            ))
-            .into()),
+            ))),
         }
     }
 
-    pub fn count(&self, name: &str) -> anyhow::Result<usize> {
+    pub fn count(&self, name: &str) -> Result<usize, UsageError> {
         match self.get(name)? {
             Param::Int(i) if *i >= 0 => Ok(*i as usize),
             other => Err(UsageError(format!(
                 "parameter `{name}` must be a whole number, not {other}"
-            ))
-            .into()),
+            ))),
         }
     }
 
     /// A text parameter that picks one of two behaviours: `true` for `on`, `false` for `off`.
-    pub fn switch(&self, name: &str, on: &str, off: &str) -> anyhow::Result<bool> {
+    pub fn switch(&self, name: &str, on: &str, off: &str) -> Result<bool, UsageError> {
         match self.text(name)? {
             v if v == on => Ok(true),
             v if v == off => Ok(false),
-            v => Err(UsageError(format!("{name} must be {on} or {off}, not `{v}`")).into()),
+            v => Err(UsageError(format!(
+                "{name} must be {on} or {off}, not `{v}`"
+            ))),
         }
     }
 
-    pub fn flag(&self, name: &str) -> anyhow::Result<bool> {
+    pub fn flag(&self, name: &str) -> Result<bool, UsageError> {
         match self.get(name)? {
             Param::Bool(b) => Ok(*b),
             other => Err(UsageError(format!(
                 "parameter `{name}` must be true or false, not {other}"
-            ))
-            .into()),
+            ))),
         }
     }
 
-    pub fn text(&self, name: &str) -> anyhow::Result<&str> {
+    pub fn text(&self, name: &str) -> Result<&str, UsageError> {
         match self.get(name)? {
             Param::Text(s) => Ok(s),
-            other => {
-                Err(UsageError(format!("parameter `{name}` must be text, not {other}")).into())
-            }
+            other => Err(UsageError(format!(
+                "parameter `{name}` must be text, not {other}"
+            ))),
         }
+    }
+
+    /// A word parameter parsed into the scenario's own type (its `FromStr`).
+    pub fn parse<T: std::str::FromStr<Err = UsageError>>(
+        &self,
+        name: &str,
+    ) -> Result<T, UsageError> {
+        self.text(name)?.parse()
+    }
+
+    /// Whether the variant's session settings use this parameter: a relation such as "the
+    /// deadline must outlast the idle timeout" binds only the variants that set it.
+    pub fn in_settings(&self, name: &str) -> bool {
+        self.in_settings.iter().any(|n| n == name)
     }
 
     pub fn vals(&self) -> BTreeMap<String, Val> {
@@ -313,7 +431,7 @@ impl Scenario {
         })?;
 
         let kind_name = spec.kind.as_ref().unwrap_or(&spec.name);
-        let kind = crate::scenario::kind(kind_name.get_ref()).ok_or_else(|| {
+        let kind = crate::scenario::kind_named(kind_name.get_ref()).ok_or_else(|| {
             at(
                 kind_name.span(),
                 &format!(
@@ -331,32 +449,33 @@ impl Scenario {
         let parse_params = |raw: &BTreeMap<String, Spanned<toml::Value>>| {
             let mut out = BTreeMap::new();
             for (k, v) in raw {
-                if !kind.params.contains(&k.as_str()) {
+                let Some(spec) = kind.param(k) else {
                     return Err(at(
                         v.span(),
                         &format!(
                             "`{k}` is not a parameter of {} (it takes: {})",
                             kind.name,
-                            kind.params.join(", ")
+                            kind.param_names()
                         ),
                     ));
-                }
+                };
                 let p = Param::from_toml(v.get_ref()).map_err(|m| at(v.span(), &m))?;
+                spec.check(&p).map_err(|m| at(v.span(), &m))?;
                 out.insert(k.clone(), p);
             }
             Ok(out)
         };
         let params = parse_params(&spec.params)?;
         for p in kind.params {
-            if !params.contains_key(*p) {
+            if !params.contains_key(p.name) {
                 return Err(UsageError(format!(
-                    "{origin}: [params] must set `{p}` (the {} scenario reads it)",
-                    kind.name
+                    "{origin}: [params] must set `{}` (the {} scenario reads it)",
+                    p.name, kind.name
                 )));
             }
         }
 
-        let known = |name: &str| kind.params.contains(&name) || kind.metrics.contains(&name);
+        let known = |name: &str| kind.param(name).is_some() || kind.metrics.contains(&name);
         let parse_expect = |list: &[Spanned<String>]| {
             list.iter()
                 .map(|s| {
@@ -405,7 +524,7 @@ impl Scenario {
             }
             let mut expect_when = Vec::new();
             for w in &v.expect_when {
-                if !kind.params.contains(&w.param.get_ref().as_str()) {
+                if kind.param(w.param.get_ref()).is_none() {
                     return Err(at(w.param.span(), "expect_when names an unknown parameter"));
                 }
                 let equals = Param::from_toml(&w.equals).map_err(|m| at(w.param.span(), &m))?;
@@ -449,13 +568,18 @@ impl Scenario {
     /// Applies `--param` overrides; unknown names are a usage error.
     pub fn override_params(&mut self, overrides: &[(String, Param)]) -> Result<(), UsageError> {
         for (k, v) in overrides {
-            if !self.kind.params.contains(&k.as_str()) {
+            let Some(spec) = self.kind.param(k) else {
+                let hint = crate::text::nearest(k, self.kind.params.iter().map(|p| p.name))
+                    .map(|n| format!("; did you mean `{n}`?"))
+                    .unwrap_or_default();
                 return Err(UsageError(format!(
-                    "`{k}` is not a parameter of {} (it takes: {})",
+                    "`{k}` is not a parameter of {}{hint} (it takes: {})",
                     self.name,
-                    self.kind.params.join(", ")
+                    self.kind.param_names()
                 )));
-            }
+            };
+            spec.check(v)
+                .map_err(|m| UsageError(format!("--param {k}={v}: {m}")))?;
             self.params.insert(k.clone(), v.clone());
             // A command-line override wins over a variant's own value too.
             for var in &mut self.variants {
@@ -468,11 +592,21 @@ impl Scenario {
     pub fn resolve(&self, variant: &Variant, time_scale: f64) -> ResolvedVariant {
         let mut values: BTreeMap<String, Param> = self.params.clone();
         values.extend(variant.params.clone());
-        let values = values
+        let values: BTreeMap<String, Param> = values
             .into_iter()
             .map(|(k, v)| (k, v.scaled(time_scale)))
             .collect();
-        let params = Params { values, time_scale };
+        let in_settings = variant
+            .settings
+            .iter()
+            .filter(|(_, raw)| values.contains_key(raw))
+            .map(|(_, raw)| raw.clone())
+            .collect();
+        let params = Params {
+            values,
+            time_scale,
+            in_settings,
+        };
         let settings = variant
             .settings
             .iter()

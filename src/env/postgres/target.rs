@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_postgres::{Client, Config, NoTls};
 
-/// Where a scenario's PostgreSQL is and how to talk to it.
-#[derive(Clone)]
+/// Where a scenario's PostgreSQL is and how to talk to it. Serializable for a worker process,
+/// which gets it over its stdin.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct PgTarget {
     /// A libpq-style connection string or URL, as tokio-postgres parses it.
     conn: String,

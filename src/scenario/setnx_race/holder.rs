@@ -1,0 +1,71 @@
+//! The first holder: a process of its own (`locklab __worker setnx-race`) so it can crash or
+//! pause for real while it holds the lock, and locklab's handle on it.
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::SetnxRace;
+use super::recorder::Recorder;
+use super::shop::{Event, Shop};
+use crate::env::postgres::PgTarget;
+use crate::env::redis::RedisTarget;
+use crate::env::worker::WorkerIo;
+use crate::fault::Victim;
+use crate::scenario::{Code, VariantCtx};
+
+/// What the holder process is told.
+#[derive(Serialize, Deserialize)]
+struct HolderConfig {
+    pg: PgTarget,
+    redis: RedisTarget,
+    app: String,
+    shop: Shop,
+}
+
+/// The holder process: one purchase, its events reported as they happen.
+pub async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
+    let cfg: HolderConfig = io.config()?;
+    let pg = cfg.pg.connect(&cfg.app, &[]).await?;
+    let mut con = cfg.redis.connect().await?;
+    let result = cfg
+        .shop
+        .buy(&pg, &mut con, "holder", 0.0, None, &mut |e| io.emit(&e))
+        .await;
+    io.emit(&Event::Done {
+        error: result.err().map(|e| e.class),
+    });
+    Ok(())
+}
+
+pub struct Holder {
+    pub victim: Victim,
+    pub recorder: Recorder,
+}
+
+impl Holder {
+    pub async fn start(
+        ctx: &VariantCtx<'_>,
+        shop: &Shop,
+        recorder: Recorder,
+    ) -> anyhow::Result<Holder> {
+        let env = ctx.env;
+        let config = HolderConfig {
+            pg: env.pg.clone(),
+            redis: env.redis()?.clone(),
+            app: ctx.app("w/holder"),
+            shop: shop.clone(),
+        };
+        let worker = env.spawn_worker(SetnxRace::NAME, &config).await?;
+        Ok(Holder {
+            victim: Victim::Process(Box::new(worker)),
+            recorder,
+        })
+    }
+
+    /// The next event, recorded; `None` when the holder exited or `until` passed.
+    pub async fn next(&mut self, until: Instant) -> Option<Event> {
+        let e = self.victim.worker()?.next::<Event>(until).await.ok()??;
+        self.recorder.on(&e);
+        Some(e)
+    }
+}

@@ -1,0 +1,408 @@
+//! setnx-race: a Redis lock in front of PostgreSQL for the last item in stock. Each buyer takes
+//! the lock, reads the stock, pays (slowly), decrements the stock and records an order, and
+//! releases the lock. The first holder is a process of its own, so it can really crash (SIGKILL)
+//! or pause (SIGSTOP) while it holds the lock. Every critical section is recorded, and an
+//! observer samples the lock key, so overlaps and stuck locks are measured, not assumed.
+
+mod holder;
+mod recorder;
+mod shop;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::future::BoxFuture;
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+use super::spec::{DAY_MS, HOUR_MS};
+use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
+use crate::check::setnx_race::{Crash, METRICS, Observations, evaluate};
+use crate::env::worker::WorkerIo;
+use crate::error::UsageError;
+use crate::fault::{self, Fault};
+use crate::history::{Clock, Op, Outcome, class, epoch_ms};
+use crate::observe;
+use crate::text::format_duration;
+use crate::workload::{self, OpError, Plan};
+use holder::Holder;
+use recorder::{Flag, Recorder};
+use shop::{Event, LockMode, PRODUCT, Shop};
+
+/// setnx-race's configuration: its parameters, parsed once.
+pub struct SetnxRace {
+    buyers: usize,
+    stock: i64,
+    lock: LockMode,
+    fault: HolderFault,
+    ttl: Duration,
+    payment: Duration,
+    pause: Duration,
+    retry_after: Duration,
+    deadline: Duration,
+}
+
+impl Code for SetnxRace {
+    const NAME: &'static str = "setnx-race";
+    const FILE: &'static str = include_str!("../../../scenarios/setnx-race.toml");
+    const PARAMS: &'static [ParamSpec] = &[
+        ParamSpec::count("buyers", 2, 1000),
+        ParamSpec::count("stock", 1, 1000),
+        ParamSpec::words("lock", &["none", "setnx", "set-nx-px", "token-fenced"]),
+        ParamSpec::words("fault", &["none", "crash", "pause"]),
+        ParamSpec::duration("ttl", 1, HOUR_MS),
+        ParamSpec::duration("payment", 0, HOUR_MS),
+        ParamSpec::duration("pause", 0, HOUR_MS),
+        ParamSpec::duration("retry_after", 1, HOUR_MS),
+        ParamSpec::duration("deadline", 100, DAY_MS),
+    ];
+    const METRICS: &'static [&'static str] = METRICS;
+    const NEEDS_REDIS: bool = true;
+
+    fn config(p: &Params) -> Result<SetnxRace, UsageError> {
+        let (ttl, deadline) = (p.duration("ttl")?, p.duration("deadline")?);
+        let lock: LockMode = p.parse("lock")?;
+        let expires = matches!(lock, LockMode::SetNxPx | LockMode::TokenFenced);
+        if expires && ttl.as_millis() < 1 {
+            return Err(UsageError(
+                "ttl must be at least 1ms after --time-scale".into(),
+            ));
+        }
+        // A lock with a TTL is judged on a crashed holder's lock freeing within 1.5 TTLs.
+        if expires && deadline < ttl * 2 {
+            return Err(UsageError(format!(
+                "deadline ({}) must be at least twice ttl ({}): an expiring lock could not show within it",
+                format_duration(deadline),
+                format_duration(ttl)
+            )));
+        }
+        Ok(SetnxRace {
+            buyers: p.count("buyers")?,
+            stock: p.count("stock")? as i64,
+            lock,
+            fault: p.parse("fault")?,
+            ttl,
+            payment: p.duration("payment")?,
+            pause: p.duration("pause")?,
+            retry_after: p.duration("retry_after")?,
+            deadline,
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a VariantCtx<'a>,
+    ) -> impl Future<Output = anyhow::Result<VariantRun>> + Send + 'a {
+        run(self, ctx)
+    }
+
+    async fn worker(io: WorkerIo) -> anyhow::Result<()> {
+        holder::holder_main(io).await
+    }
+}
+
+/// What happens to the first holder while it holds the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HolderFault {
+    None,
+    /// SIGKILL: a crashed function.
+    Crash,
+    /// SIGSTOP for `pause`, then SIGCONT: a GC pause, a frozen function.
+    Pause,
+}
+
+impl std::str::FromStr for HolderFault {
+    type Err = UsageError;
+    fn from_str(s: &str) -> Result<HolderFault, UsageError> {
+        match s {
+            "none" => Ok(HolderFault::None),
+            "crash" => Ok(HolderFault::Crash),
+            "pause" => Ok(HolderFault::Pause),
+            _ => Err(UsageError(format!(
+                "fault must be none, crash or pause, not `{s}`"
+            ))),
+        }
+    }
+}
+
+struct Buyer {
+    shop: Arc<Shop>,
+    pg: Client,
+    redis: MultiplexedConnection,
+    name: String,
+    first_attempt_ms: Option<f64>,
+    recorder: Recorder,
+    /// The paused first holder has released (or there is none): only then does a buyer's
+    /// payment end, so the paused holder always resumes inside someone else's lock.
+    holder_released: Arc<Flag>,
+}
+
+impl Buyer {
+    async fn attempt_once(&mut self) -> Result<(), OpError> {
+        let now = epoch_ms();
+        let first = *self.first_attempt_ms.get_or_insert(now);
+        let mut rec = self.recorder.clone();
+        let result = self
+            .shop
+            .buy(
+                &self.pg,
+                &mut self.redis,
+                &self.name,
+                now - first,
+                Some(&self.holder_released),
+                &mut |e| rec.on(&e),
+            )
+            .await;
+        self.recorder = rec;
+        result
+    }
+}
+
+impl workload::Client for Buyer {
+    fn kind(&self) -> &'static str {
+        "buy"
+    }
+    fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(self.attempt_once())
+    }
+    fn cancel_token(&self) -> Option<tokio_postgres::CancelToken> {
+        Some(self.pg.cancel_token())
+    }
+}
+
+async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
+    let env = ctx.env;
+    let redis = env.redis()?;
+    let (buyers, stock, fault) = (cfg.buyers, cfg.stock, cfg.fault);
+    let shop = Arc::new(Shop {
+        lock: cfg.lock,
+        ttl_ms: cfg.ttl.as_millis() as u64,
+        payment_ms: cfg.payment.as_millis() as u64,
+        lock_key: ctx.redis_key("lock:product:1")?,
+        fence_key: ctx.redis_key("fence:product:1")?,
+        products: env.pg.table("products"),
+        orders: env.pg.table("orders"),
+    });
+
+    let admin = env.pg.connect(&ctx.app("admin"), &[]).await?;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {products}, {orders}; \
+             CREATE TABLE {products} (id int PRIMARY KEY, stock int NOT NULL, \
+                                      fence bigint NOT NULL DEFAULT 0); \
+             CREATE TABLE {orders} (id bigserial PRIMARY KEY, product_id int, buyer text, \
+                                    fence bigint, at timestamptz DEFAULT clock_timestamp()); \
+             INSERT INTO {products} (id, stock) VALUES ({PRODUCT}, {stock});",
+            products = shop.products,
+            orders = shop.orders,
+        ))
+        .await
+        .context("could not create the scenario's tables")?;
+    let mut rcon = redis.connect().await?;
+    redis::cmd("DEL")
+        .arg(&shop.lock_key)
+        .arg(&shop.fence_key)
+        .query_async::<i64>(&mut rcon)
+        .await
+        .context("could not reset the lock keys")?;
+
+    // Every buyer is connected before the first one takes the lock.
+    let sections = Arc::new(Mutex::new(Vec::new()));
+    let someone_paying = Arc::new(Flag::default());
+    let holder_released = Arc::new(Flag::default());
+    let connects = (1..buyers).map(|i| {
+        let app = ctx.app(&format!("w/buyer-{i}"));
+        async move {
+            let pg = env.pg.connect(&app, &[]).await?;
+            let con = redis.connect().await?;
+            anyhow::Ok((pg, con))
+        }
+    });
+    let mut clients: Vec<Box<dyn workload::Client>> = Vec::with_capacity(buyers);
+    for (i, c) in futures::future::join_all(connects)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let (pg, con) = c.context("could not connect a buyer")?;
+        let name = format!("buyer-{}", i + 1);
+        clients.push(Box::new(Buyer {
+            shop: shop.clone(),
+            pg,
+            redis: con,
+            recorder: Recorder {
+                buyer: name.clone(),
+                sections: sections.clone(),
+                open: None,
+                paying: Some(someone_paying.clone()),
+            },
+            name,
+            first_attempt_ms: None,
+            holder_released: holder_released.clone(),
+        }));
+    }
+
+    let clock = Clock::start();
+    let stop_watch = tokio_util::sync::CancellationToken::new();
+    let watcher = observe::redis_key::watch(
+        redis.connect().await?,
+        shop.lock_key.clone(),
+        stop_watch.clone(),
+    );
+    let recorder = Recorder {
+        buyer: "holder".into(),
+        sections: sections.clone(),
+        open: None,
+        paying: None,
+    };
+
+    let outcome = async {
+        let started_ms = clock.now_ms();
+        let mut holder = Holder::start(ctx, &shop, recorder).await?;
+        let result = async {
+            // The holder is inside its critical section, paying, before anyone else starts.
+            let ready_by = Instant::now() + Duration::from_secs(10);
+            loop {
+                match holder.next(ready_by).await {
+                    Some(Event::Paying) => break,
+                    Some(Event::Done { error }) => {
+                        bail!("the holder finished before paying: {error:?}")
+                    }
+                    Some(_) => continue,
+                    None => bail!("the holder process did not start paying within 10 s"),
+                }
+            }
+            let mut crash = None;
+            let mut resume = None;
+            match fault {
+                HolderFault::None => {}
+                HolderFault::Crash => {
+                    holder.victim.inject(Fault::Kill)?;
+                    let at_ms = epoch_ms();
+                    crash = Some(Crash {
+                        at_ms,
+                        value: holder.recorder.open_value(),
+                    });
+                    // A dead holder holds nothing any more; only its key lingers.
+                    holder.recorder.on(&Event::Released {
+                        at_ms,
+                        deleted: None,
+                    });
+                    holder_released.set();
+                }
+                HolderFault::Pause => {
+                    holder.victim.inject(Fault::Freeze)?;
+                    let pid = holder.victim.pid();
+                    let pause = cfg.pause;
+                    let (someone_paying, deadline) =
+                        (someone_paying.clone(), Instant::now() + cfg.deadline);
+                    // Paused for at least `pause`, and until the next holder is at work: the
+                    // overlap then happens on every run, not only when the timing is kind.
+                    resume = Some(tokio::spawn(async move {
+                        tokio::time::sleep(pause).await;
+                        let _ = tokio::time::timeout_at(deadline, someone_paying.wait()).await;
+                        match pid {
+                            Some(pid) => fault::resume(pid),
+                            None => Ok(()),
+                        }
+                    }));
+                }
+            }
+            let deadline = Instant::now() + cfg.deadline;
+            let (sold, ticker) = ctx.progress_counter(" bought".into());
+            let plan = Plan::UntilOk {
+                retry_after: cfg.retry_after,
+                stop_on: &[class::SOLD_OUT, class::FENCED],
+            };
+            let (driven, holder_done) = tokio::join!(
+                workload::drive(clients, plan, clock, deadline, &ctx.cancel, sold),
+                async {
+                    if crash.is_some() {
+                        return Some((Err(class::CRASHED.to_string()), clock.now_ms()));
+                    }
+                    let done = loop {
+                        tokio::select! {
+                            e = holder.next(deadline) => match e {
+                                Some(Event::Done { error }) => {
+                                    break Some((error.map_or(Ok(()), Err), clock.now_ms()));
+                                }
+                                Some(Event::Released { .. }) => holder_released.set(),
+                                Some(_) => continue,
+                                None => break None,
+                            },
+                            _ = ctx.cancel.cancelled() => break None,
+                        }
+                    };
+                    holder_released.set();
+                    done
+                }
+            );
+            drop(ticker);
+            if let Some(r) = resume {
+                // A pause the run outlived never ended: the holder is killed below anyway.
+                match r.is_finished() {
+                    true => r.await.context("the resume task failed")??,
+                    false => r.abort(),
+                }
+            }
+            anyhow::Ok((driven, holder_done, crash))
+        }
+        .await;
+        let end_ms = epoch_ms();
+        holder.victim.end().await;
+        result.map(|r| (r, started_ms, end_ms))
+    }
+    .await;
+
+    stop_watch.cancel();
+    let key_samples = watcher.await.unwrap_or_default();
+    ctx.terminate_sessions("w/").await?;
+    let ((driven, holder_done, crash), started_ms, end_ms) = outcome?;
+    let mut history = driven.history;
+    // The holder's purchase, as its process reported it (unknown if it never finished). The
+    // driver numbered the in-process buyers from 0; the holder is the client after them.
+    history.ops.push(Op {
+        client: buyers - 1,
+        kind: "buy",
+        start_ms: started_ms,
+        end_ms: holder_done.as_ref().map(|(_, at)| *at),
+        outcome: match &holder_done {
+            None => Outcome::Unknown,
+            Some((Ok(()), _)) => Outcome::Ok,
+            Some((Err(class), _)) => Outcome::Error {
+                class: class.clone(),
+            },
+        },
+    });
+    let row = admin
+        .query_one(
+            &format!(
+                "SELECT (SELECT stock FROM {} WHERE id = $1)::int8, (SELECT count(*) FROM {})",
+                shop.products, shop.orders
+            ),
+            &[&PRODUCT],
+        )
+        .await
+        .context("could not count the orders")?;
+    let sections = sections.lock().map(|s| s.clone()).unwrap_or_default();
+    let evaluation = evaluate(
+        &history,
+        &Observations {
+            sections,
+            key_samples,
+            crash,
+            end_ms,
+            cut_off: driven.cut_off || holder_done.is_none(),
+            stock_initial: stock,
+            stock_left: row.get(0),
+            orders: row.get(1),
+        },
+    );
+    Ok(VariantRun {
+        history,
+        evaluation,
+    })
+}

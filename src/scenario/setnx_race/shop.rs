@@ -1,0 +1,284 @@
+//! The lock client every buyer runs, the first holder included: take the Redis lock, read the
+//! stock, pay, write, release. Which lock it takes is the variant's point.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use super::recorder::Flag;
+use crate::error::UsageError;
+use crate::history::{class, epoch_ms};
+use crate::workload::OpError;
+
+pub const PRODUCT: i32 = 1;
+
+/// How the buyers lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockMode {
+    /// Check-then-act with no lock at all.
+    None,
+    /// `SETNX key buyer`, no expiry; released with a plain DEL.
+    Setnx,
+    /// `SET key buyer NX PX ttl`; released with a plain DEL.
+    SetNxPx,
+    /// `SET key token NX PX ttl`, compare-and-delete release, and a fencing token from INCR
+    /// that PostgreSQL checks on every access to the row.
+    TokenFenced,
+}
+
+impl std::str::FromStr for LockMode {
+    type Err = UsageError;
+    fn from_str(s: &str) -> Result<LockMode, UsageError> {
+        match s {
+            "none" => Ok(LockMode::None),
+            "setnx" => Ok(LockMode::Setnx),
+            "set-nx-px" => Ok(LockMode::SetNxPx),
+            "token-fenced" => Ok(LockMode::TokenFenced),
+            _ => Err(UsageError(format!(
+                "lock must be none, setnx, set-nx-px or token-fenced, not `{s}`"
+            ))),
+        }
+    }
+}
+
+/// Everything a buyer needs to know; sent to the holder process as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shop {
+    pub lock: LockMode,
+    pub ttl_ms: u64,
+    pub payment_ms: u64,
+    pub lock_key: String,
+    pub fence_key: String,
+    pub products: String,
+    pub orders: String,
+}
+
+/// What a buyer reports while it buys (the holder process prints these as JSON lines).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    Granted {
+        value: String,
+        at_ms: f64,
+        waited_ms: f64,
+    },
+    /// Stock read and found available: the slow part starts now.
+    Paying,
+    Released {
+        at_ms: f64,
+        deleted: Option<String>,
+    },
+    Done {
+        error: Option<String>,
+    },
+}
+
+/// Only deletes the key while it still holds my token.
+const COMPARE_AND_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+pub struct Held {
+    pub value: String,
+    pub fence: Option<i64>,
+}
+
+impl Shop {
+    async fn acquire(
+        &self,
+        redis: &mut MultiplexedConnection,
+        me: &str,
+    ) -> Result<Option<Held>, OpError> {
+        let granted = match self.lock {
+            LockMode::None => return Ok(None),
+            LockMode::Setnx => {
+                redis::cmd("SETNX")
+                    .arg(&self.lock_key)
+                    .arg(me)
+                    .query_async::<i64>(redis)
+                    .await?
+                    == 1
+            }
+            LockMode::SetNxPx | LockMode::TokenFenced => {
+                let value = match self.lock {
+                    LockMode::TokenFenced => format!("{me}:{:016x}", rand::random::<u64>()),
+                    _ => me.to_string(),
+                };
+                let ok: Option<String> = redis::cmd("SET")
+                    .arg(&self.lock_key)
+                    .arg(&value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.ttl_ms)
+                    .query_async(redis)
+                    .await?;
+                if ok.is_none() {
+                    return Err(OpError::new(class::DENIED));
+                }
+                let fence = match self.lock {
+                    LockMode::TokenFenced => Some(
+                        redis::cmd("INCR")
+                            .arg(&self.fence_key)
+                            .query_async::<i64>(redis)
+                            .await?,
+                    ),
+                    _ => None,
+                };
+                return Ok(Some(Held { value, fence }));
+            }
+        };
+        match granted {
+            true => Ok(Some(Held {
+                value: me.to_string(),
+                fence: None,
+            })),
+            false => Err(OpError::new(class::DENIED)),
+        }
+    }
+
+    /// Reads the stock. With a fence, the read also claims the row for this token, so a holder
+    /// whose lock has since passed to a newer token can no longer write.
+    async fn read_stock(&self, pg: &Client, fence: Option<i64>) -> Result<i32, OpError> {
+        let row = match fence {
+            Some(f) => pg
+                .query_opt(
+                    &format!(
+                        "UPDATE {} SET fence = $2 WHERE id = $1 AND fence < $2 RETURNING stock",
+                        self.products
+                    ),
+                    &[&PRODUCT, &f],
+                )
+                .await?
+                .ok_or_else(|| OpError::new(class::FENCED))?,
+            None => {
+                pg.query_one(
+                    &format!("SELECT stock FROM {} WHERE id = $1", self.products),
+                    &[&PRODUCT],
+                )
+                .await?
+            }
+        };
+        Ok(row.get(0))
+    }
+
+    async fn write(&self, pg: &Client, me: &str, fence: Option<i64>) -> Result<(), OpError> {
+        match fence {
+            None => {
+                // What the unfenced code does: it already checked the stock, so it just takes one.
+                pg.execute(
+                    &format!(
+                        "WITH p AS (UPDATE {} SET stock = stock - 1 WHERE id = $1 RETURNING id) \
+                         INSERT INTO {} (product_id, buyer) SELECT id, $2 FROM p",
+                        self.products, self.orders
+                    ),
+                    &[&PRODUCT, &me],
+                )
+                .await?;
+                Ok(())
+            }
+            Some(f) => {
+                let n = pg
+                    .execute(
+                        &format!(
+                            "WITH p AS (UPDATE {} SET stock = stock - 1 \
+                               WHERE id = $1 AND fence = $3 AND stock > 0 RETURNING id) \
+                             INSERT INTO {} (product_id, buyer, fence) SELECT id, $2, $3 FROM p",
+                            self.products, self.orders
+                        ),
+                        &[&PRODUCT, &me, &f],
+                    )
+                    .await?;
+                if n == 1 {
+                    return Ok(());
+                }
+                let now: i64 = pg
+                    .query_one(
+                        &format!("SELECT fence FROM {} WHERE id = $1", self.products),
+                        &[&PRODUCT],
+                    )
+                    .await?
+                    .get(0);
+                Err(OpError::new(if now != f {
+                    class::FENCED
+                } else {
+                    class::SOLD_OUT
+                }))
+            }
+        }
+    }
+
+    /// Returns the value the release removed from Redis, if any.
+    async fn release(
+        &self,
+        redis: &mut MultiplexedConnection,
+        held: &Held,
+    ) -> Result<Option<String>, OpError> {
+        if self.lock == LockMode::TokenFenced {
+            let n: i64 = redis::Script::new(COMPARE_AND_DELETE)
+                .key(&self.lock_key)
+                .arg(&held.value)
+                .invoke_async(redis)
+                .await?;
+            return Ok((n == 1).then(|| held.value.clone()));
+        }
+        // A plain DEL, as the unsafe code does; the GET in the same MULTI only lets the lab see
+        // whose lock it removed.
+        let (was, n): (Option<String>, i64) = redis::pipe()
+            .atomic()
+            .cmd("GET")
+            .arg(&self.lock_key)
+            .cmd("DEL")
+            .arg(&self.lock_key)
+            .query_async(redis)
+            .await?;
+        Ok(if n == 1 { was } else { None })
+    }
+
+    /// One purchase attempt, start to finish.
+    pub async fn buy(
+        &self,
+        pg: &Client,
+        redis: &mut MultiplexedConnection,
+        me: &str,
+        waited_ms: f64,
+        finish_after: Option<&Flag>,
+        report: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<(), OpError> {
+        let held = self.acquire(redis, me).await?;
+        if let Some(h) = &held {
+            report(Event::Granted {
+                value: h.value.clone(),
+                at_ms: epoch_ms(),
+                waited_ms,
+            });
+        }
+        let fence = held.as_ref().and_then(|h| h.fence);
+        let result = async {
+            if self.read_stock(pg, fence).await? <= 0 {
+                return Err(OpError::new(class::SOLD_OUT));
+            }
+            report(Event::Paying);
+            tokio::time::sleep(Duration::from_millis(self.payment_ms)).await;
+            if let Some(f) = finish_after {
+                f.wait().await;
+            }
+            self.write(pg, me, fence).await
+        }
+        .await;
+        if let Some(h) = &held {
+            // The holder stops counting on the lock when it sends the release (the grant is
+            // counted from the reply): so a clean hand-over never reads as an overlap.
+            let at_ms = epoch_ms();
+            let released = self.release(redis, h).await;
+            report(Event::Released {
+                at_ms,
+                deleted: released.as_ref().ok().cloned().flatten(),
+            });
+            result?;
+            released?;
+            return Ok(());
+        }
+        result
+    }
+}
