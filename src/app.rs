@@ -136,7 +136,10 @@ fn explain(name: &str) -> anyhow::Result<i32> {
         "\nParameters: {}",
         s.params
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| match s.kind.param(k) {
+                Some(spec) => format!("{k}={v} ({})", spec.range()),
+                None => format!("{k}={v}"),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     );

@@ -500,6 +500,20 @@ mod tests {
         );
     }
 
+    /// Every exporter over one hand-built report: a change to any output shows as a diff.
+    #[test]
+    fn exporters_render_the_fixture_report() {
+        use super::{json::Json, junit::Junit, markdown::Markdown, table::Tables};
+        let r = fixtures::report();
+        let table = Tables {
+            fit_terminal: false,
+        };
+        insta::assert_snapshot!("table", table.render(&r));
+        insta::assert_snapshot!("markdown", Markdown.render(&r));
+        insta::assert_snapshot!("json", Json.render(&r));
+        insta::assert_snapshot!("junit", Junit.render(&r));
+    }
+
     #[test]
     fn failure_lines_name_the_kind_the_expectation_and_the_figure() {
         let r = fixtures::report();
