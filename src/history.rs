@@ -42,7 +42,7 @@ pub mod class {
 pub enum Outcome {
     Ok,
     /// A definite failure. `class` is the SQLSTATE where the server gave one
-    /// (55P03, 57014, 25P03...), else a short word such as `connection` or `sold-out`.
+    /// (55P03, 57014, 25P03...), else one of the words in [`class`] such as `connection-closed` or `sold-out`.
     Error {
         class: String,
     },

@@ -4,9 +4,9 @@
 mod common;
 use common::*;
 
-fn held(v: &serde_json::Value) -> bool {
-    v["expectations_held"] == true
-}
+// Exit code 0 means every expectation in orphan-lock.toml held; these tests check only what
+// the file cannot say: the outcome words, which figures are lower bounds, what a fault mode
+// changes, and that nothing is left behind.
 
 #[test]
 fn frozen_holder_locks_the_row_until_cutoff_and_only_idle_timeout_frees_it() {
@@ -16,48 +16,27 @@ fn frozen_holder_locks_the_row_until_cutoff_and_only_idle_timeout_frees_it() {
 
     let baseline = variant(&report, "baseline");
     assert_eq!(baseline["outcome"], "stuck");
-    assert_eq!(baseline["metrics"]["cut_off"], true);
-    assert!(metric(baseline, "lock_held_ms") >= 2700.0, "{baseline:#}");
-    assert_eq!(metric(baseline, "bookings_ok"), 0.0);
-    assert_eq!(metric(baseline, "bookings_stuck"), 20.0);
-    assert_eq!(metric(baseline, "max_waiting_on_lock"), 20.0);
+    // Still locked at the cut-off: the checker marks the figure as a lower bound.
+    assert_eq!(
+        baseline["lower_bounds"],
+        serde_json::json!(["lock_held_ms"])
+    );
+    assert_eq!(baseline["requests"]["stuck"], 20);
     assert!(
         metric(baseline, "holder_idle_in_transaction_ms") >= 2500.0,
-        "{baseline:#}"
+        "pg_stat_activity saw the frozen holder idle in transaction: {baseline:#}"
     );
-
-    let half = variant(&report, "statement-timeout-only");
-    assert_eq!(half["outcome"], "stuck");
-    assert!(metric(half, "lock_held_ms") >= 2700.0);
-    assert_eq!(metric(half, "bookings_ok"), 0.0);
-    assert!(metric(half, "statement_timeouts") >= 20.0, "{half:#}");
-
+    assert_eq!(
+        variant(&report, "statement-timeout-only")["outcome"],
+        "stuck"
+    );
     let mitigated = variant(&report, "mitigated");
     assert_eq!(mitigated["outcome"], "released");
-    let held_ms = metric(mitigated, "lock_held_ms");
-    assert!(
-        (900.0..=1500.0).contains(&held_ms),
-        "released after {held_ms} ms for a 1 s idle timeout"
+    assert!(mitigated.get("lower_bounds").is_none(), "{mitigated:#}");
+    assert_eq!(
+        variant(&report, "payment-outside-tx")["outcome"],
+        "never-locked"
     );
-    assert_eq!(metric(mitigated, "bookings_ok"), 20.0);
-    assert_eq!(metric(mitigated, "bookings_committed"), 20.0);
-    assert!(metric(mitigated, "lock_timeouts") >= 1.0);
-    assert_eq!(mitigated["metrics"]["cut_off"], false);
-
-    let fixed = variant(&report, "payment-outside-tx");
-    assert_eq!(fixed["outcome"], "never-locked");
-    assert_eq!(metric(fixed, "lock_held_ms"), 0.0);
-    assert_eq!(metric(fixed, "holder_idle_in_transaction_ms"), 0.0);
-    assert_eq!(metric(fixed, "bookings_committed"), 20.0);
-
-    for name in [
-        "baseline",
-        "statement-timeout-only",
-        "mitigated",
-        "payment-outside-tx",
-    ] {
-        assert!(held(variant(&report, name)), "{name}: {report:#}");
-    }
     assert_nothing_left(tmp.path(), std::time::Duration::from_secs(5));
 }
 
@@ -66,11 +45,10 @@ fn killed_holder_frees_the_row_within_milliseconds_in_every_variant() {
     let tmp = tempdir();
     let (code, report, stderr) = run_json(tmp.path(), &["orphan-lock", "--param", "fault=kill"]);
     assert_eq!(code, 0, "{stderr}\n{report:#}");
+    // The expectations for fault=kill (expect_when) held; the outcome says why.
     for name in ["baseline", "statement-timeout-only", "mitigated"] {
         let v = variant(&report, name);
         assert_eq!(v["outcome"], "released", "{v:#}");
-        assert!(metric(v, "lock_held_ms") < 500.0, "{v:#}");
-        assert_eq!(metric(v, "bookings_ok"), 20.0, "{v:#}");
     }
     assert_eq!(
         variant(&report, "payment-outside-tx")["outcome"],
@@ -89,12 +67,7 @@ fn aborted_task_returns_its_connection_to_the_pool_inside_the_transaction() {
         "{baseline:#}"
     );
     assert_eq!(baseline["outcome"], "stuck");
-    let mitigated = variant(&report, "mitigated");
-    assert_eq!(mitigated["outcome"], "released");
-    assert!(
-        (900.0..=1500.0).contains(&metric(mitigated, "lock_held_ms")),
-        "{mitigated:#}"
-    );
+    assert_eq!(variant(&report, "mitigated")["outcome"], "released");
     assert_eq!(
         variant(&report, "payment-outside-tx")["outcome"],
         "never-locked"

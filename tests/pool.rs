@@ -6,48 +6,31 @@ use std::time::Duration;
 
 use common::*;
 
-fn all_held(report: &serde_json::Value) {
-    for v in report["scenarios"][0]["variants"]
-        .as_array()
-        .expect("variants")
-    {
-        assert_eq!(v["expectations_held"], true, "{v:#}");
-    }
-}
+// Exit code 0 means every expectation in the scenario files held; these tests check what the
+// files cannot say: outcome words, the pool's size, exact fingerprints, and the cleanup.
 
 #[test]
 fn nested_queries_deadlock_the_pool_until_the_cutoff_and_each_fix_holds() {
     let tmp = tempdir();
     let (code, report, stderr) = run_json(tmp.path(), &["pool-deadlock"]);
     assert_eq!(code, 0, "{stderr}\n{report:#}");
-    all_held(&report);
 
     let baseline = variant(&report, "baseline");
     assert_eq!(baseline["outcome"], "deadlocked");
-    assert_eq!(metric(baseline, "handlers_stuck"), 4.0);
     assert_eq!(metric(baseline, "pool_size"), 4.0);
-    assert_eq!(metric(baseline, "pool_available"), 0.0);
-    assert_eq!(metric(baseline, "pool_waiting"), 4.0);
     // The cut-off (20 s at time scale 0.1) ends it: the tool itself never hangs.
     assert!(
         baseline["wall_ms"].as_f64().unwrap() < 10_000.0,
         "{baseline:#}"
     );
 
-    let timeout = variant(&report, "wait-timeout");
-    assert_eq!(metric(timeout, "handlers_stuck"), 0.0);
-    assert!(metric(timeout, "handlers_failed") >= 1.0);
-    assert_eq!(
-        metric(timeout, "handlers_completed") + metric(timeout, "handlers_failed"),
-        4.0
-    );
-
+    assert_eq!(variant(&report, "wait-timeout")["outcome"], "failed-fast");
     for fixed in ["fixed-code", "bigger-pool"] {
-        assert_eq!(metric(variant(&report, fixed), "handlers_completed"), 4.0);
+        assert_eq!(variant(&report, fixed)["outcome"], "completed");
     }
     let cliff = variant(&report, "bigger-pool-more-handlers");
-    assert_eq!(metric(cliff, "handlers_stuck"), 5.0);
-    assert_eq!(metric(cliff, "pool_waiting"), 5.0);
+    assert_eq!(cliff["outcome"], "deadlocked");
+    assert_eq!(metric(cliff, "pool_size"), 5.0);
     assert_nothing_left(tmp.path(), Duration::from_secs(5));
 }
 
@@ -56,7 +39,6 @@ fn begin_through_the_pool_oversells_loses_bookings_and_leaks_transactions() {
     let tmp = tempdir();
     let (code, report, stderr) = run_json(tmp.path(), &["begin-on-pool"]);
     assert_eq!(code, 0, "{stderr}\n{report:#}");
-    all_held(&report);
 
     // The pool deals connections out the same way on every run: 5 INSERTs autocommit, 15 land
     // in transactions left open by other bookers' BEGINs.
@@ -72,11 +54,7 @@ fn begin_through_the_pool_oversells_loses_bookings_and_leaks_transactions() {
     assert_eq!(metric(half, "leaked_open_transactions"), 0.0);
 
     for fixed in ["for-update", "conditional-update", "unique-index"] {
-        let v = variant(&report, fixed);
-        assert_eq!(metric(v, "bookings"), 1.0, "{v:#}");
-        assert_eq!(metric(v, "lost_bookings"), 0.0, "{v:#}");
-        assert_eq!(metric(v, "leaked_open_transactions"), 0.0, "{v:#}");
+        assert_eq!(variant(&report, fixed)["outcome"], "booked-once");
     }
-    assert!(metric(variant(&report, "unique-index"), "unique_violations") >= 1.0);
     assert_nothing_left(tmp.path(), Duration::from_secs(5));
 }

@@ -15,50 +15,23 @@ fn redis_keys(url: &str) -> Vec<String> {
     keys
 }
 
+// Exit code 0 means every expectation in setnx-race.toml held (oversold, overlapping holders,
+// foreign DELs, stuck locks, stale writes rejected); these check what the file cannot say.
 #[test]
 fn every_variant_shows_its_verdict_and_nothing_is_left_behind() {
     let tmp = tempdir();
     let (code, report, stderr) = run_json(tmp.path(), &["setnx-race"]);
     assert_eq!(code, 0, "{stderr}\n{report:#}");
-    for v in report["scenarios"][0]["variants"]
-        .as_array()
-        .expect("variants")
-    {
-        assert_eq!(v["expectations_held"], true, "{v:#}");
-    }
-
-    let none = variant(&report, "no-lock");
-    assert_eq!(metric(none, "sold"), 20.0);
-    assert_eq!(metric(none, "oversold"), 19.0);
-    assert_eq!(metric(none, "stock_left"), -19.0);
 
     let no_ttl = variant(&report, "setnx-no-ttl");
     assert_eq!(no_ttl["outcome"], "locked-out");
-    assert_eq!(metric(no_ttl, "sold"), 0.0);
-    assert!(metric(no_ttl, "lock_stuck_ms") >= 2700.0, "{no_ttl:#}");
-    assert!(metric(no_ttl, "denied") >= 19.0);
-
+    // The crashed holder's key never went away: its figure is a lower bound.
+    assert_eq!(no_ttl["lower_bounds"], serde_json::json!(["lock_stuck_ms"]));
     let ttl = variant(&report, "setnx-ttl");
-    assert_eq!(metric(ttl, "sold"), 1.0);
-    let stuck = metric(ttl, "lock_stuck_ms");
-    assert!(
-        (900.0..=1500.0).contains(&stuck),
-        "a crashed holder's lock with a 1 s TTL was stuck {stuck} ms"
-    );
-    assert_eq!(metric(ttl, "max_concurrent_holders"), 1.0);
-
-    let short = variant(&report, "ttl-too-short");
-    assert!(metric(short, "oversold") >= 1.0, "{short:#}");
-    assert!(metric(short, "max_concurrent_holders") >= 2.0);
-    assert!(metric(short, "foreign_releases") >= 1.0);
-
-    let fixed = variant(&report, "mitigated");
-    assert_eq!(metric(fixed, "sold"), 1.0);
-    assert_eq!(metric(fixed, "oversold"), 0.0);
-    assert_eq!(metric(fixed, "foreign_releases"), 0.0);
-    assert!(metric(fixed, "stale_writes_rejected") >= 1.0, "{fixed:#}");
-    // Honest: the pause still makes two holders overlap; the fence keeps the data right.
-    assert!(metric(fixed, "max_concurrent_holders") >= 2.0);
+    assert_eq!(ttl["outcome"], "sold-exactly");
+    assert!(ttl.get("lower_bounds").is_none(), "{ttl:#}");
+    assert_eq!(variant(&report, "ttl-too-short")["outcome"], "oversold");
+    assert_eq!(variant(&report, "mitigated")["outcome"], "sold-exactly");
 
     // No redis-server, holder process or temp dir outlives the run.
     assert_nothing_left(tmp.path(), Duration::from_secs(5));

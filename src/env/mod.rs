@@ -49,24 +49,38 @@ pub struct Env {
     guardian: Option<Arc<Guardian>>,
 }
 
+/// The run's guardian, started on first need.
+fn guardian_for(
+    slot: &mut Option<Arc<Guardian>>,
+    exe: &std::path::Path,
+) -> anyhow::Result<Arc<Guardian>> {
+    match slot {
+        Some(g) => Ok(g.clone()),
+        None => {
+            let g = Arc::new(Guardian::start(exe)?);
+            *slot = Some(g.clone());
+            Ok(g)
+        }
+    }
+}
+
 impl Env {
     pub async fn setup(opts: &EnvOptions) -> anyhow::Result<Env> {
         let run_tag = format!("locklab_{:08x}", rand::random::<u32>());
-        let throwaway = opts.pg_url.is_none() || (opts.need_redis && opts.redis_url.is_none());
-        let guardian = match throwaway {
-            true => Some(Arc::new(Guardian::start(&opts.exe)?)),
-            false => None,
-        };
-        let (pg, pg_server) = match (&opts.pg_url, &guardian) {
-            (Some(url), _) => (postgres::external(url, &run_tag).await?, None),
-            (None, Some(g)) => match PgServer::start(g.clone(), &opts.pg_server_settings).await {
-                Ok(s) => (s.target(&run_tag), Some(s)),
-                Err(e) => {
-                    g.finish();
-                    return Err(e.context("could not start a throwaway PostgreSQL"));
+        // The guardian starts with the first throwaway server; a run by URL needs none.
+        let mut guardian = None;
+        let (pg, pg_server) = match &opts.pg_url {
+            Some(url) => (postgres::external(url, &run_tag).await?, None),
+            None => {
+                let g = guardian_for(&mut guardian, &opts.exe)?;
+                match PgServer::start(g.clone(), &opts.pg_server_settings).await {
+                    Ok(s) => (s.target(&run_tag), Some(s)),
+                    Err(e) => {
+                        g.finish();
+                        return Err(e.context("could not start a throwaway PostgreSQL"));
+                    }
                 }
-            },
-            (None, None) => anyhow::bail!("no guardian for a throwaway server"),
+            }
         };
         let mut env = Env {
             pg,
@@ -95,17 +109,17 @@ impl Env {
 
     async fn setup_redis(&mut self, opts: &EnvOptions) -> anyhow::Result<()> {
         let prefix = format!("{}:", self.run_tag);
-        let target = match (&opts.redis_url, &self.guardian) {
-            (Some(url), _) => RedisTarget::new(url, &prefix),
-            (None, Some(g)) => {
-                let server = RedisServer::start(g.clone())
+        let target = match &opts.redis_url {
+            Some(url) => RedisTarget::new(url, &prefix),
+            None => {
+                let g = guardian_for(&mut self.guardian, &self.exe)?;
+                let server = RedisServer::start(g)
                     .await
                     .context("could not start a throwaway Redis")?;
                 let target = server.target(&prefix);
                 self.redis_server = Some(server);
                 target
             }
-            (None, None) => anyhow::bail!("no guardian for a throwaway server"),
         };
         // Fails here, before any variant, on a wrong URL or password.
         target.connect().await?;
