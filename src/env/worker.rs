@@ -143,10 +143,12 @@ impl Worker {
     pub async fn end(mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.child.wait()).await;
-        if let (Some(g), Some(pid)) = (&self.guardian, self.pid) {
-            // Anything it started in its group goes too.
+        if let Some(pid) = self.pid {
+            // Anything it started in its group goes too, watched by a guardian or not.
             process::signal_group(pid, libc::SIGKILL);
-            g.forget_group(pid);
+            if let Some(g) = &self.guardian {
+                g.forget_group(pid);
+            }
         }
     }
 }

@@ -20,7 +20,6 @@ use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::pool::{BOOKING_METRICS, BookingObservations, evaluate_booking};
 use crate::error::UsageError;
 use crate::history::{Clock, class};
-use crate::text::format_duration;
 use crate::workload::{self, OpError, Plan};
 
 /// begin-on-pool's configuration: its parameters, parsed once.
@@ -55,21 +54,11 @@ impl Code for BeginOnPool {
     const METRICS: &'static [&'static str] = BOOKING_METRICS;
 
     fn config(p: &Params) -> Result<BeginOnPool, UsageError> {
-        let (think, step, deadline) = (
-            p.duration("think")?,
-            p.duration("step")?,
-            p.duration("deadline")?,
-        );
+        let (think, step) = (p.duration("think")?, p.duration("step")?);
         // A booking takes the think time plus up to one step per gate, even when nothing blocks.
         let booking = think + step * Pace::GATES as u32;
-        if deadline < booking * 2 {
-            return Err(UsageError(format!(
-                "deadline ({}) must be at least twice think + {} steps ({}): no booking could finish",
-                format_duration(deadline),
-                Pace::GATES,
-                format_duration(booking)
-            )));
-        }
+        let what = format!("think + {} steps", Pace::GATES);
+        p.deadline_outlasts(2, &what, booking, "no booking could finish before it")?;
         Ok(BeginOnPool {
             bookers: p.count("bookers")?,
             pool_size: p.count("pool_size")?,
@@ -79,7 +68,7 @@ impl Code for BeginOnPool {
             unique_index: p.flag("unique_index")?,
             think,
             step,
-            deadline,
+            deadline: p.duration("deadline")?,
         })
     }
 

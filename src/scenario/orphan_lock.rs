@@ -23,7 +23,6 @@ use crate::error::UsageError;
 use crate::fault::{Fault, Victim};
 use crate::history::{Clock, class};
 use crate::observe::Observer;
-use crate::text::format_duration;
 use crate::workload::{self, OpError, Plan};
 
 /// orphan-lock's configuration: its parameters, parsed once.
@@ -58,15 +57,11 @@ impl Code for OrphanLock {
     const METRICS: &'static [&'static str] = METRICS;
 
     fn config(p: &Params) -> Result<OrphanLock, UsageError> {
-        let deadline = p.duration("deadline")?;
-        let idle_timeout = p.duration("idle_timeout")?;
         // A variant that sets the idle timeout is judged on a release within 1.5 of them.
-        if p.in_settings("idle_timeout") && deadline < idle_timeout * 2 {
-            return Err(UsageError(format!(
-                "deadline ({}) must be at least twice idle_timeout ({}): the mitigation could not show within it",
-                format_duration(deadline),
-                format_duration(idle_timeout)
-            )));
+        if p.in_settings("idle_timeout") {
+            let idle_timeout = p.duration("idle_timeout")?;
+            let why = "the idle timeout could not free the row before the cut-off";
+            p.deadline_outlasts(2, "idle_timeout", idle_timeout, why)?;
         }
         Ok(OrphanLock {
             clients: p.count("clients")?,
@@ -76,7 +71,7 @@ impl Code for OrphanLock {
             payment_call: p.duration("payment_call")?,
             booker_payment: p.duration("booker_payment")?,
             retry_after: p.duration("retry_after")?,
-            deadline,
+            deadline: p.duration("deadline")?,
         })
     }
 

@@ -17,7 +17,6 @@ use crate::check::pool::{DEADLOCK_METRICS, DeadlockObservations, PoolState, eval
 use crate::error::UsageError;
 use crate::history::Clock;
 use crate::observe;
-use crate::text::format_duration;
 use crate::workload::{self, OpError, Plan};
 
 /// pool-deadlock's configuration: its parameters, parsed once.
@@ -47,22 +46,20 @@ impl Code for PoolDeadlock {
 
     fn config(p: &Params) -> Result<PoolDeadlock, UsageError> {
         let d = p.duration("wait_timeout")?;
-        let deadline = p.duration("deadline")?;
         // wait-timeout is judged on every checkout failing within a few timeouts.
-        if deadline < d * 4 {
-            return Err(UsageError(format!(
-                "deadline ({}) must be at least 4 times wait_timeout ({})",
-                format_duration(deadline),
-                format_duration(d)
-            )));
-        }
+        p.deadline_outlasts(
+            4,
+            "wait_timeout",
+            d,
+            "checkouts could not time out before it",
+        )?;
         Ok(PoolDeadlock {
             pool_size: p.count("pool_size")?,
             handlers: p.count("handlers")?,
             rows: i32::try_from(p.count("rows")?).unwrap_or(i32::MAX),
             nested: p.switch("code", "nested", "drain-first")?,
             wait_timeout: (!d.is_zero()).then_some(d),
-            deadline,
+            deadline: p.duration("deadline")?,
         })
     }
 

@@ -338,6 +338,26 @@ impl Params {
         self.text(name)?.parse()
     }
 
+    /// Refuses a `deadline` shorter than `times` × `window` (`what` names the window): a verdict
+    /// judged within that window could not show before the cut-off. `why` says which.
+    pub fn deadline_outlasts(
+        &self,
+        times: u32,
+        what: &str,
+        window: Duration,
+        why: &str,
+    ) -> Result<(), UsageError> {
+        let deadline = self.duration("deadline")?;
+        match deadline >= window * times {
+            true => Ok(()),
+            false => Err(UsageError(format!(
+                "deadline ({}) must be at least {times} times {what} ({}): {why}",
+                format_duration(deadline),
+                format_duration(window)
+            ))),
+        }
+    }
+
     /// Whether the variant's session settings use this parameter: a relation such as "the
     /// deadline must outlast the idle timeout" binds only the variants that set it.
     pub fn in_settings(&self, name: &str) -> bool {

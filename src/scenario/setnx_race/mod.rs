@@ -26,7 +26,6 @@ use crate::error::UsageError;
 use crate::fault::{self, Fault};
 use crate::history::{Clock, Op, Outcome, class, epoch_ms};
 use crate::observe;
-use crate::text::format_duration;
 use crate::workload::{self, OpError, Plan};
 use holder::Holder;
 use recorder::{Flag, Recorder};
@@ -63,7 +62,7 @@ impl Code for SetnxRace {
     const NEEDS_REDIS: bool = true;
 
     fn config(p: &Params) -> Result<SetnxRace, UsageError> {
-        let (ttl, deadline) = (p.duration("ttl")?, p.duration("deadline")?);
+        let ttl = p.duration("ttl")?;
         let lock: LockMode = p.parse("lock")?;
         let expires = matches!(lock, LockMode::SetNxPx | LockMode::TokenFenced);
         if expires && ttl.as_millis() < 1 {
@@ -72,12 +71,8 @@ impl Code for SetnxRace {
             ));
         }
         // A lock with a TTL is judged on a crashed holder's lock freeing within 1.5 TTLs.
-        if expires && deadline < ttl * 2 {
-            return Err(UsageError(format!(
-                "deadline ({}) must be at least twice ttl ({}): an expiring lock could not show within it",
-                format_duration(deadline),
-                format_duration(ttl)
-            )));
+        if expires {
+            p.deadline_outlasts(2, "ttl", ttl, "an expiring lock could not show before it")?;
         }
         Ok(SetnxRace {
             buyers: p.count("buyers")?,
@@ -88,7 +83,7 @@ impl Code for SetnxRace {
             payment: p.duration("payment")?,
             pause: p.duration("pause")?,
             retry_after: p.duration("retry_after")?,
-            deadline,
+            deadline: p.duration("deadline")?,
         })
     }
 
