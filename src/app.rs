@@ -17,6 +17,15 @@ use crate::report::{
 use crate::runner::{self, RunOptions};
 use crate::scenario::{self, KINDS, spec};
 
+/// `println!` that does not panic when stdout is closed (`locklab run … | head`): a reader
+/// that went away wants no more output, and the run's exit code still stands.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -98,15 +107,17 @@ fn list() -> anyhow::Result<i32> {
         let variants: Vec<&str> = s.variants.iter().map(|v| v.name.as_str()).collect();
         t.add_row(vec![s.name.clone(), s.summary.clone(), variants.join(", ")]);
     }
-    println!("{t}");
+    out!("{t}");
     Ok(exit::OK)
 }
 
 fn explain(name: &str) -> anyhow::Result<i32> {
     let s = scenario::load(name)?;
-    println!(
+    out!(
         "{} — {}\n\n{}\n\nVariants (at time scale 1, the write-up's real speed):",
-        s.name, s.summary, s.explain
+        s.name,
+        s.summary,
+        s.explain
     );
     for v in &s.variants {
         let r = s.resolve(v, 1.0);
@@ -123,16 +134,16 @@ fn explain(name: &str) -> anyhow::Result<i32> {
         if v.opt_in {
             mark.push_str(" (runs only when named with --variant)");
         }
-        println!(
+        out!(
             "\n  {}{mark} [{settings}]\n    {}",
             v.name,
             v.shows.replace('\n', "\n    ")
         );
         for e in &r.expect {
-            println!("    expects: {}", e.text);
+            out!("    expects: {}", e.text);
         }
     }
-    println!(
+    out!(
         "\nParameters: {}",
         s.params
             .iter()
@@ -253,7 +264,7 @@ fn print_report(
         Format::Json => Json.render(report),
         Format::Markdown => Markdown.render(report),
     };
-    println!("{}", out.trim_end());
+    out!("{}", out.trim_end());
     if let Some(path) = junit {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -304,14 +315,14 @@ async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {
     .await?;
     let url = env.pg_url().unwrap_or_default();
     let redis_url = env.redis_url().unwrap_or_default();
-    println!("PostgreSQL  {url}");
-    println!("Redis       {redis_url}");
-    println!(
+    out!("PostgreSQL  {url}");
+    out!("Redis       {redis_url}");
+    out!(
         "\nWatch it:   psql '{url}' -c \"SELECT pid, application_name, state, wait_event_type, now() - state_change AS for FROM pg_stat_activity WHERE application_name LIKE 'locklab%'\""
     );
-    println!("            redis-cli -u '{redis_url}' --scan --pattern 'locklab_*'");
-    println!("Run on it:  locklab run all --pg-url '{url}' --redis-url '{redis_url}'");
-    println!("\nUp until Ctrl-C.");
+    out!("            redis-cli -u '{redis_url}' --scan --pattern 'locklab_*'");
+    out!("Run on it:  locklab run all --pg-url '{url}' --redis-url '{redis_url}'");
+    out!("\nUp until Ctrl-C.");
     cancel.cancelled().await;
     env.teardown().await;
     Ok(exit::OK)
@@ -371,35 +382,35 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
     let bins = crate::env::postgres::find_binaries()?;
     let med = |xs: &[f64]| percentile(xs, 50.0).unwrap_or(0.0);
     let max = |xs: &[f64]| xs.iter().copied().fold(0.0, f64::max);
-    println!(
+    out!(
         "throwaway PostgreSQL {} ({}), {runs} runs",
         major,
         bins.dir.display()
     );
-    println!(
+    out!(
         "  copy template + start + first query   median {:>6.1} ms   max {:>6.1} ms",
         med(&start),
         max(&start)
     );
-    println!(
+    out!(
         "  stop (SIGQUIT) + remove data dir      median {:>6.1} ms   max {:>6.1} ms",
         med(&stop),
         max(&stop)
     );
-    println!(
+    out!(
         "  initdb alone (what the template saves)       {:>6.1} ms",
         initdb.as_secs_f64() * 1000.0
     );
-    println!(
+    out!(
         "throwaway Redis ({}), {runs} runs",
         crate::env::redis::find_binary()?.display()
     );
-    println!(
+    out!(
         "  start + first PING answered           median {:>6.1} ms   max {:>6.1} ms",
         med(&rstart),
         max(&rstart)
     );
-    println!(
+    out!(
         "  stop (SIGKILL) + remove dir           median {:>6.1} ms   max {:>6.1} ms",
         med(&rstop),
         max(&rstop)

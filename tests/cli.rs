@@ -445,3 +445,19 @@ fn as_configured_checks_what_the_server_itself_is_configured_with() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_closed_stdout_is_no_panic_and_keeps_the_exit_code() {
+    let tmp = tempdir();
+    // The reader is gone before locklab writes a byte, as with `locklab … | head -c 0`.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = locklab(tmp.path())
+        .args(["explain", "orphan-lock"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
