@@ -157,10 +157,13 @@ fn explain(name: &str) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
+/// The selected scenarios with `--param` overrides applied, and notes about options that do
+/// nothing. A name no selected scenario declares is refused (a typo, with the nearest name);
+/// in a run of several scenarios, an override applies to those that declare it.
 fn resolve_scenarios(
     names: &[String],
     overrides: &[String],
-) -> Result<Vec<scenario::Scenario>, UsageError> {
+) -> Result<(Vec<scenario::Scenario>, Vec<String>), UsageError> {
     let overrides = overrides
         .iter()
         .map(|o| spec::parse_override(o))
@@ -175,10 +178,46 @@ fn resolve_scenarios(
             out.push(scenario::load(name)?);
         }
     }
-    for s in &mut out {
-        s.override_params(&overrides)?;
+    let mut notes = Vec::new();
+    for (k, v) in &overrides {
+        let readers: Vec<usize> = (0..out.len())
+            .filter(|&i| out[i].kind.param(k).is_some())
+            .collect();
+        if readers.is_empty() {
+            // One scenario: its own error names its parameters and the nearest one.
+            if let [only] = out.as_mut_slice() {
+                only.override_params(&[(k.clone(), v.clone())])?;
+            }
+            let known = out
+                .iter()
+                .flat_map(|s| s.kind.params.iter().map(|p| p.name));
+            let hint = crate::text::nearest(k, known)
+                .map(|n| format!("; did you mean `{n}`?"))
+                .unwrap_or_default();
+            return Err(UsageError(format!(
+                "`{k}` is not a parameter of any selected scenario{hint}"
+            )));
+        }
+        for &i in &readers {
+            out[i].override_params(&[(k.clone(), v.clone())])?;
+        }
+        if readers.len() < out.len() {
+            let unread: Vec<&str> = (0..out.len())
+                .filter(|i| !readers.contains(i))
+                .map(|i| out[i].name.as_str())
+                .collect();
+            notes.push(format!(
+                "note: --param {k} applies to {}; {} do not read it",
+                readers
+                    .iter()
+                    .map(|&i| out[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                unread.join(", ")
+            ));
+        }
     }
-    Ok(out)
+    Ok((out, notes))
 }
 
 /// Ctrl-C and SIGTERM cancel the token; teardown then runs as usual. A second one exits at
@@ -218,8 +257,24 @@ fn exe() -> anyhow::Result<std::path::PathBuf> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let scenarios = resolve_scenarios(&args.scenarios, &args.params)?;
+    let (scenarios, mut notes) = resolve_scenarios(&args.scenarios, &args.params)?;
     let need_redis = scenarios.iter().any(|s| s.kind.needs_redis);
+    // Malformed URLs are the user's input: refused before anything starts.
+    if let Some(url) = &args.pg_url {
+        crate::env::postgres::parse_url(url)?;
+    }
+    if let Some(url) = &args.redis_url {
+        crate::env::redis::parse_url(url)?;
+        if !need_redis {
+            notes.push(
+                "note: --redis-url (or LOCKLAB_REDIS_URL) is not used: no selected scenario uses Redis"
+                    .to_string(),
+            );
+        }
+    }
+    for n in &notes {
+        eprintln!("{n}");
+    }
     let cancel = cancel_on_signals("stopping servers and writing partial results");
     let opts = RunOptions {
         scenarios,

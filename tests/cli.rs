@@ -461,3 +461,143 @@ fn a_closed_stdout_is_no_panic_and_keeps_the_exit_code() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }
+
+/// Bad values for a parameter, from what it declares it accepts: a new scenario gets its
+/// rows here by declaring its parameters.
+fn bad_values(accepts: &locklab::scenario::spec::Accepts) -> Vec<String> {
+    use locklab::scenario::spec::Accepts;
+    match *accepts {
+        Accepts::Count { min, max } => {
+            let mut v = vec![
+                (min - 1).to_string(),
+                "-1".into(),
+                (max + 1).to_string(),
+                "1000000000000".into(),
+                "lots".into(),
+                "2.5".into(),
+            ];
+            v.dedup();
+            v
+        }
+        Accepts::Duration { min, max } => {
+            let mut v = vec![
+                "5".into(),
+                "-1s".into(),
+                "soon".into(),
+                "5 parsecs".into(),
+                format!("{}ms", max.as_millis() + 1),
+            ];
+            if !min.is_zero() {
+                v.push(format!(
+                    "{}us",
+                    min.as_micros().saturating_sub(1).max(1) / 2
+                ));
+            }
+            v
+        }
+        Accepts::Words(_) => vec!["nonsense".into(), "7".into()],
+        Accepts::Flag => vec!["maybe".into(), "2".into()],
+    }
+}
+
+/// Every built-in scenario, present and future, refuses nonsense before anything starts:
+/// exit 2, the message names the parameter, no server is started (the server binaries are
+/// pointed at nothing, so a start would exit 3), and nothing is written under results/.
+#[test]
+fn every_builtin_scenario_refuses_bad_input_before_anything_starts() {
+    let tmp = tempdir();
+    let out = tmp.path().join("results");
+    let mut cases: Vec<(String, Vec<String>, String)> = Vec::new();
+    for kind in locklab::scenario::KINDS {
+        let name = kind.name.to_string();
+        for p in kind.params {
+            for v in bad_values(&p.accepts) {
+                let args = vec![name.clone(), "--param".into(), format!("{}={v}", p.name)];
+                cases.push((name.clone(), args, p.name.to_string()));
+            }
+        }
+        // A deadline shorter than the window its verdicts are judged in.
+        cases.push((
+            name.clone(),
+            vec![name.clone(), "--param".into(), "deadline=100ms".into()],
+            "deadline".into(),
+        ));
+        for (flag, named) in [("--pg-url", "PostgreSQL URL"), ("--redis-url", "Redis URL")] {
+            for url in ["notaurl", "postgres://user:hunter2@:/", "redis://:hunter2@"] {
+                let args = vec![name.clone(), flag.into(), url.into()];
+                cases.push((name.clone(), args, named.into()));
+            }
+        }
+    }
+    assert!(cases.len() > 100, "{} cases", cases.len());
+    for (scenario, args, named) in &cases {
+        let o = locklab(tmp.path())
+            .arg("run")
+            .args(args)
+            .arg("--out")
+            .arg(&out)
+            .env("LOCKLAB_PG_BIN", "/nonexistent-locklab-test")
+            .env("LOCKLAB_REDIS_BIN", "/nonexistent-locklab-test")
+            .output()
+            .expect("run locklab");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{scenario} {args:?}:\n{err}");
+        assert!(
+            err.contains(named.as_str()),
+            "{args:?} names {named}:\n{err}"
+        );
+        assert!(
+            !err.contains("hunter2"),
+            "{args:?} shows a password:\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}:\n{err}");
+        assert!(!out.exists(), "{args:?} wrote results");
+    }
+    // The environment variables are the same input.
+    let o = locklab(tmp.path())
+        .args(["run", "orphan-lock", "--no-results"])
+        .env("LOCKLAB_PG_URL", "notaurl")
+        .output()
+        .expect("run locklab");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn options_that_do_nothing_say_so() {
+    let tmp = tempdir();
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "orphan-lock",
+            "--redis-url",
+            "redis://localhost:1",
+            "--variant",
+            "nothing",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--redis-url"), "{}", stderr(&o));
+    let o = run(
+        tmp.path(),
+        &["run", "all", "--param", "clients=5", "--variant", "nothing"],
+    );
+    assert!(
+        stderr(&o).contains("--param clients applies to orphan-lock"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(tmp.path(), &["run", "all", "--param", "clientz=5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("did you mean `clients`"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -103,12 +103,32 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
+/// A user's Redis URL, checked for shape only (no connection): a malformed one is a usage
+/// error, with the password hidden.
+pub fn parse_url(url: &str) -> Result<(), crate::error::UsageError> {
+    let bad = |why: String| {
+        crate::error::UsageError(format!(
+            "bad Redis URL `{}`: {why} (expected redis://[:PASSWORD@]HOST[:PORT][/DB])",
+            redact(url)
+        ))
+    };
+    if !(url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+unix://")
+        || url.starts_with("unix://"))
+    {
+        return Err(bad("it is not a redis:// URL".into()));
+    }
+    redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
+    Ok(())
+}
+
 /// Hides the password of a redis:// URL (`redis://:pw@h`, `redis://user:pw@h`).
 pub fn redact(url: &str) -> String {
-    for scheme in ["redis://", "rediss://"] {
-        if let Some(rest) = url.strip_prefix(scheme)
-            && let Some((userinfo, host)) = rest.rsplit_once('@')
-        {
+    // Any scheme: a URL given for the wrong server still carries somebody's password.
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let scheme = format!("{scheme}://");
+        if let Some((userinfo, host)) = rest.rsplit_once('@') {
             // `redis://:pw@h` has an empty user; `redis://pw@h` is a password alone too.
             let user = userinfo.split_once(':').map_or("", |(u, _)| u);
             return format!("{scheme}{user}:***@{host}");

@@ -118,12 +118,10 @@ impl PgTarget {
 
 /// Hides the password of a URL or key=value connection string.
 pub fn redact(conn: &str) -> String {
-    if let Some(rest) = conn
-        .strip_prefix("postgres://")
-        .or_else(|| conn.strip_prefix("postgresql://"))
-    {
-        let scheme = &conn[..conn.len() - rest.len()];
-        if let Some((userinfo, host)) = rest.split_once('@')
+    // Any URL, not only postgres:// ones: a wrong scheme is still somebody's password.
+    if let Some((scheme, rest)) = conn.split_once("://") {
+        let scheme = format!("{scheme}://");
+        if let Some((userinfo, host)) = rest.rsplit_once('@')
             && let Some((user, _)) = userinfo.split_once(':')
         {
             return format!("{scheme}{user}:***@{host}");
@@ -139,9 +137,30 @@ pub fn redact(conn: &str) -> String {
         .join(" ")
 }
 
+/// A user's PostgreSQL URL or key=value string, checked for shape only (no connection):
+/// a malformed one is a usage error, with the password hidden.
+pub fn parse_url(url: &str) -> Result<Config, crate::error::UsageError> {
+    let bad = |why: String| {
+        crate::error::UsageError(format!(
+            "bad PostgreSQL URL `{}`: {why} (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DB \
+             or `host=… user=… dbname=…`)",
+            redact(url)
+        ))
+    };
+    let cfg = Config::from_str(url).map_err(|e| bad(e.to_string()))?;
+    let named = |h: &tokio_postgres::config::Host| match h {
+        tokio_postgres::config::Host::Tcp(name) => !name.is_empty(),
+        tokio_postgres::config::Host::Unix(path) => !path.as_os_str().is_empty(),
+    };
+    if cfg.get_hosts().is_empty() || !cfg.get_hosts().iter().all(named) {
+        return Err(bad("it names no host".into()));
+    }
+    Ok(cfg)
+}
+
 /// The user's own server: checks it answers, and reports clearly when it does not.
 pub async fn external(url: &str, schema: &str) -> anyhow::Result<PgTarget> {
-    Config::from_str(url).with_context(|| format!("bad --pg-url {}", redact(url)))?;
+    parse_url(url)?;
     Ok(PgTarget::new(url.to_string(), redact(url), schema))
 }
 
