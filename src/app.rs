@@ -220,6 +220,104 @@ fn resolve_scenarios(
     Ok((out, notes))
 }
 
+/// Runs of one scenario a sweep may make, all points together: beyond it, a typo.
+const MAX_SWEEP_POINTS: usize = 200;
+
+/// `--sweep NAME=V1,V2`: one copy of each scenario per combination of the swept values it
+/// declares, each value checked like a `--param`.
+fn sweep(
+    scenarios: Vec<scenario::Scenario>,
+    sweeps: &[String],
+    overrides: &[String],
+    notes: &mut Vec<String>,
+) -> Result<Vec<scenario::Scenario>, UsageError> {
+    if sweeps.is_empty() {
+        return Ok(scenarios);
+    }
+    let mut axes: Vec<(String, Vec<spec::Param>)> = Vec::new();
+    for s in sweeps {
+        let (name, values) = s
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--sweep takes NAME=V1,V2,..., got `{s}`")))?;
+        let name = name.trim();
+        let values = values
+            .split(',')
+            .map(|v| spec::parse_override(&format!("{name}={v}")).map(|(_, p)| p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if values.is_empty() || axes.iter().any(|(n, _)| n == name) {
+            return Err(UsageError(format!("--sweep {name} is given twice")));
+        }
+        if overrides
+            .iter()
+            .any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == name))
+        {
+            return Err(UsageError(format!(
+                "{name} is both swept and set with --param: choose one"
+            )));
+        }
+        if !scenarios.iter().any(|sc| sc.kind.param(name).is_some()) {
+            let known = scenarios
+                .iter()
+                .flat_map(|sc| sc.kind.params.iter().map(|p| p.name));
+            let hint = crate::text::nearest(name, known)
+                .map(|n| format!("; did you mean `{n}`?"))
+                .unwrap_or_default();
+            return Err(UsageError(format!(
+                "--sweep {name}: not a parameter of any selected scenario{hint}"
+            )));
+        }
+        axes.push((name.to_string(), values));
+    }
+    let mut out = Vec::new();
+    for s in scenarios {
+        let mine: Vec<&(String, Vec<spec::Param>)> = axes
+            .iter()
+            .filter(|(n, _)| s.kind.param(n).is_some())
+            .collect();
+        if mine.len() < axes.len() {
+            notes.push(format!(
+                "note: {} does not read every swept parameter; it is swept over {}",
+                s.name,
+                if mine.is_empty() {
+                    "none (runs once)".to_string()
+                } else {
+                    mine.iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+        }
+        let mut points: Vec<Vec<(String, spec::Param)>> = vec![Vec::new()];
+        for (name, values) in &mine {
+            points = points
+                .into_iter()
+                .flat_map(|p| {
+                    values.iter().map(move |v| {
+                        let mut p = p.clone();
+                        p.push((name.clone(), v.clone()));
+                        p
+                    })
+                })
+                .collect();
+        }
+        if points.len() > MAX_SWEEP_POINTS {
+            return Err(UsageError(format!(
+                "--sweep would run {} at {} points; at most {MAX_SWEEP_POINTS}",
+                s.name,
+                points.len()
+            )));
+        }
+        for point in points {
+            let mut copy = s.clone();
+            copy.override_params(&point)?;
+            copy.swept = point;
+            out.push(copy);
+        }
+    }
+    Ok(out)
+}
+
 /// Ctrl-C and SIGTERM cancel the token; teardown then runs as usual. A second one exits at
 /// once: servers still die with locklab (PDEATHSIG) and the guardian removes their files.
 fn cancel_on_signals(winding_down: &'static str) -> CancellationToken {
@@ -258,6 +356,7 @@ fn exe() -> anyhow::Result<std::path::PathBuf> {
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (scenarios, mut notes) = resolve_scenarios(&args.scenarios, &args.params)?;
+    let scenarios = sweep(scenarios, &args.sweeps, &args.params, &mut notes)?;
     let need_redis = scenarios.iter().any(|s| s.kind.needs_redis);
     // Malformed URLs are the user's input: refused before anything starts.
     if let Some(url) = &args.pg_url {
@@ -287,6 +386,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             pg_server_settings: Vec::new(),
             exe: exe()?,
             servers_only: false,
+            budget: None,
         },
         out_dir: (!args.no_results).then_some(args.out),
         repeat: args.repeat,
@@ -366,6 +466,7 @@ async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {
         pg_server_settings: settings,
         exe: exe()?,
         servers_only: true,
+        budget: None,
     })
     .await?;
     let url = env.pg_url().unwrap_or_default();
@@ -395,6 +496,7 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
         pg_server_settings: Vec::new(),
         exe: exe()?,
         servers_only: true,
+        budget: None,
     };
     // The first start may build the template cache; it is not counted.
     let warmup = Env::setup(&opts).await?;

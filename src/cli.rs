@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// Override a scenario parameter, NAME=VALUE (repeatable), e.g. --param fault=kill.
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
+    /// Run the scenario once per value (repeatable: once per combination) and print, per
+    /// variant, its outcome and harm against the swept values, e.g. --sweep bookers=5,20,50.
+    #[arg(long = "sweep", value_name = "NAME=V1,V2,...")]
+    pub sweeps: Vec<String>,
     /// Multiply every scenario duration: 1 runs at the write-ups' real speed
     /// (25 s payment call, 10 s idle timeout).
     #[arg(long, default_value_t = 0.1, value_name = "FACTOR")]

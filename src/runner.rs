@@ -78,6 +78,27 @@ fn wanted(opts: &RunOptions, variant: &crate::scenario::spec::Variant) -> bool {
     }
 }
 
+/// Sessions the runner itself may have open beside a variant's (reading settings, ending
+/// sessions, the variant's teardown).
+const HARNESS_SESSIONS: usize = 1;
+
+/// The most sessions any one variant needs (variants run one after another), and whose.
+fn budget(
+    scenarios: &[Scenario],
+    prepared: &[Vec<Option<Box<dyn Prepared>>>],
+) -> Option<crate::env::Budget> {
+    scenarios
+        .iter()
+        .zip(prepared)
+        .flat_map(|(s, configs)| configs.iter().flatten().map(move |c| (s, c.sessions())))
+        .max_by_key(|(_, n)| *n)
+        .map(|(s, n)| crate::env::Budget {
+            sessions: n + HARNESS_SESSIONS,
+            scenario: s.name.clone(),
+            sized_by: s.kind.sized_by.to_string(),
+        })
+}
+
 pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<Finished> {
     check_variant_filter(&opts)?;
     // Every variant's parameters become its scenario's configuration once, here, before any
@@ -99,7 +120,11 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         prepared.push(configs);
     }
     let started = Instant::now();
-    let env = Env::setup(&opts.env).await?;
+    let env = Env::setup(&EnvOptions {
+        budget: budget(&opts.scenarios, &prepared),
+        ..opts.env.clone()
+    })
+    .await?;
     let target = match env.pg_url() {
         Some(_) => "throwaway PostgreSQL".to_string(),
         None => format!("PostgreSQL at {}", env.pg.display),
@@ -140,6 +165,11 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                     metric: metric.clone(),
                     label: label.clone(),
                 })
+                .collect(),
+            swept: scenario
+                .swept
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_json()))
                 .collect(),
             variants: Vec::new(),
         });
@@ -414,8 +444,14 @@ fn results_path(dir: &Path, scenarios: &[Scenario]) -> PathBuf {
     let stamp = humantime::format_rfc3339_millis(SystemTime::now())
         .to_string()
         .replace(':', "-");
-    let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+    let mut names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+    // A sweep runs one scenario at many points: name it once.
+    names.dedup();
+    let swept = scenarios.iter().any(|s| !s.swept.is_empty());
     let mut name = names.join("+");
+    if swept {
+        name.push_str("-sweep");
+    }
     if name.len() > 60 {
         name = format!("{}-scenarios", names.len());
     }

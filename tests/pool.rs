@@ -37,7 +37,17 @@ fn nested_queries_deadlock_the_pool_until_the_cutoff_and_each_fix_holds() {
 #[test]
 fn begin_through_the_pool_oversells_loses_bookings_and_leaks_transactions() {
     let tmp = tempdir();
-    let (code, report, stderr) = run_json(tmp.path(), &["begin-on-pool"]);
+    // A big warm pool, fewer bookers than connections: every form of the harm at once.
+    let (code, report, stderr) = run_json(
+        tmp.path(),
+        &[
+            "begin-on-pool",
+            "--param",
+            "pool_size=65",
+            "--param",
+            "bookers=20",
+        ],
+    );
     assert_eq!(code, 0, "{stderr}\n{report:#}");
 
     // The pool deals connections out the same way on every run: 5 INSERTs autocommit, 15 land

@@ -9,6 +9,7 @@
 //! bookings_ok == clients
 //! lock_held_ms <= idle_timeout * 1.5
 //! not cut_off
+//! oversold >= 1 or lost_bookings >= 1     (held when either holds)
 //! ```
 //!
 //! Evaluation is three-valued (Jepsen's held / violated / unknown): a metric the run could not
@@ -69,10 +70,19 @@ pub enum Expr {
     Bin(Box<Expr>, char, Box<Expr>),
 }
 
-/// A parsed expectation.
+/// A parsed expectation: one or more clauses joined by `or`, holding when any clause holds.
+/// A harm has many forms (oversold, or told "booked" with no row, or stuck behind a leaked
+/// transaction); a baseline fails whenever any of them shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expectation {
     pub text: String,
+    clauses: Vec<Clause>,
+}
+
+/// `[not] operand [cmp operand]`
+#[derive(Debug, Clone, PartialEq)]
+struct Clause {
+    text: String,
     negate: bool,
     lhs: Expr,
     rhs: Option<(Cmp, Expr)>,
@@ -112,6 +122,70 @@ pub enum Lookup {
 impl Expectation {
     pub fn parse(text: &str) -> Result<Expectation, String> {
         let tokens = tokenize(text)?;
+        let mut clauses = Vec::new();
+        for part in tokens.split(|t| matches!(t, Tok::Word(w) if w == "or")) {
+            if part.is_empty() {
+                return Err(format!("`or` needs a condition on each side: `{text}`"));
+            }
+            clauses.push(Clause::parse(part.to_vec(), text)?);
+        }
+        Ok(Expectation {
+            text: text.trim().to_string(),
+            clauses,
+        })
+    }
+
+    /// Every identifier the expectation names, for checking a file at load time.
+    pub fn idents(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        for c in &self.clauses {
+            collect_idents(&c.lhs, &mut out);
+            if let Some((_, rhs)) = &c.rhs {
+                collect_idents(rhs, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Three-valued `or`: held when any clause held, else unknown when any clause could not be
+    /// decided, else violated. A held disjunction shows the clause that held; a violated one
+    /// shows every clause's figure.
+    pub fn evaluate(&self, scope: &dyn Scope, time_scale: f64) -> ExpectationResult {
+        let results: Vec<(Verdict, String)> = self
+            .clauses
+            .iter()
+            .map(|c| c.evaluate(scope, time_scale))
+            .collect();
+        let (verdict, measured) = if let [(v, m)] = results.as_slice() {
+            (*v, m.clone())
+        } else {
+            let named = |i: usize| format!("{}: {}", self.clauses[i].text, results[i].1);
+            if let Some(i) = results.iter().position(|(v, _)| *v == Verdict::Held) {
+                (Verdict::Held, named(i))
+            } else {
+                let all = (0..results.len()).map(named).collect::<Vec<_>>().join("; ");
+                match results.iter().any(|(v, _)| *v == Verdict::Unknown) {
+                    true => (Verdict::Unknown, all),
+                    false => (Verdict::Violated, all),
+                }
+            }
+        };
+        ExpectationResult {
+            what: self.text.clone(),
+            held: verdict == Verdict::Held,
+            verdict,
+            measured,
+        }
+    }
+}
+
+impl Clause {
+    fn parse(tokens: Vec<Tok>, text: &str) -> Result<Clause, String> {
+        let clause_text = tokens
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
         let mut p = Parser { tokens, pos: 0 };
         let negate = p.eat_word("not");
         let lhs = p.sum()?;
@@ -131,27 +205,17 @@ impl Expectation {
                 "`not` applies to a single true/false metric, not a comparison: `{text}`"
             ));
         }
-        Ok(Expectation {
-            text: text.trim().to_string(),
+        Ok(Clause {
+            text: clause_text,
             negate,
             lhs,
             rhs,
         })
     }
 
-    /// Every identifier the expectation names, for checking a file at load time.
-    pub fn idents(&self) -> Vec<&str> {
-        let mut out = Vec::new();
-        collect_idents(&self.lhs, &mut out);
-        if let Some((_, rhs)) = &self.rhs {
-            collect_idents(rhs, &mut out);
-        }
-        out
-    }
-
-    pub fn evaluate(&self, scope: &dyn Scope, time_scale: f64) -> ExpectationResult {
+    fn evaluate(&self, scope: &dyn Scope, time_scale: f64) -> (Verdict, String) {
         let lhs = eval(&self.lhs, scope, time_scale);
-        let (verdict, measured) = match (&self.rhs, lhs) {
+        match (&self.rhs, lhs) {
             (_, Err(e)) => (Verdict::Unknown, e),
             (None, Ok(Val::Bool(b))) => {
                 let held = b != self.negate;
@@ -171,12 +235,6 @@ impl Expectation {
                     None => (Verdict::Unknown, format!("cannot compare {l} with {r}")),
                 },
             },
-        };
-        ExpectationResult {
-            what: self.text.clone(),
-            held: verdict == Verdict::Held,
-            verdict,
-            measured,
         }
     }
 }
@@ -481,8 +539,33 @@ mod tests {
     }
 
     #[test]
+    fn or_holds_when_any_form_of_the_harm_shows() {
+        let harm = "oversold >= 1 or stuck >= 1";
+        let r = check(harm, json!({"oversold": 0, "stuck": 4}));
+        assert_eq!(r.verdict, Verdict::Held);
+        assert_eq!(r.measured, "stuck >= 1: was 4, expected >= 1");
+        let r = check(harm, json!({"oversold": 0, "stuck": 0}));
+        assert_eq!(r.verdict, Verdict::Violated);
+        assert_eq!(
+            r.measured,
+            "oversold >= 1: was 0, expected >= 1; stuck >= 1: was 0, expected >= 1"
+        );
+        // One clause unmeasured and none held: undecided, never violated or held.
+        let r = check(harm, json!({"oversold": 0, "stuck": null}));
+        assert_eq!(r.verdict, Verdict::Unknown);
+        // ... but a held clause decides it.
+        let r = check(harm, json!({"oversold": 2, "stuck": null}));
+        assert_eq!(r.verdict, Verdict::Held);
+        assert!(Expectation::parse("a >= 1 or").is_err());
+        assert!(Expectation::parse("or a").is_err());
+        assert!(Expectation::parse("cut_off or not stuck").is_ok());
+    }
+
+    #[test]
     fn idents_lists_every_name() {
         let e = Expectation::parse("lock_held_ms <= idle_timeout * 1.5 + 10ms").unwrap();
         assert_eq!(e.idents(), vec!["lock_held_ms", "idle_timeout"]);
+        let e = Expectation::parse("oversold >= 1 or stuck > bookers").unwrap();
+        assert_eq!(e.idents(), vec!["oversold", "stuck", "bookers"]);
     }
 }

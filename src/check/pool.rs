@@ -21,6 +21,8 @@ pub mod outcome {
     pub const OVERSOLD: &str = "oversold";
     /// begin-on-pool: customers told "booked" without a row, or transactions left open.
     pub const LOST_BOOKINGS: &str = "lost-bookings";
+    /// begin-on-pool: bookers still waiting at the cut-off (behind a leaked transaction's lock).
+    pub const STUCK: &str = "stuck";
     pub const BOOKED_ONCE: &str = "booked-once";
     pub const UNBOOKED: &str = "unbooked";
 }
@@ -94,6 +96,7 @@ pub const BOOKING_METRICS: &[&str] = &[
     "leaked_open_transactions",
     "refused",
     "unique_violations",
+    "stuck",
     "p50_ms",
     "p99_ms",
     "cut_off",
@@ -109,8 +112,11 @@ pub fn evaluate_booking(h: &History, obs: &BookingObservations) -> Evaluation {
         .filter(|c| !visible.contains(c))
         .count();
     let latencies = h.completed_latencies("book");
+    let stuck = h.unknown("book");
     let outcome = if oversold > 0 {
         outcome::OVERSOLD
+    } else if stuck > 0 {
+        outcome::STUCK
     } else if lost > 0 || obs.leaked_open_transactions > 0 {
         outcome::LOST_BOOKINGS
     } else if bookings == obs.seats {
@@ -137,6 +143,7 @@ pub fn evaluate_booking(h: &History, obs: &BookingObservations) -> Evaluation {
             ),
             ("p50_ms", json_ms(percentile(&latencies, 50.0))),
             ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+            ("stuck", json!(stuck)),
             ("cut_off", json!(obs.cut_off)),
         ],
     )

@@ -35,6 +35,41 @@ pub struct EnvOptions {
     pub exe: PathBuf,
     /// Start the servers but create no schema (workshop mode: nothing runs in this process).
     pub servers_only: bool,
+    /// The most PostgreSQL sessions the run opens at once, checked against what the server
+    /// allows before anything is created on it.
+    pub budget: Option<Budget>,
+}
+
+/// What a run needs of the server's connections, and what to say when it does not fit.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub sessions: usize,
+    /// The scenario that needs the most, and the parameters its need grows with.
+    pub scenario: String,
+    pub sized_by: String,
+}
+
+/// Sessions a throwaway server keeps free beyond a run's budget (psql from `env up`, say).
+const THROWAWAY_SPARE: usize = 20;
+/// The throwaway server's max_connections unless a run needs more.
+const THROWAWAY_MAX_CONNECTIONS: usize = 300;
+
+impl Budget {
+    /// Refuses a run the server cannot hold, naming the need, the limit and what to lower.
+    pub fn check(&self, capacity: &postgres::Capacity) -> Result<(), crate::error::UsageError> {
+        let allows = capacity.allows();
+        match (self.sessions as i64) <= allows {
+            true => Ok(()),
+            false => Err(crate::error::UsageError(format!(
+                "{} needs {} connections; the server allows {allows} more ({}); lower --param {}, \
+                 or raise the server's limit",
+                self.scenario,
+                self.sessions,
+                capacity.explain(),
+                self.sized_by
+            ))),
+        }
+    }
 }
 
 pub struct Env {
@@ -70,10 +105,27 @@ impl Env {
         // The guardian starts with the first throwaway server; a run by URL needs none.
         let mut guardian = None;
         let (pg, pg_server) = match &opts.pg_url {
-            Some(url) => (postgres::external(url, &run_tag).await?, None),
+            Some(url) => {
+                let target = postgres::external(url, &run_tag).await?;
+                if let Some(budget) = &opts.budget {
+                    let capacity = target.capacity(&format!("{run_tag}/capacity")).await?;
+                    budget.check(&capacity)?;
+                }
+                (target, None)
+            }
             None => {
                 let g = guardian_for(&mut guardian, &opts.exe)?;
-                match PgServer::start(g.clone(), &opts.pg_server_settings).await {
+                let mut settings = opts.pg_server_settings.clone();
+                // A throwaway server is sized to the run (a user's setting still wins).
+                let need = opts.budget.as_ref().map_or(0, |b| b.sessions) + THROWAWAY_SPARE;
+                settings.insert(
+                    0,
+                    (
+                        "max_connections".into(),
+                        need.max(THROWAWAY_MAX_CONNECTIONS).to_string(),
+                    ),
+                );
+                match PgServer::start(g.clone(), &settings).await {
                     Ok(s) => (s.target(&run_tag), Some(s)),
                     Err(e) => {
                         g.finish();

@@ -42,17 +42,17 @@ impl Exporter for Junit {
         for s in &report.scenarios {
             out.push_str(&format!(
                 "  <testsuite name=\"{}\" tests=\"{}\">\n",
-                escape(&s.name),
+                escape(&s.label()),
                 s.variants.len()
             ));
             for v in &s.variants {
                 out.push_str(&format!(
                     "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\">\n",
-                    escape(&s.name),
+                    escape(&s.label()),
                     escape(&v.name),
                     v.wall_ms as f64 / 1000.0
                 ));
-                let mine = v.failure_lines(&s.name);
+                let mine = v.failure_lines(&s.label());
                 if let (Some(first), Some(kind)) = (mine.first(), v.failure_kind()) {
                     let tag = match kind {
                         Failure::HarnessError => "error",

@@ -1,6 +1,6 @@
 //! `--format markdown`: the same rows as the table, for a CI job summary or an issue.
 
-use super::{Exporter, Row, RunReport};
+use super::{Exporter, Row, RunReport, Section};
 
 pub struct Markdown;
 
@@ -8,18 +8,62 @@ fn escape(cell: &str) -> String {
     cell.replace('|', "\\|")
 }
 
+fn table(headers: &[String], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut out = format!(
+        "| {} |\n|{}\n",
+        headers.join(" | "),
+        "---|".repeat(headers.len())
+    );
+    for r in rows {
+        let cells: Vec<String> = r.iter().map(|c| escape(c)).collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    out
+}
+
+/// A sweep: one table per variant, a row per point.
+fn sweep(points: &[&super::ScenarioReport]) -> String {
+    let s = points[0];
+    let mut out = format!(
+        "### {} (sweep, {} points)\n\n{}\n\n",
+        s.name,
+        points.len(),
+        s.summary
+    );
+    for t in super::sweep_tables(points) {
+        out.push_str(&format!("**{}**\n\n", escape(&t.variant)));
+        out.push_str(&table(&t.headers, t.rows.into_iter()));
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{} · time scale {} · * = mitigated variant\n\n",
+        s.target, s.time_scale
+    ));
+    for p in points {
+        for line in super::notes(p) {
+            out.push_str(&format!("{}\n\n", escape(&line)));
+        }
+    }
+    out
+}
+
 impl Exporter for Markdown {
     fn render(&self, report: &RunReport) -> String {
         let mut out = String::new();
-        for s in &report.scenarios {
+        for section in super::sections(report) {
+            let s = match section {
+                Section::Scenario(s) => s,
+                Section::Sweep(points) => {
+                    out.push_str(&sweep(&points));
+                    continue;
+                }
+            };
             out.push_str(&format!("### {}\n\n{}\n\n", s.name, s.summary));
             let headers: Vec<String> = Row::columns(s).into_iter().map(|(_, h)| h).collect();
-            out.push_str(&format!("| {} |\n", headers.join(" | ")));
-            out.push_str(&format!("|{}\n", "---|".repeat(headers.len())));
-            for v in &s.variants {
-                let cells: Vec<String> = Row::of(s, v).cells().iter().map(|c| escape(c)).collect();
-                out.push_str(&format!("| {} |\n", cells.join(" | ")));
-            }
+            out.push_str(&table(
+                &headers,
+                s.variants.iter().map(|v| Row::of(s, v).cells()),
+            ));
             out.push_str(&format!(
                 "\n{} · time scale {} · * = mitigated variant\n\n",
                 s.target, s.time_scale

@@ -37,10 +37,30 @@ pub struct ScenarioReport {
     /// Further metric columns of the table.
     #[serde(default)]
     pub columns: Vec<Harm>,
+    /// The `--sweep` point this run is: parameter and value as given, in the order swept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub swept: Vec<(String, serde_json::Value)>,
     pub variants: Vec<VariantReport>,
 }
 
 impl ScenarioReport {
+    /// `begin-on-pool` or, for a sweep point, `begin-on-pool[pool_size=4 bookers=20]`: the
+    /// name failures and JUnit use, so the point where a verdict changes is named.
+    pub fn label(&self) -> String {
+        match self.swept.is_empty() {
+            true => self.name.clone(),
+            false => format!(
+                "{}[{}]",
+                self.name,
+                self.swept
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", plain(v)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        }
+    }
+
     /// Variants ran more than once (`--repeat`): the table shows how many runs held.
     pub fn repeated(&self) -> bool {
         self.variants.iter().any(|v| v.runs > 1)
@@ -262,7 +282,7 @@ impl RunReport {
             .flat_map(|s| {
                 s.variants
                     .iter()
-                    .flat_map(move |v| v.failure_lines(&s.name))
+                    .flat_map(move |v| v.failure_lines(&s.label()))
             })
             .collect()
     }
@@ -289,6 +309,14 @@ impl RunReport {
     }
 }
 
+/// A JSON value as a person writes it: `10`, `freeze`, `1s`.
+pub fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Lines printed under a scenario's table: harness warnings, then
 /// `as-configured: the server reports idle_in_transaction_session_timeout=0, ...` for every
 /// variant that read server settings.
@@ -296,7 +324,7 @@ pub fn notes(s: &ScenarioReport) -> Vec<String> {
     let warnings = s.variants.iter().flat_map(|v| {
         v.warnings
             .iter()
-            .map(move |w| format!("warning: {}/{}: {w}", s.name, v.name))
+            .map(move |w| format!("warning: {}/{}: {w}", s.label(), v.name))
     });
     let settings = s
         .variants
@@ -342,6 +370,86 @@ pub fn fmt_metric(name: &str, v: Option<&serde_json::Value>) -> String {
         },
         Some(other) => other.to_string(),
     }
+}
+
+/// What an exporter prints, in order: a scenario's table, or a sweep's tables (consecutive
+/// points of one scenario).
+pub enum Section<'a> {
+    Scenario(&'a ScenarioReport),
+    Sweep(Vec<&'a ScenarioReport>),
+}
+
+pub fn sections(report: &RunReport) -> Vec<Section<'_>> {
+    let mut out: Vec<Section> = Vec::new();
+    for s in &report.scenarios {
+        match out.last_mut() {
+            Some(Section::Sweep(points))
+                if !s.swept.is_empty() && points.first().is_some_and(|p| p.name == s.name) =>
+            {
+                points.push(s)
+            }
+            _ if !s.swept.is_empty() => out.push(Section::Sweep(vec![s])),
+            _ => out.push(Section::Scenario(s)),
+        }
+    }
+    out
+}
+
+/// One variant across a sweep's points: the swept values, then what the variant's row shows.
+pub struct SweepTable {
+    pub variant: String,
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// A sweep's tables, one per variant, rows in the order the points ran.
+pub fn sweep_tables(points: &[&ScenarioReport]) -> Vec<SweepTable> {
+    let Some(first) = points.first() else {
+        return Vec::new();
+    };
+    let mut headers: Vec<String> = first.swept.iter().map(|(k, _)| k.clone()).collect();
+    headers.extend([
+        "outcome".to_string(),
+        "requests".into(),
+        first.harm.label.clone(),
+    ]);
+    headers.extend(first.columns.iter().map(|c| c.label.clone()));
+    if points.iter().any(|p| p.repeated()) {
+        headers.push("held in".into());
+    }
+    headers.push("expectations".into());
+    // Every variant any point ran (`--variant` may differ from point to point in a file).
+    let mut variants: Vec<(&ScenarioReport, &VariantReport)> = Vec::new();
+    for p in points {
+        for v in &p.variants {
+            if !variants.iter().any(|(_, x)| x.name == v.name) {
+                variants.push((p, v));
+            }
+        }
+    }
+    variants
+        .into_iter()
+        .map(|(at, v)| {
+            let rows = points
+                .iter()
+                .filter_map(|p| {
+                    let pv = p.variants.iter().find(|x| x.name == v.name)?;
+                    let row = Row::of(p, pv);
+                    let mut cells: Vec<String> = p.swept.iter().map(|(_, x)| plain(x)).collect();
+                    cells.extend([row.outcome, row.requests, row.harm]);
+                    cells.extend(row.extra);
+                    cells.extend(row.runs);
+                    cells.push(row.verdict);
+                    Some(cells)
+                })
+                .collect();
+            SweepTable {
+                variant: Row::of(at, v).variant,
+                headers: headers.clone(),
+                rows,
+            }
+        })
+        .collect()
 }
 
 /// The cells every exporter shows for a variant, so table and Markdown agree.
@@ -542,6 +650,18 @@ pub(crate) mod fixtures {
     use crate::check::expect::Verdict;
     use serde_json::json;
 
+    /// The fixture's scenario run at two `--sweep clients=` points; the second one broken.
+    pub fn sweep() -> RunReport {
+        let mut r = report();
+        let mut a = r.scenarios[0].clone();
+        a.swept = vec![("clients".into(), json!(5))];
+        a.variants.retain(|v| v.name != "broken");
+        let mut b = r.scenarios[0].clone();
+        b.swept = vec![("clients".into(), json!(100))];
+        r.scenarios = vec![a, b];
+        r
+    }
+
     /// A hand-built report: one stuck baseline, one mitigated variant that held, one that failed.
     pub fn report() -> RunReport {
         let exp = |what: &str, verdict: Verdict, measured: &str| ExpectationResult {
@@ -614,6 +734,7 @@ pub(crate) mod fixtures {
                 target: "throwaway PostgreSQL".into(),
                 time_scale: 0.1,
                 params: BTreeMap::new(),
+                swept: Vec::new(),
                 harm: Harm {
                     metric: "lock_held_ms".into(),
                     label: "row locked".into(),

@@ -2,7 +2,7 @@
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
-use super::{Column, Exporter, Row, RunReport};
+use super::{Column, Exporter, Row, RunReport, Section};
 
 pub struct Tables {
     /// Wrap to the terminal width; otherwise lay out at natural width (files, pipes).
@@ -66,21 +66,48 @@ fn lay_out(s: &super::ScenarioReport, width: Option<u16>) -> String {
 impl Exporter for Tables {
     fn render(&self, report: &RunReport) -> String {
         let mut out = String::new();
-        for s in &report.scenarios {
-            let width = if self.fit_terminal {
-                // A terminal that reports no usable size (a pty of 0 x 0, say) would squeeze
-                // every column to one character: lay out at natural width there instead.
-                Table::new().width().filter(|w| *w >= 40)
-            } else {
-                None
-            };
-            let t = lay_out(s, width);
-            out.push_str(&format!(
-                "{} — {}\n{} · time scale {} · * = mitigated variant\n{t}\n",
-                s.name, s.summary, s.target, s.time_scale
-            ));
-            for line in super::notes(s) {
-                out.push_str(&format!("{line}\n"));
+        let width = if self.fit_terminal {
+            // A terminal that reports no usable size (a pty of 0 x 0, say) would squeeze
+            // every column to one character: lay out at natural width there instead.
+            Table::new().width().filter(|w| *w >= 40)
+        } else {
+            None
+        };
+        for section in super::sections(report) {
+            match section {
+                Section::Scenario(s) => {
+                    let t = lay_out(s, width);
+                    out.push_str(&format!(
+                        "{} — {}\n{} · time scale {} · * = mitigated variant\n{t}\n",
+                        s.name, s.summary, s.target, s.time_scale
+                    ));
+                    for line in super::notes(s) {
+                        out.push_str(&format!("{line}\n"));
+                    }
+                }
+                Section::Sweep(points) => {
+                    let s = points[0];
+                    out.push_str(&format!(
+                        "{} — {}\nsweep: {} points · {} · time scale {} · * = mitigated variant\n",
+                        s.name,
+                        s.summary,
+                        points.len(),
+                        s.target,
+                        s.time_scale
+                    ));
+                    for t in super::sweep_tables(&points) {
+                        out.push_str(&format!(
+                            "{}\n{}\n",
+                            t.variant,
+                            table(&t.headers, &t.rows, width)
+                        ));
+                    }
+                    for p in &points {
+                        for line in super::notes(p) {
+                            out.push_str(&format!("{line}\n"));
+                        }
+                    }
+                }
             }
         }
         let verdict = if report.interrupted {
@@ -149,6 +176,28 @@ mod tests {
         assert!(
             out.contains("FAILED: 1 reason(s) below · wall time 4.2 s"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn a_sweep_prints_one_table_per_variant_with_a_row_per_point() {
+        let out = Tables {
+            fit_terminal: false,
+        }
+        .render(&fixtures::sweep());
+        assert!(out.contains("sweep: 2 points"), "{out}");
+        // baseline and mitigated at both points; broken only at the second one.
+        assert_eq!(out.matches("┌").count(), 3, "{out}");
+        assert!(out.contains("│ clients ┆ outcome"), "{out}");
+        assert!(out.contains("│ 100     ┆ stuck"), "{out}");
+        // The failure names the point where it happened.
+        let report = fixtures::sweep();
+        let failures = report.failures();
+        assert_eq!(
+            failures,
+            vec![
+                "MITIGATION REGRESSED orphan-lock[clients=100]/broken: `not cut_off` did not hold: was true"
+            ]
         );
     }
 }

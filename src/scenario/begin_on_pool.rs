@@ -42,7 +42,7 @@ impl Code for BeginOnPool {
     const FILE: &'static str = include_str!("../../scenarios/begin-on-pool.toml");
     const PARAMS: &'static [ParamSpec] = &[
         ParamSpec::count("bookers", 1, 1000),
-        ParamSpec::count("pool_size", 1, 1000),
+        ParamSpec::count("pool_size", 2, 1000),
         ParamSpec::words("client", &["pool", "dedicated"]),
         ParamSpec::words("select", &["plain", "for-update"]),
         ParamSpec::words("update", &["plain", "conditional"]),
@@ -52,6 +52,7 @@ impl Code for BeginOnPool {
         ParamSpec::duration("deadline", 100, DAY_MS),
     ];
     const METRICS: &'static [&'static str] = BOOKING_METRICS;
+    const SIZED_BY: &'static str = "pool_size";
 
     fn config(p: &Params) -> Result<BeginOnPool, UsageError> {
         let (think, step) = (p.duration("think")?, p.duration("step")?);
@@ -70,6 +71,11 @@ impl Code for BeginOnPool {
             step,
             deadline: p.duration("deadline")?,
         })
+    }
+
+    fn sessions(&self) -> usize {
+        // The warm pool and the setup session, which also reads the bookings afterwards.
+        self.pool_size + 1
     }
 
     fn run<'a>(

@@ -38,8 +38,16 @@ pub trait Code: Send + Sync + Sized + 'static {
     /// The run starts (or connects to) Redis only when some scenario needs it.
     const NEEDS_REDIS: bool = false;
 
+    /// The parameters a variant's PostgreSQL sessions grow with, for the message that tells a
+    /// user what to lower when the server is too small (e.g. `clients`).
+    const SIZED_BY: &'static str;
+
     /// Builds the configuration; relations between parameters are checked here.
     fn config(p: &Params) -> Result<Self, UsageError>;
+
+    /// The most PostgreSQL sessions a variant with this configuration has open at once, its
+    /// own setup and observer sessions included (a test checks the count on a real server).
+    fn sessions(&self) -> usize;
 
     /// Runs one variant with this configuration.
     fn run<'a>(
@@ -59,11 +67,15 @@ pub trait Code: Send + Sync + Sized + 'static {
 /// A scenario's configuration, ready to run a variant.
 pub trait Prepared: Send + Sync {
     fn run<'a>(&'a self, ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>;
+    fn sessions(&self) -> usize;
 }
 
 impl<C: Code> Prepared for C {
     fn run<'a>(&'a self, ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {
         Box::pin(Code::run(self, ctx))
+    }
+    fn sessions(&self) -> usize {
+        Code::sessions(self)
     }
 }
 
@@ -75,6 +87,7 @@ pub struct Kind {
     pub params: &'static [ParamSpec],
     pub metrics: &'static [&'static str],
     pub needs_redis: bool,
+    pub sized_by: &'static str,
     pub prepare: fn(&Params) -> Result<Box<dyn Prepared>, UsageError>,
     pub worker: fn(WorkerIo) -> BoxFuture<'static, anyhow::Result<()>>,
 }
@@ -107,6 +120,7 @@ pub const fn kind<C: Code>() -> Kind {
         params: C::PARAMS,
         metrics: C::METRICS,
         needs_redis: C::NEEDS_REDIS,
+        sized_by: C::SIZED_BY,
         prepare: prepare::<C>,
         worker: worker::<C>,
     }

@@ -55,6 +55,7 @@ impl Code for OrphanLock {
         ParamSpec::duration("deadline", 100, DAY_MS),
     ];
     const METRICS: &'static [&'static str] = METRICS;
+    const SIZED_BY: &'static str = "clients";
 
     fn config(p: &Params) -> Result<OrphanLock, UsageError> {
         // A variant that sets the idle timeout is judged on a release within 1.5 of them.
@@ -73,6 +74,11 @@ impl Code for OrphanLock {
             retry_after: p.duration("retry_after")?,
             deadline: p.duration("deadline")?,
         })
+    }
+
+    fn sessions(&self) -> usize {
+        // Each client, the holder, the setup session, the prober and the observer.
+        self.clients + 4
     }
 
     fn run<'a>(

@@ -43,6 +43,7 @@ impl Code for PoolDeadlock {
         ParamSpec::duration("deadline", 100, DAY_MS),
     ];
     const METRICS: &'static [&'static str] = DEADLOCK_METRICS;
+    const SIZED_BY: &'static str = "pool_size";
 
     fn config(p: &Params) -> Result<PoolDeadlock, UsageError> {
         let d = p.duration("wait_timeout")?;
@@ -61,6 +62,11 @@ impl Code for PoolDeadlock {
             wait_timeout: (!d.is_zero()).then_some(d),
             deadline: p.duration("deadline")?,
         })
+    }
+
+    fn sessions(&self) -> usize {
+        // Everything, setup included, goes through the pool.
+        self.pool_size
     }
 
     fn run<'a>(

@@ -433,6 +433,8 @@ pub struct Scenario {
     pub variants: Vec<Variant>,
     /// Where it came from: `built-in` or a path.
     pub source: String,
+    /// The values this copy was given by `--sweep`, in the order swept; empty otherwise.
+    pub swept: Vec<(String, Param)>,
 }
 
 impl Scenario {
@@ -582,6 +584,7 @@ impl Scenario {
             params,
             variants,
             source: origin.to_string(),
+            swept: Vec::new(),
         })
     }
 

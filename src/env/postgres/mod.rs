@@ -5,4 +5,4 @@ mod server;
 mod target;
 
 pub use server::{Binaries, PgServer, data_version, find_binaries, time_initdb};
-pub use target::{PgTarget, external, parse_url, redact};
+pub use target::{Capacity, PgTarget, external, parse_url, redact};

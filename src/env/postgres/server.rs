@@ -238,7 +238,7 @@ impl PgServer {
             .args(["-p", &port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+            .args(["-c", "full_page_writes=off"])
             .args(["-c", "shared_buffers=32MB", "-c", "logging_collector=off"]);
         for (k, v) in server_settings {
             cmd.arg("-c").arg(format!("{k}={v}"));

@@ -116,6 +116,88 @@ impl PgTarget {
     }
 }
 
+/// How many more sessions a server lets this run open, and why: what `max_connections`, the
+/// reserved slots, the role's and the database's connection limits and the sessions already
+/// open leave over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capacity {
+    pub max_connections: i64,
+    /// Slots only superusers (or pg_use_reserved_connections) may use; 0 for a superuser.
+    pub reserved: i64,
+    /// Client sessions already open (ours for the check not counted).
+    pub in_use: i64,
+    /// The role's CONNECTION LIMIT and its sessions open, when it has one.
+    pub role_limit: Option<(i64, i64)>,
+    /// The database's CONNECTION LIMIT and its sessions open, when it has one.
+    pub database_limit: Option<(i64, i64)>,
+}
+
+impl Capacity {
+    /// Sessions this run may still open.
+    pub fn allows(&self) -> i64 {
+        let mut allows = self.max_connections - self.reserved - self.in_use;
+        for (limit, open) in [self.role_limit, self.database_limit].into_iter().flatten() {
+            allows = allows.min(limit - open);
+        }
+        allows.max(0)
+    }
+
+    /// Why it allows what it does, for the error message.
+    pub fn explain(&self) -> String {
+        let mut parts = vec![format!("max_connections {}", self.max_connections)];
+        if self.reserved > 0 {
+            parts.push(format!("{} reserved for superusers", self.reserved));
+        }
+        parts.push(format!("{} in use", self.in_use));
+        if let Some((limit, open)) = self.role_limit {
+            parts.push(format!(
+                "the role's CONNECTION LIMIT {limit} with {open} open"
+            ));
+        }
+        if let Some((limit, open)) = self.database_limit {
+            parts.push(format!(
+                "the database's CONNECTION LIMIT {limit} with {open} open"
+            ));
+        }
+        parts.join(", ")
+    }
+}
+
+impl PgTarget {
+    /// Reads what the server allows this run, in one short session of its own.
+    pub async fn capacity(&self, app: &str) -> anyhow::Result<Capacity> {
+        let c = self.connect(app, &[]).await?;
+        let row = c
+            .query_one(
+                "SELECT current_setting('max_connections')::bigint, \
+                    current_setting('superuser_reserved_connections')::bigint \
+                      + coalesce(current_setting('reserved_connections', true)::bigint, 0), \
+                    (SELECT count(*) FROM pg_stat_activity \
+                      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()), \
+                    r.rolsuper, r.rolconnlimit::bigint, \
+                    (SELECT count(*) FROM pg_stat_activity \
+                      WHERE usename = current_user AND pid <> pg_backend_pid()), \
+                    d.datconnlimit::bigint, \
+                    (SELECT count(*) FROM pg_stat_activity \
+                      WHERE datname = current_database() AND pid <> pg_backend_pid()) \
+                 FROM pg_roles r, pg_database d \
+                 WHERE r.rolname = current_user AND d.datname = current_database()",
+                &[],
+            )
+            .await
+            .with_context(|| format!("could not read max_connections at {}", self.display))?;
+        let superuser: bool = row.get(3);
+        let (role_limit, db_limit): (i64, i64) = (row.get(4), row.get(6));
+        Ok(Capacity {
+            max_connections: row.get(0),
+            reserved: if superuser { 0 } else { row.get(1) },
+            in_use: row.get(2),
+            role_limit: (role_limit >= 0 && !superuser).then(|| (role_limit, row.get(5))),
+            database_limit: (db_limit >= 0 && !superuser).then(|| (db_limit, row.get(7))),
+        })
+    }
+}
+
 /// Hides the password of a URL or key=value connection string.
 pub fn redact(conn: &str) -> String {
     // Any URL, not only postgres:// ones: a wrong scheme is still somebody's password.
@@ -182,6 +264,28 @@ mod tests {
             Some("-c search_path=app -c lock_timeout=50ms")
         );
         assert_eq!(cfg.get_application_name(), Some("app"));
+    }
+
+    #[test]
+    fn capacity_is_the_tightest_of_the_limits() {
+        let mut c = Capacity {
+            max_connections: 40,
+            reserved: 3,
+            in_use: 16,
+            role_limit: None,
+            database_limit: None,
+        };
+        assert_eq!(c.allows(), 21);
+        assert_eq!(
+            c.explain(),
+            "max_connections 40, 3 reserved for superusers, 16 in use"
+        );
+        c.role_limit = Some((10, 4));
+        assert_eq!(c.allows(), 6);
+        c.database_limit = Some((5, 5));
+        assert_eq!(c.allows(), 0);
+        c.in_use = 100;
+        assert_eq!(c.allows(), 0, "never negative");
     }
 
     #[test]

@@ -59,6 +59,7 @@ impl Code for SetnxRace {
         ParamSpec::duration("deadline", 100, DAY_MS),
     ];
     const METRICS: &'static [&'static str] = METRICS;
+    const SIZED_BY: &'static str = "buyers";
     const NEEDS_REDIS: bool = true;
 
     fn config(p: &Params) -> Result<SetnxRace, UsageError> {
@@ -85,6 +86,11 @@ impl Code for SetnxRace {
             retry_after: p.duration("retry_after")?,
             deadline: p.duration("deadline")?,
         })
+    }
+
+    fn sessions(&self) -> usize {
+        // Every buyer (the first one is the holder's worker process) and the setup session.
+        self.buyers + 1
     }
 
     fn run<'a>(
