@@ -40,8 +40,18 @@ pub struct Observations {
     pub samples: Vec<Sample>,
     /// Rows in `bookings` after the run, counted on the server.
     pub bookings_committed: i64,
+    pub payments: Payments,
     /// Leak fault only: the next user of the pool found itself inside the leaked transaction.
     pub next_user_in_leaked_tx: Option<bool>,
+}
+
+/// The payment provider's record after the run, counted on the server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Payments {
+    pub charged: i64,
+    pub refunded: i64,
+    /// Charged, not refunded, and no booking: the customer paid for nothing.
+    pub charged_without_booking: i64,
 }
 
 pub const METRICS: &[&str] = &[
@@ -60,6 +70,9 @@ pub const METRICS: &[&str] = &[
     "max_blocked",
     "holder_idle_in_transaction_ms",
     "next_user_in_leaked_tx",
+    "charged",
+    "refunded",
+    "charged_without_booking",
 ];
 
 pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
@@ -115,6 +128,12 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
         ("max_blocked", json!(max(|s| s.blocked))),
         ("holder_idle_in_transaction_ms", json!(round1(holder_idle))),
         ("next_user_in_leaked_tx", json!(obs.next_user_in_leaked_tx)),
+        ("charged", json!(obs.payments.charged)),
+        ("refunded", json!(obs.payments.refunded)),
+        (
+            "charged_without_booking",
+            json!(obs.payments.charged_without_booking),
+        ),
     ];
     Evaluation::new(outcome, metrics).lower_bound("lock_held_ms", lock_held_ms.is_none())
 }
@@ -137,6 +156,7 @@ mod tests {
 
     fn base() -> Observations {
         Observations {
+            payments: Payments::default(),
             holder_paying_epoch: 1000.0,
             probe: Probe {
                 locked_before_fault: true,

@@ -16,7 +16,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::orphan_lock::{METRICS, Observations, Probe, evaluate};
+use crate::check::orphan_lock::{METRICS, Observations, Payments, Probe, evaluate};
 use crate::env::postgres::PgTarget;
 use crate::env::worker::WorkerIo;
 use crate::error::UsageError;
@@ -31,6 +31,8 @@ pub struct OrphanLock {
     fault: Fault,
     /// Where the booking code calls the payment provider: inside the transaction or before it.
     payment_inside: bool,
+    /// A reconciler refunds charges that never became a booking (pay-first only).
+    reconcile: bool,
     seats: usize,
     payment_call: Duration,
     booker_payment: Duration,
@@ -45,6 +47,7 @@ impl Code for OrphanLock {
         ParamSpec::count("clients", 1, 1000),
         ParamSpec::words("fault", &["freeze", "kill", "leak"]),
         ParamSpec::words("payment", &["inside", "outside"]),
+        ParamSpec::flag("reconcile"),
         ParamSpec::count("seats", 1, 1_000_000),
         ParamSpec::duration("payment_call", 1, HOUR_MS),
         ParamSpec::duration("booker_payment", 0, HOUR_MS),
@@ -68,6 +71,7 @@ impl Code for OrphanLock {
             clients: p.count("clients")?,
             fault: p.parse("fault")?,
             payment_inside: p.switch("payment", "inside", "outside")?,
+            reconcile: p.flag("reconcile")?,
             seats: p.count("seats")?,
             payment_call: p.duration("payment_call")?,
             booker_payment: p.duration("booker_payment")?,
@@ -77,8 +81,9 @@ impl Code for OrphanLock {
     }
 
     fn sessions(&self) -> usize {
-        // Each client, the holder, the setup session, the prober and the observer.
-        self.clients + 4
+        // Each client, the holder, the setup session, the prober, the observer, and the
+        // payment provider's two (the holder's own, everyone else's).
+        self.clients + 6
     }
 
     fn run<'a>(
@@ -114,6 +119,8 @@ fn unlimited() -> Vec<(String, String)> {
 struct Booking {
     inventory: String,
     bookings: String,
+    /// The payment provider's record of charges, one per passenger (its idempotency key).
+    payments: String,
 }
 
 impl Booking {
@@ -121,7 +128,29 @@ impl Booking {
         Booking {
             inventory: target.table("flight_inventory"),
             bookings: target.table("bookings"),
+            payments: target.table("payments"),
         }
+    }
+
+    /// The payment provider charges the passenger, on its own connection: the charge stands
+    /// whatever becomes of the booking's transaction. It is recorded as soon as it is asked
+    /// for; the call then takes its time to answer, and that is when faults hit. A retry with
+    /// the same passenger is the same charge (idempotency key).
+    async fn charge(
+        &self,
+        provider: &Client,
+        passenger: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        provider
+            .execute(
+                &format!(
+                    "INSERT INTO {} (passenger) VALUES ($1) ON CONFLICT DO NOTHING",
+                    self.payments
+                ),
+                &[&passenger],
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Takes a seat inside the caller's transaction, locking the row. Returns the server's
@@ -154,7 +183,8 @@ impl Booking {
     }
 
     /// The code fix: payment already done, the booking is one short statement, so no session
-    /// ever sits idle holding the row.
+    /// ever sits idle holding the row. It books only against a charge that was not refunded,
+    /// locking the charge so a reconciler's refund and this booking exclude each other.
     async fn book_at_once(
         &self,
         c: &Client,
@@ -163,10 +193,12 @@ impl Booking {
         let n = c
             .execute(
                 &format!(
-                    "WITH seat AS (UPDATE {} SET seats_available = seats_available - 1 \
-                       WHERE flight_id = $1 AND fare_class = $2 AND seats_available > 0 RETURNING 1) \
+                    "WITH paid AS (SELECT 1 FROM {} WHERE passenger = $3 AND NOT refunded FOR UPDATE), \
+                     seat AS (UPDATE {} SET seats_available = seats_available - 1 \
+                       WHERE flight_id = $1 AND fare_class = $2 AND seats_available > 0 \
+                         AND EXISTS (SELECT 1 FROM paid) RETURNING 1) \
                      INSERT INTO {} (flight_id, fare_class, passenger) SELECT $1, $2, $3 FROM seat",
-                    self.inventory, self.bookings
+                    self.payments, self.inventory, self.bookings
                 ),
                 &[&FLIGHT, &FARE, &passenger],
             )
@@ -183,10 +215,13 @@ async fn server_epoch(c: &Client) -> Result<f64, tokio_postgres::Error> {
     )
 }
 
-/// The holder's booking: lock, report, pay (this is where the fault hits), record, commit.
-/// `inside` puts the payment call inside the transaction, as the write-up's code does.
+/// The holder's booking: lock, charge, report, wait for the payment call's answer (this is
+/// where the fault hits), record, commit. `inside` puts the payment call inside the
+/// transaction, as the write-up's code does; outside, the fault falls between the charge and
+/// the booking.
 async fn hold(
     c: &Client,
+    provider: &Client,
     booking: &Booking,
     inside: bool,
     payment_call: Duration,
@@ -195,16 +230,75 @@ async fn hold(
     if inside {
         c.batch_execute("BEGIN").await?;
         let at = booking.take_seat(c).await?.context("sold out")?;
+        booking.charge(provider, HOLDER).await?;
         report(at);
         tokio::time::sleep(payment_call).await;
-        booking.record(c, "holder").await?;
+        booking.record(c, HOLDER).await?;
         c.batch_execute("COMMIT").await?;
     } else {
+        booking.charge(provider, HOLDER).await?;
         report(server_epoch(c).await?);
         tokio::time::sleep(payment_call).await;
-        booking.book_at_once(c, "holder").await?;
+        booking.book_at_once(c, HOLDER).await?;
     }
     Ok(())
+}
+
+/// The holder's passenger name.
+const HOLDER: &str = "holder";
+
+/// The payment provider's session of a booking process (`w/provider-…`: idle, never in a
+/// transaction, and not the holder's).
+fn provider_app(holder_app: &str) -> String {
+    holder_app.replace("/w/holder", "/w/provider-holder")
+}
+
+/// The reconciler of a pay-first service: once the payment call's own time has passed,
+/// refunds each charge that never became a booking. Each charge is locked first, so a late
+/// booking of the same passenger either committed before (and is seen) or finds it refunded.
+async fn reconcile(admin: &Client, booking: &Booking, grace: Duration) -> anyhow::Result<u64> {
+    let mut refunded = 0;
+    let stale: Vec<String> = admin
+        .query(
+            &format!(
+                "SELECT passenger FROM {} WHERE NOT refunded \
+                 AND charged_at < clock_timestamp() - make_interval(secs => $1)",
+                booking.payments
+            ),
+            &[&grace.as_secs_f64()],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for passenger in stale {
+        admin.batch_execute("BEGIN").await?;
+        let refund = async {
+            admin
+                .query_one(
+                    &format!(
+                        "SELECT 1 FROM {} WHERE passenger = $1 FOR UPDATE",
+                        booking.payments
+                    ),
+                    &[&passenger],
+                )
+                .await?;
+            admin
+                .execute(
+                    &format!(
+                        "UPDATE {} p SET refunded = true WHERE passenger = $1 AND NOT EXISTS \
+                         (SELECT 1 FROM {} b WHERE b.passenger = p.passenger)",
+                        booking.payments, booking.bookings
+                    ),
+                    &[&passenger],
+                )
+                .await
+        }
+        .await;
+        admin.batch_execute("COMMIT").await?;
+        refunded += refund?;
+    }
+    Ok(refunded)
 }
 
 /// What the holder process is told: where to book, as whom, and how.
@@ -228,9 +322,11 @@ struct Paying {
 async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
     let cfg: HolderConfig = io.config()?;
     let c = cfg.target.connect(&cfg.app, &cfg.settings).await?;
+    let provider = cfg.target.connect(&provider_app(&cfg.app), &[]).await?;
     let booking = Booking::new(&cfg.target);
     hold(
         &c,
+        &provider,
         &booking,
         cfg.payment_inside,
         cfg.payment_call,
@@ -241,6 +337,7 @@ async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
 
 struct Booker {
     client: Client,
+    provider: Arc<Client>,
     booking: Arc<Booking>,
     inside: bool,
     payment: Duration,
@@ -250,6 +347,7 @@ struct Booker {
 impl Booker {
     async fn book(&mut self) -> Result<(), OpError> {
         if !self.inside {
+            self.booking.charge(&self.provider, &self.passenger).await?;
             tokio::time::sleep(self.payment).await;
             return match self
                 .booking
@@ -265,6 +363,7 @@ impl Booker {
             if self.booking.take_seat(&self.client).await?.is_none() {
                 return Err(OpError::new(class::SOLD_OUT));
             }
+            self.booking.charge(&self.provider, &self.passenger).await?;
             tokio::time::sleep(self.payment).await;
             self.booking.record(&self.client, &self.passenger).await?;
             self.client.batch_execute("COMMIT").await?;
@@ -307,12 +406,16 @@ async fn start_holder(
             .pool(&app, settings, 1, None, deadpool_postgres::QueueMode::Fifo)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (task_pool, target) = (pool.clone(), env.pg.clone());
+        let provider = provider_app(&app);
         let task = tokio::spawn(async move {
             let Ok(conn) = task_pool.get().await else {
                 return;
             };
             let booking = Booking::new(&target);
-            let _ = hold(&conn, &booking, inside, payment_call, |at| {
+            let Ok(provider) = target.connect(&provider, &[]).await else {
+                return;
+            };
+            let _ = hold(&conn, &provider, &booking, inside, payment_call, |at| {
                 let _ = tx.send(at);
             })
             .await;
@@ -427,14 +530,18 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     let admin = env.pg.connect(&ctx.app("admin"), &unlimited()).await?;
     admin
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {inv}, {book}; \
+            "DROP TABLE IF EXISTS {inv}, {book}, {pay}; \
              CREATE TABLE {inv} (flight_id text, fare_class text, seats_available int NOT NULL, \
                                  PRIMARY KEY (flight_id, fare_class)); \
              CREATE TABLE {book} (id bigserial PRIMARY KEY, flight_id text, fare_class text, \
                                   passenger text, booked_at timestamptz DEFAULT clock_timestamp()); \
+             CREATE TABLE {pay} (passenger text PRIMARY KEY, \
+                                 charged_at timestamptz NOT NULL DEFAULT clock_timestamp(), \
+                                 refunded bool NOT NULL DEFAULT false); \
              INSERT INTO {inv} VALUES ('{FLIGHT}', '{FARE}', {seats});",
             inv = booking.inventory,
             book = booking.bookings,
+            pay = booking.payments,
             seats = cfg.seats,
         ))
         .await
@@ -449,6 +556,8 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
         ctx.app("w/holder"),
     )
     .await?;
+
+    let provider = Arc::new(env.pg.connect(&ctx.app("w/provider"), &[]).await?);
 
     // The booking clients are already running when the holder freezes: connect them first, so
     // connection set-up (slow with SCRAM over TCP) never eats into the window being measured.
@@ -466,6 +575,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     {
         bookers.push(Box::new(Booker {
             client: c.context("could not connect a booking client")?,
+            provider: provider.clone(),
             booking: booking.clone(),
             inside,
             payment: cfg.booker_payment,
@@ -506,6 +616,15 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
                 free_at_epoch: probe_task.await.context("the probe task failed")??,
             };
             let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;
+            if cfg.reconcile {
+                // The reconciler runs once the payment call's own time is up, while the
+                // holder is still frozen, dead or leaked: its charge has no booking.
+                let grace = cfg.payment_call;
+                tokio::time::sleep_until(reported + grace + grace / 10).await;
+                reconcile(&admin, &booking, grace)
+                    .await
+                    .context("the reconciler failed")?;
+            }
             anyhow::Ok((driven, probe, waited_ms, next_user_in_leaked_tx, paying_at))
         }
         .await;
@@ -527,6 +646,25 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
         .await
         .context("could not count the committed bookings")?
         .get(0);
+    let row = admin
+        .query_one(
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE refunded), \
+                        count(*) FILTER (WHERE NOT refunded AND NOT EXISTS \
+                          (SELECT 1 FROM {book} b WHERE b.passenger = p.passenger)) \
+                 FROM {pay} p",
+                book = booking.bookings,
+                pay = booking.payments
+            ),
+            &[],
+        )
+        .await
+        .context("could not count the charges")?;
+    let payments = Payments {
+        charged: row.get(0),
+        refunded: row.get(1),
+        charged_without_booking: row.get(2),
+    };
     let evaluation = evaluate(
         &driven.history,
         &Observations {
@@ -536,6 +674,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
             waited_ms,
             samples,
             bookings_committed: committed,
+            payments,
             next_user_in_leaked_tx,
         },
     );

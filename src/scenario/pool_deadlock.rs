@@ -80,10 +80,42 @@ impl Code for PoolDeadlock {
 /// Longest a handler waits at the start line for the others: a safety net, never reached.
 const BARRIER_PATIENCE: Duration = Duration::from_secs(10);
 
+/// Opens, for good, once as many handlers as can hold a connection at once (the smaller of
+/// handlers and pool size) hold their first: the worst interleaving, every run. Handlers that
+/// only get a connection later pass straight through; a barrier for all handlers would wait
+/// for ones that cannot get a connection until someone gives one back.
+struct StartLine {
+    need: usize,
+    arrived: std::sync::atomic::AtomicUsize,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl StartLine {
+    fn new(need: usize) -> StartLine {
+        StartLine {
+            need,
+            arrived: std::sync::atomic::AtomicUsize::new(0),
+            open: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    async fn wait(&self) {
+        let arrived = self
+            .arrived
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if arrived >= self.need {
+            self.open.send_replace(true);
+        }
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|o| *o).await;
+    }
+}
+
 struct Handler {
     pool: deadpool_postgres::Pool,
     /// Everyone holds a first connection before anyone asks for a second.
-    start_line: Arc<tokio::sync::Barrier>,
+    start_line: Arc<StartLine>,
     rows: i32,
     nested: bool,
 }
@@ -154,7 +186,7 @@ async fn run(cfg: &PoolDeadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
         cfg.wait_timeout,
         deadpool_postgres::QueueMode::Fifo,
     )?;
-    let start_line = Arc::new(tokio::sync::Barrier::new(handlers));
+    let start_line = Arc::new(StartLine::new(handlers.min(cfg.pool_size)));
     let (rows, nested) = (cfg.rows, cfg.nested);
     let clients: Vec<Box<dyn workload::Client>> = (0..handlers)
         .map(|_| {

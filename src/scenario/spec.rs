@@ -674,6 +674,7 @@ harm = { metric = "lock_held_ms", label = "row locked" }
 clients = 20
 fault = "freeze"
 payment = "inside"
+reconcile = false
 seats = 100
 payment_call = "25s"
 booker_payment = "100ms"
@@ -738,7 +739,7 @@ expect = ["lock_held_ms < 100"]
     fn unknown_metric_in_expectation_points_at_it() {
         let bad = MINIMAL.replace("lock_held_ms <= idle", "lock_hold_ms <= idle");
         let e = Scenario::parse(&bad, "my.toml").unwrap_err().0;
-        assert!(e.starts_with("my.toml:25:"), "{e}");
+        assert!(e.starts_with("my.toml:26:"), "{e}");
         assert!(e.contains("lock_hold_ms"), "{e}");
     }
 

@@ -1,0 +1,64 @@
+//! Verdicts hold across the parameter space a real service lives in, not at one lucky point:
+//! each scenario swept over its main parameters, every expectation held at every point.
+//! (`locklab run NAME --sweep ...` prints the same grid as tables.)
+
+mod common;
+use common::*;
+
+/// Runs a sweep and checks every point held, naming the first point that did not.
+fn grid(args: &[&str], points: usize) {
+    let tmp = tempdir();
+    let (code, report, stderr) = run_json(tmp.path(), args);
+    let scenarios = report["scenarios"].as_array().expect("scenarios");
+    assert_eq!(scenarios.len(), points, "{stderr}");
+    for s in scenarios {
+        for v in s["variants"].as_array().expect("variants") {
+            assert!(
+                v["failure"].is_null() && v["expectations_held"] == true,
+                "{} at {}: {:#}\n{stderr}",
+                v["name"],
+                s["swept"],
+                v["expectations"]
+            );
+        }
+    }
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn begin_on_pool_fails_at_every_pool_size_and_load() {
+    grid(
+        &[
+            "begin-on-pool",
+            "--sweep",
+            "pool_size=4,10,20,65",
+            "--sweep",
+            "bookers=20,50",
+        ],
+        8,
+    );
+}
+
+#[test]
+fn pool_deadlock_cliff_is_exact_on_both_sides() {
+    grid(
+        &[
+            "pool-deadlock",
+            "--sweep",
+            "handlers=2,4,8",
+            "--sweep",
+            "pool_size=4,10",
+        ],
+        6,
+    );
+}
+
+#[test]
+fn orphan_lock_holds_from_a_few_clients_to_a_hundred() {
+    grid(&["orphan-lock", "--sweep", "clients=5,20,100"], 3);
+}
+
+#[test]
+fn setnx_race_holds_from_a_few_buyers_to_a_hundred() {
+    grid(&["setnx-race", "--sweep", "buyers=5,20,100"], 3);
+}
