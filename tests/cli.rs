@@ -358,10 +358,7 @@ fn repeats_show_consistency_and_a_results_file_prints_again_without_a_rerun() {
     );
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
     let md = String::from_utf8_lossy(&again.stdout);
-    assert!(
-        md.contains("| payment-outside-tx | never-locked |"),
-        "{md}"
-    );
+    assert!(md.contains("| payment-outside-tx | never-locked |"), "{md}");
     assert!(md.contains("| 2/2 |"), "{md}");
     assert!(md.contains("**Every expectation held**"), "{md}");
     let xml = std::fs::read_to_string(&junit).unwrap();
