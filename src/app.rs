@@ -188,15 +188,7 @@ fn resolve_scenarios(
             if let [only] = out.as_mut_slice() {
                 only.override_params(&[(k.clone(), v.clone())])?;
             }
-            let known = out
-                .iter()
-                .flat_map(|s| s.kind.params.iter().map(|p| p.name));
-            let hint = crate::text::nearest(k, known)
-                .map(|n| format!("; did you mean `{n}`?"))
-                .unwrap_or_default();
-            return Err(UsageError(format!(
-                "`{k}` is not a parameter of any selected scenario{hint}"
-            )));
+            return Err(undeclared(&format!("`{k}`"), k, &out));
         }
         for &i in &readers {
             out[i].override_params(&[(k.clone(), v.clone())])?;
@@ -218,6 +210,19 @@ fn resolve_scenarios(
         }
     }
     Ok((out, notes))
+}
+
+/// A parameter no selected scenario declares, with the nearest name any of them does.
+fn undeclared(what: &str, name: &str, scenarios: &[scenario::Scenario]) -> UsageError {
+    let known = scenarios
+        .iter()
+        .flat_map(|s| s.kind.params.iter().map(|p| p.name));
+    let hint = crate::text::nearest(name, known)
+        .map(|n| format!("; did you mean `{n}`?"))
+        .unwrap_or_default();
+    UsageError(format!(
+        "{what} is not a parameter of any selected scenario{hint}"
+    ))
 }
 
 /// Runs of one scenario a sweep may make, all points together: beyond it, a typo.
@@ -256,15 +261,7 @@ fn sweep(
             )));
         }
         if !scenarios.iter().any(|sc| sc.kind.param(name).is_some()) {
-            let known = scenarios
-                .iter()
-                .flat_map(|sc| sc.kind.params.iter().map(|p| p.name));
-            let hint = crate::text::nearest(name, known)
-                .map(|n| format!("; did you mean `{n}`?"))
-                .unwrap_or_default();
-            return Err(UsageError(format!(
-                "--sweep {name}: not a parameter of any selected scenario{hint}"
-            )));
+            return Err(undeclared(&format!("--sweep {name}"), name, &scenarios));
         }
         axes.push((name.to_string(), values));
     }
