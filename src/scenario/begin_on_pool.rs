@@ -307,13 +307,7 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
         deadpool_postgres::QueueMode::Fifo,
     )?;
     // A service's pool is warm: every connection is open and idle before the bookers come.
-    {
-        let warm = (0..cfg.pool_size).map(|_| pool.get());
-        let conns: Vec<_> = futures::future::join_all(warm).await;
-        for c in conns {
-            drop(c.context("could not open the pool's connections")?);
-        }
-    }
+    crate::env::postgres::PgTarget::warm(&pool).await?;
     let told_booked = Arc::new(Mutex::new(BTreeSet::new()));
     let dedicated = cfg.dedicated;
     let start_line = Arc::new(tokio::sync::Barrier::new(bookers));

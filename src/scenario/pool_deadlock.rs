@@ -186,6 +186,8 @@ async fn run(cfg: &PoolDeadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
         cfg.wait_timeout,
         deadpool_postgres::QueueMode::Fifo,
     )?;
+    // A running service's pool is warm: the timeouts measured are checkouts, not connecting.
+    crate::env::postgres::PgTarget::warm(&pool).await?;
     let start_line = Arc::new(StartLine::new(handlers.min(cfg.pool_size)));
     let (rows, nested) = (cfg.rows, cfg.nested);
     let clients: Vec<Box<dyn workload::Client>> = (0..handlers)

@@ -96,6 +96,17 @@ impl PgTarget {
             .context("could not build a connection pool")
     }
 
+    /// An application pool as a running service has it: every connection open and idle, so
+    /// what a scenario times is checkouts, not connection set-up (slow with SCRAM or TLS).
+    pub async fn warm(pool: &deadpool_postgres::Pool) -> anyhow::Result<()> {
+        let size = pool.status().max_size;
+        let conns = futures::future::join_all((0..size).map(|_| pool.get())).await;
+        for c in conns {
+            drop(c.context("could not open the pool's connections")?);
+        }
+        Ok(())
+    }
+
     /// The target as a worker process sees it, from what its parent passed down.
     pub fn for_worker(conn: String, schema: String) -> PgTarget {
         PgTarget {
