@@ -249,7 +249,7 @@ fn sweep(
             .split(',')
             .map(|v| spec::parse_override(&format!("{name}={v}")).map(|(_, p)| p))
             .collect::<Result<Vec<_>, _>>()?;
-        if values.is_empty() || axes.iter().any(|(n, _)| n == name) {
+        if axes.iter().any(|(n, _)| n == name) {
             return Err(UsageError(format!("--sweep {name} is given twice")));
         }
         if overrides

@@ -12,6 +12,11 @@ fn grid(args: &[&str], points: usize) {
     let scenarios = report["scenarios"].as_array().expect("scenarios");
     assert_eq!(scenarios.len(), points, "{stderr}");
     for s in scenarios {
+        // Each point really ran with its values, not at the defaults.
+        for pair in s["swept"].as_array().expect("swept values") {
+            let (k, v) = (&pair[0], &pair[1]);
+            assert_eq!(&s["params"][k.as_str().expect("name")], v, "{s:#}");
+        }
         for v in s["variants"].as_array().expect("variants") {
             assert!(
                 v["failure"].is_null() && v["expectations_held"] == true,

@@ -129,6 +129,14 @@ impl Expectation {
             }
             clauses.push(Clause::parse(part.to_vec(), text)?);
         }
+        // Each clause as written (`2s`, not the token's `2000ms`), where the words line up.
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let written: Vec<String> = words.split(|w| *w == "or").map(|c| c.join(" ")).collect();
+        if written.len() == clauses.len() {
+            for (c, w) in clauses.iter_mut().zip(written) {
+                c.text = w;
+            }
+        }
         Ok(Expectation {
             text: text.trim().to_string(),
             clauses,
@@ -541,6 +549,11 @@ mod tests {
     #[test]
     fn or_holds_when_any_form_of_the_harm_shows() {
         let harm = "oversold >= 1 or stuck >= 1";
+        let r = check(
+            "oversold >= 1 or lock_held_ms < 2s",
+            json!({"oversold": 0, "lock_held_ms": 5}),
+        );
+        assert_eq!(r.measured, "lock_held_ms < 2s: was 5, expected < 200");
         let r = check(harm, json!({"oversold": 0, "stuck": 4}));
         assert_eq!(r.verdict, Verdict::Held);
         assert_eq!(r.measured, "stuck >= 1: was 4, expected >= 1");
