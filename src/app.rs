@@ -504,7 +504,7 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
         let t = std::time::Instant::now();
         let env = Env::setup(&opts).await?;
         env.pg
-            .connect("locklab-time", &[])
+            .connect("locklab-time")
             .await?
             .batch_execute("SELECT 1")
             .await?;

@@ -1,6 +1,7 @@
 //! Runs scenarios variant by variant against one environment, decides each variant's
 //! expectations from its metrics, and writes results as soon as each variant finishes.
 
+use crate::env::postgres::Sql as _;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -278,17 +279,18 @@ async fn server_settings(
     env: &Env,
     variant: &crate::scenario::ResolvedVariant,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let c = env
-        .pg
-        .connect(&env.app("settings"), &variant.settings)
-        .await?;
+    let c = env.pg.connect(&env.app("settings")).await?;
+    c.batch_execute(&crate::env::postgres::begin(&variant.settings))
+        .await
+        .context("could not apply the variant's settings")?;
     let rows = c
-        .query(
+        .rows(
             "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY($1) ORDER BY name",
             &[&variant.show_settings],
         )
         .await
         .context("could not read the server's settings")?;
+    let _ = c.batch_execute("ROLLBACK").await;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 

@@ -194,6 +194,7 @@ fn workshop_server_takes_scenarios_by_url_and_rejects_a_wrong_password() {
     assert_eq!(variant(&report, "mitigated")["outcome"], "released");
     assert_eq!(variant(&report, "baseline")["outcome"], "stuck");
 
+    use locklab::env::postgres::Sql as _;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let leftovers: (i64, i64, i64) = rt.block_on(async {
         let (c, conn) = tokio_postgres::connect(&env.url, tokio_postgres::NoTls)
@@ -201,7 +202,7 @@ fn workshop_server_takes_scenarios_by_url_and_rejects_a_wrong_password() {
             .unwrap();
         tokio::spawn(conn);
         let schemas: i64 = c
-            .query_one(
+            .one(
                 "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'locklab%'",
                 &[],
             )
@@ -209,7 +210,7 @@ fn workshop_server_takes_scenarios_by_url_and_rejects_a_wrong_password() {
             .unwrap()
             .get(0);
         let sessions: i64 = c
-            .query_one(
+            .one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'locklab\\_%/%'",
                 &[],
             )
@@ -217,7 +218,7 @@ fn workshop_server_takes_scenarios_by_url_and_rejects_a_wrong_password() {
             .unwrap()
             .get(0);
         let role_or_db_settings: i64 = c
-            .query_one("SELECT count(*) FROM pg_db_role_setting", &[])
+            .one("SELECT count(*) FROM pg_db_role_setting", &[])
             .await
             .unwrap()
             .get(0);

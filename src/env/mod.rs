@@ -8,6 +8,7 @@ pub mod redis;
 pub mod server;
 pub mod worker;
 
+use crate::env::postgres::Sql as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -201,7 +202,7 @@ impl Env {
     }
 
     async fn create_schema(&self) -> anyhow::Result<()> {
-        let admin = self.pg.connect(&self.app("admin"), &[]).await?;
+        let admin = self.pg.connect(&self.app("admin")).await?;
         admin
             .batch_execute(&format!("CREATE SCHEMA \"{}\"", self.pg.schema))
             .await
@@ -231,9 +232,9 @@ impl Env {
 
     /// Ends every session this run opened, so nothing of ours holds a lock afterwards.
     pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
-        let admin = self.pg.connect(&self.app("admin"), &[]).await?;
+        let admin = self.pg.connect(&self.app("admin")).await?;
         admin
-            .execute(
+            .exec(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                  WHERE application_name LIKE $1 AND pid <> pg_backend_pid()",
                 &[&format!("{}/{role_prefix}%", self.run_tag).replace('_', "\\_")],
@@ -254,7 +255,7 @@ impl Env {
             server.stop().await;
         } else {
             let _ = self.terminate_sessions("").await;
-            if let Ok(admin) = self.pg.connect(&self.app("admin"), &[]).await {
+            if let Ok(admin) = self.pg.connect(&self.app("admin")).await {
                 let _ = admin
                     .batch_execute(&format!(
                         "DROP SCHEMA IF EXISTS \"{}\" CASCADE",

@@ -1,6 +1,7 @@
 //! PostgreSQL's own view of the workload: pg_stat_activity states and wait events, and pg_locks
 //! (through pg_blocking_pids), sampled every few milliseconds.
 
+use crate::env::postgres::Sql as _;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -38,17 +39,13 @@ impl Observer {
         workload_prefix: String,
         holder_app: String,
     ) -> anyhow::Result<Observer> {
-        let client = target.connect(app, &[]).await?;
-        let stmt = client
-            .prepare(
-                "SELECT count(*) FILTER (WHERE state = 'idle in transaction'), \
+        let client = target.connect(app).await?;
+        let stmt = "SELECT count(*) FILTER (WHERE state = 'idle in transaction'), \
                         count(*) FILTER (WHERE wait_event_type = 'Lock'), \
                         count(*) FILTER (WHERE cardinality(pg_blocking_pids(pid)) > 0), \
                         max(extract(epoch FROM clock_timestamp() - state_change)::float8 * 1000) \
                           FILTER (WHERE state = 'idle in transaction' AND application_name = $2) \
-                 FROM pg_stat_activity WHERE application_name LIKE $1",
-            )
-            .await?;
+                 FROM pg_stat_activity WHERE application_name LIKE $1";
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let pattern = format!("{}%", workload_prefix.replace('_', "\\_"));
@@ -61,7 +58,7 @@ impl Observer {
                     _ = stopped.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let Ok(row) = client.query_one(&stmt, &[&pattern, &holder_app]).await else {
+                let Ok(row) = client.one(stmt, &[&pattern, &holder_app]).await else {
                     continue;
                 };
                 samples.push(Sample {

@@ -3,6 +3,7 @@
 //! The checker compares what customers were told with the rows PostgreSQL shows afterwards and
 //! with the pool's connections left `idle in transaction`.
 
+use crate::env::postgres::Sql as _;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,6 @@ use std::future::Future;
 
 use futures::future::BoxFuture;
 use tokio::time::Instant;
-use tokio_postgres::types::ToSql;
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
@@ -190,14 +190,14 @@ impl Booker {
         &self,
         conn: &Conn,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[&dyn crate::env::postgres::Param],
     ) -> Result<u64, OpError> {
-        Ok(self.client(conn).await?.execute(sql, params).await?)
+        Ok(self.client(conn).await?.exec(sql, params).await?)
     }
 
     async fn booked(&self, conn: &Conn) -> Result<bool, OpError> {
         let c = self.client(conn).await?;
-        Ok(c.query_one(&self.sql.select, &[&SEAT]).await?.get(0))
+        Ok(c.one(&self.sql.select, &[&SEAT]).await?.get(0))
     }
 
     async fn book(&mut self) -> Result<(), OpError> {
@@ -266,7 +266,7 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
     let env = ctx.env;
     let bookers = cfg.bookers;
     let (seats, bookings) = (env.pg.table("seats"), env.pg.table("bookings"));
-    let admin = env.pg.connect(&ctx.app("admin"), &[]).await?;
+    let admin = env.pg.connect(&ctx.app("admin")).await?;
     let index = match cfg.unique_index {
         true => format!("CREATE UNIQUE INDEX ON {bookings} (seat_id) WHERE status = 'confirmed';"),
         false => String::new(),
@@ -301,7 +301,6 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
     // deadpool's defaults: first in, first out, and a checkout that waits for ever.
     let pool = env.pg.pool(
         &pool_app,
-        &ctx.variant.settings,
         cfg.pool_size,
         None,
         deadpool_postgres::QueueMode::Fifo,
@@ -336,7 +335,7 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
 
     // Every booker is done: whatever the pool's connections still have open is leaked.
     let leaked: i64 = admin
-        .query_one(
+        .one(
             "SELECT count(*) FROM pg_stat_activity \
              WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
             &[&pool_app],
@@ -347,7 +346,7 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
     pool.close();
     ctx.terminate_sessions("w/").await?;
     let visible: Vec<String> = admin
-        .query(&format!("SELECT customer FROM {bookings}"), &[])
+        .rows(&format!("SELECT customer FROM {bookings}"), &[])
         .await
         .context("could not count the bookings")?
         .iter()

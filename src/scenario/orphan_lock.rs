@@ -3,6 +3,7 @@
 //! booking clients queue on the row. The checker decides from a probe session and from
 //! pg_stat_activity how long the row stayed locked and what the clients got.
 
+use crate::env::postgres::Sql as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio_postgres::{Client, NoTls};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::orphan_lock::{METRICS, Observations, Payments, Probe, evaluate};
-use crate::env::postgres::PgTarget;
+use crate::env::postgres::{PgTarget, begin};
 use crate::env::worker::WorkerIo;
 use crate::error::UsageError;
 use crate::fault::{Fault, Victim};
@@ -115,21 +116,34 @@ fn unlimited() -> Vec<(String, String)> {
         .collect()
 }
 
+/// `BEGIN` for a watching session (see [`UNLIMITED`]).
+fn begin_unlimited() -> String {
+    begin(&unlimited())
+}
+
 /// The booking code every client runs, the holder included.
 struct Booking {
     inventory: String,
     bookings: String,
     /// The payment provider's record of charges, one per passenger (its idempotency key).
     payments: String,
+    /// The variant's session settings, set at the start of each booking transaction.
+    settings: Vec<(String, String)>,
 }
 
 impl Booking {
-    fn new(target: &PgTarget) -> Booking {
+    fn new(target: &PgTarget, settings: &[(String, String)]) -> Booking {
         Booking {
             inventory: target.table("flight_inventory"),
             bookings: target.table("bookings"),
             payments: target.table("payments"),
+            settings: settings.to_vec(),
         }
+    }
+
+    /// Opens a booking transaction under the variant's settings.
+    async fn begin(&self, c: &Client) -> Result<(), tokio_postgres::Error> {
+        c.batch_execute(&begin(&self.settings)).await
     }
 
     /// The payment provider charges the passenger, on its own connection: the charge stands
@@ -142,7 +156,7 @@ impl Booking {
         passenger: &str,
     ) -> Result<(), tokio_postgres::Error> {
         provider
-            .execute(
+            .exec(
                 &format!(
                     "INSERT INTO {} (passenger) VALUES ($1) ON CONFLICT DO NOTHING",
                     self.payments
@@ -157,7 +171,7 @@ impl Booking {
     /// clock at that moment, or `None` when sold out.
     async fn take_seat(&self, c: &Client) -> Result<Option<f64>, tokio_postgres::Error> {
         let rows = c
-            .query(
+            .rows(
                 &format!(
                     "UPDATE {} SET seats_available = seats_available - 1 \
                      WHERE flight_id = $1 AND fare_class = $2 AND seats_available > 0 \
@@ -171,7 +185,7 @@ impl Booking {
     }
 
     async fn record(&self, c: &Client, passenger: &str) -> Result<(), tokio_postgres::Error> {
-        c.execute(
+        c.exec(
             &format!(
                 "INSERT INTO {} (flight_id, fare_class, passenger) VALUES ($1, $2, $3)",
                 self.bookings
@@ -190,8 +204,28 @@ impl Booking {
         c: &Client,
         passenger: &str,
     ) -> Result<bool, tokio_postgres::Error> {
+        if self.settings.is_empty() {
+            return self.book_statement(c, passenger).await;
+        }
+        // Settings hold per transaction: the one statement gets a transaction of its own.
+        self.begin(c).await?;
+        let booked = self.book_statement(c, passenger).await;
+        let end = match booked {
+            Ok(_) => c.batch_execute("COMMIT").await,
+            Err(_) => c.batch_execute("ROLLBACK").await,
+        };
+        let booked = booked?;
+        end?;
+        Ok(booked)
+    }
+
+    async fn book_statement(
+        &self,
+        c: &Client,
+        passenger: &str,
+    ) -> Result<bool, tokio_postgres::Error> {
         let n = c
-            .execute(
+            .exec(
                 &format!(
                     "WITH paid AS (SELECT 1 FROM {} WHERE passenger = $3 AND NOT refunded FOR UPDATE), \
                      seat AS (UPDATE {} SET seats_available = seats_available - 1 \
@@ -209,7 +243,7 @@ impl Booking {
 
 async fn server_epoch(c: &Client) -> Result<f64, tokio_postgres::Error> {
     Ok(
-        c.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        c.one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
             .await?
             .get(0),
     )
@@ -228,7 +262,7 @@ async fn hold(
     report: impl FnOnce(f64),
 ) -> anyhow::Result<()> {
     if inside {
-        c.batch_execute("BEGIN").await?;
+        booking.begin(c).await?;
         let at = booking.take_seat(c).await?.context("sold out")?;
         booking.charge(provider, HOLDER).await?;
         report(at);
@@ -259,7 +293,7 @@ fn provider_app(holder_app: &str) -> String {
 async fn reconcile(admin: &Client, booking: &Booking, grace: Duration) -> anyhow::Result<u64> {
     let mut refunded = 0;
     let stale: Vec<String> = admin
-        .query(
+        .rows(
             &format!(
                 "SELECT passenger FROM {} WHERE NOT refunded \
                  AND charged_at < clock_timestamp() - make_interval(secs => $1)",
@@ -272,10 +306,10 @@ async fn reconcile(admin: &Client, booking: &Booking, grace: Duration) -> anyhow
         .map(|r| r.get(0))
         .collect();
     for passenger in stale {
-        admin.batch_execute("BEGIN").await?;
+        admin.batch_execute(&begin_unlimited()).await?;
         let refund = async {
             admin
-                .query_one(
+                .one(
                     &format!(
                         "SELECT 1 FROM {} WHERE passenger = $1 FOR UPDATE",
                         booking.payments
@@ -284,7 +318,7 @@ async fn reconcile(admin: &Client, booking: &Booking, grace: Duration) -> anyhow
                 )
                 .await?;
             admin
-                .execute(
+                .exec(
                     &format!(
                         "UPDATE {} p SET refunded = true WHERE passenger = $1 AND NOT EXISTS \
                          (SELECT 1 FROM {} b WHERE b.passenger = p.passenger)",
@@ -321,9 +355,9 @@ struct Paying {
 /// killed for real.
 async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
     let cfg: HolderConfig = io.config()?;
-    let c = cfg.target.connect(&cfg.app, &cfg.settings).await?;
-    let provider = cfg.target.connect(&provider_app(&cfg.app), &[]).await?;
-    let booking = Booking::new(&cfg.target);
+    let c = cfg.target.connect(&cfg.app).await?;
+    let provider = cfg.target.connect(&provider_app(&cfg.app)).await?;
+    let booking = Booking::new(&cfg.target, &cfg.settings);
     hold(
         &c,
         &provider,
@@ -358,7 +392,7 @@ impl Booker {
                 false => Err(OpError::new(class::SOLD_OUT)),
             };
         }
-        self.client.batch_execute("BEGIN").await?;
+        self.booking.begin(&self.client).await?;
         let result = async {
             if self.booking.take_seat(&self.client).await?.is_none() {
                 return Err(OpError::new(class::SOLD_OUT));
@@ -403,16 +437,17 @@ async fn start_holder(
         // One application pool of one connection, as in a service with a small pool.
         let pool = env
             .pg
-            .pool(&app, settings, 1, None, deadpool_postgres::QueueMode::Fifo)?;
+            .pool(&app, 1, None, deadpool_postgres::QueueMode::Fifo)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (task_pool, target) = (pool.clone(), env.pg.clone());
+        let settings = settings.clone();
         let provider = provider_app(&app);
         let task = tokio::spawn(async move {
             let Ok(conn) = task_pool.get().await else {
                 return;
             };
-            let booking = Booking::new(&target);
-            let Ok(provider) = target.connect(&provider, &[]).await else {
+            let booking = Booking::new(&target, &settings);
+            let Ok(provider) = target.connect(&provider).await else {
                 return;
             };
             let _ = hold(&conn, &provider, &booking, inside, payment_call, |at| {
@@ -461,7 +496,7 @@ struct Prober {
 impl Prober {
     async fn connect(target: &PgTarget, app: &str, booking: &Booking) -> anyhow::Result<Prober> {
         Ok(Prober {
-            client: target.connect(app, &unlimited()).await?,
+            client: target.connect(app).await?,
             lock: format!(
                 "SELECT 1 FROM {} WHERE flight_id = $1 AND fare_class = $2 FOR UPDATE",
                 booking.inventory
@@ -472,9 +507,9 @@ impl Prober {
     /// Locks the row without waiting; on success returns the server clock then.
     async fn try_now(&self) -> anyhow::Result<Option<f64>> {
         let c = &self.client;
-        c.batch_execute("BEGIN").await?;
+        c.batch_execute(&begin_unlimited()).await?;
         match c
-            .query(&format!("{} NOWAIT", self.lock), &[&FLIGHT, &FARE])
+            .rows(&format!("{} NOWAIT", self.lock), &[&FLIGHT, &FARE])
             .await
         {
             Ok(_) => {
@@ -501,9 +536,9 @@ impl Prober {
             return Ok(Some(at));
         }
         let c = &self.client;
-        c.batch_execute("BEGIN").await?;
+        c.batch_execute(&begin_unlimited()).await?;
         let waited = tokio::select! {
-            r = c.query(&self.lock, &[&FLIGHT, &FARE]) => Some(r),
+            r = c.rows(&self.lock, &[&FLIGHT, &FARE]) => Some(r),
             _ = tokio::time::sleep_until(deadline) => None,
             _ = cancel.cancelled() => None,
         };
@@ -525,9 +560,9 @@ impl Prober {
 async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
     let (clients, fault, inside) = (cfg.clients, cfg.fault, cfg.payment_inside);
-    let booking = Arc::new(Booking::new(&env.pg));
+    let booking = Arc::new(Booking::new(&env.pg, &ctx.variant.settings));
 
-    let admin = env.pg.connect(&ctx.app("admin"), &unlimited()).await?;
+    let admin = env.pg.connect(&ctx.app("admin")).await?;
     admin
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {inv}, {book}, {pay}; \
@@ -557,7 +592,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     )
     .await?;
 
-    let provider = Arc::new(env.pg.connect(&ctx.app("w/provider"), &[]).await?);
+    let provider = Arc::new(env.pg.connect(&ctx.app("w/provider")).await?);
 
     // The booking clients are already running when the holder freezes: connect them first, so
     // connection set-up (slow with SCRAM over TCP) never eats into the window being measured.
@@ -565,9 +600,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     let apps: Vec<String> = (0..clients)
         .map(|i| ctx.app(&format!("w/booker-{i}")))
         .collect();
-    let connects = apps
-        .iter()
-        .map(|app| env.pg.connect(app, &ctx.variant.settings));
+    let connects = apps.iter().map(|app| env.pg.connect(app));
     for (i, c) in futures::future::join_all(connects)
         .await
         .into_iter()
@@ -642,12 +675,12 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     let samples = observer.finish().await;
     let (driven, probe, waited_ms, next_user_in_leaked_tx, paying_at) = outcome?;
     let committed: i64 = admin
-        .query_one(&format!("SELECT count(*) FROM {}", booking.bookings), &[])
+        .one(&format!("SELECT count(*) FROM {}", booking.bookings), &[])
         .await
         .context("could not count the committed bookings")?
         .get(0);
     let row = admin
-        .query_one(
+        .one(
             &format!(
                 "SELECT count(*), count(*) FILTER (WHERE refunded), \
                         count(*) FILTER (WHERE NOT refunded AND NOT EXISTS \
@@ -692,7 +725,7 @@ async fn next_user_in_leaked_tx(pool: &deadpool_postgres::Pool) -> anyhow::Resul
         .context("the holder's pool gave no connection within 5 s")?
         .context("the holder's pool gave no connection")?;
     let row = conn
-        .query_one(
+        .one(
             "SELECT transaction_timestamp() < statement_timestamp()",
             &[],
         )
@@ -708,7 +741,7 @@ async fn wait_until_probe_queued(
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until && !probe.is_finished() {
         let queued = admin
-            .query_one(
+            .one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
                 &[&probe_app],
             )

@@ -2,6 +2,7 @@
 //! a second connection from the same pool for an inner query. When every connection is held by
 //! an outer query, every handler waits for a second one that never comes back.
 
+use crate::env::postgres::Sql as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,18 +143,18 @@ impl Handler {
                     self.wait_for_everyone().await;
                 }
                 let inner = self.pool.get().await?;
-                inner.query_one(INNER, &[&g]).await?;
+                inner.one(INNER, &[&g]).await?;
             }
             Ok(())
         } else {
             // The fix: read the outer rows into memory and give the connection back first.
-            let rows = outer.query(OUTER, &[&self.rows]).await?;
+            let rows = outer.rows(OUTER, &[&self.rows]).await?;
             self.wait_for_everyone().await;
             drop(outer);
             for row in rows {
                 let g: i32 = row.get(0);
                 let inner = self.pool.get().await?;
-                inner.query_one(INNER, &[&g]).await?;
+                inner.one(INNER, &[&g]).await?;
             }
             Ok(())
         }
@@ -181,7 +182,6 @@ async fn run(cfg: &PoolDeadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
     let handlers = cfg.handlers;
     let pool = ctx.env.pg.pool(
         &ctx.app("w/pool"),
-        &ctx.variant.settings,
         cfg.pool_size,
         cfg.wait_timeout,
         deadpool_postgres::QueueMode::Fifo,

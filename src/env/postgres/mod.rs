@@ -2,7 +2,9 @@
 //! user gives no URL.
 
 mod server;
+pub mod sql;
 mod target;
 
 pub use server::{Binaries, PgServer, data_version, find_binaries, time_initdb};
+pub use sql::{Param, Sql, begin};
 pub use target::{Capacity, PgTarget, external, parse_url, redact};

@@ -276,7 +276,7 @@ impl PgServer {
                     self.log_tail()
                 );
             }
-            match target.config("locklab-ready", &[])?.connect(NoTls).await {
+            match target.config("locklab-ready")?.connect(NoTls).await {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() > deadline => {
                     bail!(

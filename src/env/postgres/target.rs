@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_postgres::{Client, Config, NoTls};
 
+use super::sql::Sql;
+
 /// Where a scenario's PostgreSQL is and how to talk to it. Serializable for a worker process,
 /// which gets it over its stdin.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
@@ -30,34 +32,21 @@ impl PgTarget {
         }
     }
 
-    /// A connection config with the given application_name and per-session settings, passed
-    /// as startup options so nothing on the server, database or role is changed.
-    pub fn config(&self, app: &str, settings: &[(String, String)]) -> anyhow::Result<Config> {
+    /// A connection config with the given application_name. Nothing else travels at startup:
+    /// session settings go with each transaction (see [`super::sql::begin`]), because a pooler
+    /// refuses startup options.
+    pub fn config(&self, app: &str) -> anyhow::Result<Config> {
         let mut cfg = Config::from_str(&self.conn)
             .with_context(|| format!("bad PostgreSQL URL {}", self.display))?;
         cfg.application_name(app);
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(5));
         }
-        if !settings.is_empty() {
-            let mut opts: Vec<String> = cfg.get_options().map(str::to_string).into_iter().collect();
-            // Appended after the URL's own options: on a repeated -c, the last one wins.
-            opts.extend(
-                settings
-                    .iter()
-                    .map(|(k, v)| format!("-c {k}={}", v.replace(' ', "\\ "))),
-            );
-            cfg.options(opts.join(" "));
-        }
         Ok(cfg)
     }
 
-    pub async fn connect(
-        &self,
-        app: &str,
-        settings: &[(String, String)],
-    ) -> anyhow::Result<Client> {
-        let cfg = self.config(app, settings)?;
+    pub async fn connect(&self, app: &str) -> anyhow::Result<Client> {
+        let cfg = self.config(app)?;
         let (client, conn) = cfg
             .connect(NoTls)
             .await
@@ -74,13 +63,12 @@ impl PgTarget {
     pub fn pool(
         &self,
         app: &str,
-        settings: &[(String, String)],
         size: usize,
         wait: Option<Duration>,
         queue: deadpool_postgres::QueueMode,
     ) -> anyhow::Result<deadpool_postgres::Pool> {
         let mgr = deadpool_postgres::Manager::from_config(
-            self.config(app, settings)?,
+            self.config(app)?,
             NoTls,
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
@@ -177,9 +165,9 @@ impl Capacity {
 impl PgTarget {
     /// Reads what the server allows this run, in one short session of its own.
     pub async fn capacity(&self, app: &str) -> anyhow::Result<Capacity> {
-        let c = self.connect(app, &[]).await?;
+        let c = self.connect(app).await?;
         let row = c
-            .query_one(
+            .one(
                 "SELECT current_setting('max_connections')::bigint, \
                     current_setting('superuser_reserved_connections')::bigint \
                       + coalesce(current_setting('reserved_connections', true)::bigint, 0), \
@@ -262,18 +250,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_settings_are_appended_to_the_urls_own_options() {
+    fn a_config_carries_no_startup_options_of_ours() {
         let t = PgTarget::for_worker(
             "postgres://u@h/db?options=-c%20search_path%3Dapp".into(),
             "s".into(),
         );
-        let cfg = t
-            .config("app", &[("lock_timeout".into(), "50ms".into())])
-            .unwrap();
-        assert_eq!(
-            cfg.get_options(),
-            Some("-c search_path=app -c lock_timeout=50ms")
-        );
+        let cfg = t.config("app").unwrap();
+        assert_eq!(cfg.get_options(), Some("-c search_path=app"));
         assert_eq!(cfg.get_application_name(), Some("app"));
     }
 

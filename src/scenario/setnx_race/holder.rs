@@ -25,7 +25,7 @@ struct HolderConfig {
 /// The holder process: one purchase, its events reported as they happen.
 pub async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
     let cfg: HolderConfig = io.config()?;
-    let pg = cfg.pg.connect(&cfg.app, &[]).await?;
+    let pg = cfg.pg.connect(&cfg.app).await?;
     let mut con = cfg.redis.connect().await?;
     let result = cfg
         .shop

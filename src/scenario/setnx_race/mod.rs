@@ -8,6 +8,7 @@ mod holder;
 mod recorder;
 mod shop;
 
+use crate::env::postgres::Sql as _;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -188,7 +189,7 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         orders: env.pg.table("orders"),
     });
 
-    let admin = env.pg.connect(&ctx.app("admin"), &[]).await?;
+    let admin = env.pg.connect(&ctx.app("admin")).await?;
     admin
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {products}, {orders}; \
@@ -217,7 +218,7 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
     let connects = (1..buyers).map(|i| {
         let app = ctx.app(&format!("w/buyer-{i}"));
         async move {
-            let pg = env.pg.connect(&app, &[]).await?;
+            let pg = env.pg.connect(&app).await?;
             let con = redis.connect().await?;
             anyhow::Ok((pg, con))
         }
@@ -379,7 +380,7 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         },
     });
     let row = admin
-        .query_one(
+        .one(
             &format!(
                 "SELECT (SELECT stock FROM {} WHERE id = $1)::int8, (SELECT count(*) FROM {})",
                 shop.products, shop.orders

@@ -1,6 +1,7 @@
 //! The lock client every buyer runs, the first holder included: take the Redis lock, read the
 //! stock, pay, write, release. Which lock it takes is the variant's point.
 
+use crate::env::postgres::Sql as _;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -142,7 +143,7 @@ impl Shop {
     async fn read_stock(&self, pg: &Client, fence: Option<i64>) -> Result<i32, OpError> {
         let row = match fence {
             Some(f) => pg
-                .query_opt(
+                .opt(
                     &format!(
                         "UPDATE {} SET fence = $2 WHERE id = $1 AND fence < $2 RETURNING stock",
                         self.products
@@ -152,7 +153,7 @@ impl Shop {
                 .await?
                 .ok_or_else(|| OpError::new(class::FENCED))?,
             None => {
-                pg.query_one(
+                pg.one(
                     &format!("SELECT stock FROM {} WHERE id = $1", self.products),
                     &[&PRODUCT],
                 )
@@ -166,7 +167,7 @@ impl Shop {
         match fence {
             None => {
                 // What the unfenced code does: it already checked the stock, so it just takes one.
-                pg.execute(
+                pg.exec(
                     &format!(
                         "WITH p AS (UPDATE {} SET stock = stock - 1 WHERE id = $1 RETURNING id) \
                          INSERT INTO {} (product_id, buyer) SELECT id, $2 FROM p",
@@ -179,7 +180,7 @@ impl Shop {
             }
             Some(f) => {
                 let n = pg
-                    .execute(
+                    .exec(
                         &format!(
                             "WITH p AS (UPDATE {} SET stock = stock - 1 \
                                WHERE id = $1 AND fence = $3 AND stock > 0 RETURNING id) \
@@ -193,7 +194,7 @@ impl Shop {
                     return Ok(());
                 }
                 let now: i64 = pg
-                    .query_one(
+                    .one(
                         &format!("SELECT fence FROM {} WHERE id = $1", self.products),
                         &[&PRODUCT],
                     )
