@@ -9,7 +9,7 @@ use comfy_table::{Table, presets::NOTHING};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, EnvCommand, Format, ReportArgs, RunArgs};
-use crate::env::{Env, EnvOptions};
+use crate::env::{Env, EnvOptions, PoolerChoice};
 use crate::error::{UsageError, exit, exit_code};
 use crate::report::{
     Exporter, RunReport, json::Json, junit::Junit, markdown::Markdown, table::Tables,
@@ -88,7 +88,10 @@ async fn dispatch(work: Work) -> anyhow::Result<i32> {
         Work::Explain(scenario) => explain(&scenario),
         Work::Run(args) => run(args).await,
         Work::Report(args) => reprint(args),
-        Work::Env(EnvCommand::Up { pg_settings }) => env_up(pg_settings).await,
+        Work::Env(EnvCommand::Up {
+            pg_settings,
+            pooler_settings,
+        }) => env_up(pg_settings, pooler_settings).await,
         Work::Env(EnvCommand::Time { runs }) => env_time(runs).await,
         Work::Worker(name) => {
             let kind = scenario::kind_named(&name)
@@ -359,6 +362,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     if let Some(url) = &args.pg_url {
         crate::env::postgres::parse_url(url)?;
     }
+    let pooler = pooler_choice(&args)?;
     if let Some(url) = &args.redis_url {
         crate::env::redis::parse_url(url)?;
         if !need_redis {
@@ -384,6 +388,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             exe: exe()?,
             servers_only: false,
             budget: None,
+            pooler,
         },
         out_dir: (!args.no_results).then_some(args.out),
         repeat: args.repeat,
@@ -446,7 +451,29 @@ fn reprint(args: ReportArgs) -> anyhow::Result<i32> {
     print_report(&report, args.format, args.junit.as_deref())
 }
 
-async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {
+/// Where the workload meets PostgreSQL, from --pooler, --pooler-url and --pooler-setting;
+/// checked for shape before anything starts.
+fn pooler_choice(args: &RunArgs) -> Result<PoolerChoice, UsageError> {
+    if let Some(url) = &args.pooler_url {
+        crate::env::postgres::parse_url(url)
+            .map_err(|e| UsageError(format!("--pooler-url: {}", e.0)))?;
+        return Ok(PoolerChoice::Url(url.clone()));
+    }
+    if !args.pooler && args.pooler_settings.is_empty() {
+        return Ok(PoolerChoice::None);
+    }
+    if args.pg_url.is_some() {
+        return Err(UsageError(crate::env::pgbouncer::FRONTS_OWN_SERVER.into()));
+    }
+    let settings = args
+        .pooler_settings
+        .iter()
+        .map(|s| crate::env::pgbouncer::parse_setting(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PoolerChoice::Throwaway(settings))
+}
+
+async fn env_up(pg_settings: Vec<String>, pooler_settings: Vec<String>) -> anyhow::Result<i32> {
     let settings = pg_settings
         .iter()
         .map(|s| {
@@ -454,6 +481,10 @@ async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .ok_or_else(|| UsageError(format!("--pg-setting takes NAME=VALUE, got `{s}`")))
         })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pooler_settings = pooler_settings
+        .iter()
+        .map(|s| crate::env::pgbouncer::parse_setting(s))
         .collect::<Result<Vec<_>, _>>()?;
     let cancel = cancel_on_signals("stopping servers");
     let env = Env::setup(&EnvOptions {
@@ -464,17 +495,23 @@ async fn env_up(pg_settings: Vec<String>) -> anyhow::Result<i32> {
         exe: exe()?,
         servers_only: true,
         budget: None,
+        pooler: PoolerChoice::Throwaway(pooler_settings),
     })
     .await?;
     let url = env.pg_url().unwrap_or_default();
     let redis_url = env.redis_url().unwrap_or_default();
+    let pooler_url = env.pooler_url().unwrap_or_default();
     out!("PostgreSQL  {url}");
+    out!("PgBouncer   {pooler_url}   (transaction pooling, in front of the server above)");
     out!("Redis       {redis_url}");
     out!(
         "\nWatch it:   psql '{url}' -c \"SELECT pid, application_name, state, wait_event_type, now() - state_change AS for FROM pg_stat_activity WHERE application_name LIKE 'locklab%'\""
     );
     out!("            redis-cli -u '{redis_url}' --scan --pattern 'locklab_*'");
     out!("Run on it:  locklab run all --pg-url '{url}' --redis-url '{redis_url}'");
+    out!(
+        "Through the pooler: locklab run all --pooler-url '{pooler_url}' --pg-url '{url}' --redis-url '{redis_url}'"
+    );
     out!("\nUp until Ctrl-C.");
     cancel.cancelled().await;
     env.teardown().await;
@@ -494,6 +531,7 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
         exe: exe()?,
         servers_only: true,
         budget: None,
+        pooler: PoolerChoice::None,
     };
     // The first start may build the template cache; it is not counted.
     let warmup = Env::setup(&opts).await?;

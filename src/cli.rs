@@ -52,6 +52,9 @@ pub enum EnvCommand {
         /// Extra server setting for the throwaway PostgreSQL, NAME=VALUE (repeatable).
         #[arg(long = "pg-setting", value_name = "NAME=VALUE")]
         pg_settings: Vec<String>,
+        /// A pgbouncer.ini setting for the throwaway PgBouncer, NAME=VALUE (repeatable).
+        #[arg(long = "pooler-setting", value_name = "NAME=VALUE")]
+        pooler_settings: Vec<String>,
     },
     /// Measure how fast a throwaway server starts (template copy vs initdb) and stops.
     Time {
@@ -106,6 +109,28 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub redis_url: Option<String>,
+    /// Run the workload through a throwaway PgBouncer in transaction mode, in front of the
+    /// throwaway PostgreSQL (locklab's own probes and observers still go straight to it).
+    #[arg(long, conflicts_with = "pooler_url")]
+    pub pooler: bool,
+    /// Run the workload through your own pooler (PgBouncer, RDS Proxy, …); --pg-url names the
+    /// server behind it, which locklab's probes and observers use directly.
+    #[arg(
+        long,
+        env = "LOCKLAB_POOLER_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        requires = "pg_url"
+    )]
+    pub pooler_url: Option<String>,
+    /// A pgbouncer.ini setting for the throwaway PgBouncer, NAME=VALUE (repeatable; implies
+    /// --pooler), e.g. --pooler-setting default_pool_size=5.
+    #[arg(
+        long = "pooler-setting",
+        value_name = "NAME=VALUE",
+        conflicts_with = "pooler_url"
+    )]
+    pub pooler_settings: Vec<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Directory for the JSON results.

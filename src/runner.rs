@@ -126,10 +126,13 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         ..opts.env.clone()
     })
     .await?;
-    let target = match env.pg_url() {
+    let mut target = match env.pg_url() {
         Some(_) => "throwaway PostgreSQL".to_string(),
-        None => format!("PostgreSQL at {}", env.pg.display),
+        None => format!("PostgreSQL at {}", env.direct.display),
     };
+    if let Some(pooler) = &env.pooler {
+        target = format!("{target} {}", pooler.describe);
+    }
     let results_file = opts
         .out_dir
         .as_ref()

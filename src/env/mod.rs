@@ -2,6 +2,7 @@
 //! Each server kind is one file; `Env` only composes them and owns their teardown.
 
 pub mod guardian;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod process;
 pub mod redis;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use guardian::Guardian;
+use pgbouncer::PoolerServer;
 use postgres::{PgServer, PgTarget};
 use redis::{RedisServer, RedisTarget};
 
@@ -39,6 +41,29 @@ pub struct EnvOptions {
     /// The most PostgreSQL sessions the run opens at once, checked against what the server
     /// allows before anything is created on it.
     pub budget: Option<Budget>,
+    /// A connection pooler between the workload and the server, if any.
+    pub pooler: PoolerChoice,
+}
+
+/// Whether the workload reaches PostgreSQL through a pooler, and whose.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum PoolerChoice {
+    /// Straight to the server (a pooler behind `--pg-url` is still detected).
+    #[default]
+    None,
+    /// A throwaway PgBouncer with these pgbouncer.ini settings over locklab's.
+    Throwaway(Vec<(String, String)>),
+    /// The user's own pooler, in front of the server `--pg-url` names.
+    Url(String),
+}
+
+/// The pooler a run's workload goes through, as the table header names it.
+#[derive(Debug, Clone)]
+pub struct Pooler {
+    /// e.g. `throwaway PgBouncer` or `pooler at postgres://u:***@h:6432/db`.
+    pub describe: String,
+    /// Whether locklab started it (and may change its settings for a variant).
+    pub own: bool,
 }
 
 /// What a run needs of the server's connections, and what to say when it does not fit.
@@ -74,7 +99,13 @@ impl Budget {
 }
 
 pub struct Env {
+    /// The workload's path to PostgreSQL: through the pooler when the run has one.
     pub pg: PgTarget,
+    /// locklab's own sessions (setup, observers, probes, cleanup): straight to the server when
+    /// the run knows how, so a full pool never delays what measures it.
+    pub direct: PgTarget,
+    /// The pooler between the workload and the server, when there is one.
+    pub pooler: Option<Pooler>,
     /// Present when the run needs Redis.
     pub redis: Option<RedisTarget>,
     /// Prefix of every application_name and of the schema: tells our sessions from others'.
@@ -82,6 +113,7 @@ pub struct Env {
     pub exe: PathBuf,
     pg_server: Option<PgServer>,
     redis_server: Option<RedisServer>,
+    pooler_server: Option<PoolerServer>,
     guardian: Option<Arc<Guardian>>,
 }
 
@@ -105,10 +137,16 @@ impl Env {
         let run_tag = format!("locklab_{:08x}", rand::random::<u32>());
         // The guardian starts with the first throwaway server; a run by URL needs none.
         let mut guardian = None;
+        let mut pooled_url = false;
         let (pg, pg_server) = match &opts.pg_url {
             Some(url) => {
                 let target = postgres::external(url, &run_tag).await?;
-                if let Some(budget) = &opts.budget {
+                // Through a pooler the server's slots are not the run's clients: the pooler
+                // maps them onto its own few connections.
+                pooled_url = opts.pooler == PoolerChoice::None
+                    && target.pooled(&format!("{run_tag}/pooler-probe")).await?;
+                let pooled = pooled_url || opts.pooler != PoolerChoice::None;
+                if let Some(budget) = opts.budget.as_ref().filter(|_| !pooled) {
                     let capacity = target.capacity(&format!("{run_tag}/capacity")).await?;
                     budget.check(&capacity)?;
                 }
@@ -136,14 +174,21 @@ impl Env {
             }
         };
         let mut env = Env {
+            direct: pg.clone(),
             pg,
+            pooler: None,
             redis: None,
             run_tag,
             exe: opts.exe.clone(),
             pg_server,
             redis_server: None,
+            pooler_server: None,
             guardian,
         };
+        if let Err(e) = env.setup_pooler(opts, pooled_url).await {
+            env.teardown().await;
+            return Err(e);
+        }
         if opts.need_redis
             && let Err(e) = env.setup_redis(opts).await
         {
@@ -158,6 +203,65 @@ impl Env {
             return Err(e);
         }
         Ok(env)
+    }
+
+    async fn setup_pooler(&mut self, opts: &EnvOptions, pooled_url: bool) -> anyhow::Result<()> {
+        match &opts.pooler {
+            PoolerChoice::None => {
+                if pooled_url {
+                    self.pooler = Some(Pooler {
+                        describe: "(a transaction-mode pooler: its clients share server \
+                                   connections)"
+                            .into(),
+                        own: false,
+                    });
+                }
+            }
+            PoolerChoice::Url(url) => {
+                let target = postgres::external(url, &self.run_tag).await?;
+                // Fails here, before any variant, on a wrong URL or password.
+                target.connect(&self.app("pooler-check")).await?;
+                self.pooler = Some(Pooler {
+                    describe: format!("through the pooler at {}", target.display),
+                    own: false,
+                });
+                self.pg = target;
+            }
+            PoolerChoice::Throwaway(settings) => {
+                let Some(backend) = &self.pg_server else {
+                    return Err(
+                        crate::error::UsageError(pgbouncer::FRONTS_OWN_SERVER.into()).into(),
+                    );
+                };
+                let g = guardian_for(&mut self.guardian, &self.exe)?;
+                let clients = opts.budget.as_ref().map_or(0, |b| b.sessions) + THROWAWAY_SPARE;
+                let server = PoolerServer::start(
+                    g,
+                    backend,
+                    clients.max(THROWAWAY_MAX_CONNECTIONS),
+                    settings,
+                )
+                .await
+                .context("could not start a throwaway PgBouncer")?;
+                self.pg = server.target(&self.pg.schema);
+                self.pooler = Some(Pooler {
+                    describe: "through a throwaway PgBouncer (transaction pooling)".into(),
+                    own: true,
+                });
+                self.pooler_server = Some(server);
+            }
+        }
+        Ok(())
+    }
+
+    /// The throwaway PgBouncer's URL.
+    pub fn pooler_url(&self) -> Option<String> {
+        self.pooler_server.as_ref().map(PoolerServer::url)
+    }
+
+    /// The throwaway PgBouncer's admin console.
+    pub fn pooler_admin(&self) -> Option<PgTarget> {
+        self.pooler_server.as_ref().map(PoolerServer::admin_target)
     }
 
     async fn setup_redis(&mut self, opts: &EnvOptions) -> anyhow::Result<()> {
@@ -202,7 +306,7 @@ impl Env {
     }
 
     async fn create_schema(&self) -> anyhow::Result<()> {
-        let admin = self.pg.connect(&self.app("admin")).await?;
+        let admin = self.direct.connect(&self.app("admin")).await?;
         admin
             .batch_execute(&format!("CREATE SCHEMA \"{}\"", self.pg.schema))
             .await
@@ -232,7 +336,7 @@ impl Env {
 
     /// Ends every session this run opened, so nothing of ours holds a lock afterwards.
     pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
-        let admin = self.pg.connect(&self.app("admin")).await?;
+        let admin = self.direct.connect(&self.app("admin")).await?;
         admin
             .exec(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -246,6 +350,9 @@ impl Env {
 
     /// Stops throwaway servers, or removes our schema from the user's server.
     pub async fn teardown(mut self) {
+        if let Some(server) = self.pooler_server.as_mut() {
+            server.stop().await;
+        }
         if let Some(server) = self.redis_server.as_mut() {
             server.stop().await;
         } else if let Some(r) = &self.redis {
@@ -255,7 +362,7 @@ impl Env {
             server.stop().await;
         } else {
             let _ = self.terminate_sessions("").await;
-            if let Ok(admin) = self.pg.connect(&self.app("admin")).await {
+            if let Ok(admin) = self.direct.connect(&self.app("admin")).await {
                 let _ = admin
                     .batch_execute(&format!(
                         "DROP SCHEMA IF EXISTS \"{}\" CASCADE",

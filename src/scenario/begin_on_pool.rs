@@ -256,7 +256,7 @@ impl workload::Client for Booker {
     fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
         Box::pin(self.book())
     }
-    fn cancel_token(&self) -> Option<tokio_postgres::CancelToken> {
+    fn canceller(&self) -> Option<crate::env::postgres::Canceller> {
         // Statements land on many connections; the cut-off ends the pool's sessions instead.
         None
     }
@@ -266,7 +266,7 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
     let env = ctx.env;
     let bookers = cfg.bookers;
     let (seats, bookings) = (env.pg.table("seats"), env.pg.table("bookings"));
-    let admin = env.pg.connect(&ctx.app("admin")).await?;
+    let admin = env.direct.connect(&ctx.app("admin")).await?;
     let index = match cfg.unique_index {
         true => format!("CREATE UNIQUE INDEX ON {bookings} (seat_id) WHERE status = 'confirmed';"),
         false => String::new(),

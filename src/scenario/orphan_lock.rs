@@ -13,12 +13,12 @@ use anyhow::{Context, bail};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::orphan_lock::{METRICS, Observations, Payments, Probe, evaluate};
-use crate::env::postgres::{PgTarget, begin};
+use crate::env::postgres::{Canceller, PgTarget, begin};
 use crate::env::worker::WorkerIo;
 use crate::error::UsageError;
 use crate::fault::{Fault, Victim};
@@ -371,6 +371,7 @@ async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
 
 struct Booker {
     client: Client,
+    canceller: Canceller,
     provider: Arc<Client>,
     booking: Arc<Booking>,
     inside: bool,
@@ -418,8 +419,8 @@ impl workload::Client for Booker {
     fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
         Box::pin(self.book())
     }
-    fn cancel_token(&self) -> Option<tokio_postgres::CancelToken> {
-        Some(self.client.cancel_token())
+    fn canceller(&self) -> Option<crate::env::postgres::Canceller> {
+        Some(self.canceller.clone())
     }
 }
 
@@ -490,13 +491,16 @@ async fn start_holder(
 /// whether, and until when, someone else held it.
 struct Prober {
     client: Client,
+    canceller: Canceller,
     lock: String,
 }
 
 impl Prober {
     async fn connect(target: &PgTarget, app: &str, booking: &Booking) -> anyhow::Result<Prober> {
+        let client = target.connect(app).await?;
         Ok(Prober {
-            client: target.connect(app).await?,
+            canceller: Canceller::new(&client, target),
+            client,
             lock: format!(
                 "SELECT 1 FROM {} WHERE flight_id = $1 AND fare_class = $2 FOR UPDATE",
                 booking.inventory
@@ -550,7 +554,7 @@ impl Prober {
                 Ok(Some(at))
             }
             None => {
-                let _ = c.cancel_token().cancel_query(NoTls).await;
+                self.canceller.cancel().await;
                 Ok(None)
             }
         }
@@ -562,7 +566,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     let (clients, fault, inside) = (cfg.clients, cfg.fault, cfg.payment_inside);
     let booking = Arc::new(Booking::new(&env.pg, &ctx.variant.settings));
 
-    let admin = env.pg.connect(&ctx.app("admin")).await?;
+    let admin = env.direct.connect(&ctx.app("admin")).await?;
     admin
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {inv}, {book}, {pay}; \
@@ -584,7 +588,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
 
     let clock = Clock::start();
     let observer = Observer::start(
-        &env.pg,
+        &env.direct,
         &ctx.app("observer"),
         clock,
         ctx.app("w/"),
@@ -606,8 +610,10 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
         .into_iter()
         .enumerate()
     {
+        let client = c.context("could not connect a booking client")?;
         bookers.push(Box::new(Booker {
-            client: c.context("could not connect a booking client")?,
+            canceller: Canceller::new(&client, &env.pg),
+            client,
             provider: provider.clone(),
             booking: booking.clone(),
             inside,
@@ -622,7 +628,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
         let result = async {
             let reported = Instant::now();
             let probe_app = ctx.app("probe");
-            let prober = Prober::connect(&env.pg, &probe_app, &booking).await?;
+            let prober = Prober::connect(&env.direct, &probe_app, &booking).await?;
             // Looked at just before the fault: a row the holder never locked reads free here.
             let locked_before_fault = prober.try_now().await?.is_none();
             victim.inject(fault)?;

@@ -131,7 +131,7 @@ impl Handler {
             // The rows stream in while the handler works on each one: the connection is busy
             // until the stream is drained.
             let stream = outer
-                .query_raw(OUTER, [self.rows])
+                .query_typed_raw(OUTER, [(self.rows, tokio_postgres::types::Type::INT4)])
                 .await
                 .map_err(OpError::from)?;
             futures::pin_mut!(stream);
@@ -172,7 +172,7 @@ impl workload::Client for Handler {
     fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
         Box::pin(self.handle())
     }
-    fn cancel_token(&self) -> Option<tokio_postgres::CancelToken> {
+    fn canceller(&self) -> Option<crate::env::postgres::Canceller> {
         // What hangs is the pool checkout, not a statement on the server.
         None
     }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::env::postgres::Canceller;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
-use tokio_postgres::{CancelToken, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::history::{Clock, History, LostClient, Op, Outcome, class};
@@ -64,7 +64,7 @@ pub trait Client: Send + 'static {
     /// One operation, start to finish.
     fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>>;
     /// Cancels the statement in flight on the server: dropping the future would not.
-    fn cancel_token(&self) -> Option<CancelToken>;
+    fn canceller(&self) -> Option<Canceller>;
 }
 
 /// What a client does after an attempt. Every client stops after its first success.
@@ -213,7 +213,7 @@ impl ClientRun {
                 kind,
                 start_ms: self.clock.now_ms(),
             });
-            let token = client.cancel_token();
+            let token = client.canceller();
             let result = tokio::select! {
                 r = client.attempt() => Some(r),
                 _ = tokio::time::sleep_until(deadline) => None,
@@ -222,7 +222,7 @@ impl ClientRun {
             // Cut off mid-operation: no completion, so it stays unknown.
             let Some(result) = result else {
                 if let Some(t) = token {
-                    let _ = t.cancel_query(NoTls).await;
+                    t.cancel().await;
                 }
                 return true;
             };
@@ -285,7 +285,7 @@ mod tests {
                 panic!("the client's own code broke");
             })
         }
-        fn cancel_token(&self) -> Option<CancelToken> {
+        fn canceller(&self) -> Option<Canceller> {
             None
         }
     }
@@ -299,7 +299,7 @@ mod tests {
         fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
             Box::pin(async { Ok(()) })
         }
-        fn cancel_token(&self) -> Option<CancelToken> {
+        fn canceller(&self) -> Option<Canceller> {
             None
         }
     }
@@ -365,7 +365,7 @@ mod tests {
                     Ok(())
                 })
             }
-            fn cancel_token(&self) -> Option<CancelToken> {
+            fn canceller(&self) -> Option<Canceller> {
                 None
             }
         }

@@ -1,10 +1,12 @@
 //! PostgreSQL: the target every scenario talks to, and the throwaway server behind it when the
 //! user gives no URL.
 
+mod cancel;
 mod server;
 pub mod sql;
 mod target;
 
+pub use cancel::Canceller;
 pub use server::{Binaries, PgServer, data_version, find_binaries, time_initdb};
 pub use sql::{Param, Sql, begin};
 pub use target::{Capacity, PgTarget, external, parse_url, redact};

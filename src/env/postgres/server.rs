@@ -306,6 +306,11 @@ impl PgServer {
         PgTarget::new(conn, self.url(), schema)
     }
 
+    /// Where its unix socket is (a pooler in front of it connects there, trusted).
+    pub fn socket_dir(&self) -> &Path {
+        self.process.dir()
+    }
+
     /// A psql-ready TCP URL.
     pub fn url(&self) -> String {
         format!(

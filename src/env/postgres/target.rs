@@ -95,6 +95,26 @@ impl PgTarget {
         Ok(())
     }
 
+    /// Whether this is a pooler that hands one server connection to several clients in turn
+    /// (transaction or statement pooling): two sessions, used one after the other, find
+    /// themselves on the same server backend. Directly, or through a session-mode pooler,
+    /// each session keeps a backend of its own.
+    pub async fn pooled(&self, app: &str) -> anyhow::Result<bool> {
+        let (a, b) = futures::future::try_join(self.connect(app), self.connect(app)).await?;
+        let mut seen: Vec<(usize, i32)> = Vec::new();
+        for (who, c) in [(0, &a), (1, &b), (0, &a), (1, &b)] {
+            let pid: i32 = c
+                .one("SELECT pg_backend_pid()", &[])
+                .await
+                .with_context(|| format!("could not ask {} for its backend", self.display))?
+                .get(0);
+            seen.push((who, pid));
+        }
+        Ok(seen
+            .iter()
+            .any(|(w, p)| seen.iter().any(|(w2, p2)| w != w2 && p == p2)))
+    }
+
     /// The target as a worker process sees it, from what its parent passed down.
     pub fn for_worker(conn: String, schema: String) -> PgTarget {
         PgTarget {

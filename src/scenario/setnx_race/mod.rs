@@ -8,7 +8,7 @@ mod holder;
 mod recorder;
 mod shop;
 
-use crate::env::postgres::Sql as _;
+use crate::env::postgres::{Canceller, Sql as _};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -133,6 +133,7 @@ impl std::str::FromStr for HolderFault {
 struct Buyer {
     shop: Arc<Shop>,
     pg: Client,
+    canceller: Canceller,
     redis: MultiplexedConnection,
     name: String,
     first_attempt_ms: Option<f64>,
@@ -170,8 +171,8 @@ impl workload::Client for Buyer {
     fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
         Box::pin(self.attempt_once())
     }
-    fn cancel_token(&self) -> Option<tokio_postgres::CancelToken> {
-        Some(self.pg.cancel_token())
+    fn canceller(&self) -> Option<crate::env::postgres::Canceller> {
+        Some(self.canceller.clone())
     }
 }
 
@@ -189,7 +190,7 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         orders: env.pg.table("orders"),
     });
 
-    let admin = env.pg.connect(&ctx.app("admin")).await?;
+    let admin = env.direct.connect(&ctx.app("admin")).await?;
     admin
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {products}, {orders}; \
@@ -233,6 +234,7 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         let name = format!("buyer-{}", i + 1);
         clients.push(Box::new(Buyer {
             shop: shop.clone(),
+            canceller: Canceller::new(&pg, &env.pg),
             pg,
             redis: con,
             recorder: Recorder {
