@@ -121,8 +121,14 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         prepared.push(configs);
     }
     let started = Instant::now();
+    let need_pooler = opts.scenarios.iter().any(|s| {
+        s.variants
+            .iter()
+            .any(|v| wanted(&opts, v) && v.through_pooler)
+    });
     let env = Env::setup(&EnvOptions {
         budget: budget(&opts.scenarios, &prepared),
+        need_pooler,
         ..opts.env.clone()
     })
     .await?;
@@ -186,6 +192,13 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 break 'scenarios;
             }
             let resolved = scenario.resolve(variant, opts.time_scale);
+            if let Some(why) = env.cannot_run(
+                resolved.through_pooler,
+                !resolved.pooler_settings.is_empty(),
+            ) {
+                eprintln!("note: {}/{} skipped: {why}", scenario.name, variant.name);
+                continue;
+            }
             let repeat = opts.repeat.max(1);
             let label = |i: u32| match repeat {
                 1 => String::new(),
@@ -339,7 +352,11 @@ async fn run_variant(
         progress: progress.clone(),
     };
     let mut settings_seen = BTreeMap::new();
+    let mut pooler_before = Vec::new();
     let result = async {
+        if !variant.pooler_settings.is_empty() {
+            pooler_before = env.set_pooler(&variant.pooler_settings).await?;
+        }
         if !variant.show_settings.is_empty() {
             settings_seen = server_settings(env, variant).await?;
         }
@@ -356,6 +373,12 @@ async fn run_variant(
         .with_context(|| format!("{}/{}", scenario.name, variant.name));
     ticker.abort();
     progress.finish_and_clear();
+    // The next variant meets PgBouncer as it was.
+    let restored = match pooler_before.is_empty() {
+        true => Ok(()),
+        false => env.set_pooler(&pooler_before).await.map(drop),
+    };
+    let result = result.and_then(|run| restored.map(|()| run));
 
     let (run, error) = match result.and_then(|run| declared(scenario, run)) {
         Ok(run) => (run, None),

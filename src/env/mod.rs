@@ -43,6 +43,9 @@ pub struct EnvOptions {
     pub budget: Option<Budget>,
     /// A connection pooler between the workload and the server, if any.
     pub pooler: PoolerChoice,
+    /// Some variant runs its workload through a pooler: without one for the whole run, a
+    /// throwaway PgBouncer is started for those variants alone.
+    pub need_pooler: bool,
 }
 
 /// Whether the workload reaches PostgreSQL through a pooler, and whose.
@@ -104,8 +107,11 @@ pub struct Env {
     /// locklab's own sessions (setup, observers, probes, cleanup): straight to the server when
     /// the run knows how, so a full pool never delays what measures it.
     pub direct: PgTarget,
-    /// The pooler between the workload and the server, when there is one.
+    /// The pooler between the workload and the server, when the whole run goes through one.
     pub pooler: Option<Pooler>,
+    /// The path through a transaction-mode pooler, for variants that run through one: the
+    /// run's own pooler, or a throwaway PgBouncer started for them.
+    pub pooled: Option<PgTarget>,
     /// Present when the run needs Redis.
     pub redis: Option<RedisTarget>,
     /// Prefix of every application_name and of the schema: tells our sessions from others'.
@@ -141,14 +147,25 @@ impl Env {
         let (pg, pg_server) = match &opts.pg_url {
             Some(url) => {
                 let target = postgres::external(url, &run_tag).await?;
+                let too_small = match &opts.budget {
+                    Some(budget) => {
+                        let capacity = target.capacity(&format!("{run_tag}/capacity")).await?;
+                        budget.check(&capacity).err()
+                    }
+                    None => None,
+                };
                 // Through a pooler the server's slots are not the run's clients: the pooler
-                // maps them onto its own few connections.
-                pooled_url = opts.pooler == PoolerChoice::None
-                    && target.pooled(&format!("{run_tag}/pooler-probe")).await?;
-                let pooled = pooled_url || opts.pooler != PoolerChoice::None;
-                if let Some(budget) = opts.budget.as_ref().filter(|_| !pooled) {
-                    let capacity = target.capacity(&format!("{run_tag}/capacity")).await?;
-                    budget.check(&capacity)?;
+                // maps them onto its own few connections, so the budget does not apply.
+                let detect = opts.pooler == PoolerChoice::None;
+                let probe = format!("{run_tag}/pooler-probe");
+                match too_small {
+                    None => pooled_url = detect && target.pooled(&probe).await?,
+                    Some(e) => {
+                        pooled_url = detect && target.pooled(&probe).await.unwrap_or(false);
+                        if !pooled_url && opts.pooler == PoolerChoice::None {
+                            return Err(e.into());
+                        }
+                    }
                 }
                 (target, None)
             }
@@ -177,6 +194,7 @@ impl Env {
             direct: pg.clone(),
             pg,
             pooler: None,
+            pooled: None,
             redis: None,
             run_tag,
             exe: opts.exe.clone(),
@@ -207,6 +225,12 @@ impl Env {
 
     async fn setup_pooler(&mut self, opts: &EnvOptions, pooled_url: bool) -> anyhow::Result<()> {
         match &opts.pooler {
+            PoolerChoice::None if opts.need_pooler && self.pg_server.is_some() => {
+                let server = self.start_pgbouncer(opts, &[]).await?;
+                self.pooled = Some(server.target(&self.pg.schema));
+                self.pooler_server = Some(server);
+                return Ok(());
+            }
             PoolerChoice::None => {
                 if pooled_url {
                     self.pooler = Some(Pooler {
@@ -228,21 +252,11 @@ impl Env {
                 self.pg = target;
             }
             PoolerChoice::Throwaway(settings) => {
-                let Some(backend) = &self.pg_server else {
-                    return Err(
-                        crate::error::UsageError(pgbouncer::FRONTS_OWN_SERVER.into()).into(),
-                    );
-                };
-                let g = guardian_for(&mut self.guardian, &self.exe)?;
-                let clients = opts.budget.as_ref().map_or(0, |b| b.sessions) + THROWAWAY_SPARE;
-                let server = PoolerServer::start(
-                    g,
-                    backend,
-                    clients.max(THROWAWAY_MAX_CONNECTIONS),
-                    settings,
-                )
-                .await
-                .context("could not start a throwaway PgBouncer")?;
+                if self.pg_server.is_none() {
+                    let e = crate::error::UsageError(pgbouncer::FRONTS_OWN_SERVER.into());
+                    return Err(e.into());
+                }
+                let server = self.start_pgbouncer(opts, settings).await?;
                 self.pg = server.target(&self.pg.schema);
                 self.pooler = Some(Pooler {
                     describe: "through a throwaway PgBouncer (transaction pooling)".into(),
@@ -251,7 +265,72 @@ impl Env {
                 self.pooler_server = Some(server);
             }
         }
+        if self.pooler.is_some() {
+            self.pooled = Some(self.pg.clone());
+        }
         Ok(())
+    }
+
+    async fn start_pgbouncer(
+        &mut self,
+        opts: &EnvOptions,
+        settings: &[(String, String)],
+    ) -> anyhow::Result<PoolerServer> {
+        let backend = self
+            .pg_server
+            .as_ref()
+            .context("a throwaway PgBouncer needs the throwaway PostgreSQL behind it")?;
+        let g = guardian_for(&mut self.guardian, &self.exe)?;
+        let clients = opts.budget.as_ref().map_or(0, |b| b.sessions) + THROWAWAY_SPARE;
+        PoolerServer::start(g, backend, clients.max(THROWAWAY_MAX_CONNECTIONS), settings)
+            .await
+            .context("could not start a throwaway PgBouncer")
+    }
+
+    /// Why a variant cannot run in this environment (it needs a pooler the run lacks), if so.
+    pub fn cannot_run(&self, through_pooler: bool, pooler_settings: bool) -> Option<String> {
+        if pooler_settings && self.pooler_server.is_none() {
+            return Some(
+                "it changes PgBouncer's settings, which only locklab's own PgBouncer lets it do \
+                 (run without --pg-url, or with --pooler)"
+                    .into(),
+            );
+        }
+        if through_pooler && self.pooled.is_none() {
+            return Some(
+                "it runs through a pooler: give yours with --pooler-url, or run without --pg-url"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    /// Sets PgBouncer settings on locklab's own PgBouncer through its admin console; returns
+    /// the values they had, to put back with another call.
+    pub async fn set_pooler(
+        &self,
+        settings: &[(String, String)],
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let Some(admin) = self.pooler_admin() else {
+            anyhow::bail!("this run has no PgBouncer of locklab's own");
+        };
+        let c = admin.connect(&self.app("pooler-admin")).await?;
+        let mut before = Vec::new();
+        for msg in c.simple_query("SHOW CONFIG").await? {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = msg
+                && let (Some(k), Some(v)) = (r.get(0), r.get(1))
+                && settings.iter().any(|(name, _)| name == k)
+            {
+                before.push((k.to_string(), v.to_string()));
+            }
+        }
+        for (k, v) in settings {
+            let value = v.replace('\'', "''");
+            c.simple_query(&format!("SET {k} = '{value}'"))
+                .await
+                .with_context(|| format!("PgBouncer refused `{k} = {v}`"))?;
+        }
+        Ok(before)
     }
 
     /// The throwaway PgBouncer's URL.

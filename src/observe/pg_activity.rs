@@ -22,6 +22,9 @@ pub struct Sample {
     pub blocked: i64,
     /// How long the watched holder session has been idle in transaction, if it is.
     pub holder_idle_ms: Option<f64>,
+    /// Server sessions serving the workload, in any state: its share of max_connections
+    /// (through a pooler, the pooler's server connections).
+    pub sessions: i64,
 }
 
 pub struct Observer {
@@ -44,7 +47,8 @@ impl Observer {
                         count(*) FILTER (WHERE wait_event_type = 'Lock'), \
                         count(*) FILTER (WHERE cardinality(pg_blocking_pids(pid)) > 0), \
                         max(extract(epoch FROM clock_timestamp() - state_change)::float8 * 1000) \
-                          FILTER (WHERE state = 'idle in transaction' AND application_name = $2) \
+                          FILTER (WHERE state = 'idle in transaction' AND application_name = $2), \
+                        count(*) \
                  FROM pg_stat_activity WHERE application_name LIKE $1";
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -67,6 +71,7 @@ impl Observer {
                     waiting_on_lock: row.get(1),
                     blocked: row.get(2),
                     holder_idle_ms: row.get(3),
+                    sessions: row.get(4),
                 });
             }
             samples

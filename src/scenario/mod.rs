@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::check::Evaluation;
 use crate::env::Env;
+use crate::env::postgres::PgTarget;
 use crate::env::worker::WorkerIo;
 use crate::error::UsageError;
 use crate::history::History;
@@ -174,6 +175,15 @@ pub struct VariantCtx<'a> {
 }
 
 impl VariantCtx<'_> {
+    /// The workload's path to PostgreSQL: through the pooler for a variant that runs through
+    /// one (the runner skips it when the run has none), else the run's own path.
+    pub fn pg(&self) -> &PgTarget {
+        match (self.variant.through_pooler, &self.env.pooled) {
+            (true, Some(pooled)) => pooled,
+            _ => &self.env.pg,
+        }
+    }
+
     /// application_name of a session of this variant, e.g. `locklab_1a2b3c4d/baseline/holder`.
     /// Sessions of the workload live under `…/w/`, so observers can tell them from probes.
     pub fn app(&self, role: &str) -> String {

@@ -281,6 +281,13 @@ async fn hold(
 /// The holder's passenger name.
 const HOLDER: &str = "holder";
 
+/// Where the payment provider keeps its records: another system, so never behind the
+/// booking service's pooler. (Sharing its pool, a booking that holds a server connection
+/// while it waits for its charge deadlocks the pool once every connection is such a booking.)
+fn provider_target(env: &crate::env::Env) -> &PgTarget {
+    &env.direct
+}
+
 /// The payment provider's session of a booking process (`w/provider-…`: idle, never in a
 /// transaction, and not the holder's).
 fn provider_app(holder_app: &str) -> String {
@@ -339,6 +346,8 @@ async fn reconcile(admin: &Client, booking: &Booking, grace: Duration) -> anyhow
 #[derive(Serialize, Deserialize)]
 struct HolderConfig {
     target: PgTarget,
+    /// The payment provider's own path to its records (see [`provider_target`]).
+    provider: PgTarget,
     app: String,
     settings: Vec<(String, String)>,
     payment_inside: bool,
@@ -356,7 +365,7 @@ struct Paying {
 async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
     let cfg: HolderConfig = io.config()?;
     let c = cfg.target.connect(&cfg.app).await?;
-    let provider = cfg.target.connect(&provider_app(&cfg.app)).await?;
+    let provider = cfg.provider.connect(&provider_app(&cfg.app)).await?;
     let booking = Booking::new(&cfg.target, &cfg.settings);
     hold(
         &c,
@@ -372,6 +381,9 @@ async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
 struct Booker {
     client: Client,
     canceller: Canceller,
+    /// Where and as whom it reconnects when its connection is closed under it.
+    target: PgTarget,
+    app: String,
     provider: Arc<Client>,
     booking: Arc<Booking>,
     inside: bool,
@@ -380,7 +392,21 @@ struct Booker {
 }
 
 impl Booker {
+    /// One booking attempt. A client whose connection was closed under it (a pooler's or the
+    /// server's timeout) opens a new one for its next attempt, as a pool of one (`max: 1`)
+    /// replaces a dead connection.
     async fn book(&mut self) -> Result<(), OpError> {
+        let result = self.book_once().await;
+        if self.client.is_closed()
+            && let Ok(client) = self.target.connect(&self.app).await
+        {
+            self.canceller = Canceller::new(&client, &self.target);
+            self.client = client;
+        }
+        result
+    }
+
+    async fn book_once(&mut self) -> Result<(), OpError> {
         if !self.inside {
             self.booking.charge(&self.provider, &self.passenger).await?;
             tokio::time::sleep(self.payment).await;
@@ -436,11 +462,12 @@ async fn start_holder(
     let (inside, payment_call) = (cfg.payment_inside, cfg.payment_call);
     if cfg.fault == Fault::Leak {
         // One application pool of one connection, as in a service with a small pool.
-        let pool = env
-            .pg
+        let pool = ctx
+            .pg()
             .pool(&app, 1, None, deadpool_postgres::QueueMode::Fifo)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (task_pool, target) = (pool.clone(), env.pg.clone());
+        let (task_pool, target) = (pool.clone(), ctx.pg().clone());
+        let provider_target = provider_target(env).clone();
         let settings = settings.clone();
         let provider = provider_app(&app);
         let task = tokio::spawn(async move {
@@ -448,7 +475,7 @@ async fn start_holder(
                 return;
             };
             let booking = Booking::new(&target, &settings);
-            let Ok(provider) = target.connect(&provider).await else {
+            let Ok(provider) = provider_target.connect(&provider).await else {
                 return;
             };
             let _ = hold(&conn, &provider, &booking, inside, payment_call, |at| {
@@ -464,7 +491,8 @@ async fn start_holder(
     }
 
     let config = HolderConfig {
-        target: env.pg.clone(),
+        target: ctx.pg().clone(),
+        provider: provider_target(env).clone(),
         app,
         settings: settings.clone(),
         payment_inside: inside,
@@ -564,7 +592,9 @@ impl Prober {
 async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
     let (clients, fault, inside) = (cfg.clients, cfg.fault, cfg.payment_inside);
-    let booking = Arc::new(Booking::new(&env.pg, &ctx.variant.settings));
+    // The workload's path: through the pooler for a variant that runs through one.
+    let pg = ctx.pg();
+    let booking = Arc::new(Booking::new(pg, &ctx.variant.settings));
 
     let admin = env.direct.connect(&ctx.app("admin")).await?;
     admin
@@ -596,7 +626,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     )
     .await?;
 
-    let provider = Arc::new(env.pg.connect(&ctx.app("w/provider")).await?);
+    let provider = Arc::new(provider_target(env).connect(&ctx.app("w/provider")).await?);
 
     // The booking clients are already running when the holder freezes: connect them first, so
     // connection set-up (slow with SCRAM over TCP) never eats into the window being measured.
@@ -604,16 +634,19 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     let apps: Vec<String> = (0..clients)
         .map(|i| ctx.app(&format!("w/booker-{i}")))
         .collect();
-    let connects = apps.iter().map(|app| env.pg.connect(app));
-    for (i, c) in futures::future::join_all(connects)
+    let connects = apps.iter().map(|app| pg.connect(app));
+    for (i, (c, app)) in futures::future::join_all(connects)
         .await
         .into_iter()
+        .zip(&apps)
         .enumerate()
     {
         let client = c.context("could not connect a booking client")?;
         bookers.push(Box::new(Booker {
-            canceller: Canceller::new(&client, &env.pg),
+            canceller: Canceller::new(&client, pg),
             client,
+            target: pg.clone(),
+            app: app.clone(),
             provider: provider.clone(),
             booking: booking.clone(),
             inside,

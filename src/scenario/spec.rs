@@ -54,6 +54,14 @@ struct VariantSpec {
     shows: String,
     #[serde(default)]
     settings: BTreeMap<String, Spanned<String>>,
+    /// The workload goes through a transaction-mode pooler (locklab's PgBouncer unless the
+    /// whole run already goes through one).
+    #[serde(default)]
+    through_pooler: bool,
+    /// pgbouncer.ini settings for this variant (implies through_pooler; needs locklab's own
+    /// PgBouncer): a parameter's name or a literal; durations go in seconds.
+    #[serde(default)]
+    pooler_settings: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     params: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
@@ -380,12 +388,23 @@ impl Params {
 
     /// Renders a variant's setting: a parameter name takes that parameter's value, a duration
     /// literal is scaled, anything else is passed to the server as written.
-    fn render_setting(&self, raw: &str, time_scale: f64) -> String {
-        let p = match self.values.get(raw) {
+    fn setting_value(&self, raw: &str, time_scale: f64) -> Param {
+        match self.values.get(raw) {
             Some(p) => p.clone(),
             None => parse_text_param(raw).scaled(time_scale),
-        };
-        match p {
+        }
+    }
+
+    /// A pgbouncer.ini value: PgBouncer takes durations in (fractional) seconds.
+    fn render_pooler_setting(&self, raw: &str, time_scale: f64) -> String {
+        match self.setting_value(raw, time_scale) {
+            Param::Duration(d) => format!("{}", d.as_secs_f64().max(0.001)),
+            other => other.to_string(),
+        }
+    }
+
+    fn render_setting(&self, raw: &str, time_scale: f64) -> String {
+        match self.setting_value(raw, time_scale) {
             // PostgreSQL takes whole milliseconds; never round a timeout down to 0 (= off).
             Param::Duration(d) => format!("{}ms", d.as_millis().max(1)),
             other => other.to_string(),
@@ -401,6 +420,8 @@ pub struct Variant {
     pub show_settings: Vec<String>,
     pub shows: String,
     settings: Vec<(String, String)>,
+    pub through_pooler: bool,
+    pooler_settings: Vec<(String, String)>,
     params: BTreeMap<String, Param>,
     expect: Vec<Expectation>,
     expect_when: Vec<(String, Param, Vec<Expectation>)>,
@@ -416,6 +437,10 @@ pub struct ResolvedVariant {
     pub params: Params,
     /// Session settings applied to the workload's connections (never to the server).
     pub settings: Vec<(String, String)>,
+    /// The workload goes through a transaction-mode pooler.
+    pub through_pooler: bool,
+    /// PgBouncer settings for this variant (locklab's own PgBouncer only).
+    pub pooler_settings: Vec<(String, String)>,
     pub expect: Vec<Expectation>,
 }
 
@@ -563,6 +588,12 @@ impl Scenario {
                     .iter()
                     .map(|(k, s)| (k.clone(), s.get_ref().clone()))
                     .collect(),
+                through_pooler: v.through_pooler || !v.pooler_settings.is_empty(),
+                pooler_settings: v
+                    .pooler_settings
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.get_ref().clone()))
+                    .collect(),
                 params: parse_params(&v.params)?,
                 expect: parse_expect(&v.expect)?,
                 expect_when,
@@ -622,6 +653,7 @@ impl Scenario {
         let in_settings = variant
             .settings
             .iter()
+            .chain(&variant.pooler_settings)
             .filter(|(_, raw)| values.contains_key(raw))
             .map(|(_, raw)| raw.clone())
             .collect();
@@ -634,6 +666,11 @@ impl Scenario {
             .settings
             .iter()
             .map(|(k, raw)| (k.clone(), params.render_setting(raw, time_scale)))
+            .collect();
+        let pooler_settings = variant
+            .pooler_settings
+            .iter()
+            .map(|(k, raw)| (k.clone(), params.render_pooler_setting(raw, time_scale)))
             .collect();
         let expect = variant
             .expect_when
@@ -648,6 +685,8 @@ impl Scenario {
             shows: variant.shows.clone(),
             params,
             settings,
+            through_pooler: variant.through_pooler,
+            pooler_settings,
             expect,
         }
     }

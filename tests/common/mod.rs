@@ -118,6 +118,8 @@ pub fn signal(child: &Child, sig: i32) {
 pub struct EnvUp {
     pub child: Child,
     pub url: String,
+    /// The throwaway PgBouncer (transaction pooling) in front of `url`.
+    pub pooler_url: String,
     pub redis_url: String,
 }
 
@@ -137,16 +139,25 @@ impl EnvUp {
             .and_then(Result::ok)
             .and_then(|l| l.strip_prefix("PostgreSQL").map(|u| u.trim().to_string()))
             .expect("env up prints the PostgreSQL URL first");
+        let pooler_url = lines
+            .next()
+            .and_then(Result::ok)
+            .and_then(|l| {
+                l.strip_prefix("PgBouncer")
+                    .and_then(|u| u.split_whitespace().next().map(str::to_string))
+            })
+            .expect("env up prints the PgBouncer URL second");
         let redis_url = lines
             .next()
             .and_then(Result::ok)
             .and_then(|l| l.strip_prefix("Redis").map(|u| u.trim().to_string()))
-            .expect("env up prints the Redis URL second");
+            .expect("env up prints the Redis URL third");
         // Keep draining stdout so env up never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         EnvUp {
             child,
             url,
+            pooler_url,
             redis_url,
         }
     }
