@@ -288,10 +288,10 @@ fn provider_target(env: &crate::env::Env) -> &PgTarget {
     &env.direct
 }
 
-/// The payment provider's session of a booking process (`w/provider-…`: idle, never in a
-/// transaction, and not the holder's).
+/// The payment provider's session of the holder's process (`provider-holder`): another
+/// system's, so outside the workload's `w/` sessions the observer counts.
 fn provider_app(holder_app: &str) -> String {
-    holder_app.replace("/w/holder", "/w/provider-holder")
+    holder_app.replace("/w/holder", "/provider-holder")
 }
 
 /// The reconciler of a pay-first service: once the payment call's own time has passed,
@@ -626,7 +626,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     )
     .await?;
 
-    let provider = Arc::new(provider_target(env).connect(&ctx.app("w/provider")).await?);
+    let provider = Arc::new(provider_target(env).connect(&ctx.app("provider")).await?);
 
     // The booking clients are already running when the holder freezes: connect them first, so
     // connection set-up (slow with SCRAM over TCP) never eats into the window being measured.
@@ -708,7 +708,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
 
     // Whatever the fault left behind (a frozen holder's session, a cancelled waiter) ends here,
     // so the next variant starts clean.
-    for role in ["w/", "probe"] {
+    for role in ["w/", "probe", "provider"] {
         ctx.terminate_sessions(role).await?;
     }
     let samples = observer.finish().await;
