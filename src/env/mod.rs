@@ -63,10 +63,8 @@ pub enum PoolerChoice {
 /// The pooler a run's workload goes through, as the table header names it.
 #[derive(Debug, Clone)]
 pub struct Pooler {
-    /// e.g. `throwaway PgBouncer` or `pooler at postgres://u:***@h:6432/db`.
+    /// e.g. `through a throwaway PgBouncer (transaction pooling)`.
     pub describe: String,
-    /// Whether locklab started it (and may change its settings for a variant).
-    pub own: bool,
 }
 
 /// What a run needs of the server's connections, and what to say when it does not fit.
@@ -155,16 +153,17 @@ impl Env {
                     None => None,
                 };
                 // Through a pooler the server's slots are not the run's clients: the pooler
-                // maps them onto its own few connections, so the budget does not apply.
-                let detect = opts.pooler == PoolerChoice::None;
-                let probe = format!("{run_tag}/pooler-probe");
-                match too_small {
-                    None => pooled_url = detect && target.pooled(&probe).await?,
-                    Some(e) => {
-                        pooled_url = detect && target.pooled(&probe).await.unwrap_or(false);
-                        if !pooled_url && opts.pooler == PoolerChoice::None {
-                            return Err(e.into());
-                        }
+                // maps them onto its own few connections, so the budget does not apply. (A
+                // server too small may refuse the detection's two sessions too: then it is not
+                // a pooler, as far as the budget goes.)
+                if opts.pooler == PoolerChoice::None {
+                    let probe = format!("{run_tag}/pooler-probe");
+                    pooled_url = match &too_small {
+                        None => target.pooled(&probe).await?,
+                        Some(_) => target.pooled(&probe).await.unwrap_or(false),
+                    };
+                    if let Some(e) = too_small.filter(|_| !pooled_url) {
+                        return Err(e.into());
                     }
                 }
                 (target, None)
@@ -237,7 +236,6 @@ impl Env {
                         describe: "(a transaction-mode pooler: its clients share server \
                                    connections)"
                             .into(),
-                        own: false,
                     });
                 }
             }
@@ -247,20 +245,16 @@ impl Env {
                 target.connect(&self.app("pooler-check")).await?;
                 self.pooler = Some(Pooler {
                     describe: format!("through the pooler at {}", target.display),
-                    own: false,
                 });
                 self.pg = target;
             }
             PoolerChoice::Throwaway(settings) => {
-                if self.pg_server.is_none() {
-                    let e = crate::error::UsageError(pgbouncer::FRONTS_OWN_SERVER.into());
-                    return Err(e.into());
-                }
+                // (app.rs refuses `--pooler --pg-url` with the reason; start_pgbouncer says it
+                // again for any other caller.)
                 let server = self.start_pgbouncer(opts, settings).await?;
                 self.pg = server.target(&self.pg.schema);
                 self.pooler = Some(Pooler {
                     describe: "through a throwaway PgBouncer (transaction pooling)".into(),
-                    own: true,
                 });
                 self.pooler_server = Some(server);
             }
@@ -279,7 +273,7 @@ impl Env {
         let backend = self
             .pg_server
             .as_ref()
-            .context("a throwaway PgBouncer needs the throwaway PostgreSQL behind it")?;
+            .ok_or_else(|| crate::error::UsageError(pgbouncer::FRONTS_OWN_SERVER.into()))?;
         let g = guardian_for(&mut self.guardian, &self.exe)?;
         let clients = opts.budget.as_ref().map_or(0, |b| b.sessions) + THROWAWAY_SPARE;
         PoolerServer::start(g, backend, clients.max(THROWAWAY_MAX_CONNECTIONS), settings)

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio_postgres::NoTls;
@@ -147,36 +147,15 @@ impl PoolerServer {
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // The admin console answers once it listens, without opening a server connection.
         let cfg = self.admin_target().config("locklab-ready")?;
-        loop {
-            if let Some(status) = self.process.exited()? {
-                bail!(
-                    "pgbouncer exited ({status}) while starting: {}",
-                    self.log_tail()
-                );
-            }
-            // The admin console answers once it listens, without opening a server connection.
-            match cfg.connect(NoTls).await {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    bail!(
-                        "pgbouncer did not accept connections within 10 s ({e}): {}",
-                        self.log_tail()
-                    )
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(3)).await,
-            }
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let dir = self.process.dir();
-        let log = std::fs::read_to_string(dir.join("pgbouncer.log"))
-            .or_else(|_| std::fs::read_to_string(dir.join("stderr.log")))
-            .unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
+        let cfg = &cfg;
+        let logs = ["pgbouncer.log", "stderr.log"];
+        self.process
+            .wait_ready("pgbouncer", Duration::from_secs(10), &logs, || async move {
+                cfg.connect(NoTls).await.map(drop).map_err(Into::into)
+            })
+            .await
     }
 
     /// A psql-ready URL: the same database and user as the server behind it.

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 
 use super::INSTALL_HINT;
@@ -204,24 +204,15 @@ impl RedisServer {
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let target = self.target("");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.process.exited()? {
-                let log = std::fs::read_to_string(self.process.dir().join("redis.log"))
-                    .unwrap_or_default();
-                bail!(
-                    "redis-server exited ({status}) while starting: {}",
-                    log.trim()
-                );
-            }
-            match target.connect().await {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    bail!("redis-server did not answer within 10 s: {e:#}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-            }
-        }
+        let target = &target;
+        self.process
+            .wait_ready(
+                "redis-server",
+                Duration::from_secs(10),
+                &["redis.log"],
+                || async move { target.connect().await.map(drop) },
+            )
+            .await
     }
 
     /// A redis-cli-ready URL with the password.

@@ -1,5 +1,6 @@
 //! What every throwaway server has in common: a temp dir and a process group the guardian knows
-//! about until the server is stopped, a port that may be taken under our feet, and a stop.
+//! about until the server is stopped, a port that may be taken under our feet, a wait until it
+//! answers, and a stop.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,49 @@ impl ServerProcess {
     /// `Some(status)` if the server already exited.
     pub fn exited(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
         self.child.try_wait()
+    }
+
+    /// Polls `probe` until it succeeds. Fails at once if the process exits, or after `within`;
+    /// either way with the last lines of the first of `logs` (files in its dir) that exists.
+    pub async fn wait_ready<F, Fut>(
+        &mut self,
+        what: &str,
+        within: Duration,
+        logs: &[&str],
+        mut probe: F,
+    ) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited()? {
+                anyhow::bail!(
+                    "{what} exited ({status}) while starting: {}",
+                    self.log_tail(logs)
+                );
+            }
+            match probe().await {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() > deadline => anyhow::bail!(
+                    "{what} did not answer within {} ({e:#}): {}",
+                    humantime::format_duration(within),
+                    self.log_tail(logs)
+                ),
+                Err(_) => tokio::time::sleep(Duration::from_millis(3)).await,
+            }
+        }
+    }
+
+    /// The last lines of the first of `logs` that exists, on one line.
+    fn log_tail(&self, logs: &[&str]) -> String {
+        let log = logs
+            .iter()
+            .find_map(|name| std::fs::read_to_string(self.dir().join(name)).ok())
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
     }
 
     /// Stops the group (its stop signal, a grace period, then SIGKILL) and removes the dir.

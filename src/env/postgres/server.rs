@@ -267,33 +267,16 @@ impl PgServer {
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let target = self.target("public");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.process.exited()? {
-                bail!(
-                    "postgres exited ({status}) while starting: {}",
-                    self.log_tail()
-                );
-            }
-            match target.config("locklab-ready")?.connect(NoTls).await {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    bail!(
-                        "postgres did not accept connections within 20 s ({e}): {}",
-                        self.log_tail()
-                    )
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(3)).await,
-            }
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let log =
-            std::fs::read_to_string(self.process.dir().join("postgres.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
+        let cfg = self.target("public").config("locklab-ready")?;
+        let cfg = &cfg;
+        self.process
+            .wait_ready(
+                "postgres",
+                Duration::from_secs(20),
+                &["postgres.log"],
+                || async move { cfg.connect(NoTls).await.map(drop).map_err(Into::into) },
+            )
+            .await
     }
 
     /// How locklab itself connects: the unix socket, as the trusted superuser.
