@@ -5,7 +5,6 @@
 
 use crate::env::postgres::Sql as _;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::pool::{BOOKING_METRICS, BookingObservations, evaluate_booking};
 use crate::error::UsageError;
 use crate::history::{Clock, class};
+use crate::workload::gate::Gates;
 use crate::workload::{self, OpError, Plan};
 
 /// begin-on-pool's configuration: its parameters, parsed once.
@@ -57,8 +57,8 @@ impl Code for BeginOnPool {
     fn config(p: &Params) -> Result<BeginOnPool, UsageError> {
         let (think, step) = (p.duration("think")?, p.duration("step")?);
         // A booking takes the think time plus up to one step per gate, even when nothing blocks.
-        let booking = think + step * Pace::GATES as u32;
-        let what = format!("think + {} steps", Pace::GATES);
+        let booking = think + step * GATES as u32;
+        let what = format!("think + {} steps", GATES);
         p.deadline_outlasts(2, &what, booking, "no booking could finish before it")?;
         Ok(BeginOnPool {
             bookers: p.count("bookers")?,
@@ -89,52 +89,11 @@ impl Code for BeginOnPool {
 const SEAT: i32 = 1;
 
 /// Paces the bookers statement by statement: after each statement a booker waits until every
-/// booker has finished that statement, or `patience` has passed. Where nothing blocks (every
+/// booker has finished that statement, or `step` has passed. Where nothing blocks (every
 /// statement through the pool) all arrive at once, so the pool hands out connections the same
 /// way on every run. Where bookers wait on a row lock (the dedicated-client variants) the gate
 /// falls back to the timeout instead of deadlocking, as a plain barrier would.
-struct Pace {
-    arrived: [AtomicUsize; Pace::GATES],
-    notify: tokio::sync::Notify,
-    bookers: usize,
-    patience: Duration,
-}
-
-impl Pace {
-    const GATES: usize = 4;
-
-    fn new(bookers: usize, patience: Duration) -> Pace {
-        Pace {
-            arrived: Default::default(),
-            notify: tokio::sync::Notify::new(),
-            bookers,
-            patience,
-        }
-    }
-
-    async fn gate(&self, gate: usize) {
-        self.arrived[gate].fetch_add(1, Ordering::SeqCst);
-        self.notify.notify_waiters();
-        let until = Instant::now() + self.patience;
-        loop {
-            let notified = self.notify.notified();
-            if self.arrived[gate].load(Ordering::SeqCst) >= self.bookers {
-                return;
-            }
-            if tokio::time::timeout_at(until, notified).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// A booker that stops early passes the gates it will not reach, so nobody waits for it.
-    fn leave(&self, passed: usize) {
-        for g in passed..Self::GATES {
-            self.arrived[g].fetch_add(1, Ordering::SeqCst);
-        }
-        self.notify.notify_waiters();
-    }
-}
+const GATES: usize = 4;
 
 struct Sql {
     select: String,
@@ -171,7 +130,7 @@ struct Booker {
     sql: Arc<Sql>,
     customer: String,
     think: Duration,
-    pace: Arc<Pace>,
+    pace: Arc<Gates>,
     start_line: Arc<tokio::sync::Barrier>,
     told_booked: Arc<Mutex<BTreeSet<String>>>,
 }
@@ -209,7 +168,7 @@ impl Booker {
         };
         let mut passed = 0;
         let result = self.transaction(&conn, &mut passed).await;
-        self.pace.leave(passed);
+        self.pace.skip(passed, GATES);
         if result.is_err() {
             let _ = self.exec(&conn, "ROLLBACK", &[]).await;
         }
@@ -224,7 +183,7 @@ impl Booker {
     async fn transaction(&self, conn: &Conn, passed: &mut usize) -> Result<(), OpError> {
         let pace = |gate: usize, passed: &mut usize| {
             *passed = gate + 1;
-            self.pace.gate(gate)
+            self.pace.pass(gate)
         };
         self.exec(conn, "BEGIN", &[]).await?;
         pace(0, passed).await;
@@ -311,7 +270,7 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
     let dedicated = cfg.dedicated;
     let start_line = Arc::new(tokio::sync::Barrier::new(bookers));
     let think = cfg.think;
-    let pace = Arc::new(Pace::new(bookers, cfg.step));
+    let pace = Arc::new(Gates::new(GATES, bookers, cfg.step));
     let clients: Vec<Box<dyn workload::Client>> = (0..bookers)
         .map(|i| {
             Box::new(Booker {

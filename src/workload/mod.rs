@@ -2,6 +2,8 @@
 //! does. Clients only record (invoke, then completion); the history is assembled when they are
 //! done, and an operation that was invoked but never completed is unknown, whatever the reason.
 
+pub mod gate;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,11 +69,15 @@ pub trait Client: Send + 'static {
     fn canceller(&self) -> Option<Canceller>;
 }
 
-/// What a client does after an attempt. Every client stops after its first success.
+/// What a client does after an attempt. Every client stops after its first success, except
+/// under [`Plan::Times`].
 #[derive(Debug, Clone, Copy)]
 pub enum Plan {
     /// One attempt per client, whatever its outcome.
     Once,
+    /// Exactly this many attempts per client, one after another, whatever their outcomes
+    /// (rounds of a workload; the client knows which round it is in).
+    Times(usize),
     /// Retry a failed attempt after `retry_after` (jittered ±50%), except after an error of a
     /// class in `stop_on` (e.g. `sold-out`), where retrying cannot help.
     UntilOk {
@@ -204,7 +210,9 @@ impl ClientRun {
     async fn run(self, mut client: Box<dyn Client>) -> bool {
         let kind = client.kind();
         let (deadline, cancel) = (self.deadline, &self.cancel);
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             if Instant::now() >= deadline || cancel.is_cancelled() {
                 return true;
             }
@@ -227,11 +235,20 @@ impl ClientRun {
                 return true;
             };
             let end_ms = self.clock.now_ms();
+            let again = match self.plan {
+                Plan::Times(n) => attempts < n,
+                _ => false,
+            };
             let (outcome, retry_after) = match result {
+                Ok(()) if again => {
+                    self.ok_count.fetch_add(1, Ordering::Relaxed);
+                    (Outcome::Ok, Some(Duration::ZERO))
+                }
                 Ok(()) => {
                     self.ok_count.fetch_add(1, Ordering::Relaxed);
                     (Outcome::Ok, None)
                 }
+                Err(e) if again => (Outcome::Error { class: e.class }, Some(Duration::ZERO)),
                 Err(e) => {
                     let retry_after = match self.plan {
                         Plan::UntilOk {
@@ -251,6 +268,9 @@ impl ClientRun {
             let Some(retry_after) = retry_after else {
                 return false;
             };
+            if retry_after.is_zero() {
+                continue;
+            }
             let pause = retry_after.mul_f64(rand::random_range(0.5..1.5));
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
