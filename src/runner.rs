@@ -195,8 +195,17 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
             if let Some(why) = env.cannot_run(
                 resolved.through_pooler,
                 !resolved.pooler_settings.is_empty(),
+                scenario.kind.needs_direct,
             ) {
                 eprintln!("note: {}/{} skipped: {why}", scenario.name, variant.name);
+                if let Some(s) = report.scenarios.last_mut() {
+                    s.variants.push(VariantReport::skipped(
+                        &variant.name,
+                        resolved.mitigated,
+                        &resolved.shows,
+                        why,
+                    ));
+                }
                 continue;
             }
             let repeat = opts.repeat.max(1);
@@ -423,6 +432,7 @@ async fn run_variant(
         repeats: Vec::new(),
         failure: None,
         server_settings: settings_seen,
+        skipped: None,
     }
 }
 

@@ -44,6 +44,19 @@ fn every_scenario_runs_through_a_pgbouncer_given_as_pg_url() {
         stderr.contains("orphan-lock/pooler-idle-timeout skipped"),
         "{stderr}"
     );
+    // pooler-pitfalls compares the pooler's path with a direct one, which this run lacks.
+    let pitfalls = scenarios(&report)
+        .iter()
+        .find(|s| s["name"] == "pooler-pitfalls")
+        .expect("pooler-pitfalls is part of all");
+    for v in pitfalls["variants"].as_array().expect("variants") {
+        assert!(
+            v["skipped"]
+                .as_str()
+                .is_some_and(|why| why.contains("--pooler-url")),
+            "{v:#}"
+        );
+    }
     let orphan = &scenarios(&report)[0];
     let through = orphan["variants"]
         .as_array()
@@ -90,6 +103,58 @@ fn the_orphan_lock_outlives_the_pooler_until_its_own_timeout_frees_it() {
     assert_eq!(freed["outcome"], "released", "{freed:#}");
     assert_eq!(freed["runs_held"], 3);
     assert_nothing_left(tmp.path(), Duration::from_secs(5));
+}
+
+/// Each pitfall through the user's own pooler (env up's PgBouncer given as --pooler-url):
+/// the failing variants show their harm in the figures designed for them, the fixes zero.
+#[test]
+fn each_pooler_pitfall_shows_its_harm_and_each_fix_none() {
+    let tmp = tempdir();
+    let env = EnvUp::start(tmp.path(), &[]);
+    let run_tmp = tempdir();
+    let (code, report, stderr) = run_json(
+        run_tmp.path(),
+        &[
+            "pooler-pitfalls",
+            "--pooler-url",
+            &env.pooler_url,
+            "--pg-url",
+            &env.url,
+            "--repeat",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    let v = |name| variant(&report, name);
+    let (tenants, rounds) = (20.0, 3.0);
+    assert!(metric(v("prepared-statements"), "prepared_errors") >= 1.0);
+    assert!(metric(v("plan-cache-mode"), "connect_refused") >= 1.0);
+    assert_eq!(metric(v("plan-cache-mode"), "plan_cache_mode_applied"), 0.0);
+    assert_eq!(
+        metric(v("unnamed-statements"), "transactions"),
+        tenants * rounds
+    );
+    // The connection client 0 set statement_timeout on serves one tenant every round; the
+    // time zone does not stray (PgBouncer sets each client's own back).
+    let set = v("set-session");
+    assert_eq!(metric(set, "foreign_statement_timeout"), rounds, "{set:#}");
+    assert_eq!(metric(set, "cancelled"), rounds, "{set:#}");
+    assert_eq!(metric(set, "foreign_timezone"), 0.0, "{set:#}");
+    assert_eq!(metric(v("set-local"), "foreign_settings"), 0.0);
+    let advisory = v("advisory-session");
+    assert_eq!(metric(advisory, "overlaps"), rounds, "{advisory:#}");
+    assert_eq!(metric(advisory, "stranded_locks"), rounds, "{advisory:#}");
+    assert_eq!(metric(v("advisory-xact"), "locks_left"), 0.0);
+    let lost = v("listen-through-pooler");
+    assert_eq!(
+        metric(lost, "lost_notifications"),
+        tenants * rounds,
+        "{lost:#}"
+    );
+    let direct = v("listen-direct");
+    assert_eq!(metric(direct, "notifications_received"), tenants * rounds);
+    assert!(env.stop().success());
+    assert_nothing_left(run_tmp.path(), Duration::from_secs(5));
 }
 
 #[test]

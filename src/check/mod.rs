@@ -4,6 +4,7 @@
 pub mod expect;
 pub mod orphan_lock;
 pub mod pool;
+pub mod pooler;
 pub mod setnx_race;
 pub mod stats;
 

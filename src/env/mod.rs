@@ -118,6 +118,9 @@ pub struct Env {
     pg_server: Option<PgServer>,
     redis_server: Option<RedisServer>,
     pooler_server: Option<PoolerServer>,
+    /// `--pg-url` itself is a transaction-mode pooler: the run has no path straight to the
+    /// server.
+    no_direct_path: bool,
     guardian: Option<Arc<Guardian>>,
 }
 
@@ -200,6 +203,7 @@ impl Env {
             pg_server,
             redis_server: None,
             pooler_server: None,
+            no_direct_path: pooled_url,
             guardian,
         };
         if let Err(e) = env.setup_pooler(opts, pooled_url).await {
@@ -282,7 +286,20 @@ impl Env {
     }
 
     /// Why a variant cannot run in this environment (it needs a pooler the run lacks), if so.
-    pub fn cannot_run(&self, through_pooler: bool, pooler_settings: bool) -> Option<String> {
+    pub fn cannot_run(
+        &self,
+        through_pooler: bool,
+        pooler_settings: bool,
+        needs_direct: bool,
+    ) -> Option<String> {
+        if needs_direct && self.no_direct_path {
+            return Some(
+                "it compares the pooler's path with one straight to the server, and --pg-url \
+                 is itself a pooler: give the server with --pg-url and the pooler with \
+                 --pooler-url"
+                    .into(),
+            );
+        }
         if pooler_settings && self.pooler_server.is_none() {
             return Some(
                 "it changes PgBouncer's settings, which only locklab's own PgBouncer lets it do \

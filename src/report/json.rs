@@ -32,6 +32,6 @@ mod tests {
         assert_eq!(variant["expectations_held"], true);
         assert_eq!(variant["metrics"]["cut_off"], true);
         let back: RunReport = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.scenarios[0].variants.len(), 3);
+        assert_eq!(back.scenarios[0].variants.len(), 4);
     }
 }

@@ -28,6 +28,12 @@ impl Exporter for Junit {
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let total: usize = report.scenarios.iter().map(|s| s.variants.len()).sum();
         let (mut failed, mut errored) = (0, 0);
+        let skipped = report
+            .scenarios
+            .iter()
+            .flat_map(|s| &s.variants)
+            .filter(|v| v.skipped.is_some())
+            .count();
         for v in report.scenarios.iter().flat_map(|s| &s.variants) {
             match v.failure_kind() {
                 Some(Failure::HarnessError) => errored += 1,
@@ -36,7 +42,7 @@ impl Exporter for Junit {
             }
         }
         out.push_str(&format!(
-            "<testsuites name=\"locklab\" tests=\"{total}\" failures=\"{failed}\" errors=\"{errored}\" time=\"{:.3}\">\n",
+            "<testsuites name=\"locklab\" tests=\"{total}\" failures=\"{failed}\" errors=\"{errored}\" skipped=\"{skipped}\" time=\"{:.3}\">\n",
             report.wall_ms as f64 / 1000.0
         ));
         for s in &report.scenarios {
@@ -52,6 +58,9 @@ impl Exporter for Junit {
                     escape(&v.name),
                     v.wall_ms as f64 / 1000.0
                 ));
+                if let Some(why) = &v.skipped {
+                    out.push_str(&format!("      <skipped message=\"{}\"/>\n", escape(why)));
+                }
                 let mine = v.failure_lines(&s.label());
                 if let (Some(first), Some(kind)) = (mine.first(), v.failure_kind()) {
                     let tag = match kind {
@@ -84,11 +93,20 @@ mod tests {
     use crate::report::fixtures;
 
     #[test]
+    fn a_variant_this_environment_cannot_run_is_a_skipped_testcase() {
+        let xml = Junit.render(&fixtures::report());
+        assert!(
+            xml.contains("<skipped message=\"it runs through a pooler\"/>"),
+            "{xml}"
+        );
+    }
+
+    #[test]
     fn one_testcase_per_variant_and_the_regression_as_a_failure() {
         let xml = Junit.render(&fixtures::report());
-        assert_eq!(xml.matches("<testcase ").count(), 3, "{xml}");
+        assert_eq!(xml.matches("<testcase ").count(), 4, "{xml}");
         assert!(
-            xml.contains("tests=\"3\" failures=\"1\" errors=\"0\""),
+            xml.contains("tests=\"4\" failures=\"1\" errors=\"0\" skipped=\"1\""),
             "{xml}"
         );
         assert!(

@@ -109,7 +109,7 @@ mod tests {
         );
         assert_eq!(
             out.lines().filter(|l| l.starts_with("| ")).count(),
-            4,
+            5,
             "{out}"
         );
         assert!(

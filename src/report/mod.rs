@@ -113,9 +113,39 @@ pub struct VariantReport {
     /// Server settings as a session of this variant saw them (e.g. the as-configured variant).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub server_settings: BTreeMap<String, String>,
+    /// Why the variant did not run in this environment (it needs a pooler the run lacks, say).
+    /// Not a failure: no verdict was asked of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl VariantReport {
+    /// A variant this environment cannot run, and why.
+    pub fn skipped(name: &str, mitigated: bool, shows: &str, why: String) -> VariantReport {
+        VariantReport {
+            name: name.into(),
+            mitigated,
+            shows: shows.into(),
+            settings: BTreeMap::new(),
+            outcome: "skipped".into(),
+            expectations: Vec::new(),
+            expectations_held: true,
+            metrics: BTreeMap::new(),
+            lower_bounds: Vec::new(),
+            requests: Requests::default(),
+            warnings: Vec::new(),
+            wall_ms: 0,
+            error: None,
+            runs: 0,
+            runs_held: 0,
+            outcomes: BTreeMap::new(),
+            repeats: Vec::new(),
+            failure: None,
+            server_settings: BTreeMap::new(),
+            skipped: Some(why),
+        }
+    }
+
     /// Why this variant fails the run, if it does: the recorded kind, or for a results file
     /// written without one, the kind its single verdict calls for.
     pub fn failure_kind(&self) -> Option<Failure> {
@@ -261,6 +291,9 @@ pub fn describe_error(class: &str) -> String {
         IDLE_IN_TRANSACTION_TIMEOUT => "idle-in-transaction timeout",
         TERMINATED => "terminated",
         TOO_MANY_CONNECTIONS => "too many connections",
+        "26000" => "no such prepared statement",
+        "42P05" => "prepared statement exists",
+        "08P01" => "refused by the pooler",
         _ => return class.to_string(),
     };
     format!("{class} {name}")
@@ -488,6 +521,19 @@ impl Row {
         };
         let harm = cell(&s.harm.metric);
         let extra = s.columns.iter().map(|c| cell(&c.metric)).collect();
+        if let Some(why) = &v.skipped {
+            return Row {
+                variant: v.name.clone() + if v.mitigated { " *" } else { "" },
+                outcome: v.outcome.clone(),
+                requests: "—".into(),
+                p50: "—".into(),
+                p99: "—".into(),
+                harm: "—".into(),
+                extra: s.columns.iter().map(|_| "—".into()).collect(),
+                runs: s.repeated().then(|| "—".into()),
+                verdict: format!("skipped: {why}"),
+            };
+        }
         let verdict = if let Some(e) = &v.error {
             format!("ERROR: {e}")
         } else if v.failure == Some(Failure::Inconsistent) {
@@ -698,6 +744,7 @@ pub(crate) mod fixtures {
                     repeats: vec![],
                     failure: None,
                     server_settings: BTreeMap::new(),
+                    skipped: None,
                 }
             };
         let mut baseline = variant("baseline", false, "stuck", 3000.4, true);
@@ -740,7 +787,17 @@ pub(crate) mod fixtures {
                     label: "row locked".into(),
                 },
                 columns: vec![],
-                variants: vec![baseline, mitigated, broken],
+                variants: vec![
+                    baseline,
+                    mitigated,
+                    broken,
+                    VariantReport::skipped(
+                        "through-pooler",
+                        false,
+                        "what it shows",
+                        "it runs through a pooler".into(),
+                    ),
+                ],
             }],
             wall_ms: 4200,
             interrupted: false,

@@ -186,8 +186,9 @@ mod tests {
         }
         .render(&fixtures::sweep());
         assert!(out.contains("sweep: 2 points"), "{out}");
-        // baseline and mitigated at both points; broken only at the second one.
-        assert_eq!(out.matches("┌").count(), 3, "{out}");
+        // baseline and mitigated at both points; broken only at the second one; the skipped
+        // variant as a table of skipped rows.
+        assert_eq!(out.matches("┌").count(), 4, "{out}");
         assert!(out.contains("│ clients ┆ outcome"), "{out}");
         assert!(out.contains("│ 100     ┆ stuck"), "{out}");
         // The failure names the point where it happened.

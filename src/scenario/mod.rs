@@ -4,6 +4,7 @@
 pub mod begin_on_pool;
 pub mod orphan_lock;
 pub mod pool_deadlock;
+pub mod pooler_pitfalls;
 pub mod setnx_race;
 pub mod spec;
 
@@ -38,6 +39,9 @@ pub trait Code: Send + Sync + Sized + 'static {
     const METRICS: &'static [&'static str];
     /// The run starts (or connects to) Redis only when some scenario needs it.
     const NEEDS_REDIS: bool = false;
+    /// Its checks need a session straight to the server besides the pooler's path (a run
+    /// whose only URL is a pooler's skips it).
+    const NEEDS_DIRECT: bool = false;
 
     /// The parameters a variant's PostgreSQL sessions grow with, for the message that tells a
     /// user what to lower when the server is too small (e.g. `clients`).
@@ -88,6 +92,7 @@ pub struct Kind {
     pub params: &'static [ParamSpec],
     pub metrics: &'static [&'static str],
     pub needs_redis: bool,
+    pub needs_direct: bool,
     pub sized_by: &'static str,
     pub prepare: fn(&Params) -> Result<Box<dyn Prepared>, UsageError>,
     pub worker: fn(WorkerIo) -> BoxFuture<'static, anyhow::Result<()>>,
@@ -121,6 +126,7 @@ pub const fn kind<C: Code>() -> Kind {
         params: C::PARAMS,
         metrics: C::METRICS,
         needs_redis: C::NEEDS_REDIS,
+        needs_direct: C::NEEDS_DIRECT,
         sized_by: C::SIZED_BY,
         prepare: prepare::<C>,
         worker: worker::<C>,
@@ -133,6 +139,7 @@ pub static KINDS: &[Kind] = &[
     kind::<begin_on_pool::BeginOnPool>(),
     kind::<pool_deadlock::PoolDeadlock>(),
     kind::<setnx_race::SetnxRace>(),
+    kind::<pooler_pitfalls::PoolerPitfalls>(),
 ];
 
 pub fn kind_named(name: &str) -> Option<&'static Kind> {
