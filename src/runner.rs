@@ -157,10 +157,21 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
             name: scenario.name.clone(),
             summary: scenario.summary.clone(),
             source: scenario.source.clone(),
-            target: match (&env.redis, scenario.kind.needs_redis, env.redis_url()) {
-                (Some(_), true, Some(_)) => format!("{target} + throwaway Redis"),
-                (Some(r), true, None) => format!("{target} + Redis at {}", r.display),
-                _ => target.clone(),
+            target: {
+                let mut t = match (&env.redis, scenario.kind.needs_redis, env.redis_url()) {
+                    (Some(_), true, Some(_)) => format!("{target} + throwaway Redis"),
+                    (Some(r), true, None) => format!("{target} + Redis at {}", r.display),
+                    _ => target.clone(),
+                };
+                // Variants that go through a pooler when the rest of the run does not.
+                let some_pooled = scenario
+                    .variants
+                    .iter()
+                    .any(|v| wanted(&opts, v) && v.through_pooler);
+                if some_pooled && env.pooler.is_none() && env.pooled.is_some() {
+                    t.push_str(" (through-pooler variants: a throwaway PgBouncer, transaction pooling)");
+                }
+                t
             },
             time_scale: opts.time_scale,
             params: base.params.to_json(),
