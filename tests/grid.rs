@@ -67,3 +67,10 @@ fn orphan_lock_holds_from_a_few_clients_to_a_hundred() {
 fn setnx_race_holds_from_a_few_buyers_to_a_hundred() {
     grid(&["setnx-race", "--sweep", "buyers=5,20,100"], 3);
 }
+
+/// Fewer tenants than the pooler's server connections, as many, and twice as many (they then
+/// queue in PgBouncer): each pitfall still shows, each fix still holds.
+#[test]
+fn pooler_pitfalls_hold_for_few_and_many_tenants() {
+    grid(&["pooler-pitfalls", "--sweep", "tenants=5,20,40"], 3);
+}
