@@ -169,7 +169,9 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                     .iter()
                     .any(|v| wanted(&opts, v) && v.through_pooler);
                 if some_pooled && env.pooler.is_none() && env.pooled.is_some() {
-                    t.push_str(" (through-pooler variants: a throwaway PgBouncer, transaction pooling)");
+                    t.push_str(
+                        " (through-pooler variants: a throwaway PgBouncer, transaction pooling)",
+                    );
                 }
                 t
             },

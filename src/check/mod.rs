@@ -2,6 +2,7 @@
 //! Nothing here knows about scenarios, servers or the command line.
 
 pub mod expect;
+pub mod isolation;
 pub mod orphan_lock;
 pub mod pool;
 pub mod pooler;

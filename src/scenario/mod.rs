@@ -2,6 +2,8 @@
 //! A scenario never sees the CLI: it gets its resolved variant and a context to work in.
 
 pub mod begin_on_pool;
+pub mod check_then_act;
+pub mod isolation;
 pub mod orphan_lock;
 pub mod pool_deadlock;
 pub mod pooler_pitfalls;
@@ -140,6 +142,7 @@ pub static KINDS: &[Kind] = &[
     kind::<pool_deadlock::PoolDeadlock>(),
     kind::<setnx_race::SetnxRace>(),
     kind::<pooler_pitfalls::PoolerPitfalls>(),
+    kind::<check_then_act::CheckThenAct>(),
 ];
 
 pub fn kind_named(name: &str) -> Option<&'static Kind> {

@@ -99,7 +99,13 @@ impl Sql for Client {
 /// `BEGIN` followed by a `SET LOCAL` for each session setting, as one simple-protocol message:
 /// the settings hold for this transaction only, on whichever server connection runs it.
 pub fn begin(settings: &[(String, String)]) -> String {
-    let mut sql = String::from("BEGIN");
+    begin_with("BEGIN", settings)
+}
+
+/// [`begin`] with a transaction-opening statement of its own, e.g.
+/// `BEGIN ISOLATION LEVEL SERIALIZABLE`.
+pub fn begin_with(head: &str, settings: &[(String, String)]) -> String {
+    let mut sql = String::from(head);
     for (name, value) in settings {
         sql.push_str(&format!("; SET LOCAL {} = {}", ident(name), literal(value)));
     }

@@ -1,0 +1,442 @@
+//! Checkers of the isolation family: check-then-act (an account's balance against the
+//! withdrawals committed), read-skew (what a report saw against the invariant), write-skew
+//! (doctors left on call) and deadlock (who was chosen as victim, and after how long).
+
+use serde_json::json;
+
+use super::Evaluation;
+use super::stats::{json_ms, percentile};
+use crate::history::{History, class};
+
+pub mod kind {
+    pub const WITHDRAW: &str = "withdraw";
+    pub const REPORT: &str = "report";
+    pub const GO_OFF_CALL: &str = "go-off-call";
+    pub const TRANSFER: &str = "transfer";
+}
+
+pub mod outcome {
+    pub const OVERDRAWN: &str = "overdrawn";
+    pub const LOST_UPDATES: &str = "lost-updates";
+    pub const ERRORS: &str = "errors";
+    pub const CONSISTENT: &str = "consistent";
+    pub const SKEWED: &str = "skewed";
+    pub const NOBODY_ON_CALL: &str = "nobody-on-call";
+    pub const DEADLOCKED: &str = "deadlocked";
+    pub const STUCK: &str = "stuck";
+}
+
+/// Insufficient funds: the check said no (a refusal, not an error).
+pub const REFUSED: &str = "insufficient-funds";
+
+/// What the database showed after the withdrawals.
+#[derive(Debug, Clone, Default)]
+pub struct AccountObservations {
+    pub initial_balance: i64,
+    /// Amounts of the committed withdrawals, in commit order (the ledger's ids).
+    pub ledger: Vec<i64>,
+    pub final_balance: i64,
+    /// 40001s met along the way, retried or not.
+    pub serialization_failures: usize,
+    pub retries: usize,
+    /// How many withdrawals the balance allows.
+    pub valid_withdrawals: usize,
+    pub cut_off: bool,
+}
+
+pub const ACCOUNT_METRICS: &[&str] = &[
+    "overdrafts",
+    "final_balance",
+    "lost_updates",
+    "withdrawals_ok",
+    "valid_withdrawals",
+    "refused",
+    "serialization_failures",
+    "retries",
+    "stuck",
+    "p50_ms",
+    "p99_ms",
+    "cut_off",
+];
+
+pub fn evaluate_account(h: &History, obs: &AccountObservations) -> Evaluation {
+    // A withdrawal overdraws when the balance, as the committed ledger has it, goes below zero.
+    let mut running = obs.initial_balance;
+    let mut overdrafts = 0;
+    for amount in &obs.ledger {
+        running -= amount;
+        if running < 0 {
+            overdrafts += 1;
+        }
+    }
+    // Committed withdrawals the balance does not reflect were overwritten.
+    let unreflected = obs.final_balance - running;
+    let per = obs.ledger.first().copied().unwrap_or(1).max(1);
+    let lost = (unreflected.max(0) + per - 1) / per;
+    let ok = h.ok(kind::WITHDRAW);
+    let refused = h.count(kind::WITHDRAW, REFUSED);
+    let stuck = h.unknown(kind::WITHDRAW);
+    let failed_other = h.failed(kind::WITHDRAW) as u64 - refused;
+    let latencies = h.completed_latencies(kind::WITHDRAW);
+    let outcome = if overdrafts > 0 {
+        outcome::OVERDRAWN
+    } else if lost > 0 {
+        outcome::LOST_UPDATES
+    } else if stuck > 0 {
+        outcome::STUCK
+    } else if failed_other > 0 {
+        outcome::ERRORS
+    } else {
+        outcome::CONSISTENT
+    };
+    Evaluation::new(
+        outcome,
+        [
+            ("overdrafts", json!(overdrafts)),
+            ("final_balance", json!(obs.final_balance)),
+            ("lost_updates", json!(lost)),
+            ("withdrawals_ok", json!(ok)),
+            ("valid_withdrawals", json!(obs.valid_withdrawals)),
+            ("refused", json!(refused)),
+            ("serialization_failures", json!(obs.serialization_failures)),
+            ("retries", json!(obs.retries)),
+            ("stuck", json!(stuck)),
+            ("p50_ms", json_ms(percentile(&latencies, 50.0))),
+            ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+            ("cut_off", json!(obs.cut_off)),
+        ],
+    )
+}
+
+/// What the reports saw: the two figures each one read.
+#[derive(Debug, Clone, Default)]
+pub struct ReportObservations {
+    /// The figures' sum every committed state of the database keeps.
+    pub invariant_total: i64,
+    pub seen: Vec<(i64, i64)>,
+    pub cut_off: bool,
+}
+
+pub const REPORT_METRICS: &[&str] = &[
+    "reads",
+    "skewed_reads",
+    "worst_skew",
+    "stuck",
+    "p50_ms",
+    "p99_ms",
+    "cut_off",
+];
+
+pub fn evaluate_reports(h: &History, obs: &ReportObservations) -> Evaluation {
+    let skews: Vec<i64> = obs
+        .seen
+        .iter()
+        .map(|(a, b)| (a + b - obs.invariant_total).abs())
+        .collect();
+    let skewed = skews.iter().filter(|s| **s != 0).count();
+    let stuck = h.unknown(kind::REPORT);
+    let latencies = h.completed_latencies(kind::REPORT);
+    let outcome = match (skewed, stuck) {
+        (s, _) if s > 0 => outcome::SKEWED,
+        (_, s) if s > 0 => outcome::STUCK,
+        _ => outcome::CONSISTENT,
+    };
+    Evaluation::new(
+        outcome,
+        [
+            ("reads", json!(obs.seen.len())),
+            ("skewed_reads", json!(skewed)),
+            (
+                "worst_skew",
+                json!(skews.iter().max().copied().unwrap_or(0)),
+            ),
+            ("stuck", json!(stuck)),
+            ("p50_ms", json_ms(percentile(&latencies, 50.0))),
+            ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+            ("cut_off", json!(obs.cut_off)),
+        ],
+    )
+}
+
+/// Doctors on call per shift once everyone is done.
+#[derive(Debug, Clone, Default)]
+pub struct RotaObservations {
+    pub on_call: Vec<i64>,
+    pub serialization_failures: usize,
+    pub retries: usize,
+    pub cut_off: bool,
+}
+
+pub const ROTA_METRICS: &[&str] = &[
+    "shifts",
+    "invariant_violations",
+    "went_off_call",
+    "refused",
+    "serialization_failures",
+    "retries",
+    "stuck",
+    "p50_ms",
+    "p99_ms",
+    "cut_off",
+];
+
+/// The doctor stayed: someone had to be on call.
+pub const STAYED: &str = "stayed-on-call";
+
+pub fn evaluate_rota(h: &History, obs: &RotaObservations) -> Evaluation {
+    let violations = obs.on_call.iter().filter(|n| **n < 1).count();
+    let stuck = h.unknown(kind::GO_OFF_CALL);
+    let latencies = h.completed_latencies(kind::GO_OFF_CALL);
+    let outcome = match (violations, stuck) {
+        (v, _) if v > 0 => outcome::NOBODY_ON_CALL,
+        (_, s) if s > 0 => outcome::STUCK,
+        _ => outcome::CONSISTENT,
+    };
+    Evaluation::new(
+        outcome,
+        [
+            ("shifts", json!(obs.on_call.len())),
+            ("invariant_violations", json!(violations)),
+            ("went_off_call", json!(h.ok(kind::GO_OFF_CALL))),
+            ("refused", json!(h.count(kind::GO_OFF_CALL, STAYED))),
+            ("serialization_failures", json!(obs.serialization_failures)),
+            ("retries", json!(obs.retries)),
+            ("stuck", json!(stuck)),
+            ("p50_ms", json_ms(percentile(&latencies, 50.0))),
+            ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+            ("cut_off", json!(obs.cut_off)),
+        ],
+    )
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TransferObservations {
+    /// 40P01s met along the way, retried or not.
+    pub deadlocks: usize,
+    /// How long each victim had waited for its lock when the server chose it.
+    pub victim_waits_ms: Vec<f64>,
+    pub retries: usize,
+    /// The server's deadlock_timeout as the transfers ran, in ms.
+    pub deadlock_timeout_ms: f64,
+    /// Sum of all balances before and after: transfers move money, never make it.
+    pub total_before: i64,
+    pub total_after: i64,
+    pub cut_off: bool,
+}
+
+pub const TRANSFER_METRICS: &[&str] = &[
+    "transfers_ok",
+    "transfers_failed",
+    "deadlocks",
+    "victim_wait_ms",
+    "deadlock_timeout_ms",
+    "retries",
+    "money_made",
+    "stuck",
+    "p50_ms",
+    "p99_ms",
+    "cut_off",
+];
+
+pub fn evaluate_transfers(h: &History, obs: &TransferObservations) -> Evaluation {
+    let stuck = h.unknown(kind::TRANSFER);
+    let latencies = h.completed_latencies(kind::TRANSFER);
+    let outcome = if obs.deadlocks > 0 {
+        outcome::DEADLOCKED
+    } else if stuck > 0 {
+        outcome::STUCK
+    } else {
+        outcome::CONSISTENT
+    };
+    let failed = h.failed(kind::TRANSFER);
+    Evaluation::new(
+        outcome,
+        [
+            ("transfers_ok", json!(h.ok(kind::TRANSFER))),
+            ("transfers_failed", json!(failed)),
+            ("deadlocks", json!(obs.deadlocks)),
+            (
+                "victim_wait_ms",
+                json_ms(percentile(&obs.victim_waits_ms, 50.0)),
+            ),
+            ("deadlock_timeout_ms", json!(obs.deadlock_timeout_ms)),
+            ("retries", json!(obs.retries)),
+            ("money_made", json!(obs.total_after - obs.total_before)),
+            ("stuck", json!(stuck)),
+            ("p50_ms", json_ms(percentile(&latencies, 50.0))),
+            ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+            ("cut_off", json!(obs.cut_off)),
+        ],
+    )
+}
+
+/// Whether an error class is one a retry loop on serialization failures retries.
+pub fn retryable(c: &str) -> bool {
+    c == class::SERIALIZATION || c == class::DEADLOCK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::assert_emits_exactly;
+    use crate::history::{Op, Outcome};
+
+    fn ops(kind: &'static str, outcomes: Vec<Outcome>) -> History {
+        History {
+            ops: outcomes
+                .into_iter()
+                .enumerate()
+                .map(|(i, outcome)| Op {
+                    client: i,
+                    kind,
+                    start_ms: 0.0,
+                    end_ms: (outcome != Outcome::Unknown).then_some(5.0),
+                    outcome,
+                })
+                .collect(),
+            ..History::default()
+        }
+    }
+
+    fn refused() -> Outcome {
+        Outcome::Error {
+            class: REFUSED.into(),
+        }
+    }
+
+    #[test]
+    fn withdrawals_past_the_balance_are_overdrafts() {
+        // 100, four withdrawals of 30 committed: the fourth takes it to -20.
+        let h = ops(kind::WITHDRAW, vec![Outcome::Ok; 4]);
+        let obs = AccountObservations {
+            initial_balance: 100,
+            ledger: vec![30; 4],
+            final_balance: -20,
+            valid_withdrawals: 3,
+            ..AccountObservations::default()
+        };
+        let e = evaluate_account(&h, &obs);
+        assert_emits_exactly(&e, ACCOUNT_METRICS);
+        assert_eq!(e.outcome, outcome::OVERDRAWN);
+        assert_eq!(e.metrics["overdrafts"], 1);
+        assert_eq!(e.metrics["lost_updates"], 0);
+    }
+
+    #[test]
+    fn a_committed_withdrawal_the_balance_forgot_is_a_lost_update() {
+        let h = ops(kind::WITHDRAW, vec![Outcome::Ok, Outcome::Ok]);
+        let obs = AccountObservations {
+            initial_balance: 100,
+            ledger: vec![30, 30],
+            final_balance: 70,
+            valid_withdrawals: 3,
+            ..AccountObservations::default()
+        };
+        let e = evaluate_account(&h, &obs);
+        assert_eq!(e.outcome, outcome::LOST_UPDATES);
+        assert_eq!(e.metrics["lost_updates"], 1);
+    }
+
+    #[test]
+    fn refusals_are_not_errors_but_40001s_are() {
+        let mut outcomes = vec![Outcome::Ok; 3];
+        outcomes.extend(vec![refused(); 7]);
+        let e = evaluate_account(
+            &ops(kind::WITHDRAW, outcomes),
+            &AccountObservations {
+                initial_balance: 100,
+                ledger: vec![30; 3],
+                final_balance: 10,
+                valid_withdrawals: 3,
+                ..AccountObservations::default()
+            },
+        );
+        assert_eq!(e.outcome, outcome::CONSISTENT);
+        assert_eq!(e.metrics["refused"], 7);
+        let e = evaluate_account(
+            &ops(
+                kind::WITHDRAW,
+                vec![
+                    Outcome::Ok,
+                    Outcome::Error {
+                        class: class::SERIALIZATION.into(),
+                    },
+                ],
+            ),
+            &AccountObservations {
+                initial_balance: 100,
+                ledger: vec![30],
+                final_balance: 70,
+                serialization_failures: 1,
+                valid_withdrawals: 2,
+                ..AccountObservations::default()
+            },
+        );
+        assert_eq!(e.outcome, outcome::ERRORS);
+    }
+
+    #[test]
+    fn a_report_whose_figures_miss_the_total_is_skewed() {
+        let h = ops(kind::REPORT, vec![Outcome::Ok; 3]);
+        let obs = ReportObservations {
+            invariant_total: 1000,
+            seen: vec![(500, 500), (400, 500), (600, 400)],
+            cut_off: false,
+        };
+        let e = evaluate_reports(&h, &obs);
+        assert_emits_exactly(&e, REPORT_METRICS);
+        assert_eq!(e.outcome, outcome::SKEWED);
+        assert_eq!(e.metrics["skewed_reads"], 1);
+        assert_eq!(e.metrics["worst_skew"], 100);
+    }
+
+    #[test]
+    fn a_shift_with_nobody_on_call_violates_the_rota() {
+        let h = ops(
+            kind::GO_OFF_CALL,
+            vec![
+                Outcome::Ok,
+                Outcome::Ok,
+                Outcome::Ok,
+                Outcome::Error {
+                    class: STAYED.into(),
+                },
+            ],
+        );
+        let obs = RotaObservations {
+            on_call: vec![0, 1],
+            ..RotaObservations::default()
+        };
+        let e = evaluate_rota(&h, &obs);
+        assert_emits_exactly(&e, ROTA_METRICS);
+        assert_eq!(e.outcome, outcome::NOBODY_ON_CALL);
+        assert_eq!(e.metrics["invariant_violations"], 1);
+        assert_eq!(e.metrics["refused"], 1);
+    }
+
+    #[test]
+    fn deadlocks_and_the_victims_wait_are_reported() {
+        let h = ops(
+            kind::TRANSFER,
+            vec![
+                Outcome::Ok,
+                Outcome::Error {
+                    class: class::DEADLOCK.into(),
+                },
+            ],
+        );
+        let obs = TransferObservations {
+            deadlocks: 1,
+            victim_waits_ms: vec![101.0],
+            deadlock_timeout_ms: 100.0,
+            total_before: 2000,
+            total_after: 2000,
+            ..TransferObservations::default()
+        };
+        let e = evaluate_transfers(&h, &obs);
+        assert_emits_exactly(&e, TRANSFER_METRICS);
+        assert_eq!(e.outcome, outcome::DEADLOCKED);
+        assert_eq!(e.metrics["victim_wait_ms"], 101.0);
+        assert_eq!(e.metrics["money_made"], 0);
+    }
+}

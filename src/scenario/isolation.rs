@@ -1,0 +1,79 @@
+//! What the isolation-family scenarios share: the isolation level a transaction runs under,
+//! and counters of the serialization failures and retries met along the way.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::error::UsageError;
+use crate::workload::OpError;
+
+/// The isolation level a transaction asks for; `Default` asks for none (the server's, the
+/// database's or the role's default_transaction_isolation decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    ReadCommitted,
+    RepeatableRead,
+    Serializable,
+    Default,
+}
+
+pub const LEVELS: &[&str] = &[
+    "read-committed",
+    "repeatable-read",
+    "serializable",
+    "default",
+];
+
+impl std::str::FromStr for Level {
+    type Err = UsageError;
+    fn from_str(s: &str) -> Result<Level, UsageError> {
+        Ok(match s {
+            "read-committed" => Level::ReadCommitted,
+            "repeatable-read" => Level::RepeatableRead,
+            "serializable" => Level::Serializable,
+            "default" => Level::Default,
+            other => return Err(UsageError(format!("unknown isolation level `{other}`"))),
+        })
+    }
+}
+
+impl Level {
+    /// The statement that opens a transaction at this level.
+    pub fn begin(self) -> &'static str {
+        match self {
+            Level::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
+            Level::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            Level::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            Level::Default => "BEGIN",
+        }
+    }
+}
+
+/// Serialization failures (40001) or deadlocks (40P01) met, and the retries they caused.
+#[derive(Default)]
+pub struct Conflicts {
+    pub failures: AtomicUsize,
+    pub retries: AtomicUsize,
+}
+
+impl Conflicts {
+    /// Counts `e` if it is a conflict; returns whether a retry loop may run the transaction
+    /// again (a conflict, `retry` allowed, and tries left).
+    pub fn again(&self, e: &OpError, retry: bool, tries: usize, max: usize) -> bool {
+        if !crate::check::isolation::retryable(&e.class) {
+            return false;
+        }
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let again = retry && tries < max;
+        if again {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        again
+    }
+
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.failures.load(Ordering::Relaxed),
+            self.retries.load(Ordering::Relaxed),
+        )
+    }
+}
