@@ -23,6 +23,8 @@ pub mod outcome {
     pub const SKEWED: &str = "skewed";
     pub const NOBODY_ON_CALL: &str = "nobody-on-call";
     pub const DEADLOCKED: &str = "deadlocked";
+    /// Deadlocks happened, and every victim's retry went through.
+    pub const RETRIED: &str = "retried";
     pub const STUCK: &str = "stuck";
 }
 
@@ -241,14 +243,16 @@ pub const TRANSFER_METRICS: &[&str] = &[
 pub fn evaluate_transfers(h: &History, obs: &TransferObservations) -> Evaluation {
     let stuck = h.unknown(kind::TRANSFER);
     let latencies = h.completed_latencies(kind::TRANSFER);
-    let outcome = if obs.deadlocks > 0 {
+    let failed = h.failed(kind::TRANSFER);
+    let outcome = if obs.deadlocks > 0 && failed == 0 && stuck == 0 {
+        outcome::RETRIED
+    } else if obs.deadlocks > 0 {
         outcome::DEADLOCKED
     } else if stuck > 0 {
         outcome::STUCK
     } else {
         outcome::CONSISTENT
     };
-    let failed = h.failed(kind::TRANSFER);
     Evaluation::new(
         outcome,
         [
@@ -438,5 +442,7 @@ mod tests {
         assert_eq!(e.outcome, outcome::DEADLOCKED);
         assert_eq!(e.metrics["victim_wait_ms"], 101.0);
         assert_eq!(e.metrics["money_made"], 0);
+        let all_ok = ops(kind::TRANSFER, vec![Outcome::Ok; 2]);
+        assert_eq!(evaluate_transfers(&all_ok, &obs).outcome, outcome::RETRIED);
     }
 }

@@ -3,12 +3,15 @@
 
 pub mod begin_on_pool;
 pub mod check_then_act;
+pub mod deadlock;
 pub mod isolation;
 pub mod orphan_lock;
 pub mod pool_deadlock;
 pub mod pooler_pitfalls;
+pub mod read_skew;
 pub mod setnx_race;
 pub mod spec;
+pub mod write_skew;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -143,6 +146,9 @@ pub static KINDS: &[Kind] = &[
     kind::<setnx_race::SetnxRace>(),
     kind::<pooler_pitfalls::PoolerPitfalls>(),
     kind::<check_then_act::CheckThenAct>(),
+    kind::<read_skew::ReadSkew>(),
+    kind::<write_skew::WriteSkew>(),
+    kind::<deadlock::Deadlock>(),
 ];
 
 pub fn kind_named(name: &str) -> Option<&'static Kind> {
