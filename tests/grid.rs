@@ -74,3 +74,13 @@ fn setnx_race_holds_from_a_few_buyers_to_a_hundred() {
 fn pooler_pitfalls_hold_for_few_and_many_tenants() {
     grid(&["pooler-pitfalls", "--sweep", "tenants=5,20,40"], 3);
 }
+
+/// The isolation family from a few clients to many (enough withdrawals to exceed the balance):
+/// each anomaly and each defence at every size.
+#[test]
+fn isolation_scenarios_hold_from_two_clients_to_many() {
+    grid(&["check-then-act", "--sweep", "withdrawers=4,10,40"], 3);
+    grid(&["read-skew", "--sweep", "readers=1,20"], 2);
+    grid(&["write-skew", "--sweep", "shifts=1,15"], 2);
+    grid(&["deadlock", "--sweep", "pairs=1,15"], 2);
+}
