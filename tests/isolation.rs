@@ -51,7 +51,10 @@ fn read_skew_write_skew_and_deadlock_show_on_every_round() {
     assert_eq!(metric(rc, "skewed_reads"), 25.0, "{rc:#}");
 
     let r = run(&["write-skew"]);
-    assert_eq!(metric(variant(&r, "repeatable-read"), "invariant_violations"), 5.0);
+    assert_eq!(
+        metric(variant(&r, "repeatable-read"), "invariant_violations"),
+        5.0
+    );
     let ssi = variant(&r, "serializable-retry");
     assert_eq!(metric(ssi, "serialization_failures"), 5.0, "{ssi:#}");
     assert_eq!(metric(ssi, "went_off_call"), 5.0);
