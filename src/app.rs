@@ -8,7 +8,7 @@ use clap::Parser;
 use comfy_table::{Table, presets::NOTHING};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, EnvCommand, Format, ReportArgs, RunArgs};
+use crate::cli::{BenchCommand, Cli, Command, EnvCommand, Format, ReportArgs, RunArgs};
 use crate::env::{Env, EnvOptions, PoolerChoice};
 use crate::error::{UsageError, exit, exit_code};
 use crate::report::{
@@ -47,6 +47,7 @@ pub fn main() -> i32 {
         Command::Explain { scenario } => Work::Explain(scenario),
         Command::Env { command } => Work::Env(command),
         Command::Worker { scenario } => Work::Worker(scenario),
+        Command::Bench { command } => Work::Bench(command),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -54,7 +55,7 @@ pub fn main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("Error: could not start the async runtime: {e}");
+            crate::say!("Error: could not start the async runtime: {e}");
             return exit::ENVIRONMENT;
         }
     };
@@ -62,7 +63,7 @@ pub fn main() -> i32 {
         match dispatch(command).await {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("Error: {e:#}");
+                crate::say!("Error: {e:#}");
                 exit_code(&e)
             }
         }
@@ -74,11 +75,12 @@ pub fn main() -> i32 {
 
 /// What a command does, once the runtime is up.
 enum Work {
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     Report(ReportArgs),
     List,
     Explain(String),
     Env(EnvCommand),
+    Bench(BenchCommand),
     Worker(String),
 }
 
@@ -86,13 +88,16 @@ async fn dispatch(work: Work) -> anyhow::Result<i32> {
     match work {
         Work::List => list(),
         Work::Explain(scenario) => explain(&scenario),
-        Work::Run(args) => run(args).await,
+        Work::Run(args) => run(*args).await,
         Work::Report(args) => reprint(args),
         Work::Env(EnvCommand::Up {
             pg_settings,
             pooler_settings,
         }) => env_up(pg_settings, pooler_settings).await,
         Work::Env(EnvCommand::Time { runs }) => env_time(runs).await,
+        Work::Bench(BenchCommand::Jobs { jobs, repeat }) => {
+            bench_jobs(jobs.map_or_else(runner::default_jobs, usize::from), repeat).await
+        }
         Work::Worker(name) => {
             let kind = scenario::kind_named(&name)
                 .ok_or_else(|| UsageError(format!("no scenario `{name}` has a worker")))?;
@@ -340,10 +345,10 @@ fn cancel_on_signals(winding_down: &'static str) -> CancellationToken {
                 _ = terminated => {}
             }
             if round > 0 {
-                eprintln!("locklab: interrupted again; exiting now (servers die with locklab)");
+                crate::say!("locklab: interrupted again; exiting now (servers die with locklab)");
                 std::process::exit(exit::INTERRUPTED);
             }
-            eprintln!("locklab: interrupted; {winding_down} (again to quit at once)");
+            crate::say!("locklab: interrupted; {winding_down} (again to quit at once)");
             c.cancel();
         }
     });
@@ -373,7 +378,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
     }
     for n in &notes {
-        eprintln!("{n}");
+        crate::say!("{n}");
     }
     let cancel = cancel_on_signals("stopping servers and writing partial results");
     let opts = RunOptions {
@@ -393,6 +398,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         },
         out_dir: (!args.no_results).then_some(args.out),
         repeat: args.repeat,
+        jobs: args.jobs.map_or_else(runner::default_jobs, usize::from),
         progress: !args.no_progress
             && args.format == Format::Table
             && std::io::stderr().is_terminal(),
@@ -400,9 +406,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let finished = runner::run(opts, cancel).await?;
     let code = print_report(&finished.report, args.format, args.junit.as_deref())?;
     if let Some(e) = &finished.write_error {
-        eprintln!("locklab: results not written: {e}");
+        crate::say!("locklab: results not written: {e}");
     } else if let Some(path) = &finished.results_file {
-        eprintln!("results: {}", path.display());
+        crate::say!("results: {}", path.display());
     }
     Ok(code)
 }
@@ -432,7 +438,7 @@ fn print_report(
             .with_context(|| format!("could not write the JUnit report {}", path.display()))?;
     }
     for f in report.failures() {
-        eprintln!("{f}");
+        crate::say!("{f}");
     }
     Ok(report.exit_code())
 }
@@ -518,6 +524,91 @@ async fn env_up(pg_settings: Vec<String>, pooler_settings: Vec<String>) -> anyho
     cancel.cancelled().await;
     env.teardown().await;
     Ok(exit::OK)
+}
+
+/// `run all` one variant at a time and then side by side, on throwaway servers: the wall
+/// times, and each against the longest single variant (the floor no parallelism goes below).
+async fn bench_jobs(jobs: usize, repeat: u32) -> anyhow::Result<i32> {
+    let (scenarios, _) = resolve_scenarios(&["all".to_string()], &[])?;
+    let need_redis = scenarios.iter().any(|s| s.kind.needs_redis);
+    let cancel = cancel_on_signals("stopping servers");
+    let mut walls = Vec::new();
+    let mut longest = 0u64;
+    let mut verdicts = Vec::new();
+    for lanes in [1, jobs] {
+        let opts = RunOptions {
+            scenarios: scenarios.clone(),
+            variants: Vec::new(),
+            time_scale: 0.1,
+            env: EnvOptions {
+                pg_url: None,
+                redis_url: None,
+                need_redis,
+                need_pooler: false,
+                pg_server_settings: Vec::new(),
+                exe: exe()?,
+                servers_only: false,
+                budget: None,
+                pooler: PoolerChoice::None,
+            },
+            out_dir: None,
+            repeat,
+            jobs: lanes,
+            progress: false,
+        };
+        let t = std::time::Instant::now();
+        let finished = runner::run(opts, cancel.clone()).await?;
+        walls.push(t.elapsed().as_secs_f64());
+        if cancel.is_cancelled() {
+            return Ok(exit::INTERRUPTED);
+        }
+        let report = &finished.report;
+        // A variant's own wall time, per run: the floor of any parallel schedule.
+        for v in report.scenarios.iter().flat_map(|s| &s.variants) {
+            longest = longest.max(v.wall_ms / u64::from(v.runs.max(1)));
+        }
+        // The verdict of each variant (its outcome word may differ from run to run where the
+        // harm shows in more than one form; the verdict must not).
+        verdicts.push(
+            report
+                .scenarios
+                .iter()
+                .flat_map(|s| {
+                    s.variants.iter().map(|v| {
+                        let verdict = v.failure_kind().map(|f| f.headline());
+                        (s.name.clone(), v.name.clone(), verdict)
+                    })
+                })
+                .collect::<Vec<_>>(),
+        );
+        out!(
+            "run all --repeat {repeat} --jobs {lanes}: {:.1} s ({})",
+            walls[walls.len() - 1],
+            if report.all_held() {
+                "every expectation held"
+            } else {
+                "SOME EXPECTATION FAILED"
+            }
+        );
+    }
+    let floor = longest as f64 / 1000.0;
+    out!("longest single variant: {floor:.2} s");
+    out!(
+        "--jobs 1 / --jobs {jobs}: {:.1}×; --jobs {jobs} against the longest variant: {:.1}× (target for one pass: 1.5× + 1 s = {:.1} s)",
+        walls[0] / walls[1].max(0.001),
+        walls[1] / floor.max(0.001),
+        1.5 * floor + 1.0
+    );
+    let same = verdicts.first() == verdicts.last();
+    out!(
+        "verdicts at --jobs 1 and --jobs {jobs}: {}",
+        if same { "identical" } else { "DIFFERENT" }
+    );
+    Ok(if same {
+        exit::OK
+    } else {
+        exit::EXPECTATION_FAILED
+    })
 }
 
 /// Times what every run pays before its first variant: start a throwaway server and get a

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run scenarios (by name, `all`, or a path to a .toml file) and print a table.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print a results file again (table, JSON, Markdown or JUnit) without re-running anything.
     /// Exits as the run did.
     Report(ReportArgs),
@@ -36,6 +36,11 @@ pub enum Command {
     Env {
         #[command(subcommand)]
         command: EnvCommand,
+    },
+    /// Measure locklab itself.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
     },
     /// Internal: a scenario's worker process (a lock holder a fault can hit for real).
     #[command(name = "__worker", hide = true)]
@@ -61,6 +66,20 @@ pub enum EnvCommand {
         /// How many warm starts to time.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// `run all` at --jobs 1 and at the default (or --jobs N): wall times, and their ratio to
+    /// the longest single variant, the floor no parallelism goes below.
+    Jobs {
+        /// Lanes for the parallel run [default: as `run`].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: Option<u16>,
+        /// Runs of each variant, as `run --repeat`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        repeat: u32,
     },
 }
 
@@ -145,6 +164,11 @@ pub struct RunArgs {
     /// Run each variant N times; any disagreement between runs fails the run.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,
+    /// Run up to N variants (or repeats) side by side, each on throwaway servers of its own
+    /// [default: four per core, at most 8]. Runs on your servers (--pg-url, --redis-url,
+    /// --pooler-url) go one at a time.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
     /// Also write a JUnit XML report (one test case per scenario and variant).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,

@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Runs of each variant (`--repeat`).
     pub repeat: u32,
+    /// Variants run side by side (`--jobs`), each on servers of its own; 1 on the user's servers.
+    pub jobs: usize,
 }
 
 pub struct Finished {
@@ -126,12 +128,14 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
             .iter()
             .any(|v| wanted(&opts, v) && v.through_pooler)
     });
-    let env = Env::setup(&EnvOptions {
+    let env_opts = EnvOptions {
         budget: budget(&opts.scenarios, &prepared),
         need_pooler,
         ..opts.env.clone()
-    })
-    .await?;
+    };
+    let lanes = start_lanes(&env_opts, opts.jobs.max(1)).await?;
+    // Every lane has the same shape: the first one stands for all in headers and skips.
+    let env = &lanes[0];
     let mut target = match env.pg_url() {
         Some(_) => "throwaway PostgreSQL".to_string(),
         None => format!("PostgreSQL at {}", env.direct.display),
@@ -149,9 +153,11 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         wall_ms: 0,
         interrupted: false,
     };
-    let mut write_error = None;
-
-    'scenarios: for (scenario, configs) in opts.scenarios.iter().zip(&prepared) {
+    // One slot per scenario and variant, filled as runs finish, read in scenario order.
+    let mut slots: Vec<Vec<Option<VariantReport>>> = Vec::new();
+    let mut units = std::collections::VecDeque::new();
+    let repeat = opts.repeat.max(1);
+    for (si, (scenario, configs)) in opts.scenarios.iter().zip(&prepared).enumerate() {
         let base = scenario.resolve(&scenario.variants[0], opts.time_scale);
         report.scenarios.push(ScenarioReport {
             name: scenario.name.clone(),
@@ -196,13 +202,11 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 .collect(),
             variants: Vec::new(),
         });
-        for (variant, config) in scenario.variants.iter().zip(configs) {
-            let Some(config) = config else {
+        let mut row = Vec::new();
+        for (vi, (variant, config)) in scenario.variants.iter().zip(configs).enumerate() {
+            row.push(None);
+            if config.is_none() {
                 continue;
-            };
-            if cancel.is_cancelled() {
-                report.interrupted = true;
-                break 'scenarios;
             }
             let resolved = scenario.resolve(variant, opts.time_scale);
             if let Some(why) = env.cannot_run(
@@ -210,48 +214,111 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 !resolved.pooler_settings.is_empty(),
                 scenario.kind.needs_direct,
             ) {
-                eprintln!("note: {}/{} skipped: {why}", scenario.name, variant.name);
-                if let Some(s) = report.scenarios.last_mut() {
-                    s.variants.push(VariantReport::skipped(
-                        &variant.name,
-                        resolved.mitigated,
-                        &resolved.shows,
-                        why,
-                    ));
-                }
+                crate::say!("note: {}/{} skipped: {why}", scenario.name, variant.name);
+                row[vi] = Some(VariantReport::skipped(
+                    &variant.name,
+                    resolved.mitigated,
+                    &resolved.shows,
+                    why,
+                ));
                 continue;
             }
-            let repeat = opts.repeat.max(1);
-            let label = |i: u32| match repeat {
-                1 => String::new(),
-                n => format!(" {}/{n}", i + 1),
-            };
-            let run = |i: u32| {
-                let (label, code) = (label(i), config.as_ref());
-                let (env, resolved, cancel) = (&env, &resolved, &cancel);
-                async move {
-                    run_variant(env, scenario, resolved, code, cancel, opts.progress, &label).await
-                }
-            };
-            let mut runs = vec![run(0).await];
-            for i in 1..repeat {
-                if cancel.is_cancelled() {
-                    break;
-                }
-                runs.push(run(i).await);
-            }
-            let v = aggregate(runs, resolved.mitigated);
-            if let Some(s) = report.scenarios.last_mut() {
-                s.variants.push(v);
-            }
-            report.interrupted = cancel.is_cancelled();
-            report.wall_ms = started.elapsed().as_millis() as u64;
-            if let Some(path) = &results_file {
-                write_error = write_results(path, &report).err().map(|e| format!("{e:#}"));
+            for rep in 0..repeat {
+                units.push_back(Unit { si, vi, rep });
             }
         }
+        slots.push(row);
     }
-    env.teardown().await;
+
+    // Each lane takes the next run off the queue until it is empty: variants (and repeats of
+    // one variant) run side by side, each on its lane's own servers.
+    let queue = std::sync::Mutex::new(units);
+    let finished =
+        std::sync::Mutex::new(BTreeMap::<(usize, usize), Vec<(u32, VariantReport)>>::new());
+    let multi = opts.progress.then(indicatif::MultiProgress::new);
+    let state = std::sync::Mutex::new((report, slots, None::<String>));
+    let lane_runs = lanes.iter().map(|env| {
+        let (queue, finished, state, prepared) = (&queue, &finished, &state, &prepared);
+        let (opts, cancel, multi, results_file) = (&opts, &cancel, &multi, &results_file);
+        async move {
+            loop {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let Some(unit) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                    return;
+                };
+                let scenario = &opts.scenarios[unit.si];
+                let variant = &scenario.variants[unit.vi];
+                let Some(code) = prepared[unit.si][unit.vi].as_ref() else {
+                    continue;
+                };
+                let resolved = scenario.resolve(variant, opts.time_scale);
+                let label = match repeat {
+                    1 => String::new(),
+                    n => format!(" {}/{n}", unit.rep + 1),
+                };
+                let run = run_variant(
+                    env,
+                    scenario,
+                    &resolved,
+                    code.as_ref(),
+                    cancel,
+                    multi.as_ref(),
+                    &label,
+                )
+                .await;
+                let done = match finished.lock() {
+                    Ok(mut f) => {
+                        let runs = f.entry((unit.si, unit.vi)).or_default();
+                        runs.push((unit.rep, run));
+                        // Every run done (or the rest will never start): the variant's verdict.
+                        (runs.len() as u32 == repeat || cancel.is_cancelled())
+                            .then(|| std::mem::take(runs))
+                    }
+                    Err(_) => None,
+                };
+                let Some(mut runs) = done else {
+                    continue;
+                };
+                runs.sort_by_key(|(rep, _)| *rep);
+                let v = aggregate(
+                    runs.into_iter().map(|(_, r)| r).collect(),
+                    resolved.mitigated,
+                );
+                if let Ok(mut st) = state.lock() {
+                    let (report, slots, write_error) = &mut *st;
+                    slots[unit.si][unit.vi] = Some(v);
+                    fill(report, slots);
+                    report.interrupted = cancel.is_cancelled();
+                    report.wall_ms = started.elapsed().as_millis() as u64;
+                    if let Some(path) = results_file {
+                        *write_error = write_results(path, report).err().map(|e| format!("{e:#}"));
+                    }
+                }
+            }
+        }
+    });
+    futures::future::join_all(lane_runs).await;
+    for env in lanes {
+        env.teardown().await;
+    }
+    let (mut report, mut slots, mut write_error) = state
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a lane of the run panicked"))?;
+    // Runs finished when Ctrl-C came, of variants whose other repeats never started.
+    if let Ok(f) = finished.into_inner() {
+        for ((si, vi), mut runs) in f.into_iter().filter(|(_, r)| !r.is_empty()) {
+            runs.sort_by_key(|(rep, _)| *rep);
+            let mitigated = opts.scenarios[si].variants[vi].mitigated;
+            slots[si][vi] = Some(aggregate(
+                runs.into_iter().map(|(_, r)| r).collect(),
+                mitigated,
+            ));
+        }
+    }
+    fill(&mut report, &slots);
+    report.interrupted = cancel.is_cancelled();
     report.wall_ms = started.elapsed().as_millis() as u64;
     if let Some(path) = &results_file {
         write_error = write_results(path, &report).err().map(|e| format!("{e:#}"));
@@ -265,6 +332,59 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         },
         write_error,
     })
+}
+
+/// `--jobs` unless given: four lanes per core, at most 8. Most of a variant's time is a
+/// designed wait (a cut-off, a timeout, a TTL) with the CPU idle, so lanes outnumber cores;
+/// the cap keeps the timing windows' margins on a small, loaded machine (measured: `run all
+/// --repeat 10` at 8 lanes on 2 cores busy with two CPU hogs agrees with one lane).
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 4)
+        .unwrap_or(1)
+        .clamp(1, 8)
+}
+
+/// One run of one variant, waiting for a lane.
+struct Unit {
+    si: usize,
+    vi: usize,
+    rep: u32,
+}
+
+/// The report's variants, in scenario and variant order, from the slots filled so far.
+fn fill(report: &mut RunReport, slots: &[Vec<Option<VariantReport>>]) {
+    for (s, row) in report.scenarios.iter_mut().zip(slots) {
+        s.variants = row.iter().flatten().cloned().collect();
+    }
+}
+
+/// The run's environments: one, or with `--jobs N` on throwaway servers, N of them, each with
+/// servers of its own. Isolation by separate servers is what keeps verdicts exact side by
+/// side: an observer of pg_stat_activity, pg_locks, a Redis key or a PgBouncer pool sees only
+/// its own variant's sessions, and each lane has the whole connection budget to itself. A run
+/// on the user's servers has one server to share, so it runs one variant at a time.
+async fn start_lanes(opts: &EnvOptions, jobs: usize) -> anyhow::Result<Vec<Env>> {
+    let own_servers = opts.pg_url.is_none()
+        && opts.redis_url.is_none()
+        && !matches!(opts.pooler, crate::env::PoolerChoice::Url(_));
+    let jobs = if own_servers { jobs } else { 1 };
+    let started = futures::future::join_all((0..jobs).map(|_| Env::setup(opts))).await;
+    let mut lanes = Vec::new();
+    let mut failure = None;
+    for r in started {
+        match r {
+            Ok(env) => lanes.push(env),
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    if let Some(e) = failure {
+        for env in lanes {
+            env.teardown().await;
+        }
+        return Err(e);
+    }
+    Ok(lanes)
 }
 
 /// One report for all runs of a variant: the first failing run's figures (else the first run's),
@@ -338,7 +458,7 @@ async fn run_variant(
     variant: &crate::scenario::ResolvedVariant,
     code: &dyn Prepared,
     cancel: &CancellationToken,
-    show_progress: bool,
+    multi: Option<&indicatif::MultiProgress>,
     label: &str,
 ) -> VariantReport {
     let started = Instant::now();
@@ -346,8 +466,8 @@ async fn run_variant(
         .params
         .duration("deadline")
         .unwrap_or(Duration::from_secs(30));
-    let progress = if show_progress {
-        let bar = ProgressBar::new(deadline.as_millis() as u64);
+    let progress = if let Some(multi) = multi {
+        let bar = multi.add(ProgressBar::new(deadline.as_millis() as u64));
         bar.set_style(
             ProgressStyle::with_template("{prefix:>32} [{bar:24}] {elapsed:>3} of cut-off  {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -86,3 +86,43 @@ fn second_ctrl_c_exits_at_once_and_still_leaves_nothing() {
     assert_eq!(status.code(), Some(130));
     assert_nothing_left(tmp.path(), Duration::from_secs(10));
 }
+
+/// Whoever reads locklab's stderr may be gone (a CI step killed, a pipe into `head`): a signal
+/// must still wind everything down. (Writing the "interrupted" line used to panic the signal
+/// handler, and the servers stayed up.)
+#[test]
+fn sigterm_with_stderr_gone_still_stops_the_servers() {
+    use std::io::BufRead;
+    let tmp = tempdir();
+    let mut child = locklab(tmp.path())
+        .args(["env", "up"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn env up");
+    // Close the read end of stderr before anything is written to it.
+    drop(child.stderr.take());
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    assert!(
+        lines
+            .next()
+            .and_then(Result::ok)
+            .is_some_and(|l| l.starts_with("PostgreSQL")),
+        "env up came up"
+    );
+    std::thread::spawn(move || for _ in lines {});
+    signal(&child, libc::SIGTERM);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if std::time::Instant::now() > until {
+            signal(&child, libc::SIGKILL);
+            panic!("env up did not stop on SIGTERM with its stderr gone");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_nothing_left(tmp.path(), Duration::from_secs(5));
+}

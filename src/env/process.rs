@@ -33,7 +33,7 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                 }
             })
             .map(|_| ())
-            .unwrap_or_else(|e| eprintln!("locklab: could not start the spawner thread: {e}"));
+            .unwrap_or_else(|e| crate::say!("locklab: could not start the spawner thread: {e}"));
         Mutex::new(tx)
     })
 }
