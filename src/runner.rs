@@ -232,25 +232,36 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
 
     // Each lane takes the next run off the queue until it is empty: variants (and repeats of
     // one variant) run side by side, each on its lane's own servers.
-    let queue = std::sync::Mutex::new(units);
+    // Each run weighs the sessions it opens; lanes run side by side only while the weights in
+    // flight stay within the machine's share, so a hundred-client variant runs (nearly) alone
+    // and small ones run many at a time.
+    let weights: Vec<Vec<usize>> = prepared
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|c| c.as_ref().map_or(1, |c| c.sessions().max(1)))
+                .collect()
+        })
+        .collect();
+    let queue = Admission::new(units, weight_cap());
     let finished =
         std::sync::Mutex::new(BTreeMap::<(usize, usize), Vec<(u32, VariantReport)>>::new());
     let multi = opts.progress.then(indicatif::MultiProgress::new);
     let state = std::sync::Mutex::new((report, slots, None::<String>));
     let lane_runs = lanes.iter().map(|env| {
         let (queue, finished, state, prepared) = (&queue, &finished, &state, &prepared);
+        let weights = &weights;
         let (opts, cancel, multi, results_file) = (&opts, &cancel, &multi, &results_file);
         async move {
             loop {
-                if cancel.is_cancelled() {
-                    return;
-                }
-                let Some(unit) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                let Some(unit) = queue.next(weights, cancel).await else {
                     return;
                 };
+                let weight = weights[unit.si][unit.vi];
                 let scenario = &opts.scenarios[unit.si];
                 let variant = &scenario.variants[unit.vi];
                 let Some(code) = prepared[unit.si][unit.vi].as_ref() else {
+                    queue.done(weight);
                     continue;
                 };
                 let resolved = scenario.resolve(variant, opts.time_scale);
@@ -268,6 +279,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                     &label,
                 )
                 .await;
+                queue.done(weight);
                 let done = match finished.lock() {
                     Ok(mut f) => {
                         let runs = f.entry((unit.si, unit.vi)).or_default();
@@ -343,6 +355,71 @@ pub fn default_jobs() -> usize {
         .map(|n| n.get() * 4)
         .unwrap_or(1)
         .clamp(1, 8)
+}
+
+/// Sessions in flight per core before another lane may start a run: a PostgreSQL backend
+/// and a client task each, busy while a variant's clients work.
+const SESSIONS_PER_CORE: usize = 60;
+
+fn weight_cap() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) * SESSIONS_PER_CORE
+}
+
+/// The runs waiting for a lane, and how much is in flight. A lane takes the first waiting run
+/// that fits beside what runs now (any run when nothing does).
+struct Admission {
+    state: std::sync::Mutex<(std::collections::VecDeque<Unit>, usize)>,
+    changed: tokio::sync::Notify,
+    cap: usize,
+}
+
+impl Admission {
+    fn new(units: std::collections::VecDeque<Unit>, cap: usize) -> Admission {
+        Admission {
+            state: std::sync::Mutex::new((units, 0)),
+            changed: tokio::sync::Notify::new(),
+            cap,
+        }
+    }
+
+    /// The next run for a lane; `None` when none is left or the run was cancelled.
+    async fn next(&self, weights: &[Vec<usize>], cancel: &CancellationToken) -> Option<Unit> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if cancel.is_cancelled() {
+                return None;
+            }
+            {
+                let mut st = self.state.lock().ok()?;
+                let (queue, in_flight) = &mut *st;
+                if queue.is_empty() {
+                    return None;
+                }
+                let fits = |u: &Unit| *in_flight + weights[u.si][u.vi] <= self.cap;
+                let pick = match *in_flight {
+                    0 => Some(0),
+                    _ => queue.iter().position(fits),
+                };
+                if let Some(unit) = pick.and_then(|i| queue.remove(i)) {
+                    *in_flight += weights[unit.si][unit.vi];
+                    return Some(unit);
+                }
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = cancel.cancelled() => return None,
+            }
+        }
+    }
+
+    fn done(&self, weight: usize) {
+        if let Ok(mut st) = self.state.lock() {
+            st.1 = st.1.saturating_sub(weight);
+        }
+        self.changed.notify_waiters();
+    }
 }
 
 /// One run of one variant, waiting for a lane.
