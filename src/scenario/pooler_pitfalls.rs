@@ -368,11 +368,12 @@ impl Member {
                     c.exec("SELECT pg_sleep($1)", &[&shared.work.as_secs_f64()])
                         .await?;
                 }
-                c.batch_execute("COMMIT").await?;
                 if !shared.lock_session {
-                    // A transaction lock ends with its transaction.
+                    // A transaction lock ends with its transaction: the client stops counting
+                    // on it when it sends COMMIT (the server frees it a moment later).
                     shared.let_go(self.belief.take());
                 }
+                c.batch_execute("COMMIT").await?;
                 Ok(())
             }
             Pitfall::ListenNotify => {
@@ -390,9 +391,9 @@ impl Member {
             return Ok(());
         }
         let c = self.conn(Sink::Stray).await?;
-        let unlocked = self.unlock(&c).await;
+        // The application stops counting on the lock as it asks to release it.
         shared.let_go(self.belief.take());
-        unlocked
+        self.unlock(&c).await
     }
 
     async fn unlock(&self, c: &Client) -> Result<(), OpError> {
@@ -435,22 +436,20 @@ impl Member {
         // Failed or not, the transaction stays open to the gate: every tenant holds its
         // server connection at once, so every server connection serves someone this round.
         shared.gates.pass(r).await;
+        if !shared.lock_session {
+            // As for client 0: the transaction lock is let go as COMMIT is sent.
+            shared.let_go(self.belief.take());
+        }
         let end = match &inside {
             Ok(_) => c.batch_execute("COMMIT").await,
             Err(_) => c.batch_execute("ROLLBACK").await,
         };
         let took_lock = inside?;
         end?;
-        if took_lock {
-            match shared.lock_session {
-                // The application's unlock, after its transaction: wherever the pooler sends it.
-                true => {
-                    let unlocked = self.unlock(&c).await;
-                    shared.let_go(self.belief.take());
-                    unlocked?;
-                }
-                false => shared.let_go(self.belief.take()),
-            }
+        if took_lock && shared.lock_session {
+            // The application's unlock, after its transaction: wherever the pooler sends it.
+            shared.let_go(self.belief.take());
+            self.unlock(&c).await?;
         }
         if shared.pitfall == Pitfall::ListenNotify {
             let payload = format!("{}/{r}", self.id);
