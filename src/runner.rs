@@ -133,9 +133,12 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         need_pooler,
         ..opts.env.clone()
     };
-    let lanes = start_lanes(&env_opts, opts.jobs.max(1)).await?;
-    // Every lane has the same shape: the first one stands for all in headers and skips.
-    let env = &lanes[0];
+    // The first lane's servers come up before anything else; the other lanes start theirs
+    // while it already runs. Every lane has the same shape: the first stands for all in
+    // headers and skips.
+    let first = Env::setup(&env_opts).await?;
+    let lanes = lanes_for(&env_opts, opts.jobs.max(1));
+    let env = &first;
     let mut target = match env.pg_url() {
         Some(_) => "throwaway PostgreSQL".to_string(),
         None => format!("PostgreSQL at {}", env.direct.display),
@@ -248,14 +251,25 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         std::sync::Mutex::new(BTreeMap::<(usize, usize), Vec<(u32, VariantReport)>>::new());
     let multi = opts.progress.then(indicatif::MultiProgress::new);
     let state = std::sync::Mutex::new((report, slots, None::<String>));
-    let lane_runs = lanes.iter().map(|env| {
+    let lane_runs = (0..lanes).map(|lane| {
         let (queue, finished, state, prepared) = (&queue, &finished, &state, &prepared);
-        let weights = &weights;
+        let (weights, first, env_opts) = (&weights, &first, &env_opts);
         let (opts, cancel, multi, results_file) = (&opts, &cancel, &multi, &results_file);
         async move {
+            let own = match lane {
+                0 => None,
+                _ => match Env::setup(env_opts).await {
+                    Ok(env) => Some(env),
+                    Err(e) => {
+                        crate::say!("note: lane {lane} did not start ({e:#}); fewer lanes run");
+                        return;
+                    }
+                },
+            };
+            let env = own.as_ref().unwrap_or(first);
             loop {
                 let Some(unit) = queue.next(weights, cancel).await else {
-                    return;
+                    break;
                 };
                 let weight = weights[unit.si][unit.vi];
                 let scenario = &opts.scenarios[unit.si];
@@ -309,12 +323,13 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                     }
                 }
             }
+            if let Some(env) = own {
+                env.teardown().await;
+            }
         }
     });
     futures::future::join_all(lane_runs).await;
-    for env in lanes {
-        env.teardown().await;
-    }
+    first.teardown().await;
     let (mut report, mut slots, mut write_error) = state
         .into_inner()
         .map_err(|_| anyhow::anyhow!("a lane of the run panicked"))?;
@@ -436,32 +451,16 @@ fn fill(report: &mut RunReport, slots: &[Vec<Option<VariantReport>>]) {
     }
 }
 
-/// The run's environments: one, or with `--jobs N` on throwaway servers, N of them, each with
+/// How many lanes a run gets: one, or with `--jobs N` on throwaway servers, N, each with
 /// servers of its own. Isolation by separate servers is what keeps verdicts exact side by
 /// side: an observer of pg_stat_activity, pg_locks, a Redis key or a PgBouncer pool sees only
 /// its own variant's sessions, and each lane has the whole connection budget to itself. A run
 /// on the user's servers has one server to share, so it runs one variant at a time.
-async fn start_lanes(opts: &EnvOptions, jobs: usize) -> anyhow::Result<Vec<Env>> {
+fn lanes_for(opts: &EnvOptions, jobs: usize) -> usize {
     let own_servers = opts.pg_url.is_none()
         && opts.redis_url.is_none()
         && !matches!(opts.pooler, crate::env::PoolerChoice::Url(_));
-    let jobs = if own_servers { jobs } else { 1 };
-    let started = futures::future::join_all((0..jobs).map(|_| Env::setup(opts))).await;
-    let mut lanes = Vec::new();
-    let mut failure = None;
-    for r in started {
-        match r {
-            Ok(env) => lanes.push(env),
-            Err(e) => failure = failure.or(Some(e)),
-        }
-    }
-    if let Some(e) = failure {
-        for env in lanes {
-            env.teardown().await;
-        }
-        return Err(e);
-    }
-    Ok(lanes)
+    if own_servers { jobs } else { 1 }
 }
 
 /// One report for all runs of a variant: the first failing run's figures (else the first run's),
