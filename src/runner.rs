@@ -226,15 +226,19 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 ));
                 continue;
             }
-            for rep in 0..repeat {
-                units.push_back(Unit { si, vi, rep });
-            }
+            units.push_back(Unit { si, vi, rep: 0 });
         }
         slots.push(row);
     }
 
     // Each lane takes the next run off the queue until it is empty: variants (and repeats of
     // one variant) run side by side, each on its lane's own servers.
+    // Repeats go round by round (every variant once, then every variant again): side by side
+    // run different variants, not ten copies of the same busiest one.
+    let firsts: Vec<Unit> = units.drain(..).collect();
+    for rep in 0..repeat {
+        units.extend(firsts.iter().map(|u| Unit { rep, ..*u }));
+    }
     // Each run weighs the sessions it opens; lanes run side by side only while the weights in
     // flight stay within the machine's share, so a hundred-client variant runs (nearly) alone
     // and small ones run many at a time.
@@ -438,6 +442,7 @@ impl Admission {
 }
 
 /// One run of one variant, waiting for a lane.
+#[derive(Clone, Copy)]
 struct Unit {
     si: usize,
     vi: usize,

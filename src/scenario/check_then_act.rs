@@ -295,7 +295,17 @@ async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
              WHERE id = $1 AND version = $3"
         ),
         insert: format!("INSERT INTO {ledger} (amount, withdrawer) VALUES ($1, $2)"),
-        gates: Gates::new(cfg.withdrawers, parties, cfg.step),
+        // Only a locking read keeps withdrawers from reaching the gate, so only then is the
+        // wait cut short at `step`; otherwise everyone arrives, and a late one on a loaded
+        // machine is worth waiting for (up to a quarter of the deadline).
+        gates: Gates::new(
+            cfg.withdrawers,
+            parties,
+            match cfg.for_update {
+                true => cfg.step,
+                false => cfg.step.max(cfg.deadline / 4),
+            },
+        ),
         conflicts: Conflicts::default(),
         settings: ctx.variant.settings.clone(),
     });
