@@ -389,12 +389,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             pg_url: args.pg_url,
             redis_url: args.redis_url,
             need_redis,
-            need_pooler: false,
-            pg_server_settings: Vec::new(),
             exe: exe()?,
-            servers_only: false,
-            budget: None,
             pooler,
+            ..EnvOptions::default()
         },
         out_dir: (!args.no_results).then_some(args.out),
         repeat: args.repeat,
@@ -495,15 +492,12 @@ async fn env_up(pg_settings: Vec<String>, pooler_settings: Vec<String>) -> anyho
         .collect::<Result<Vec<_>, _>>()?;
     let cancel = cancel_on_signals("stopping servers");
     let env = Env::setup(&EnvOptions {
-        pg_url: None,
-        redis_url: None,
         need_redis: true,
-        need_pooler: false,
         pg_server_settings: settings,
         exe: exe()?,
         servers_only: true,
-        budget: None,
         pooler: PoolerChoice::Throwaway(pooler_settings),
+        ..EnvOptions::default()
     })
     .await?;
     let url = env.pg_url().unwrap_or_default();
@@ -541,15 +535,9 @@ async fn bench_jobs(jobs: usize, repeat: u32) -> anyhow::Result<i32> {
             variants: Vec::new(),
             time_scale: 0.1,
             env: EnvOptions {
-                pg_url: None,
-                redis_url: None,
                 need_redis,
-                need_pooler: false,
-                pg_server_settings: Vec::new(),
                 exe: exe()?,
-                servers_only: false,
-                budget: None,
-                pooler: PoolerChoice::None,
+                ..EnvOptions::default()
             },
             out_dir: None,
             repeat,
@@ -617,15 +605,9 @@ async fn env_time(runs: usize) -> anyhow::Result<i32> {
     use crate::check::stats::percentile;
     let runs = runs.max(1);
     let opts = EnvOptions {
-        pg_url: None,
-        redis_url: None,
-        need_redis: false,
-        need_pooler: false,
-        pg_server_settings: Vec::new(),
         exe: exe()?,
         servers_only: true,
-        budget: None,
-        pooler: PoolerChoice::None,
+        ..EnvOptions::default()
     };
     // The first start may build the template cache; it is not counted.
     let warmup = Env::setup(&opts).await?;

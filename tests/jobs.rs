@@ -50,5 +50,16 @@ fn side_by_side_runs_report_every_variant_in_file_order() {
             assert_eq!(v["runs_held"], 2, "{v:#}");
         }
     }
+    // The runs overlapped: together they took far longer than the run did (each variant's
+    // wall_ms sums its own runs). One lane at a time would make the two equal.
+    let own: u64 = report["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .flat_map(|s| s["variants"].as_array().expect("variants"))
+        .filter_map(|v| v["wall_ms"].as_u64())
+        .sum();
+    let wall = report["wall_ms"].as_u64().expect("wall_ms");
+    assert!(wall * 3 < own * 2, "run {wall} ms, its runs {own} ms: not side by side");
     assert_nothing_left(tmp.path(), Duration::from_secs(5));
 }

@@ -79,7 +79,6 @@ pub fn evaluate_account(h: &History, obs: &AccountObservations) -> Evaluation {
     let refused = h.count(kind::WITHDRAW, REFUSED);
     let stuck = h.unknown(kind::WITHDRAW);
     let failed_other = h.failed(kind::WITHDRAW) as u64 - refused;
-    let latencies = h.completed_latencies(kind::WITHDRAW);
     let outcome = if overdrafts > 0 {
         outcome::OVERDRAWN
     } else if lost > 0 {
@@ -102,11 +101,9 @@ pub fn evaluate_account(h: &History, obs: &AccountObservations) -> Evaluation {
             ("refused", json!(refused)),
             ("serialization_failures", json!(obs.serialization_failures)),
             ("retries", json!(obs.retries)),
-            ("stuck", json!(stuck)),
-            ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-            ("p99_ms", json_ms(percentile(&latencies, 99.0))),
-            ("cut_off", json!(obs.cut_off)),
-        ],
+        ]
+        .into_iter()
+        .chain(timing(h, kind::WITHDRAW, obs.cut_off)),
     )
 }
 
@@ -137,7 +134,6 @@ pub fn evaluate_reports(h: &History, obs: &ReportObservations) -> Evaluation {
         .collect();
     let skewed = skews.iter().filter(|s| **s != 0).count();
     let stuck = h.unknown(kind::REPORT);
-    let latencies = h.completed_latencies(kind::REPORT);
     let outcome = match (skewed, stuck) {
         (s, _) if s > 0 => outcome::SKEWED,
         (_, s) if s > 0 => outcome::STUCK,
@@ -152,11 +148,9 @@ pub fn evaluate_reports(h: &History, obs: &ReportObservations) -> Evaluation {
                 "worst_skew",
                 json!(skews.iter().max().copied().unwrap_or(0)),
             ),
-            ("stuck", json!(stuck)),
-            ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-            ("p99_ms", json_ms(percentile(&latencies, 99.0))),
-            ("cut_off", json!(obs.cut_off)),
-        ],
+        ]
+        .into_iter()
+        .chain(timing(h, kind::REPORT, obs.cut_off)),
     )
 }
 
@@ -188,7 +182,6 @@ pub const STAYED: &str = "stayed-on-call";
 pub fn evaluate_rota(h: &History, obs: &RotaObservations) -> Evaluation {
     let violations = obs.on_call.iter().filter(|n| **n < 1).count();
     let stuck = h.unknown(kind::GO_OFF_CALL);
-    let latencies = h.completed_latencies(kind::GO_OFF_CALL);
     let outcome = match (violations, stuck) {
         (v, _) if v > 0 => outcome::NOBODY_ON_CALL,
         (_, s) if s > 0 => outcome::STUCK,
@@ -203,11 +196,9 @@ pub fn evaluate_rota(h: &History, obs: &RotaObservations) -> Evaluation {
             ("refused", json!(h.count(kind::GO_OFF_CALL, STAYED))),
             ("serialization_failures", json!(obs.serialization_failures)),
             ("retries", json!(obs.retries)),
-            ("stuck", json!(stuck)),
-            ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-            ("p99_ms", json_ms(percentile(&latencies, 99.0))),
-            ("cut_off", json!(obs.cut_off)),
-        ],
+        ]
+        .into_iter()
+        .chain(timing(h, kind::GO_OFF_CALL, obs.cut_off)),
     )
 }
 
@@ -242,7 +233,6 @@ pub const TRANSFER_METRICS: &[&str] = &[
 
 pub fn evaluate_transfers(h: &History, obs: &TransferObservations) -> Evaluation {
     let stuck = h.unknown(kind::TRANSFER);
-    let latencies = h.completed_latencies(kind::TRANSFER);
     let failed = h.failed(kind::TRANSFER);
     let outcome = if obs.deadlocks > 0 && failed == 0 && stuck == 0 {
         outcome::RETRIED
@@ -266,12 +256,22 @@ pub fn evaluate_transfers(h: &History, obs: &TransferObservations) -> Evaluation
             ("deadlock_timeout_ms", json!(obs.deadlock_timeout_ms)),
             ("retries", json!(obs.retries)),
             ("money_made", json!(obs.total_after - obs.total_before)),
-            ("stuck", json!(stuck)),
-            ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-            ("p99_ms", json_ms(percentile(&latencies, 99.0))),
-            ("cut_off", json!(obs.cut_off)),
-        ],
+        ]
+        .into_iter()
+        .chain(timing(h, kind::TRANSFER, obs.cut_off)),
     )
+}
+
+/// The figures every isolation checker reports about its operations of `kind`: those still in
+/// flight at the cut-off, the latency of the rest, and whether the variant was cut off.
+fn timing(h: &History, kind: &str, cut_off: bool) -> [(&'static str, serde_json::Value); 4] {
+    let latencies = h.completed_latencies(kind);
+    [
+        ("stuck", json!(h.unknown(kind))),
+        ("p50_ms", json_ms(percentile(&latencies, 50.0))),
+        ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+        ("cut_off", json!(cut_off)),
+    ]
 }
 
 /// Whether an error class is one a retry loop on serialization failures retries.

@@ -107,20 +107,12 @@ const AMOUNT: i64 = 10;
 
 impl Transfer {
     async fn transfer(&mut self) -> Result<(), OpError> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.attempt(tries == 1).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    let _ = self.client.batch_execute("ROLLBACK").await;
-                    let s = &self.shared;
-                    if !s.conflicts.again(&e, s.retry, tries, s.max_retries + 1) {
-                        return Err(e);
-                    }
-                }
-            }
-        }
+        let s = &self.shared;
+        s.conflicts
+            .retrying(&self.client, s.retry, s.max_retries, |first| {
+                self.attempt(first)
+            })
+            .await
     }
 
     async fn touch(&self, account: i32) -> Result<u64, tokio_postgres::Error> {

@@ -1,7 +1,10 @@
 //! What the isolation-family scenarios share: the isolation level a transaction runs under,
 //! and counters of the serialization failures and retries met along the way.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio_postgres::Client;
 
 use crate::error::UsageError;
 use crate::workload::OpError;
@@ -68,6 +71,32 @@ impl Conflicts {
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
         again
+    }
+
+    /// Runs a transaction with `attempt` (told whether this is its first try), rolling back
+    /// after each failure and trying again while [`Conflicts::again`] allows.
+    pub async fn retrying<F, Fut>(
+        &self,
+        client: &Client,
+        retry: bool,
+        max_retries: usize,
+        mut attempt: F,
+    ) -> Result<(), OpError>
+    where
+        F: FnMut(bool) -> Fut,
+        Fut: Future<Output = Result<(), OpError>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let Err(e) = attempt(tries == 1).await else {
+                return Ok(());
+            };
+            let _ = client.batch_execute("ROLLBACK").await;
+            if !self.again(&e, retry, tries, max_retries + 1) {
+                return Err(e);
+            }
+        }
     }
 
     pub fn counts(&self) -> (usize, usize) {
