@@ -60,6 +60,9 @@ fn side_by_side_runs_report_every_variant_in_file_order() {
         .filter_map(|v| v["wall_ms"].as_u64())
         .sum();
     let wall = report["wall_ms"].as_u64().expect("wall_ms");
-    assert!(wall * 3 < own * 2, "run {wall} ms, its runs {own} ms: not side by side");
+    assert!(
+        wall * 3 < own * 2,
+        "run {wall} ms, its runs {own} ms: not side by side"
+    );
     assert_nothing_left(tmp.path(), Duration::from_secs(5));
 }
