@@ -332,7 +332,17 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
             }
         }
     });
-    futures::future::join_all(lane_runs).await;
+    let sampling = CancellationToken::new();
+    let sampler = async {
+        if lanes > 1 {
+            queue.idle.sample(sampling.clone()).await;
+        }
+    };
+    let lanes_done = async {
+        futures::future::join_all(lane_runs).await;
+        sampling.cancel();
+    };
+    tokio::join!(sampler, lanes_done);
     first.teardown().await;
     let (mut report, mut slots, mut write_error) = state
         .into_inner()
@@ -378,31 +388,89 @@ pub fn default_jobs() -> usize {
 
 /// Sessions in flight per core before another lane may start a run: a PostgreSQL backend
 /// and a client task each, busy while a variant's clients work.
-const SESSIONS_PER_CORE: usize = 60;
+const SESSIONS_PER_CORE: usize = 90;
+
+/// Another run starts beside those in flight only while this share of the machine's CPU time
+/// was idle over the last sample (whoever else is using it).
+const IDLE_FLOOR_PERMILLE: u32 = 100;
+
+/// How often the machine's idle CPU is sampled.
+const IDLE_SAMPLE: Duration = Duration::from_millis(100);
 
 fn weight_cap() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()) * SESSIONS_PER_CORE
 }
 
+/// The machine's idle CPU share over the last [`IDLE_SAMPLE`], from /proc/stat (all idle
+/// where it cannot be read), and how many samples have been taken.
+#[derive(Default)]
+struct IdleCpu {
+    permille: std::sync::atomic::AtomicU32,
+    samples: std::sync::atomic::AtomicU64,
+}
+
+impl IdleCpu {
+    /// Idle and total jiffies since boot, over all CPUs.
+    fn read() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal: idle and iowait are idle time.
+        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+        Some((idle, fields.iter().take(8).sum()))
+    }
+
+    /// Samples until `stop` fires.
+    async fn sample(&self, stop: CancellationToken) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut last = IdleCpu::read();
+        self.permille.store(1000, Relaxed);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_SAMPLE) => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = IdleCpu::read();
+            let permille = match (last, now) {
+                (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
+                    ((i1.saturating_sub(i0)) * 1000 / (t1 - t0)) as u32
+                }
+                _ => 1000,
+            };
+            last = now;
+            self.permille.store(permille, Relaxed);
+            self.samples.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 /// The runs waiting for a lane, and how much is in flight. A lane takes the first waiting run
-/// that fits beside what runs now (any run when nothing does).
+/// that fits beside what runs now, if the machine had idle CPU since the last run started; any
+/// run when nothing else is in flight.
 struct Admission {
-    state: std::sync::Mutex<(std::collections::VecDeque<Unit>, usize)>,
+    /// Waiting runs, the weight in flight, and the sample at which the last run started.
+    state: std::sync::Mutex<(std::collections::VecDeque<Unit>, usize, u64)>,
     changed: tokio::sync::Notify,
     cap: usize,
+    idle: IdleCpu,
 }
 
 impl Admission {
     fn new(units: std::collections::VecDeque<Unit>, cap: usize) -> Admission {
         Admission {
-            state: std::sync::Mutex::new((units, 0)),
+            state: std::sync::Mutex::new((units, 0, 0)),
             changed: tokio::sync::Notify::new(),
             cap,
+            idle: IdleCpu::default(),
         }
     }
 
     /// The next run for a lane; `None` when none is left or the run was cancelled.
     async fn next(&self, weights: &[Vec<usize>], cancel: &CancellationToken) -> Option<Unit> {
+        use std::sync::atomic::Ordering::Relaxed;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -412,22 +480,29 @@ impl Admission {
             }
             {
                 let mut st = self.state.lock().ok()?;
-                let (queue, in_flight) = &mut *st;
+                let (queue, in_flight, started_at) = &mut *st;
                 if queue.is_empty() {
                     return None;
                 }
+                let sample = self.idle.samples.load(Relaxed);
+                // A fresh look at the CPU since the last start, and enough of it idle.
+                let room =
+                    sample > *started_at && self.idle.permille.load(Relaxed) >= IDLE_FLOOR_PERMILLE;
                 let fits = |u: &Unit| *in_flight + weights[u.si][u.vi] <= self.cap;
                 let pick = match *in_flight {
                     0 => Some(0),
-                    _ => queue.iter().position(fits),
+                    _ if room => queue.iter().position(fits),
+                    _ => None,
                 };
                 if let Some(unit) = pick.and_then(|i| queue.remove(i)) {
                     *in_flight += weights[unit.si][unit.vi];
+                    *started_at = sample;
                     return Some(unit);
                 }
             }
             tokio::select! {
                 _ = &mut changed => {}
+                _ = tokio::time::sleep(IDLE_SAMPLE) => {}
                 _ = cancel.cancelled() => return None,
             }
         }
