@@ -377,8 +377,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
 
 /// `--jobs` unless given: four lanes per core, at most 8. Most of a variant's time is a
 /// designed wait (a cut-off, a timeout, a TTL) with the CPU idle, so lanes outnumber cores;
-/// the cap keeps the timing windows' margins on a small, loaded machine (measured: `run all
-/// --repeat 10` at 8 lanes on 2 cores busy with two CPU hogs agrees with one lane).
+/// [`Admission`] keeps them from starting runs on a machine whose CPU is already busy.
 pub fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get() * 4)
