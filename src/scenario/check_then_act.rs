@@ -148,9 +148,7 @@ struct Queue {
 }
 
 struct Withdrawer {
-    client: Option<Client>,
-    target: crate::env::postgres::PgTarget,
-    app: String,
+    client: Client,
     id: i32,
     shared: Arc<Shared>,
     queue: Option<Arc<Queue>>,
@@ -158,14 +156,6 @@ struct Withdrawer {
 
 impl Withdrawer {
     async fn withdraw(&mut self) -> Result<(), OpError> {
-        if self.client.is_none() {
-            let c = self
-                .target
-                .connect(&self.app)
-                .await
-                .map_err(|_| OpError::new(crate::history::class::CONNECTION_CLOSED))?;
-            self.client = Some(c);
-        }
         let queue = self.queue.clone();
         let (_turn, gate) = match &queue {
             Some(q) => {
@@ -180,9 +170,7 @@ impl Withdrawer {
             match self.attempt(gate, tries == 1).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    if let Some(c) = &self.client {
-                        let _ = c.batch_execute("ROLLBACK").await;
-                    }
+                    let _ = self.client.batch_execute("ROLLBACK").await;
                     let s = &self.shared;
                     let version_lost = e.class == VERSION_CHANGED;
                     if version_lost && tries <= s.max_retries {
@@ -200,9 +188,7 @@ impl Withdrawer {
     /// One transaction: read, check, (meet the others at the gate the first time), write.
     async fn attempt(&self, gate: usize, first: bool) -> Result<(), OpError> {
         let s = &self.shared;
-        let Some(c) = &self.client else {
-            return Err(OpError::new(crate::history::class::CLIENT));
-        };
+        let c = &self.client;
         let begin = crate::env::postgres::sql::begin_with(s.level.begin(), &s.settings);
         if let Err(e) = c.batch_execute(&begin).await {
             if first {
@@ -323,9 +309,7 @@ async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
         let app = ctx.app(&format!("w/withdrawer-{i}"));
         let client = ctx.pg().connect(&app).await?;
         clients.push(Box::new(Withdrawer {
-            client: Some(client),
-            target: ctx.pg().clone(),
-            app,
+            client,
             id: i as i32,
             shared: shared.clone(),
             queue: queues.get(i % cfg.instances.max(1)).cloned(),
