@@ -450,8 +450,7 @@ impl IdleCpu {
 /// that fits beside what runs now, if the machine had idle CPU since the last run started; any
 /// run when nothing else is in flight.
 struct Admission {
-    /// Waiting runs, the weight in flight, and the sample at which the last run started.
-    state: std::sync::Mutex<(std::collections::VecDeque<Unit>, usize, u64)>,
+    state: std::sync::Mutex<Waiting>,
     changed: tokio::sync::Notify,
     cap: usize,
     idle: IdleCpu,
@@ -460,7 +459,11 @@ struct Admission {
 impl Admission {
     fn new(units: std::collections::VecDeque<Unit>, cap: usize) -> Admission {
         Admission {
-            state: std::sync::Mutex::new((units, 0, 0)),
+            state: std::sync::Mutex::new(Waiting {
+                queue: units,
+                in_flight: 0,
+                started_at: 0,
+            }),
             changed: tokio::sync::Notify::new(),
             cap,
             idle: IdleCpu::default(),
@@ -479,7 +482,11 @@ impl Admission {
             }
             {
                 let mut st = self.state.lock().ok()?;
-                let (queue, in_flight, started_at) = &mut *st;
+                let Waiting {
+                    queue,
+                    in_flight,
+                    started_at,
+                } = &mut *st;
                 if queue.is_empty() {
                     return None;
                 }
@@ -509,10 +516,18 @@ impl Admission {
 
     fn done(&self, weight: usize) {
         if let Ok(mut st) = self.state.lock() {
-            st.1 = st.1.saturating_sub(weight);
+            st.in_flight = st.in_flight.saturating_sub(weight);
         }
         self.changed.notify_waiters();
     }
+}
+
+/// The runs not yet started, the weight of those in flight, and the idle-CPU sample at which
+/// the last one started.
+struct Waiting {
+    queue: std::collections::VecDeque<Unit>,
+    in_flight: usize,
+    started_at: u64,
 }
 
 /// One run of one variant, waiting for a lane.

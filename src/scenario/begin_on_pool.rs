@@ -225,13 +225,12 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
     let env = ctx.env;
     let bookers = cfg.bookers;
     let (seats, bookings) = (env.pg.table("seats"), env.pg.table("bookings"));
-    let admin = env.direct.connect(&ctx.app("admin")).await?;
     let index = match cfg.unique_index {
         true => format!("CREATE UNIQUE INDEX ON {bookings} (seat_id) WHERE status = 'confirmed';"),
         false => String::new(),
     };
-    admin
-        .batch_execute(&format!(
+    let admin = ctx
+        .admin(&format!(
             "DROP TABLE IF EXISTS {seats}, {bookings}; \
              CREATE TABLE {seats} (id int PRIMARY KEY, booked boolean NOT NULL DEFAULT false, \
                                    booked_by text); \
@@ -240,8 +239,7 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
              {index} \
              INSERT INTO {seats} (id) VALUES ({SEAT});"
         ))
-        .await
-        .context("could not create the scenario's tables")?;
+        .await?;
 
     let (for_update, conditional) = (cfg.for_update, cfg.conditional);
     let sql = Arc::new(Sql {

@@ -247,9 +247,8 @@ impl workload::Client for Withdrawer {
 async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
     let (accounts, ledger) = (env.pg.table("accounts"), env.pg.table("withdrawals"));
-    let admin = env.direct.connect(&ctx.app("admin")).await?;
-    admin
-        .batch_execute(&format!(
+    let admin = ctx
+        .admin(&format!(
             "DROP TABLE IF EXISTS {accounts}, {ledger}; \
              CREATE TABLE {accounts} (id int PRIMARY KEY, balance bigint NOT NULL, \
                                       version bigint NOT NULL DEFAULT 0); \
@@ -258,8 +257,7 @@ async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
              INSERT INTO {accounts} (id, balance) VALUES ({ACCOUNT}, {});",
             cfg.balance
         ))
-        .await
-        .context("could not create the scenario's tables")?;
+        .await?;
     let lock = if cfg.for_update { " FOR UPDATE" } else { "" };
     let parties = match cfg.instances {
         0 => cfg.withdrawers,

@@ -177,16 +177,14 @@ impl workload::Client for Transfer {
 async fn run(cfg: &Deadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
     let accounts = env.pg.table("transfer_accounts");
-    let admin = env.direct.connect(&ctx.app("admin")).await?;
-    admin
-        .batch_execute(&format!(
+    let admin = ctx
+        .admin(&format!(
             "DROP TABLE IF EXISTS {accounts}; \
              CREATE TABLE {accounts} (id int PRIMARY KEY, balance bigint NOT NULL); \
              INSERT INTO {accounts} SELECT g, 1000 FROM generate_series(0, {}) g;",
             2 * cfg.pairs - 1
         ))
-        .await
-        .context("could not create the scenario's table")?;
+        .await?;
     let total = || async {
         admin
             .one(&format!("SELECT sum(balance)::bigint FROM {accounts}"), &[])

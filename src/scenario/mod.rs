@@ -211,6 +211,19 @@ impl VariantCtx<'_> {
         self.variant.name.chars().take(24).collect()
     }
 
+    /// The variant's setup session, straight to the server (never through a pooler), after it
+    /// has created the variant's tables afresh with `ddl`. It stays open to read the results.
+    pub async fn admin(&self, ddl: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let admin = self.env.direct.connect(&self.app("admin")).await?;
+        if !ddl.is_empty() {
+            anyhow::Context::context(
+                admin.batch_execute(ddl).await,
+                "could not create the scenario's tables",
+            )?;
+        }
+        Ok(admin)
+    }
+
     /// A Redis key of this variant, under the run's prefix.
     pub fn redis_key(&self, name: &str) -> anyhow::Result<String> {
         Ok(self

@@ -596,9 +596,8 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     let pg = ctx.pg();
     let booking = Arc::new(Booking::new(pg, &ctx.variant.settings));
 
-    let admin = env.direct.connect(&ctx.app("admin")).await?;
-    admin
-        .batch_execute(&format!(
+    let admin = ctx
+        .admin(&format!(
             "DROP TABLE IF EXISTS {inv}, {book}, {pay}; \
              CREATE TABLE {inv} (flight_id text, fare_class text, seats_available int NOT NULL, \
                                  PRIMARY KEY (flight_id, fare_class)); \
@@ -613,8 +612,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
             pay = booking.payments,
             seats = cfg.seats,
         ))
-        .await
-        .context("could not create the scenario's tables")?;
+        .await?;
 
     let clock = Clock::start();
     let observer = Observer::start(

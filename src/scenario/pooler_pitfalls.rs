@@ -547,7 +547,7 @@ fn absorb(into: &mut History, from: History, offset: usize) {
 
 async fn run(cfg: &PoolerPitfalls, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
-    let admin = env.direct.connect(&ctx.app("admin")).await?;
+    let admin = ctx.admin("").await?;
     let defaults = {
         let row = admin
             .one(

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use std::future::Future;
 
-use anyhow::Context;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_postgres::Client;
@@ -215,17 +214,15 @@ impl workload::Client for Writer {
 async fn run(cfg: &ReadSkew, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
     let figures = env.pg.table("figures");
-    let admin = env.direct.connect(&ctx.app("admin")).await?;
     let half = cfg.total / 2;
-    admin
-        .batch_execute(&format!(
+    let _admin = ctx
+        .admin(&format!(
             "DROP TABLE IF EXISTS {figures}; \
              CREATE TABLE {figures} (name text PRIMARY KEY, amount bigint NOT NULL); \
              INSERT INTO {figures} VALUES ('checking', {half}), ('savings', {});",
             cfg.total - half
         ))
-        .await
-        .context("could not create the scenario's table")?;
+        .await?;
     let parties = cfg.readers + 1;
     let shared = Arc::new(Shared {
         level: cfg.level,

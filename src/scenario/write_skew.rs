@@ -148,9 +148,8 @@ impl workload::Client for Doctor {
 async fn run(cfg: &WriteSkew, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
     let doctors = env.pg.table("doctors");
-    let admin = env.direct.connect(&ctx.app("admin")).await?;
-    admin
-        .batch_execute(&format!(
+    let admin = ctx
+        .admin(&format!(
             "DROP TABLE IF EXISTS {doctors}; \
              CREATE TABLE {doctors} (shift int NOT NULL, name text NOT NULL, \
                                      on_call boolean NOT NULL, PRIMARY KEY (shift, name)); \
@@ -158,8 +157,7 @@ async fn run(cfg: &WriteSkew, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
                FROM generate_series(0, {}) s, unnest(ARRAY['alice', 'bob']) d;",
             cfg.shifts - 1
         ))
-        .await
-        .context("could not create the scenario's table")?;
+        .await?;
     let lock = if cfg.for_update { " FOR UPDATE" } else { "" };
     let shared = Arc::new(Shared {
         level: cfg.level,
