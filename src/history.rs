@@ -30,6 +30,9 @@ pub mod class {
     pub const POOL_TIMEOUT: &str = "pool-timeout";
     pub const POOL: &str = "pool";
     pub const CONNECTION_CLOSED: &str = "connection-closed";
+    /// A connect the server's listen queue had no room for (EAGAIN on its socket): it is
+    /// forking backends slower than connections arrive.
+    pub const LISTEN_QUEUE_FULL: &str = "listen-queue-full";
     /// The client library failed without a SQLSTATE.
     pub const CLIENT: &str = "client";
     /// The worker process was killed on purpose (the fault).

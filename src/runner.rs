@@ -216,6 +216,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 resolved.through_pooler,
                 !resolved.pooler_settings.is_empty(),
                 scenario.kind.needs_direct,
+                scenario.kind.needs_slots,
             ) {
                 crate::say!("note: {}/{} skipped: {why}", scenario.name, variant.name);
                 row[vi] = Some(VariantReport::skipped(
@@ -246,7 +247,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         .iter()
         .map(|row| {
             row.iter()
-                .map(|c| c.as_ref().map_or(1, |c| c.sessions().max(1)))
+                .map(|c| c.as_ref().map_or(1, |c| c.weight().max(1)))
                 .collect()
         })
         .collect();

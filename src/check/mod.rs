@@ -8,6 +8,7 @@ pub mod pool;
 pub mod pooler;
 pub mod setnx_race;
 pub mod stats;
+pub mod storm;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -88,12 +88,15 @@ impl Budget {
         match (self.sessions as i64) <= allows {
             true => Ok(()),
             false => Err(crate::error::UsageError(format!(
-                "{} needs {} connections; the server allows {allows} more ({}); lower --param {}, \
-                 or raise the server's limit",
+                "{} needs {} connections; the server allows {allows} more ({}); {}raise the \
+                 server's limit",
                 self.scenario,
                 self.sessions,
                 capacity.explain(),
-                self.sized_by
+                match self.sized_by.as_str() {
+                    "" => String::new(),
+                    by => format!("lower --param {by}, or "),
+                }
             ))),
         }
     }
@@ -285,13 +288,38 @@ impl Env {
             .context("could not start a throwaway PgBouncer")
     }
 
+    /// A throwaway PostgreSQL of the caller's own, with these server settings, for a scenario
+    /// whose fault is the server's own limits (the run's server is sized to the run and
+    /// shared by its variants). `None` on a run against the user's server. The guardian
+    /// stops it if locklab dies first; the caller stops it when done.
+    pub async fn start_own_pg(
+        &self,
+        settings: &[(String, String)],
+    ) -> Option<anyhow::Result<PgServer>> {
+        self.pg_server.as_ref()?;
+        let guardian = self.guardian.clone()?;
+        Some(
+            PgServer::start(guardian, settings)
+                .await
+                .context("could not start a throwaway PostgreSQL"),
+        )
+    }
+
     /// Why a variant cannot run in this environment (it needs a pooler the run lacks), if so.
     pub fn cannot_run(
         &self,
         through_pooler: bool,
         pooler_settings: bool,
         needs_direct: bool,
+        needs_slots: bool,
     ) -> Option<String> {
+        if needs_slots && self.pooler.is_some() {
+            return Some(
+                "its fault is the server's own connection slots, and this run's workload goes \
+                 through a pooler that hides them: run it without --pooler or --pooler-url"
+                    .into(),
+            );
+        }
         if needs_direct && self.no_direct_path {
             return Some(
                 "it compares the pooler's path with one straight to the server, and --pg-url \

@@ -201,3 +201,32 @@ pub fn free_port() -> io::Result<u16> {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     Ok(l.local_addr()?.port())
 }
+
+/// Makes sure the process may have `need` files open at once (each connection is one), raising
+/// its soft limit up to the hard one where needed. The error says what to do instead.
+pub fn ensure_open_files(need: u64) -> Result<(), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Ok(()); // unknown: let the connections say so if it is too low
+    }
+    if lim.rlim_cur >= need {
+        return Ok(());
+    }
+    if lim.rlim_max >= need {
+        lim.rlim_cur = need;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "the run needs {need} open files (one per connection) and this process may open {} \
+         (hard limit {}): raise it with `ulimit -n {need}`, or run against a server with fewer \
+         connection slots",
+        lim.rlim_cur, lim.rlim_max
+    ))
+}

@@ -88,6 +88,26 @@ impl ServerProcess {
         self.dir.path()
     }
 
+    /// The process (and process group) id of the server's leader.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Stops the process with `signal` (its dir stays) and starts `cmd` in its place, watched
+    /// by the guardian as the first was: a restart on the same data.
+    pub async fn respawn(
+        &mut self,
+        signal: libc::c_int,
+        cmd: tokio::process::Command,
+    ) -> anyhow::Result<()> {
+        process::stop_group(&mut self.child, signal, Duration::from_secs(10)).await;
+        self.guardian.forget_group(self.pid);
+        self.child = process::spawn_tied(cmd, self.stop_signal).await?;
+        self.pid = self.child.id().unwrap_or(0);
+        self.guardian.watch_group(self.pid);
+        Ok(())
+    }
+
     /// `Some(status)` if the server already exited.
     pub fn exited(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
         self.child.try_wait()

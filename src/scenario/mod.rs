@@ -3,6 +3,7 @@
 
 pub mod begin_on_pool;
 pub mod check_then_act;
+pub mod connection_storm;
 pub mod deadlock;
 pub mod isolation;
 pub mod orphan_lock;
@@ -47,6 +48,9 @@ pub trait Code: Send + Sync + Sized + 'static {
     /// Its checks need a session straight to the server besides the pooler's path (a run
     /// whose only URL is a pooler's skips it).
     const NEEDS_DIRECT: bool = false;
+    /// Its fault is the server's own connection slots, which a pooler in front of the workload
+    /// hides (a run whose whole workload goes through a pooler skips it).
+    const NEEDS_SLOTS: bool = false;
 
     /// The parameters a variant's PostgreSQL sessions grow with, for the message that tells a
     /// user what to lower when the server is too small (e.g. `clients`).
@@ -58,6 +62,12 @@ pub trait Code: Send + Sync + Sized + 'static {
     /// The most PostgreSQL sessions a variant with this configuration has open at once, its
     /// own setup and observer sessions included (a test checks the count on a real server).
     fn sessions(&self) -> usize;
+
+    /// How much of the machine a variant takes, in sessions' worth, for how many runs go side
+    /// by side (`--jobs`): its sessions, unless its load is of another kind.
+    fn weight(&self) -> usize {
+        self.sessions()
+    }
 
     /// Runs one variant with this configuration.
     fn run<'a>(
@@ -78,6 +88,7 @@ pub trait Code: Send + Sync + Sized + 'static {
 pub trait Prepared: Send + Sync {
     fn run<'a>(&'a self, ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>;
     fn sessions(&self) -> usize;
+    fn weight(&self) -> usize;
 }
 
 impl<C: Code> Prepared for C {
@@ -86,6 +97,9 @@ impl<C: Code> Prepared for C {
     }
     fn sessions(&self) -> usize {
         Code::sessions(self)
+    }
+    fn weight(&self) -> usize {
+        Code::weight(self)
     }
 }
 
@@ -98,6 +112,7 @@ pub struct Kind {
     pub metrics: &'static [&'static str],
     pub needs_redis: bool,
     pub needs_direct: bool,
+    pub needs_slots: bool,
     pub sized_by: &'static str,
     pub prepare: fn(&Params) -> Result<Box<dyn Prepared>, UsageError>,
     pub worker: fn(WorkerIo) -> BoxFuture<'static, anyhow::Result<()>>,
@@ -132,6 +147,7 @@ pub const fn kind<C: Code>() -> Kind {
         metrics: C::METRICS,
         needs_redis: C::NEEDS_REDIS,
         needs_direct: C::NEEDS_DIRECT,
+        needs_slots: C::NEEDS_SLOTS,
         sized_by: C::SIZED_BY,
         prepare: prepare::<C>,
         worker: worker::<C>,
@@ -141,6 +157,7 @@ pub const fn kind<C: Code>() -> Kind {
 /// The built-in scenarios, in the order `list` and `run all` use.
 pub static KINDS: &[Kind] = &[
     kind::<orphan_lock::OrphanLock>(),
+    kind::<connection_storm::ConnectionStorm>(),
     kind::<begin_on_pool::BeginOnPool>(),
     kind::<pool_deadlock::PoolDeadlock>(),
     kind::<setnx_race::SetnxRace>(),

@@ -121,18 +121,18 @@ fn begin_unlimited() -> String {
     begin(&unlimited())
 }
 
-/// The booking code every client runs, the holder included.
-struct Booking {
-    inventory: String,
-    bookings: String,
+/// The booking code every client runs, the holder included (connection-storm books the same way).
+pub(crate) struct Booking {
+    pub(crate) inventory: String,
+    pub(crate) bookings: String,
     /// The payment provider's record of charges, one per passenger (its idempotency key).
-    payments: String,
+    pub(crate) payments: String,
     /// The variant's session settings, set at the start of each booking transaction.
     settings: Vec<(String, String)>,
 }
 
 impl Booking {
-    fn new(target: &PgTarget, settings: &[(String, String)]) -> Booking {
+    pub(crate) fn new(target: &PgTarget, settings: &[(String, String)]) -> Booking {
         Booking {
             inventory: target.table("flight_inventory"),
             bookings: target.table("bookings"),
@@ -141,8 +141,26 @@ impl Booking {
         }
     }
 
+    /// Drops and creates the booking tables, with `seats` seats on the flight.
+    pub(crate) fn ddl(&self, seats: usize) -> String {
+        format!(
+            "DROP TABLE IF EXISTS {inv}, {book}, {pay}; \
+             CREATE TABLE {inv} (flight_id text, fare_class text, seats_available int NOT NULL, \
+                                 PRIMARY KEY (flight_id, fare_class)); \
+             CREATE TABLE {book} (id bigserial PRIMARY KEY, flight_id text, fare_class text, \
+                                  passenger text, booked_at timestamptz DEFAULT clock_timestamp()); \
+             CREATE TABLE {pay} (passenger text PRIMARY KEY, \
+                                 charged_at timestamptz NOT NULL DEFAULT clock_timestamp(), \
+                                 refunded bool NOT NULL DEFAULT false); \
+             INSERT INTO {inv} VALUES ('{FLIGHT}', '{FARE}', {seats});",
+            inv = self.inventory,
+            book = self.bookings,
+            pay = self.payments,
+        )
+    }
+
     /// Opens a booking transaction under the variant's settings.
-    async fn begin(&self, c: &Client) -> Result<(), tokio_postgres::Error> {
+    pub(crate) async fn begin(&self, c: &Client) -> Result<(), tokio_postgres::Error> {
         c.batch_execute(&begin(&self.settings)).await
     }
 
@@ -169,7 +187,7 @@ impl Booking {
 
     /// Takes a seat inside the caller's transaction, locking the row. Returns the server's
     /// clock at that moment, or `None` when sold out.
-    async fn take_seat(&self, c: &Client) -> Result<Option<f64>, tokio_postgres::Error> {
+    pub(crate) async fn take_seat(&self, c: &Client) -> Result<Option<f64>, tokio_postgres::Error> {
         let rows = c
             .rows(
                 &format!(
@@ -184,7 +202,11 @@ impl Booking {
         Ok(rows.first().map(|r| r.get(0)))
     }
 
-    async fn record(&self, c: &Client, passenger: &str) -> Result<(), tokio_postgres::Error> {
+    pub(crate) async fn record(
+        &self,
+        c: &Client,
+        passenger: &str,
+    ) -> Result<(), tokio_postgres::Error> {
         c.exec(
             &format!(
                 "INSERT INTO {} (flight_id, fare_class, passenger) VALUES ($1, $2, $3)",
@@ -344,14 +366,15 @@ async fn reconcile(admin: &Client, booking: &Booking, grace: Duration) -> anyhow
 
 /// What the holder process is told: where to book, as whom, and how.
 #[derive(Serialize, Deserialize)]
-struct HolderConfig {
-    target: PgTarget,
+pub(crate) struct HolderConfig {
+    pub(crate) target: PgTarget,
     /// The payment provider's own path to its records (see [`provider_target`]).
-    provider: PgTarget,
-    app: String,
-    settings: Vec<(String, String)>,
-    payment_inside: bool,
-    payment_call: Duration,
+    pub(crate) provider: PgTarget,
+    /// Its application_name; its payment provider's session is named after it.
+    pub(crate) app: String,
+    pub(crate) settings: Vec<(String, String)>,
+    pub(crate) payment_inside: bool,
+    pub(crate) payment_call: Duration,
 }
 
 /// The holder process reports one thing: it is in its payment call (server clock).
@@ -364,7 +387,19 @@ struct Paying {
 /// killed for real.
 async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
     let cfg: HolderConfig = io.config()?;
-    let c = cfg.target.connect(&cfg.app).await?;
+    // A server whose slots or listen queue are full refuses for a moment (connection-storm's
+    // next ghost arrives amid the storm): try again, as the next invocation would.
+    let mut tries = 0;
+    let c = loop {
+        match cfg.target.connect(&cfg.app).await {
+            Ok(c) => break c,
+            Err(_) if tries < 200 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let provider = cfg.provider.connect(&provider_app(&cfg.app)).await?;
     let booking = Booking::new(&cfg.target, &cfg.settings);
     hold(
@@ -490,20 +525,33 @@ async fn start_holder(
         return Ok((Victim::Task(task), at, Some(pool)));
     }
 
-    let config = HolderConfig {
-        target: ctx.pg().clone(),
-        provider: provider_target(env).clone(),
-        app,
-        settings: settings.clone(),
-        payment_inside: inside,
-        payment_call,
-    };
+    let (victim, at) = spawn_holder(
+        env,
+        HolderConfig {
+            target: ctx.pg().clone(),
+            provider: provider_target(env).clone(),
+            app,
+            settings: settings.clone(),
+            payment_inside: inside,
+            payment_call,
+        },
+    )
+    .await?;
+    Ok((victim, at, None))
+}
+
+/// Starts the holder as its own process and waits until it is inside its payment call, holding
+/// the row. Returns the victim for the fault and the server clock when the call began.
+pub(crate) async fn spawn_holder(
+    env: &crate::env::Env,
+    config: HolderConfig,
+) -> anyhow::Result<(Victim, f64)> {
     let mut worker = env.spawn_worker(OrphanLock::NAME, &config).await?;
     let paying = worker
         .next::<Paying>(Instant::now() + Duration::from_secs(10))
         .await;
     match paying {
-        Ok(Some(p)) => Ok((Victim::Process(Box::new(worker)), p.at_epoch, None)),
+        Ok(Some(p)) => Ok((Victim::Process(Box::new(worker)), p.at_epoch)),
         Ok(None) => {
             worker.end().await;
             bail!("the holder process did not reach its payment call within 10 s")
@@ -517,14 +565,18 @@ async fn start_holder(
 
 /// The probe: a session of its own that tries to lock the row, to learn from the server
 /// whether, and until when, someone else held it.
-struct Prober {
+pub(crate) struct Prober {
     client: Client,
     canceller: Canceller,
     lock: String,
 }
 
 impl Prober {
-    async fn connect(target: &PgTarget, app: &str, booking: &Booking) -> anyhow::Result<Prober> {
+    pub(crate) async fn connect(
+        target: &PgTarget,
+        app: &str,
+        booking: &Booking,
+    ) -> anyhow::Result<Prober> {
         let client = target.connect(app).await?;
         Ok(Prober {
             canceller: Canceller::new(&client, target),
@@ -537,7 +589,7 @@ impl Prober {
     }
 
     /// Locks the row without waiting; on success returns the server clock then.
-    async fn try_now(&self) -> anyhow::Result<Option<f64>> {
+    pub(crate) async fn try_now(&self) -> anyhow::Result<Option<f64>> {
         let c = &self.client;
         c.batch_execute(&begin_unlimited()).await?;
         match c
@@ -559,7 +611,7 @@ impl Prober {
 
     /// Waits for the row to be free; returns the server clock when the probe got it, or `None`
     /// at the deadline or on cancel (the wait is then cancelled on the server too).
-    async fn wait_free(
+    pub(crate) async fn wait_free(
         self,
         deadline: Instant,
         cancel: tokio_util::sync::CancellationToken,
@@ -596,23 +648,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     let pg = ctx.pg();
     let booking = Arc::new(Booking::new(pg, &ctx.variant.settings));
 
-    let admin = ctx
-        .admin(&format!(
-            "DROP TABLE IF EXISTS {inv}, {book}, {pay}; \
-             CREATE TABLE {inv} (flight_id text, fare_class text, seats_available int NOT NULL, \
-                                 PRIMARY KEY (flight_id, fare_class)); \
-             CREATE TABLE {book} (id bigserial PRIMARY KEY, flight_id text, fare_class text, \
-                                  passenger text, booked_at timestamptz DEFAULT clock_timestamp()); \
-             CREATE TABLE {pay} (passenger text PRIMARY KEY, \
-                                 charged_at timestamptz NOT NULL DEFAULT clock_timestamp(), \
-                                 refunded bool NOT NULL DEFAULT false); \
-             INSERT INTO {inv} VALUES ('{FLIGHT}', '{FARE}', {seats});",
-            inv = booking.inventory,
-            book = booking.bookings,
-            pay = booking.payments,
-            seats = cfg.seats,
-        ))
-        .await?;
+    let admin = ctx.admin(&booking.ddl(cfg.seats)).await?;
 
     let clock = Clock::start();
     let observer = Observer::start(
@@ -770,7 +806,7 @@ async fn next_user_in_leaked_tx(pool: &deadpool_postgres::Pool) -> anyhow::Resul
     Ok(row.get(0))
 }
 
-async fn wait_until_probe_queued(
+pub(crate) async fn wait_until_probe_queued(
     admin: &Client,
     probe_app: &str,
     probe: &tokio::task::JoinHandle<anyhow::Result<Option<f64>>>,

@@ -35,6 +35,7 @@ impl From<tokio_postgres::Error> for OpError {
         let class = match e.code() {
             Some(code) => code.code().to_string(),
             None if e.is_closed() => class::CONNECTION_CLOSED.to_string(),
+            None if would_block(&e) => class::LISTEN_QUEUE_FULL.to_string(),
             None => class::CLIENT.to_string(),
         };
         OpError { class }
@@ -57,6 +58,18 @@ impl From<deadpool_postgres::PoolError> for OpError {
             _ => OpError::new(class::POOL),
         }
     }
+}
+
+/// A connect refused with EAGAIN: a unix socket's listen queue was full.
+fn would_block(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::WouldBlock;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// One simulated client.

@@ -185,6 +185,49 @@ pub struct PgServer {
     pub version: String,
     process: ServerProcess,
     pub port: u16,
+    /// How it was started, to start it again the same way.
+    launch: Launch,
+}
+
+/// The command line of a throwaway server, kept for a restart.
+struct Launch {
+    bins: Binaries,
+    run_as: Option<RunAs>,
+    /// Holds `data`, the unix socket and the log.
+    dir: PathBuf,
+    port: u16,
+    settings: Vec<(String, String)>,
+}
+
+impl Launch {
+    fn command(&self) -> anyhow::Result<tokio::process::Command> {
+        // Appends: a restart keeps the first start's lines.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("postgres.log"))
+            .context("could not open the server log")?;
+        let mut cmd = tokio::process::Command::new(self.bins.dir.join("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-k")
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off"])
+            .args(["-c", "shared_buffers=32MB", "-c", "logging_collector=off"]);
+        for (k, v) in &self.settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        if let Some(who) = self.run_as {
+            cmd.uid(who.uid).gid(who.gid);
+        }
+        Ok(cmd)
+    }
 }
 
 impl PgServer {
@@ -228,42 +271,45 @@ impl PgServer {
             Ok(())
         })()
         .context("could not prepare the PostgreSQL data directory")?;
-        let log = std::fs::File::create(dir.path().join("postgres.log"))
-            .context("could not create the server log")?;
-        let mut cmd = tokio::process::Command::new(bins.dir.join("postgres"));
-        cmd.arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .args(["-p", &port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off"])
-            .args(["-c", "shared_buffers=32MB", "-c", "logging_collector=off"]);
-        for (k, v) in server_settings {
-            cmd.arg("-c").arg(format!("{k}={v}"));
-        }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log);
-        if let Some(who) = run_as {
-            cmd.uid(who.uid).gid(who.gid);
-        }
+        let launch = Launch {
+            bins: bins.clone(),
+            run_as,
+            dir: dir.path().to_path_buf(),
+            port,
+            settings: server_settings.to_vec(),
+        };
         // SIGQUIT (also on locklab's death): postgres shuts down at once and removes its shared
         // memory.
-        let process = ServerProcess::spawn(cmd, dir, libc::SIGQUIT)
+        let process = ServerProcess::spawn(launch.command()?, dir, libc::SIGQUIT)
             .await
             .context("could not start postgres")?;
         let mut server = PgServer {
             version: data_version(&data),
             process,
             port,
+            launch,
         };
         if let Err(e) = server.wait_ready().await {
             server.stop().await;
             return Err(e);
         }
         Ok(server)
+    }
+
+    /// A fast shutdown (SIGINT: every session is ended, locks freed, no waiting for clients)
+    /// and a start on the same data and port, as an operator's restart does.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let cmd = self.launch.command()?;
+        self.process
+            .respawn(libc::SIGINT, cmd)
+            .await
+            .context("could not restart postgres")?;
+        self.wait_ready().await
+    }
+
+    /// The postmaster's process id: its backends are its children.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -281,8 +327,13 @@ impl PgServer {
 
     /// How locklab itself connects: the unix socket, as the trusted superuser.
     pub fn target(&self, schema: &str) -> PgTarget {
+        self.target_as(SUPERUSER, schema)
+    }
+
+    /// The unix socket (trusted), as `user`: a role the caller created.
+    pub fn target_as(&self, user: &str, schema: &str) -> PgTarget {
         let conn = format!(
-            "host={} port={} user={SUPERUSER} dbname=postgres",
+            "host={} port={} user={user} dbname=postgres",
             self.process.dir().display(),
             self.port
         );
