@@ -98,6 +98,11 @@ async fn dispatch(work: Work) -> anyhow::Result<i32> {
         Work::Bench(BenchCommand::Jobs { jobs, repeat }) => {
             bench_jobs(jobs.map_or_else(runner::default_jobs, usize::from), repeat).await
         }
+        Work::Bench(BenchCommand::Driver {
+            clients,
+            seconds,
+            rounds,
+        }) => bench_driver(clients.into(), seconds.into(), rounds.into()).await,
         Work::Worker(name) => {
             let kind = scenario::kind_named(&name)
                 .ok_or_else(|| UsageError(format!("no scenario `{name}` has a worker")))?;
@@ -518,6 +523,26 @@ async fn env_up(pg_settings: Vec<String>, pooler_settings: Vec<String>) -> anyho
     cancel.cancelled().await;
     env.teardown().await;
     Ok(exit::OK)
+}
+
+/// The workload driver against pgbench (see [`crate::bench`]).
+async fn bench_driver(clients: usize, seconds: u64, rounds: usize) -> anyhow::Result<i32> {
+    let cancel = cancel_on_signals("stopping servers");
+    let (ours, theirs) =
+        crate::bench::driver(clients, seconds as f64, rounds, exe()?, cancel.clone()).await?;
+    if cancel.is_cancelled() {
+        return Ok(exit::INTERRUPTED);
+    }
+    out!("one-row UPDATE, {clients} clients, best of {rounds} × {seconds} s each:");
+    out!("  locklab's workload driver: {ours:.0} transactions/s");
+    out!("  pgbench:                   {theirs:.0} transactions/s");
+    let ratio = ours / theirs.max(f64::MIN_POSITIVE);
+    out!("  ratio: {ratio:.2}× (target ≥ 0.90×)");
+    Ok(if ratio >= 0.9 {
+        exit::OK
+    } else {
+        exit::EXPECTATION_FAILED
+    })
 }
 
 /// `run all` one variant at a time and then side by side, on throwaway servers: the wall

@@ -81,6 +81,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
         repeat: u32,
     },
+    /// The workload driver against pgbench: one hot-row UPDATE, the same clients, the same
+    /// throwaway server; transactions a second of each and their ratio.
+    Driver {
+        /// Concurrent clients, each with its own connection.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=500))]
+        clients: u16,
+        /// Seconds each run lasts (whole seconds; pgbench's -T).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=600))]
+        seconds: u16,
+        /// Runs of each, alternately; the best of each counts.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+        rounds: u16,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -15,6 +15,7 @@ macro_rules! say {
 }
 
 pub mod app;
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod env;

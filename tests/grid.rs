@@ -84,3 +84,19 @@ fn isolation_scenarios_hold_from_two_clients_to_many() {
     grid(&["write-skew", "--sweep", "shifts=1,15"], 2);
     grid(&["deadlock", "--sweep", "pairs=1,15"], 2);
 }
+
+/// A small server and the default one: the slots pinned, the blast radius, the cap and the
+/// relapse at both (the cap lowered to fit 40 slots).
+#[test]
+fn connection_storm_holds_at_40_and_100_slots() {
+    grid(
+        &[
+            "connection-storm",
+            "--sweep",
+            "max_connections=40,100",
+            "--param",
+            "cap=20",
+        ],
+        2,
+    );
+}

@@ -32,6 +32,12 @@ impl PgTarget {
         }
     }
 
+    /// The connection string itself, for another libpq client (pgbench). It may hold a
+    /// password: never show it.
+    pub fn conninfo(&self) -> &str {
+        &self.conn
+    }
+
     /// A connection config with the given application_name. Nothing else travels at startup:
     /// session settings go with each transaction (see [`super::sql::begin`]), because a pooler
     /// refuses startup options.
