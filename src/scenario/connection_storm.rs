@@ -324,6 +324,8 @@ impl Drop for GaugeGuard<'_> {
 
 /// What every invocation shares.
 struct Fleet {
+    /// Bookings through so far, for the progress bar.
+    booked: Arc<std::sync::atomic::AtomicUsize>,
     /// The workload's connection settings; each attempt names itself.
     config: Config,
     app_prefix: String,
@@ -444,7 +446,11 @@ impl Fleet {
                 .await;
             drop((executing, permit));
             match result {
-                Some(Ok(())) | None => return,
+                Some(Ok(())) => {
+                    self.booked.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                None => return,
                 Some(Err(_)) => self.backoff(attempt).await,
             }
         }
@@ -674,7 +680,9 @@ async fn storm(
 
         let mut config = workload.config("")?;
         config.connect_timeout(Duration::from_secs(5));
+        let (booked, ticker) = ctx.progress_counter(" booked".into());
         let fleet = Arc::new(Fleet {
+            booked,
             config,
             app_prefix: ctx.app("w/"),
             booking: Booking::new(&workload, &ctx.variant.settings),
@@ -694,26 +702,6 @@ async fn storm(
             in_flight: Gauge::default(),
             invocations: AtomicU64::new(0),
         });
-        let (booked, ticker) = ctx.progress_counter(" booked".into());
-        let counter = {
-            let (fleet, booked) = (fleet.clone(), booked.clone());
-            tokio::spawn(async move {
-                loop {
-                    let ok = fleet
-                        .record
-                        .0
-                        .lock()
-                        .map(|ops| {
-                            ops.iter()
-                                .filter(|o| o.kind == kind::BOOK && o.outcome == Outcome::Ok)
-                                .count()
-                        })
-                        .unwrap_or(0);
-                    booked.store(ok, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        };
         let bookings = arrivals(&fleet, cfg.arrival, |f, id| Box::pin(f.booking_invocation(id)));
         let others = async {
             match cfg.others_arrival {
@@ -759,7 +747,6 @@ async fn storm(
         for t in bookings.into_iter().chain(others) {
             let _ = t.await;
         }
-        counter.abort();
         drop(ticker);
         cpu.close();
         let restart = restart?;
@@ -768,11 +755,10 @@ async fn storm(
             freed?;
         }
         let end_ms = clock.now_ms();
-        let cut_off = {
-            let history = fleet.record.history();
-            history.ops.iter().any(|o| o.outcome == Outcome::Unknown)
-        } || released.lock().map(|r| r.is_none()).unwrap_or(true);
-        anyhow::Ok((fleet, restart, cpu.shares(), locked_before_fault, fault_ms, end_ms, cut_off, released))
+        let history = fleet.record.history();
+        let cut_off = history.ops.iter().any(|o| o.outcome == Outcome::Unknown)
+            || released.lock().map(|r| r.is_none()).unwrap_or(true);
+        anyhow::Ok((fleet, history, restart, cpu.shares(), locked_before_fault, fault_ms, end_ms, cut_off, released))
     }
     .await;
     // On the session already open: with the slots full, a new one would be refused.
@@ -790,6 +776,7 @@ async fn storm(
     }
     let (
         fleet,
+        history,
         restart,
         (db_cpu, harness_cpu),
         locked_before_fault,
@@ -805,7 +792,6 @@ async fn storm(
         .await
         .context("could not count the committed bookings")?
         .get(0);
-    let history = fleet.record.history();
     let released_ms = released.lock().ok().and_then(|r| *r);
     let evaluation = evaluate(
         &history,
