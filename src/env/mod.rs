@@ -9,7 +9,6 @@ pub mod redis;
 pub mod server;
 pub mod worker;
 
-use crate::env::postgres::Sql as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -316,7 +315,8 @@ impl Env {
         if needs_slots && self.pooler.is_some() {
             return Some(
                 "its fault is the server's own connection slots, and this run's workload goes \
-                 through a pooler that hides them: run it without --pooler or --pooler-url"
+                 through a pooler that hides them: give the server itself as --pg-url, without \
+                 --pooler or --pooler-url"
                     .into(),
             );
         }
@@ -455,12 +455,7 @@ impl Env {
     /// Ends every session this run opened, so nothing of ours holds a lock afterwards.
     pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
         let admin = self.direct.connect(&self.app("admin")).await?;
-        admin
-            .exec(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE application_name LIKE $1 AND pid <> pg_backend_pid()",
-                &[&format!("{}/{role_prefix}%", self.run_tag).replace('_', "\\_")],
-            )
+        postgres::end_sessions_named(&admin, &self.app(role_prefix))
             .await
             .context("could not end this run's sessions")?;
         Ok(())

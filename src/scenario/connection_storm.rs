@@ -28,7 +28,7 @@ use super::orphan_lock::{Booking, HolderConfig, Prober, spawn_holder, wait_until
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::storm::{METRICS, Observations, Restart, THROTTLED, evaluate, kind};
-use crate::env::postgres::{PgServer, PgTarget};
+use crate::env::postgres::{PgServer, PgTarget, end_sessions_named};
 use crate::error::UsageError;
 use crate::fault::{Fault, Victim};
 use crate::history::{Clock, History, Op, Outcome, class};
@@ -242,11 +242,8 @@ async fn servers(cfg: &ConnectionStorm, ctx: &VariantCtx<'_>) -> anyhow::Result<
 }
 
 /// The other endpoints' tables: nothing a booking locks.
-fn others_ddl(booking_schema_table: impl Fn(&str) -> String) -> String {
-    let (flights, check_ins) = (
-        booking_schema_table("flights"),
-        booking_schema_table("check_ins"),
-    );
+fn others_ddl(workload: &PgTarget) -> String {
+    let (flights, check_ins) = (workload.table("flights"), workload.table("check_ins"));
     format!(
         "DROP TABLE IF EXISTS {flights}, {check_ins}; \
          CREATE TABLE {flights} (id int PRIMARY KEY, origin text, destination text); \
@@ -538,14 +535,9 @@ impl CpuWindow {
     }
 }
 
-/// Ends the sessions whose application_name starts with `prefix`, from `admin`'s session.
+/// Ends the storm's sessions whose application_name starts with `prefix`, from `admin`'s.
 async fn end_sessions(admin: &Client, prefix: &str) -> anyhow::Result<()> {
-    admin
-        .exec(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name LIKE $1 AND pid <> pg_backend_pid()",
-            &[&format!("{}%", prefix.replace('_', "\\_"))],
-        )
+    end_sessions_named(admin, prefix)
         .await
         .context("could not end the storm's sessions")?;
     Ok(())
@@ -558,10 +550,9 @@ async fn run(cfg: &ConnectionStorm, ctx: &VariantCtx<'_>) -> anyhow::Result<Vari
     let result = storm(cfg, ctx, &mut servers).await;
     match servers.own.as_mut() {
         Some(server) => server.stop().await,
+        // Whatever of the variant's is left (a holder's provider session, say), in one go.
         None => {
-            for role in ["w/", "probe", "provider", "observer"] {
-                let _ = ctx.terminate_sessions(role).await;
-            }
+            let _ = ctx.terminate_sessions("").await;
         }
     }
     result
@@ -580,7 +571,7 @@ async fn storm(
         .batch_execute(&format!(
             "{} {}",
             booking.ddl(1_000_000),
-            others_ddl(|t| workload.table(t))
+            others_ddl(&workload)
         ))
         .await
         .context("could not create the scenario's tables")?;
