@@ -212,12 +212,15 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 continue;
             }
             let resolved = scenario.resolve(variant, opts.time_scale);
-            if let Some(why) = env.cannot_run(
-                resolved.through_pooler,
-                !resolved.pooler_settings.is_empty(),
-                scenario.kind.needs_direct,
-                scenario.kind.needs_slots,
-            ) {
+            let cannot = env
+                .cannot_run(
+                    resolved.through_pooler,
+                    !resolved.pooler_settings.is_empty(),
+                    scenario.kind.needs_direct,
+                    scenario.kind.needs_slots,
+                )
+                .or_else(|| config.as_ref().and_then(|c| c.unavailable(env)));
+            if let Some(why) = cannot {
                 crate::say!("note: {}/{} skipped: {why}", scenario.name, variant.name);
                 row[vi] = Some(VariantReport::skipped(
                     &variant.name,

@@ -3,6 +3,7 @@
 
 pub mod expect;
 pub mod isolation;
+pub mod lost_client;
 pub mod orphan_lock;
 pub mod pool;
 pub mod pooler;

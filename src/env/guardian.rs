@@ -3,8 +3,8 @@
 //!
 //! locklab tells it what to watch over a pipe. When the pipe closes without a `done`
 //! (locklab died), it gives the servers a moment to act on their own death signal, kills
-//! what is left, and removes the directories. Servers get PDEATHSIG too; the guardian is the
-//! part that can also delete files.
+//! what is left, and removes the directories and network namespaces. Servers get PDEATHSIG
+//! too; the guardian is the part that can also delete files and namespaces.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
@@ -74,6 +74,14 @@ impl Guardian {
         self.say(format!("forget-group {pgid}"));
     }
 
+    pub fn watch_netns(&self, name: &str) {
+        self.say(format!("netns {name}"));
+    }
+
+    pub fn forget_netns(&self, name: &str) {
+        self.say(format!("forget-netns {name}"));
+    }
+
     /// Normal end: everything was cleaned by its owner; let the guardian go.
     pub fn finish(&self) {
         self.say("done".into());
@@ -114,6 +122,7 @@ pub fn guardian_main() -> i32 {
     }
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
     let mut groups: BTreeSet<u32> = BTreeSet::new();
+    let mut namespaces: BTreeSet<String> = BTreeSet::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         match line.split_once(' ') {
@@ -133,15 +142,21 @@ pub fn guardian_main() -> i32 {
                     groups.remove(&g);
                 }
             }
+            Some(("netns", n)) => {
+                namespaces.insert(n.to_string());
+            }
+            Some(("forget-netns", n)) => {
+                namespaces.remove(n);
+            }
             _ if line == "done" => return 0,
             _ => {}
         }
     }
-    cleanup(&groups, &dirs);
+    cleanup(&groups, &dirs, &namespaces);
     0
 }
 
-fn cleanup(groups: &BTreeSet<u32>, dirs: &BTreeSet<PathBuf>) {
+fn cleanup(groups: &BTreeSet<u32>, dirs: &BTreeSet<PathBuf>, namespaces: &BTreeSet<String>) {
     // Servers got their death signal from the kernel; give them a moment to shut down
     // cleanly (postgres removes its shared memory on SIGQUIT), then kill what is left.
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -159,5 +174,9 @@ fn cleanup(groups: &BTreeSet<u32>, dirs: &BTreeSet<PathBuf>) {
     }
     for d in dirs {
         let _ = std::fs::remove_dir_all(d);
+    }
+    // Last: its processes are gone, so the namespace (and its nftables rules) goes with its name.
+    for n in namespaces {
+        super::netns::delete_blocking(n);
     }
 }

@@ -2,6 +2,7 @@
 //! Each server kind is one file; `Env` only composes them and owns their teardown.
 
 pub mod guardian;
+pub mod netns;
 pub mod pgbouncer;
 pub mod postgres;
 pub mod process;
@@ -304,6 +305,36 @@ impl Env {
         )
     }
 
+    /// As [`Self::start_own_pg`], inside a network namespace of the run's own (created here,
+    /// deleted with [`netns::Netns::delete`] after the server is stopped). `None` on a run
+    /// against the user's server.
+    pub async fn start_own_pg_in_netns(
+        &self,
+        settings: &[(String, String)],
+    ) -> Option<anyhow::Result<(PgServer, netns::Netns)>> {
+        self.pg_server.as_ref()?;
+        let guardian = self.guardian.clone()?;
+        Some(
+            async {
+                let mut ns = netns::Netns::create(guardian.clone()).await?;
+                match PgServer::start_in(guardian, settings, Some(ns.handle()?)).await {
+                    Ok(server) => Ok((server, ns)),
+                    Err(e) => {
+                        ns.delete().await;
+                        Err(e.context("could not start a throwaway PostgreSQL in a namespace"))
+                    }
+                }
+            }
+            .await,
+        )
+    }
+
+    /// Whether the run started its own PostgreSQL (and so can start more, restart them, or put
+    /// them in a namespace).
+    pub fn has_throwaway_pg(&self) -> bool {
+        self.pg_server.is_some()
+    }
+
     /// Why a variant cannot run in this environment (it needs a pooler the run lacks), if so.
     pub fn cannot_run(
         &self,
@@ -408,7 +439,25 @@ impl Env {
         scenario: &str,
         config: &impl serde::Serialize,
     ) -> anyhow::Result<worker::Worker> {
-        worker::Worker::spawn(&self.exe, scenario, config, self.guardian.clone()).await
+        worker::Worker::spawn(&self.exe, scenario, config, self.guardian.clone(), None).await
+    }
+
+    /// As [`Self::spawn_worker`], inside a network namespace of the run's own.
+    pub async fn spawn_worker_in(
+        &self,
+        netns: &netns::Netns,
+        scenario: &str,
+        config: &impl serde::Serialize,
+    ) -> anyhow::Result<worker::Worker> {
+        let handle = netns.handle()?;
+        worker::Worker::spawn(
+            &self.exe,
+            scenario,
+            config,
+            self.guardian.clone(),
+            Some(handle),
+        )
+        .await
     }
 
     /// The run's Redis, for scenarios that declared they need it.

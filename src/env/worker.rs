@@ -40,8 +40,12 @@ impl Worker {
         scenario: &str,
         config: &impl Serialize,
         guardian: Option<Arc<Guardian>>,
+        netns: Option<super::netns::NetnsHandle>,
     ) -> anyhow::Result<Worker> {
         let mut cmd = tokio::process::Command::new(exe);
+        if let Some(ns) = netns {
+            ns.enter_before_exec(&mut cmd, None);
+        }
         cmd.arg("__worker")
             .arg(scenario)
             .stdin(Stdio::piped())

@@ -636,15 +636,16 @@ async fn storm(
         }
     };
     let outcome = async {
-        let holder = |app: &str| HolderConfig {
-            target: workload.clone(),
-            provider: admin_target.clone(),
-            app: ctx.app(app),
-            settings: ctx.variant.settings.clone(),
-            payment_inside: true,
-            payment_call: cfg.payment_call,
+        let holder = |app: &str| {
+            HolderConfig::new(
+                workload.clone(),
+                admin_target.clone(),
+                ctx.app(app),
+                ctx.variant.settings.clone(),
+                cfg.payment_call,
+            )
         };
-        let (mut ghost, _) = spawn_holder(env, holder("w/holder")).await?;
+        let (mut ghost, _) = spawn_holder(env, None, holder("w/holder")).await?;
         let locked_before_fault = prober.try_now().await?.is_none();
         let frozen = ghost.inject(Fault::Freeze);
         keep(ghost);
@@ -724,7 +725,7 @@ async fn storm(
                 _ = ctx.cancel.cancelled() => return Ok(Some(Restart { at_ms, relapse_at_ms: None })),
             }
             // The next slow payment call, with the same code: it freezes holding the row.
-            let (mut next, _) = spawn_holder(env, holder("w/holder-2")).await?;
+            let (mut next, _) = spawn_holder(env, None, holder("w/holder-2")).await?;
             let relapse_at_ms = clock.now_ms();
             let frozen = next.inject(Fault::Freeze);
             keep(next);

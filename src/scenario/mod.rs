@@ -6,6 +6,7 @@ pub mod check_then_act;
 pub mod connection_storm;
 pub mod deadlock;
 pub mod isolation;
+pub mod lost_client;
 pub mod orphan_lock;
 pub mod pool_deadlock;
 pub mod pooler_pitfalls;
@@ -69,6 +70,13 @@ pub trait Code: Send + Sync + Sized + 'static {
         self.sessions()
     }
 
+    /// Why this variant cannot run in this environment, if it cannot (it needs a server locklab
+    /// starts itself, or root for a network fault): the runner then skips it with the reason.
+    fn unavailable(&self, env: &Env) -> Option<String> {
+        let _ = env;
+        None
+    }
+
     /// Runs one variant with this configuration.
     fn run<'a>(
         &'a self,
@@ -89,6 +97,7 @@ pub trait Prepared: Send + Sync {
     fn run<'a>(&'a self, ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>;
     fn sessions(&self) -> usize;
     fn weight(&self) -> usize;
+    fn unavailable(&self, env: &Env) -> Option<String>;
 }
 
 impl<C: Code> Prepared for C {
@@ -100,6 +109,9 @@ impl<C: Code> Prepared for C {
     }
     fn weight(&self) -> usize {
         Code::weight(self)
+    }
+    fn unavailable(&self, env: &Env) -> Option<String> {
+        Code::unavailable(self, env)
     }
 }
 
@@ -158,6 +170,7 @@ pub const fn kind<C: Code>() -> Kind {
 pub static KINDS: &[Kind] = &[
     kind::<orphan_lock::OrphanLock>(),
     kind::<connection_storm::ConnectionStorm>(),
+    kind::<lost_client::LostClient>(),
     kind::<begin_on_pool::BeginOnPool>(),
     kind::<pool_deadlock::PoolDeadlock>(),
     kind::<setnx_race::SetnxRace>(),

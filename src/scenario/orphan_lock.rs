@@ -279,23 +279,22 @@ async fn hold(
     c: &Client,
     provider: &Client,
     booking: &Booking,
-    inside: bool,
-    payment_call: Duration,
+    (passenger, inside, payment_call): (&str, bool, Duration),
     report: impl FnOnce(f64),
 ) -> anyhow::Result<()> {
     if inside {
         booking.begin(c).await?;
         let at = booking.take_seat(c).await?.context("sold out")?;
-        booking.charge(provider, HOLDER).await?;
+        booking.charge(provider, passenger).await?;
         report(at);
         tokio::time::sleep(payment_call).await;
-        booking.record(c, HOLDER).await?;
+        booking.record(c, passenger).await?;
         c.batch_execute("COMMIT").await?;
     } else {
-        booking.charge(provider, HOLDER).await?;
+        booking.charge(provider, passenger).await?;
         report(server_epoch(c).await?);
         tokio::time::sleep(payment_call).await;
-        booking.book_at_once(c, HOLDER).await?;
+        booking.book_at_once(c, passenger).await?;
     }
     Ok(())
 }
@@ -375,12 +374,46 @@ pub(crate) struct HolderConfig {
     pub(crate) settings: Vec<(String, String)>,
     pub(crate) payment_inside: bool,
     pub(crate) payment_call: Duration,
+    /// Serves bookings one after another, as a service's request loop, instead of one.
+    #[serde(default)]
+    pub(crate) serve: bool,
+    /// On SIGTERM, drains as a well-behaved service does: takes no new booking, lets the one
+    /// in flight finish (commit or roll back), closes its connections and exits 0. Without it
+    /// SIGTERM does what it does by default: the process dies at once.
+    #[serde(default)]
+    pub(crate) drain: bool,
 }
 
-/// The holder process reports one thing: it is in its payment call (server clock).
+impl HolderConfig {
+    /// The holder of one booking, inside the transaction, with the variant's session settings.
+    pub(crate) fn new(
+        target: PgTarget,
+        provider: PgTarget,
+        app: String,
+        settings: Vec<(String, String)>,
+        payment_call: Duration,
+    ) -> HolderConfig {
+        HolderConfig {
+            target,
+            provider,
+            app,
+            settings,
+            payment_inside: true,
+            payment_call,
+            serve: false,
+            drain: false,
+        }
+    }
+}
+
+/// What the holder process reports: first that it is in its payment call (server clock);
+/// then, a draining holder, that it got SIGTERM and what its drain came to.
 #[derive(Serialize, Deserialize)]
-struct Paying {
-    at_epoch: f64,
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub(crate) enum HolderEvent {
+    Paying { at_epoch: f64 },
+    Draining,
+    Drained { committed: usize, failed: usize },
 }
 
 /// The holder as its own process (`locklab __worker orphan-lock`), so it can be frozen or
@@ -402,15 +435,54 @@ async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
     };
     let provider = cfg.provider.connect(&provider_app(&cfg.app)).await?;
     let booking = Booking::new(&cfg.target, &cfg.settings);
-    hold(
-        &c,
-        &provider,
-        &booking,
-        cfg.payment_inside,
-        cfg.payment_call,
-        |at_epoch| io.emit(&Paying { at_epoch }),
-    )
-    .await
+    // A draining service listens for SIGTERM from the start; the default is to die of it.
+    let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if cfg.drain {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("could not listen for SIGTERM")?;
+        let terminated = terminated.clone();
+        tokio::spawn(async move {
+            term.recv().await;
+            terminated.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Written from this task at once, while the booking in flight goes on.
+            let line = serde_json::to_string(&HolderEvent::Draining).unwrap_or_default();
+            println!("{line}");
+        });
+    }
+    let (mut committed, mut failed) = (0, 0);
+    let mut reported = false;
+    for n in 1.. {
+        let passenger = match cfg.serve {
+            true => format!("{HOLDER}-{n}"),
+            false => HOLDER.to_string(),
+        };
+        let how = (passenger.as_str(), cfg.payment_inside, cfg.payment_call);
+        let result = hold(&c, &provider, &booking, how, |at_epoch| {
+            if !reported {
+                io.emit(&HolderEvent::Paying { at_epoch });
+            }
+        })
+        .await;
+        reported = true;
+        match result {
+            Ok(()) => committed += 1,
+            Err(e) if !cfg.drain => return Err(e),
+            Err(_) => {
+                failed += 1;
+                let _ = c.batch_execute("ROLLBACK").await;
+            }
+        }
+        if !cfg.serve || terminated.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+    }
+    if terminated.load(std::sync::atomic::Ordering::SeqCst) {
+        // The drain's last step: close the connections, then report and exit 0.
+        drop(c);
+        drop(provider);
+        io.emit(&HolderEvent::Drained { committed, failed });
+    }
+    Ok(())
 }
 
 struct Booker {
@@ -473,6 +545,40 @@ impl Booker {
     }
 }
 
+/// Booking clients on `target`, one per application name, each on its own connection, all
+/// connected before they are needed. `how`: whether the payment call is inside the
+/// transaction, and how long it takes.
+pub(crate) async fn connect_bookers(
+    target: &PgTarget,
+    provider: &Arc<Client>,
+    booking: &Arc<Booking>,
+    apps: &[String],
+    (inside, payment): (bool, Duration),
+) -> anyhow::Result<Vec<Box<dyn workload::Client>>> {
+    let mut bookers: Vec<Box<dyn workload::Client>> = Vec::with_capacity(apps.len());
+    let connects = apps.iter().map(|app| target.connect(app));
+    for (i, (c, app)) in futures::future::join_all(connects)
+        .await
+        .into_iter()
+        .zip(apps)
+        .enumerate()
+    {
+        let client = c.context("could not connect a booking client")?;
+        bookers.push(Box::new(Booker {
+            canceller: Canceller::new(&client, target),
+            client,
+            target: target.clone(),
+            app: app.clone(),
+            provider: provider.clone(),
+            booking: booking.clone(),
+            inside,
+            payment,
+            passenger: format!("passenger-{i}"),
+        }));
+    }
+    Ok(bookers)
+}
+
 impl workload::Client for Booker {
     fn kind(&self) -> &'static str {
         "book"
@@ -513,7 +619,8 @@ async fn start_holder(
             let Ok(provider) = provider_target.connect(&provider).await else {
                 return;
             };
-            let _ = hold(&conn, &provider, &booking, inside, payment_call, |at| {
+            let how = (HOLDER, inside, payment_call);
+            let _ = hold(&conn, &provider, &booking, how, |at| {
                 let _ = tx.send(at);
             })
             .await;
@@ -525,33 +632,43 @@ async fn start_holder(
         return Ok((Victim::Task(task), at, Some(pool)));
     }
 
-    let (victim, at) = spawn_holder(
-        env,
-        HolderConfig {
-            target: ctx.pg().clone(),
-            provider: provider_target(env).clone(),
+    let config = HolderConfig {
+        payment_inside: inside,
+        ..HolderConfig::new(
+            ctx.pg().clone(),
+            provider_target(env).clone(),
             app,
-            settings: settings.clone(),
-            payment_inside: inside,
+            settings.clone(),
             payment_call,
-        },
-    )
-    .await?;
+        )
+    };
+    let (victim, at) = spawn_holder(env, None, config).await?;
     Ok((victim, at, None))
 }
 
 /// Starts the holder as its own process and waits until it is inside its payment call, holding
 /// the row. Returns the victim for the fault and the server clock when the call began.
+/// `netns`: inside a network namespace of the run's own, so its connection can be cut off.
 pub(crate) async fn spawn_holder(
     env: &crate::env::Env,
+    netns: Option<&crate::env::netns::Netns>,
     config: HolderConfig,
 ) -> anyhow::Result<(Victim, f64)> {
-    let mut worker = env.spawn_worker(OrphanLock::NAME, &config).await?;
+    let mut worker = match netns {
+        Some(ns) => env.spawn_worker_in(ns, OrphanLock::NAME, &config).await?,
+        None => env.spawn_worker(OrphanLock::NAME, &config).await?,
+    };
     let paying = worker
-        .next::<Paying>(Instant::now() + Duration::from_secs(10))
+        .next::<HolderEvent>(Instant::now() + Duration::from_secs(10))
         .await;
     match paying {
-        Ok(Some(p)) => Ok((Victim::Process(Box::new(worker)), p.at_epoch)),
+        Ok(Some(HolderEvent::Paying { at_epoch })) => {
+            Ok((Victim::Process(Box::new(worker)), at_epoch))
+        }
+        Ok(Some(_)) => {
+            worker.end().await;
+            bail!("the holder process reported something before its payment call")
+        }
         Ok(None) => {
             worker.end().await;
             bail!("the holder process did not reach its payment call within 10 s")
@@ -664,30 +781,11 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
 
     // The booking clients are already running when the holder freezes: connect them first, so
     // connection set-up (slow with SCRAM over TCP) never eats into the window being measured.
-    let mut bookers: Vec<Box<dyn workload::Client>> = Vec::with_capacity(clients);
     let apps: Vec<String> = (0..clients)
         .map(|i| ctx.app(&format!("w/booker-{i}")))
         .collect();
-    let connects = apps.iter().map(|app| pg.connect(app));
-    for (i, (c, app)) in futures::future::join_all(connects)
-        .await
-        .into_iter()
-        .zip(&apps)
-        .enumerate()
-    {
-        let client = c.context("could not connect a booking client")?;
-        bookers.push(Box::new(Booker {
-            canceller: Canceller::new(&client, pg),
-            client,
-            target: pg.clone(),
-            app: app.clone(),
-            provider: provider.clone(),
-            booking: booking.clone(),
-            inside,
-            payment: cfg.booker_payment,
-            passenger: format!("passenger-{i}"),
-        }));
-    }
+    let bookers =
+        connect_bookers(pg, &provider, &booking, &apps, (inside, cfg.booker_payment)).await?;
 
     // Everything after this point must reach the teardown below, whatever fails.
     let outcome = async {

@@ -11,6 +11,7 @@ use tokio_postgres::NoTls;
 use super::target::PgTarget;
 use crate::env::INSTALL_HINT;
 use crate::env::guardian::Guardian;
+use crate::env::netns::NetnsHandle;
 use crate::env::process::{self, RunAs};
 use crate::env::server::{GuardedDir, ServerProcess, on_a_free_port};
 
@@ -197,6 +198,8 @@ struct Launch {
     dir: PathBuf,
     port: u16,
     settings: Vec<(String, String)>,
+    /// A network namespace of the run's own to run in (see [`crate::env::netns`]).
+    netns: Option<NetnsHandle>,
 }
 
 impl Launch {
@@ -223,8 +226,13 @@ impl Launch {
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log);
-        if let Some(who) = self.run_as {
-            cmd.uid(who.uid).gid(who.gid);
+        match (&self.netns, self.run_as) {
+            // Joining the namespace needs root: it comes first, then the change of user.
+            (Some(ns), run_as) => ns.enter_before_exec(&mut cmd, run_as),
+            (None, Some(who)) => {
+                cmd.uid(who.uid).gid(who.gid);
+            }
+            (None, None) => {}
         }
         Ok(cmd)
     }
@@ -234,6 +242,16 @@ impl PgServer {
     pub async fn start(
         guardian: Arc<Guardian>,
         server_settings: &[(String, String)],
+    ) -> anyhow::Result<PgServer> {
+        Self::start_in(guardian, server_settings, None).await
+    }
+
+    /// As [`Self::start`], inside a network namespace of the run's own: its TCP port is then
+    /// reachable only from inside that namespace, its unix socket from anywhere.
+    pub async fn start_in(
+        guardian: Arc<Guardian>,
+        server_settings: &[(String, String)],
+        netns: Option<NetnsHandle>,
     ) -> anyhow::Result<PgServer> {
         let bins = find_binaries()?;
         let run_as = process::unprivileged_account();
@@ -245,6 +263,7 @@ impl PgServer {
                 &template,
                 guardian.clone(),
                 server_settings,
+                netns.clone(),
                 port,
             )
         })
@@ -257,6 +276,7 @@ impl PgServer {
         template: &Path,
         guardian: Arc<Guardian>,
         server_settings: &[(String, String)],
+        netns: Option<NetnsHandle>,
         port: u16,
     ) -> anyhow::Result<PgServer> {
         let dir = GuardedDir::new(guardian, "locklab-pg")?;
@@ -277,6 +297,7 @@ impl PgServer {
             dir: dir.path().to_path_buf(),
             port,
             settings: server_settings.to_vec(),
+            netns,
         };
         // SIGQUIT (also on locklab's death): postgres shuts down at once and removes its shared
         // memory.
@@ -335,6 +356,16 @@ impl PgServer {
         let conn = format!(
             "host={} port={} user={user} dbname=postgres",
             self.process.dir().display(),
+            self.port
+        );
+        PgTarget::new(conn, self.url(), schema)
+    }
+
+    /// Over TCP loopback with the superuser's password, plus `extra` connection settings (e.g.
+    /// client keepalives). Inside a namespace, only a process in that namespace reaches it.
+    pub fn tcp_target(&self, schema: &str, extra: &str) -> PgTarget {
+        let conn = format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} password={PASSWORD} dbname=postgres {extra}",
             self.port
         );
         PgTarget::new(conn, self.url(), schema)

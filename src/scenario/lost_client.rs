@@ -1,0 +1,365 @@
+//! lost-client: the booking holder's network goes silent mid-transaction. Its process lives on,
+//! but no packet of its connection reaches the server or comes back: no FIN, no RST, as when a
+//! host or container vanishes or a network splits. The server sees a healthy session idle in
+//! its transaction, and the row stays locked until something on the server's side gives up on
+//! the peer: its own TCP keepalives, or the idle-in-transaction timeout.
+//!
+//! Each variant gets a throwaway PostgreSQL of its own inside a network namespace of its own
+//! (see [`crate::env::netns`]), started with the variant's settings as server settings. The
+//! holder runs in that namespace and books over TCP loopback; everything else (bookers, probe,
+//! observers) uses the unix socket, which the partition does not touch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::future::Future;
+
+use anyhow::Context;
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+use super::orphan_lock::{
+    Booking, HolderConfig, Prober, connect_bookers, spawn_holder, wait_until_probe_queued,
+};
+use super::spec::{DAY_MS, HOUR_MS};
+use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
+use crate::check::lost_client::{Backend, Keepalive, METRICS, ServerSide, evaluate};
+use crate::check::orphan_lock::{Observations, Payments, Probe};
+use crate::env::Env;
+use crate::env::netns;
+use crate::env::postgres::{PgServer, Sql as _};
+use crate::error::UsageError;
+use crate::history::Clock;
+use crate::observe::Observer;
+use crate::workload::{self, Plan};
+
+pub struct LostClient {
+    clients: usize,
+    payment_call: Duration,
+    booker_payment: Duration,
+    retry_after: Duration,
+    /// How long the holder sits idle in its transaction before its network goes silent.
+    partition_after: Duration,
+    deadline: Duration,
+    /// The variant's TCP keepalive values (whole seconds), used by the server, the client, or
+    /// neither.
+    keepalive: Keepalive,
+    server_keepalives: bool,
+    client_keepalives: bool,
+    user_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+impl Code for LostClient {
+    const NAME: &'static str = "lost-client";
+    const FILE: &'static str = include_str!("../../scenarios/lost-client.toml");
+    const PARAMS: &'static [ParamSpec] = &[
+        ParamSpec::count("clients", 1, 200),
+        ParamSpec::duration("payment_call", 1, DAY_MS),
+        ParamSpec::duration("booker_payment", 0, HOUR_MS),
+        ParamSpec::duration("retry_after", 1, HOUR_MS),
+        ParamSpec::duration("partition_after", 0, HOUR_MS),
+        ParamSpec::duration("keepalives_idle", 1, DAY_MS),
+        ParamSpec::duration("keepalives_interval", 1, DAY_MS),
+        ParamSpec::count("keepalives_count", 1, 100),
+        ParamSpec::flag("client_keepalives"),
+        ParamSpec::duration("user_timeout", 1, DAY_MS),
+        ParamSpec::duration("idle_timeout", 1, HOUR_MS),
+        ParamSpec::duration("statement_timeout", 1, HOUR_MS),
+        ParamSpec::duration("deadline", 100, DAY_MS),
+    ];
+    const METRICS: &'static [&'static str] = METRICS;
+    const SIZED_BY: &'static str = "clients";
+
+    fn config(p: &Params) -> Result<LostClient, UsageError> {
+        let server_keepalives = p.in_settings("keepalives_idle");
+        let client_keepalives = p.flag("client_keepalives")?;
+        let keepalive = Keepalive {
+            idle_s: whole_seconds(p, "keepalives_idle")?,
+            interval_s: whole_seconds(p, "keepalives_interval")?,
+            count: p.count("keepalives_count")? as u64,
+        };
+        let user_timeout = match p.in_settings("user_timeout") {
+            true => Some(p.duration("user_timeout")?),
+            false => None,
+        };
+        let idle_timeout = match p.in_settings("idle_timeout") {
+            true => Some(p.duration("idle_timeout")?),
+            false => None,
+        };
+        let deadline = p.duration("deadline")?;
+        let payment_call = p.duration("payment_call")?;
+        if payment_call <= deadline {
+            return Err(UsageError(format!(
+                "payment_call ({}) must outlast the deadline ({}): the holder must still be in \
+                 its call, idle in its transaction, when the run ends",
+                humantime::format_duration(payment_call),
+                humantime::format_duration(deadline)
+            )));
+        }
+        let cfg = LostClient {
+            clients: p.count("clients")?,
+            payment_call,
+            booker_payment: p.duration("booker_payment")?,
+            retry_after: p.duration("retry_after")?,
+            partition_after: p.duration("partition_after")?,
+            deadline,
+            keepalive,
+            server_keepalives,
+            client_keepalives,
+            user_timeout,
+            idle_timeout,
+        };
+        // A variant whose settings should free the row is judged within 1.5 times the
+        // prediction: the cut-off must leave room for it.
+        let expected = crate::check::lost_client::expected_release_ms(&cfg.server_side());
+        if expected < 600_000.0 && deadline.as_secs_f64() * 1000.0 < expected * 1.5 {
+            return Err(UsageError(format!(
+                "deadline ({}) must be at least 1.5 times the release the variant's settings                  predict ({} ms): the row could not be seen freed before the cut-off",
+                humantime::format_duration(deadline),
+                expected
+            )));
+        }
+        Ok(cfg)
+    }
+
+    fn sessions(&self) -> usize {
+        // The bookers, the holder and its payment provider's session, setup, probe, observer,
+        // the backend watcher, and the bookers' payment provider.
+        self.clients + 7
+    }
+
+    fn unavailable(&self, env: &Env) -> Option<String> {
+        if !env.has_throwaway_pg() {
+            return Some(
+                "it starts PostgreSQL inside a network namespace of its own to cut the \
+                 holder's connection, which a server given by URL is not: run it without \
+                 --pg-url"
+                    .into(),
+            );
+        }
+        if env.pooler.is_some() {
+            return Some(
+                "it cuts the connection between the holder and PostgreSQL itself; through a \
+                 pooler that connection is the pooler's (run it without --pooler)"
+                    .into(),
+            );
+        }
+        netns::unavailable()
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a VariantCtx<'a>,
+    ) -> impl Future<Output = anyhow::Result<VariantRun>> + Send + 'a {
+        run(self, ctx)
+    }
+}
+
+/// A keepalive duration as the kernel takes it: whole seconds, at least one. Refused otherwise,
+/// rather than rounded: PostgreSQL would round 300ms to 0, which means the kernel's 2 hours.
+fn whole_seconds(p: &Params, name: &str) -> Result<u64, UsageError> {
+    let d = p.duration(name)?;
+    if d.subsec_millis() != 0 || d.as_secs() == 0 {
+        return Err(UsageError(format!(
+            "{name} is {} at time scale {}, but TCP keepalive settings are whole seconds (at \
+             least 1 s): choose a value or --time-scale that gives whole seconds",
+            humantime::format_duration(d),
+            p.time_scale
+        )));
+    }
+    Ok(d.as_secs())
+}
+
+impl LostClient {
+    fn server_side(&self) -> ServerSide {
+        ServerSide {
+            keepalive: match self.server_keepalives {
+                true => self.keepalive,
+                false => Keepalive::KERNEL_DEFAULT,
+            },
+            user_timeout_ms: self.user_timeout.map(|d| d.as_millis() as u64),
+            idle_timeout_ms: self.idle_timeout.map(|d| d.as_millis() as u64),
+        }
+    }
+
+    /// The holder's own connection settings: client-side keepalives where the variant asks.
+    fn client_settings(&self) -> String {
+        match self.client_keepalives {
+            true => format!(
+                "keepalives=1 keepalives_idle={} keepalives_interval={} keepalives_retries={}",
+                self.keepalive.idle_s, self.keepalive.interval_s, self.keepalive.count
+            ),
+            false => String::new(),
+        }
+    }
+}
+
+/// Watches the holder's backend in pg_stat_activity from a session of its own; returns the
+/// server clock when it was first seen gone, or `None` at the deadline.
+async fn watch_backend(
+    c: Client,
+    pid: i32,
+    deadline: Instant,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Option<f64> {
+    let stmt = "SELECT extract(epoch FROM clock_timestamp())::float8, \
+                       EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)";
+    while Instant::now() < deadline && !cancel.is_cancelled() {
+        if let Ok(row) = c.one(stmt, &[&pid]).await
+            && !row.get::<_, bool>(1)
+        {
+            return Some(row.get(0));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+async fn run(cfg: &LostClient, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
+    let mut settings = ctx.variant.settings.clone();
+    settings.push(("max_connections".into(), (cfg.sessions() + 10).to_string()));
+    let (mut server, mut ns) = ctx
+        .env
+        .start_own_pg_in_netns(&settings)
+        .await
+        .context("lost-client needs a throwaway PostgreSQL")??;
+    let result = run_on(cfg, ctx, &server, &ns).await;
+    server.stop().await;
+    ns.delete().await;
+    result
+}
+
+async fn run_on(
+    cfg: &LostClient,
+    ctx: &VariantCtx<'_>,
+    server: &PgServer,
+    ns: &netns::Netns,
+) -> anyhow::Result<VariantRun> {
+    let env = ctx.env;
+    let schema = env.pg.schema.clone();
+    let local = server.target(&schema);
+    let booking = Arc::new(Booking::new(&local, &[]));
+    let admin = local.connect(&ctx.app("admin")).await?;
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; {}",
+            booking.ddl(1000)
+        ))
+        .await
+        .context("could not create the scenario's tables")?;
+
+    let clock = Clock::start();
+    let holder_app = ctx.app("w/holder");
+    let observer = Observer::start(
+        &local,
+        &ctx.app("observer"),
+        clock,
+        ctx.app("w/"),
+        holder_app.clone(),
+    )
+    .await?;
+    let provider = Arc::new(local.connect(&ctx.app("provider")).await?);
+    let apps: Vec<String> = (0..cfg.clients)
+        .map(|i| ctx.app(&format!("w/booker-{i}")))
+        .collect();
+    let bookers = connect_bookers(
+        &local,
+        &provider,
+        &booking,
+        &apps,
+        (true, cfg.booker_payment),
+    )
+    .await?;
+
+    let holder = HolderConfig::new(
+        server.tcp_target(&schema, &cfg.client_settings()),
+        local.clone(),
+        holder_app.clone(),
+        Vec::new(),
+        cfg.payment_call,
+    );
+    let (victim, paying_at) = spawn_holder(env, Some(ns), holder).await?;
+    let outcome = async {
+        let reported = Instant::now();
+        let row = admin
+            .one(
+                "SELECT pid, client_port FROM pg_stat_activity WHERE application_name = $1",
+                &[&holder_app],
+            )
+            .await
+            .context("could not find the holder's backend")?;
+        let (pid, port): (i32, i32) = (row.get(0), row.get(1));
+        let port = u16::try_from(port).context("the holder's connection has no TCP port")?;
+        let probe_app = ctx.app("probe");
+        let prober = Prober::connect(&local, &probe_app, &booking).await?;
+        let locked_before_fault = prober.try_now().await?.is_none();
+
+        // The holder's last reply is acknowledged by now: the connection is idle, with nothing
+        // in flight, as a holder that has waited on its call for a while is.
+        tokio::time::sleep_until(reported + cfg.partition_after).await;
+        ns.partition(port).await?;
+        let deadline = Instant::now() + cfg.deadline;
+        let watcher = local.connect(&ctx.app("backend-watch")).await?;
+        let watch = tokio::spawn(watch_backend(watcher, pid, deadline, ctx.cancel.clone()));
+        let probe_task = tokio::spawn(prober.wait_free(deadline, ctx.cancel.clone()));
+        wait_until_probe_queued(&admin, &probe_app, &probe_task).await;
+
+        let (booked, ticker) = ctx.progress_counter(format!(" of {} booked", cfg.clients));
+        let plan = Plan::UntilOk {
+            retry_after: cfg.retry_after,
+            stop_on: &[],
+        };
+        let driven = workload::drive(bookers, plan, clock, deadline, &ctx.cancel, booked).await;
+        drop(ticker);
+        let probe = Probe {
+            locked_before_fault,
+            free_at_epoch: probe_task.await.context("the probe task failed")??,
+        };
+        let gone = watch.await.context("the backend watcher failed")?;
+        let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;
+        anyhow::Ok((driven, probe, gone, waited_ms))
+    }
+    .await;
+    victim.end().await;
+    let samples = observer.finish().await;
+    let (driven, probe, gone, waited_ms) = outcome?;
+    let counts = admin
+        .one(
+            &format!(
+                "SELECT (SELECT count(*) FROM {book}), (SELECT count(*) FROM {pay}), \
+                        (SELECT count(*) FROM {pay} p WHERE NOT EXISTS \
+                          (SELECT 1 FROM {book} b WHERE b.passenger = p.passenger))",
+                book = booking.bookings,
+                pay = booking.payments
+            ),
+            &[],
+        )
+        .await
+        .context("could not count the bookings")?;
+    let evaluation = evaluate(
+        &driven.history,
+        &Observations {
+            cut_off: driven.cut_off || probe.free_at_epoch.is_none(),
+            holder_paying_epoch: paying_at,
+            probe,
+            waited_ms,
+            samples,
+            bookings_committed: counts.get(0),
+            payments: Payments {
+                charged: counts.get(1),
+                refunded: 0,
+                charged_without_booking: counts.get(2),
+            },
+            next_user_in_leaked_tx: None,
+        },
+        Backend {
+            gone_at_epoch: gone,
+        },
+        &cfg.server_side(),
+    );
+    Ok(VariantRun {
+        history: driven.history,
+        evaluation,
+    })
+}
