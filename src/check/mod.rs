@@ -8,6 +8,7 @@ pub mod orphan_lock;
 pub mod pool;
 pub mod pooler;
 pub mod setnx_race;
+pub mod shutdown;
 pub mod stats;
 pub mod storm;
 

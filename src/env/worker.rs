@@ -136,6 +136,14 @@ impl Worker {
         self.pid
     }
 
+    /// How the worker ended, once it has: `None` if it is still running at `until`.
+    pub async fn exit_status(&mut self, until: Instant) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout_at(until, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
     /// What the worker wrote to stderr lately, on one line.
     pub fn stderr_tail(&self) -> String {
         let tail = self.stderr.lock().map(|t| t.clone()).unwrap_or_default();

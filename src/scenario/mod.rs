@@ -12,6 +12,7 @@ pub mod pool_deadlock;
 pub mod pooler_pitfalls;
 pub mod read_skew;
 pub mod setnx_race;
+pub mod shutdown;
 pub mod spec;
 pub mod write_skew;
 
@@ -171,6 +172,7 @@ pub static KINDS: &[Kind] = &[
     kind::<orphan_lock::OrphanLock>(),
     kind::<connection_storm::ConnectionStorm>(),
     kind::<lost_client::LostClient>(),
+    kind::<shutdown::Shutdown>(),
     kind::<begin_on_pool::BeginOnPool>(),
     kind::<pool_deadlock::PoolDeadlock>(),
     kind::<setnx_race::SetnxRace>(),

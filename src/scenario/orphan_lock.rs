@@ -168,7 +168,7 @@ impl Booking {
     /// whatever becomes of the booking's transaction. It is recorded as soon as it is asked
     /// for; the call then takes its time to answer, and that is when faults hit. A retry with
     /// the same passenger is the same charge (idempotency key).
-    async fn charge(
+    pub(crate) async fn charge(
         &self,
         provider: &Client,
         passenger: &str,
