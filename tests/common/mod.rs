@@ -88,6 +88,36 @@ pub fn processes_mentioning_all(needles: &[&str]) -> Vec<String> {
     found
 }
 
+/// The network namespaces a locklab process with this pid made that still exist.
+pub fn namespaces_of(pid: u32) -> Vec<String> {
+    let prefix = format!("locklab-{pid}-");
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// Waits until the namespaces of locklab `pid` are gone; panics with what is left.
+pub fn assert_no_namespace_left(pid: u32, within: Duration) {
+    let until = Instant::now() + within;
+    while !namespaces_of(pid).is_empty() {
+        if Instant::now() > until {
+            panic!("left behind: network namespaces {:?}", namespaces_of(pid));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether this process may make network namespaces (root); tests of network faults say so
+/// and pass trivially otherwise (locklab itself skips those variants with the reason).
+pub fn can_make_namespaces() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Waits until `tmp` is empty and no process mentions it; panics with what is left.
 pub fn assert_nothing_left(tmp: &Path, within: Duration) {
     let needle = tmp.to_string_lossy().to_string();

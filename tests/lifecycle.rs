@@ -1,0 +1,172 @@
+//! lost-client and shutdown on real servers: a real partition in a namespace of the run's own,
+//! a deploy's SIGTERM with and without a drain, and a database restart; nothing left behind.
+
+mod common;
+use common::*;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Runs `locklab run ARGS --format json`; returns (pid, exit code, report, stderr).
+fn run_with_pid(tmp: &std::path::Path, args: &[&str]) -> (u32, i32, serde_json::Value, String) {
+    let child = locklab(tmp)
+        .arg("run")
+        .args(args)
+        .args(["--format", "json", "--no-results"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn locklab");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait locklab");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}); stderr:\n{stderr}"));
+    (pid, out.status.code().unwrap_or(-1), json, stderr)
+}
+
+#[test]
+fn a_partition_keeps_the_backend_until_the_server_side_gives_up() {
+    if !can_make_namespaces() {
+        return;
+    }
+    let tmp = tempdir();
+    let (pid, code, report, stderr) = run_with_pid(tmp.path(), &["lost-client"]);
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    assert_no_namespace_left(pid, Duration::from_secs(5));
+    assert_nothing_left(tmp.path(), Duration::from_secs(5));
+
+    // Seen from an independent session: the backend outlives the cut-off unless a server-side
+    // setting ends it, and then it goes when the settings say.
+    for stuck in [
+        "baseline",
+        "statement-timeout-only",
+        "client-keepalives",
+        "tcp-user-timeout",
+    ] {
+        let v = variant(&report, stuck);
+        assert_eq!(v["metrics"]["backend_outlived_cut_off"], true, "{v:#}");
+        assert_eq!(metric(v, "bookings_committed"), 0.0, "{v:#}");
+    }
+    let baseline = variant(&report, "baseline");
+    assert_eq!(metric(baseline, "expected_release_ms"), 7_875_000.0);
+
+    let keepalives = variant(&report, "server-keepalives");
+    assert_eq!(metric(keepalives, "expected_release_ms"), 6000.0);
+    let gone = metric(keepalives, "backend_gone_ms");
+    assert!((5400.0..=7000.0).contains(&gone), "{keepalives:#}");
+    assert!((metric(keepalives, "lock_held_ms") - gone).abs() < 100.0);
+
+    let idle = variant(&report, "idle-timeout");
+    let gone = metric(idle, "backend_gone_ms");
+    assert!((1800.0..=2600.0).contains(&gone), "{idle:#}");
+    assert_eq!(metric(idle, "bookings_committed"), 5.0);
+}
+
+#[test]
+fn a_deploy_loses_the_booking_in_flight_unless_it_drains() {
+    let tmp = tempdir();
+    let (code, report, stderr) = run_json(tmp.path(), &["shutdown"]);
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+
+    let plain = variant(&report, "sigterm-no-handler");
+    assert!(metric(plain, "lock_held_ms") < 500.0, "{plain:#}");
+    assert_eq!(metric(plain, "holder_charged_without_booking"), 1.0);
+    assert_eq!(plain["metrics"]["holder_killed"], true);
+
+    let drain = variant(&report, "sigterm-drain");
+    assert_eq!(metric(drain, "holder_exit_code"), 0.0);
+    assert_eq!(metric(drain, "holder_committed"), 1.0);
+    assert_eq!(metric(drain, "holder_charged_without_booking"), 0.0);
+    // Held until the booking in flight commits: the rest of its 2 s payment call.
+    let held = metric(drain, "lock_held_ms");
+    assert!((1400.0..=1800.0).contains(&held), "{drain:#}");
+
+    let stuck = variant(&report, "sigterm-stuck-then-kill");
+    let held = metric(stuck, "lock_held_ms");
+    assert!((2900.0..=3500.0).contains(&held), "{stuck:#}");
+    assert_eq!(metric(stuck, "holder_charged_without_booking"), 1.0);
+
+    let restart = variant(&report, "db-restart");
+    assert!(metric(restart, "restart_errors") >= 1.0, "{restart:#}");
+    assert_eq!(metric(restart, "broken_after_restart"), 0.0);
+    assert_eq!(metric(restart, "bookings_ok"), 5.0);
+}
+
+#[test]
+fn against_a_users_server_the_faults_that_need_locklabs_own_are_skipped_with_the_reason() {
+    let tmp = tempdir();
+    let env = EnvUp::start(tmp.path(), &[]);
+    for (scenario, skipped, runs) in [
+        ("lost-client", "baseline", None),
+        ("shutdown", "db-restart", Some("sigterm-drain")),
+    ] {
+        let (code, report, stderr) = run_json(tmp.path(), &[scenario, "--pg-url", &env.url]);
+        assert_eq!(code, 0, "{stderr}\n{report:#}");
+        let v = variant(&report, skipped);
+        assert_eq!(v["outcome"], "skipped", "{v:#}");
+        assert!(stderr.contains("skipped"), "{stderr}");
+        if let Some(name) = runs {
+            let v = variant(&report, name);
+            assert_eq!(v["expectations_held"], true, "{v:#}");
+        }
+    }
+    env.stop();
+}
+
+/// Starts a lost-client run and waits until its partition's namespace exists.
+fn start_partitioned_run(tmp: &std::path::Path) -> std::process::Child {
+    let child = locklab(tmp)
+        .args([
+            "run",
+            "lost-client",
+            "--variant",
+            "baseline",
+            "--param",
+            "deadline=600s",
+            "--no-results",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn locklab");
+    let needle = tmp.to_string_lossy().to_string();
+    let until = Instant::now() + Duration::from_secs(30);
+    while namespaces_of(child.id()).is_empty()
+        || processes_mentioning_all(&["__worker", &needle]).is_empty()
+    {
+        assert!(Instant::now() < until, "the run did not get going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    child
+}
+
+#[test]
+fn sigkill_mid_partition_leaves_no_namespace_server_or_temp_dir() {
+    if !can_make_namespaces() {
+        return;
+    }
+    let tmp = tempdir();
+    let mut child = start_partitioned_run(tmp.path());
+    let pid = child.id();
+    signal(&child, libc::SIGKILL);
+    child.wait().expect("wait locklab");
+    assert_nothing_left(tmp.path(), Duration::from_secs(10));
+    assert_no_namespace_left(pid, Duration::from_secs(10));
+}
+
+#[test]
+fn ctrl_c_mid_partition_leaves_no_namespace() {
+    if !can_make_namespaces() {
+        return;
+    }
+    let tmp = tempdir();
+    let mut child = start_partitioned_run(tmp.path());
+    let pid = child.id();
+    signal(&child, libc::SIGINT);
+    let status = child.wait().expect("wait locklab");
+    assert_eq!(status.code(), Some(130));
+    assert_no_namespace_left(pid, Duration::from_secs(5));
+    assert_nothing_left(tmp.path(), Duration::from_secs(5));
+}
