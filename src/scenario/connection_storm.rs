@@ -344,11 +344,15 @@ struct Fleet {
     executing: Gauge,
     in_flight: Gauge,
     invocations: AtomicU64,
+    /// Every connect passes this door; the relapse closes it for the moment its ghost takes a
+    /// slot, so that the ghost's start never depends on winning a race with the fleet.
+    door: tokio::sync::RwLock<()>,
 }
 
 impl Fleet {
     /// A fresh connection, as a serverless invocation opens (`max: 1`).
     async fn connect(&self, role: &str) -> Result<Client, OpError> {
+        let _door = self.door.read().await;
         let mut config = self.config.clone();
         config.application_name(format!("{}{role}", self.app_prefix));
         let (client, conn) = config.connect(NoTls).await?;
@@ -693,6 +697,7 @@ async fn storm(
             executing: Gauge::default(),
             in_flight: Gauge::default(),
             invocations: AtomicU64::new(0),
+            door: tokio::sync::RwLock::new(()),
         });
         let bookings = arrivals(&fleet, cfg.arrival, |f, id| Box::pin(f.booking_invocation(id)));
         let others = async {
@@ -724,8 +729,13 @@ async fn storm(
                 _ = tokio::time::sleep_until(Instant::now().max(at) + relapse) => {}
                 _ = ctx.cancel.cancelled() => return Ok(Some(Restart { at_ms, relapse_at_ms: None })),
             }
-            // The next slow payment call, with the same code: it freezes holding the row.
-            let (mut next, _) = spawn_holder(env, None, holder("w/holder-2")).await?;
+            // The next slow payment call, with the same code: it freezes holding the row. The
+            // fleet's connects wait at the door meanwhile: with the slots (or the role's limit)
+            // full, the ghost would otherwise start only if it won a race for a freed slot.
+            let door = fleet.door.write().await;
+            let next = spawn_holder(env, None, holder("w/holder-2")).await;
+            drop(door);
+            let (mut next, _) = next?;
             let relapse_at_ms = clock.now_ms();
             let frozen = next.inject(Fault::Freeze);
             keep(next);

@@ -426,7 +426,8 @@ async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
     let c = loop {
         match cfg.target.connect(&cfg.app).await {
             Ok(c) => break c,
-            Err(_) if tries < 200 => {
+            // Up to 15 s: a role at its connection limit frees a slot only as its sessions end.
+            Err(_) if tries < 600 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
@@ -659,7 +660,7 @@ pub(crate) async fn spawn_holder(
         None => env.spawn_worker(OrphanLock::NAME, &config).await?,
     };
     let paying = worker
-        .next::<HolderEvent>(Instant::now() + Duration::from_secs(10))
+        .next::<HolderEvent>(Instant::now() + Duration::from_secs(20))
         .await;
     match paying {
         Ok(Some(HolderEvent::Paying { at_epoch })) => {
@@ -671,7 +672,7 @@ pub(crate) async fn spawn_holder(
         }
         Ok(None) => {
             worker.end().await;
-            bail!("the holder process did not reach its payment call within 10 s")
+            bail!("the holder process did not reach its payment call within 20 s")
         }
         Err(e) => {
             worker.end().await;
