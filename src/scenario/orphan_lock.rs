@@ -416,25 +416,29 @@ pub(crate) enum HolderEvent {
     Drained { committed: usize, failed: usize },
 }
 
-/// The holder as its own process (`locklab __worker orphan-lock`), so it can be frozen or
-/// killed for real.
-async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
-    let cfg: HolderConfig = io.config()?;
-    // A server whose slots or listen queue are full refuses for a moment (connection-storm's
-    // next ghost arrives amid the storm): try again, as the next invocation would.
-    let mut tries = 0;
-    let c = loop {
-        match cfg.target.connect(&cfg.app).await {
-            Ok(c) => break c,
-            // Up to 15 s: a role at its connection limit frees a slot only as its sessions end.
-            Err(_) if tries < 600 => {
-                tries += 1;
+/// A server whose slots, listen queue or role limit are full refuses for a moment
+/// (connection-storm's next ghost arrives amid the storm): try again, as the next invocation
+/// would, for up to 5 s. Both of the holder's sessions need this: against a role at its
+/// connection limit, the provider's session is refused as readily as the booking's.
+async fn connect_patiently(target: &PgTarget, app: &str) -> anyhow::Result<Client> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match target.connect(app).await {
+            Ok(c) => return Ok(c),
+            Err(_) if Instant::now() < until => {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
             Err(e) => return Err(e),
         }
-    };
-    let provider = cfg.provider.connect(&provider_app(&cfg.app)).await?;
+    }
+}
+
+/// The holder as its own process (`locklab __worker orphan-lock`), so it can be frozen or
+/// killed for real.
+async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
+    let cfg: HolderConfig = io.config()?;
+    let c = connect_patiently(&cfg.target, &cfg.app).await?;
+    let provider = connect_patiently(&cfg.provider, &provider_app(&cfg.app)).await?;
     let booking = Booking::new(&cfg.target, &cfg.settings);
     // A draining service listens for SIGTERM from the start; the default is to die of it.
     let terminated = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -660,7 +664,7 @@ pub(crate) async fn spawn_holder(
         None => env.spawn_worker(OrphanLock::NAME, &config).await?,
     };
     let paying = worker
-        .next::<HolderEvent>(Instant::now() + Duration::from_secs(20))
+        .next::<HolderEvent>(Instant::now() + Duration::from_secs(10))
         .await;
     match paying {
         Ok(Some(HolderEvent::Paying { at_epoch })) => {
@@ -672,7 +676,7 @@ pub(crate) async fn spawn_holder(
         }
         Ok(None) => {
             worker.end().await;
-            bail!("the holder process did not reach its payment call within 20 s")
+            bail!("the holder process did not reach its payment call within 10 s")
         }
         Err(e) => {
             worker.end().await;
