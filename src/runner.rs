@@ -216,8 +216,6 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 .cannot_run(
                     resolved.through_pooler,
                     !resolved.pooler_settings.is_empty(),
-                    scenario.kind.needs_direct,
-                    scenario.kind.needs_slots,
                 )
                 .or_else(|| config.as_ref().and_then(|c| c.unavailable(env)));
             if let Some(why) = cannot {

@@ -329,36 +329,40 @@ impl Env {
         )
     }
 
-    /// Whether the run started its own PostgreSQL (and so can start more, restart them, or put
-    /// them in a namespace).
-    pub fn has_throwaway_pg(&self) -> bool {
-        self.pg_server.is_some()
+    /// Why a scenario whose fault is the server's own connection slots cannot run here: the
+    /// run's workload goes through a pooler that hides them.
+    pub fn slots_missing(&self) -> Option<String> {
+        self.pooler.as_ref().map(|_| {
+            "its fault is the server's own connection slots, and this run's workload goes \
+             through a pooler that hides them: give the server itself as --pg-url, without \
+             --pooler or --pooler-url"
+                .into()
+        })
+    }
+
+    /// Why a scenario that compares the pooler's path with one straight to the server cannot
+    /// run here: --pg-url is itself a pooler.
+    pub fn direct_path_missing(&self) -> Option<String> {
+        self.no_direct_path.then(|| {
+            "it compares the pooler's path with one straight to the server, and --pg-url is \
+             itself a pooler: give the server with --pg-url and the pooler with --pooler-url"
+                .into()
+        })
+    }
+
+    /// Why a scenario that starts, restarts or partitions a server of its own cannot run here:
+    /// the run was given the user's server. `does` says what it would do to it.
+    pub fn own_server_missing(&self, does: &str) -> Option<String> {
+        self.pg_server.is_none().then(|| {
+            format!(
+                "it {does}, which locklab does only to a server it started: run it without \
+                 --pg-url"
+            )
+        })
     }
 
     /// Why a variant cannot run in this environment (it needs a pooler the run lacks), if so.
-    pub fn cannot_run(
-        &self,
-        through_pooler: bool,
-        pooler_settings: bool,
-        needs_direct: bool,
-        needs_slots: bool,
-    ) -> Option<String> {
-        if needs_slots && self.pooler.is_some() {
-            return Some(
-                "its fault is the server's own connection slots, and this run's workload goes \
-                 through a pooler that hides them: give the server itself as --pg-url, without \
-                 --pooler or --pooler-url"
-                    .into(),
-            );
-        }
-        if needs_direct && self.no_direct_path {
-            return Some(
-                "it compares the pooler's path with one straight to the server, and --pg-url \
-                 is itself a pooler: give the server with --pg-url and the pooler with \
-                 --pooler-url"
-                    .into(),
-            );
-        }
+    pub fn cannot_run(&self, through_pooler: bool, pooler_settings: bool) -> Option<String> {
         if pooler_settings && self.pooler_server.is_none() {
             return Some(
                 "it changes PgBouncer's settings, which only locklab's own PgBouncer lets it do \

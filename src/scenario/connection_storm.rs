@@ -95,7 +95,6 @@ impl Code for ConnectionStorm {
     const METRICS: &'static [&'static str] = METRICS;
     // On a user's server the storm fills what is free; nothing the user sets makes it need more.
     const SIZED_BY: &'static str = "";
-    const NEEDS_SLOTS: bool = true;
 
     fn config(p: &Params) -> Result<ConnectionStorm, UsageError> {
         let scale = p.time_scale;
@@ -158,6 +157,10 @@ impl Code for ConnectionStorm {
             booker_payment: p.duration("booker_payment")?,
             deadline,
         })
+    }
+
+    fn unavailable(&self, env: &crate::env::Env) -> Option<String> {
+        env.slots_missing()
     }
 
     fn sessions(&self) -> usize {

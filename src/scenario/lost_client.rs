@@ -130,22 +130,15 @@ impl Code for LostClient {
     }
 
     fn unavailable(&self, env: &Env) -> Option<String> {
-        if !env.has_throwaway_pg() {
-            return Some(
-                "it starts PostgreSQL inside a network namespace of its own to cut the \
-                 holder's connection, which a server given by URL is not: run it without \
-                 --pg-url"
-                    .into(),
-            );
-        }
-        if env.pooler.is_some() {
-            return Some(
-                "it cuts the connection between the holder and PostgreSQL itself; through a \
-                 pooler that connection is the pooler's (run it without --pooler)"
-                    .into(),
-            );
-        }
-        netns::unavailable()
+        env.own_server_missing("runs PostgreSQL in a network namespace to cut a connection")
+            .or_else(|| {
+                env.pooler.as_ref().map(|_| {
+                    "it cuts the connection between the holder and PostgreSQL itself; through a \
+                     pooler that connection is the pooler's (run it without --pooler)"
+                        .into()
+                })
+            })
+            .or_else(netns::unavailable)
     }
 
     fn run<'a>(

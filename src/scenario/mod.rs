@@ -47,12 +47,6 @@ pub trait Code: Send + Sync + Sized + 'static {
     const METRICS: &'static [&'static str];
     /// The run starts (or connects to) Redis only when some scenario needs it.
     const NEEDS_REDIS: bool = false;
-    /// Its checks need a session straight to the server besides the pooler's path (a run
-    /// whose only URL is a pooler's skips it).
-    const NEEDS_DIRECT: bool = false;
-    /// Its fault is the server's own connection slots, which a pooler in front of the workload
-    /// hides (a run whose whole workload goes through a pooler skips it).
-    const NEEDS_SLOTS: bool = false;
 
     /// The parameters a variant's PostgreSQL sessions grow with, for the message that tells a
     /// user what to lower when the server is too small (e.g. `clients`).
@@ -71,8 +65,10 @@ pub trait Code: Send + Sync + Sized + 'static {
         self.sessions()
     }
 
-    /// Why this variant cannot run in this environment, if it cannot (it needs a server locklab
-    /// starts itself, or root for a network fault): the runner then skips it with the reason.
+    /// Why this variant cannot run in this environment, if it cannot: it needs a server locklab
+    /// starts itself, a path straight to the server, slots no pooler hides, or root for a
+    /// network fault (the `Env::…_missing` methods say each). The runner then skips it with the
+    /// reason.
     fn unavailable(&self, env: &Env) -> Option<String> {
         let _ = env;
         None
@@ -124,8 +120,6 @@ pub struct Kind {
     pub params: &'static [ParamSpec],
     pub metrics: &'static [&'static str],
     pub needs_redis: bool,
-    pub needs_direct: bool,
-    pub needs_slots: bool,
     pub sized_by: &'static str,
     pub prepare: fn(&Params) -> Result<Box<dyn Prepared>, UsageError>,
     pub worker: fn(WorkerIo) -> BoxFuture<'static, anyhow::Result<()>>,
@@ -159,8 +153,6 @@ pub const fn kind<C: Code>() -> Kind {
         params: C::PARAMS,
         metrics: C::METRICS,
         needs_redis: C::NEEDS_REDIS,
-        needs_direct: C::NEEDS_DIRECT,
-        needs_slots: C::NEEDS_SLOTS,
         sized_by: C::SIZED_BY,
         prepare: prepare::<C>,
         worker: worker::<C>,

@@ -106,7 +106,6 @@ impl Code for PoolerPitfalls {
     ];
     const METRICS: &'static [&'static str] = METRICS;
     const SIZED_BY: &'static str = "tenants";
-    const NEEDS_DIRECT: bool = true;
 
     fn config(p: &Params) -> Result<PoolerPitfalls, UsageError> {
         let (rounds, step, work) = (p.count("rounds")?, p.duration("step")?, p.duration("work")?);
@@ -132,6 +131,10 @@ impl Code for PoolerPitfalls {
             set_timeout: p.duration("set_timeout")?,
             deadline: p.duration("deadline")?,
         })
+    }
+
+    fn unavailable(&self, env: &crate::env::Env) -> Option<String> {
+        env.direct_path_missing()
     }
 
     fn sessions(&self) -> usize {

@@ -105,11 +105,10 @@ impl Code for Shutdown {
     }
 
     fn unavailable(&self, env: &Env) -> Option<String> {
-        (self.event == Event::DbRestart && !env.has_throwaway_pg()).then(|| {
-            "it restarts the database, which locklab does only to a server it started: run \
-             it without --pg-url"
-                .into()
-        })
+        match self.event {
+            Event::DbRestart => env.own_server_missing("restarts the database"),
+            Event::Sigterm => None,
+        }
     }
 
     fn run<'a>(
