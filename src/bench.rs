@@ -98,24 +98,14 @@ async fn pgbench_tps(
     parse_tps(&text).with_context(|| format!("no `tps = ` in pgbench's report:\n{text}"))
 }
 
-/// pgbench beside the server binaries, else on PATH, else in Debian's versioned directory.
+/// pgbench beside the server binaries (Debian's versioned directory, where locklab found
+/// them), else on PATH.
 fn find_pgbench() -> anyhow::Result<std::path::PathBuf> {
     let bins = crate::env::postgres::find_binaries()?;
-    let path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let debian = std::path::Path::new("/usr/lib/postgresql")
-        .join(&bins.version)
-        .join("bin");
-    std::iter::once(bins.dir.clone())
-        .chain(path)
-        .chain(std::iter::once(debian))
-        .map(|d| d.join("pgbench"))
-        .find(|p| p.is_file())
-        .context(
-            "no pgbench found: it ships with the PostgreSQL server packages (Debian/Ubuntu: \
+    crate::env::process::find_program("pgbench", &[bins.dir], &[]).context(
+        "no pgbench found: it ships with the PostgreSQL server packages (Debian/Ubuntu: \
              `apt-get install postgresql-contrib` or `postgresql`)",
-        )
+    )
 }
 
 /// `tps = 1234.567890 (without initial connection time)` → 1234.56789.

@@ -8,30 +8,16 @@ use super::orphan_lock::{self, Observations};
 use super::stats::round1;
 use crate::history::History;
 
-pub const METRICS: &[&str] = &[
-    "lock_held_ms",
-    "cut_off",
-    "bookings_ok",
-    "bookings_failed",
-    "bookings_stuck",
-    "bookings_committed",
-    "lock_timeouts",
-    "statement_timeouts",
-    "p50_ms",
-    "p99_ms",
-    "max_idle_in_transaction",
-    "max_waiting_on_lock",
-    "max_blocked",
-    "max_server_sessions",
-    "holder_idle_in_transaction_ms",
-    "next_user_in_leaked_tx",
-    "charged",
-    "refunded",
-    "charged_without_booking",
+/// What this checker adds to orphan-lock's.
+const OWN_METRICS: &[&str] = &[
     "backend_gone_ms",
     "backend_outlived_cut_off",
     "expected_release_ms",
 ];
+
+pub const METRICS: &[&str] = &super::extend_metrics::<
+    { orphan_lock::METRICS.len() + OWN_METRICS.len() },
+>(orphan_lock::METRICS, OWN_METRICS);
 
 /// A kernel's keepalive settings for one socket, in whole seconds as the kernel takes them.
 #[derive(Debug, Clone, Copy, PartialEq)]

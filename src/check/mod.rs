@@ -52,6 +52,30 @@ impl Evaluation {
     }
 }
 
+/// `base` followed by `extra`, at compile time: a checker that extends another declares its
+/// metrics as the other's plus its own, so the two lists cannot drift apart.
+/// `N` must be `base.len() + extra.len()`.
+pub const fn extend_metrics<const N: usize>(
+    base: &[&'static str],
+    extra: &[&'static str],
+) -> [&'static str; N] {
+    assert!(
+        N == base.len() + extra.len(),
+        "N must be the two lengths' sum"
+    );
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < base.len() {
+            base[i]
+        } else {
+            extra[i - base.len()]
+        };
+        i += 1;
+    }
+    out
+}
+
 /// The names a checker emits that its scenario does not declare, and those it declares but
 /// does not emit: both empty when they agree.
 pub fn metric_drift<'a>(

@@ -33,11 +33,7 @@ pub const PREFIX: &str = "locklab-";
 pub const PACKAGES: &str = "iproute2 nftables";
 
 fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    super::process::find_program(name, &[], &["/usr/sbin", "/sbin", "/usr/bin"])
 }
 
 /// Why this process cannot make a network fault, if it cannot: it needs root (CAP_NET_ADMIN and
@@ -149,13 +145,7 @@ impl Drop for Netns {
     fn drop(&mut self) {
         if !self.deleted {
             // Reached on an unwind or an early return: delete without waiting on tokio.
-            if let Some(ip) = find_tool("ip") {
-                let _ = std::process::Command::new(ip)
-                    .args(["netns", "delete", &self.name])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            delete_blocking(&self.name);
             self.guardian.forget_netns(&self.name);
         }
     }
@@ -223,7 +213,8 @@ async fn run(cmd: &mut tokio::process::Command, stdin: Option<String>) -> anyhow
     Ok(())
 }
 
-/// The guardian's way to delete a namespace a SIGKILLed locklab left (blocking; no runtime).
+/// Deletes a namespace of locklab's without a runtime: the guardian's way after a SIGKILLed
+/// locklab, and a dropped [`Netns`]'s.
 pub fn delete_blocking(name: &str) {
     if !name.starts_with(PREFIX) {
         return;

@@ -65,17 +65,15 @@ pub fn find_binary() -> anyhow::Result<PathBuf> {
             ),
         };
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/usr/bin"].map(PathBuf::from));
-    dirs.iter()
-        .map(|d| d.join("pgbouncer"))
-        .find(|p| p.is_file())
-        .context(
-            "pgbouncer not found: install it (Debian/Ubuntu: `apt-get install pgbouncer`), or \
+    super::process::find_program(
+        "pgbouncer",
+        &[],
+        &["/usr/sbin", "/usr/local/sbin", "/usr/bin"],
+    )
+    .context(
+        "pgbouncer not found: install it (Debian/Ubuntu: `apt-get install pgbouncer`), or \
              give your own pooler with --pooler-url",
-        )
+    )
 }
 
 /// A throwaway PgBouncer: loopback only, transaction pooling, in front of `backend`.

@@ -196,6 +196,23 @@ pub fn make_temp_dir(prefix: &str) -> io::Result<std::path::PathBuf> {
     Err(io::Error::other("could not create a unique temp dir"))
 }
 
+/// The program `name` in the first directory that has it: `before`, then PATH, then `after`
+/// (where distributions keep programs off a user's PATH, e.g. /usr/sbin).
+pub fn find_program(
+    name: &str,
+    before: &[std::path::PathBuf],
+    after: &[&str],
+) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    before
+        .iter()
+        .cloned()
+        .chain(std::env::split_paths(&path))
+        .chain(after.iter().map(std::path::PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> io::Result<u16> {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;

@@ -139,21 +139,13 @@ pub fn redact(url: &str) -> String {
 
 /// `LOCKLAB_REDIS_BIN` (a directory) if set, else `redis-server` on PATH, else /usr/bin.
 pub fn find_binary() -> anyhow::Result<PathBuf> {
-    let dirs: Vec<PathBuf> = match std::env::var_os("LOCKLAB_REDIS_BIN") {
-        Some(d) => vec![PathBuf::from(d)],
-        None => std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-            .collect(),
+    let found = match std::env::var_os("LOCKLAB_REDIS_BIN") {
+        Some(d) => Some(PathBuf::from(d).join("redis-server")).filter(|p| p.is_file()),
+        None => super::process::find_program("redis-server", &[], &["/usr/bin", "/usr/local/bin"]),
     };
-    dirs.iter()
-        .map(|d| d.join("redis-server"))
-        .find(|p| p.is_file())
-        .with_context(|| {
-            format!("redis-server not found (or give your own with --redis-url): {INSTALL_HINT}")
-        })
+    found.with_context(|| {
+        format!("redis-server not found (or give your own with --redis-url): {INSTALL_HINT}")
+    })
 }
 
 /// A throwaway Redis: loopback only, no persistence, a password, its own temp dir.

@@ -792,11 +792,7 @@ async fn storm(
     ) = outcome?;
     // After a restart the setup session is gone: count on a fresh one.
     let counter = admin_target.connect(&ctx.app("admin")).await?;
-    let committed: i64 = counter
-        .one(&format!("SELECT count(*) FROM {}", booking.bookings), &[])
-        .await
-        .context("could not count the committed bookings")?
-        .get(0);
+    let (committed, _) = booking.tally(&counter, "%").await?;
     let released_ms = released.lock().ok().and_then(|r| *r);
     let evaluation = evaluate(
         &history,

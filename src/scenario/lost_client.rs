@@ -24,7 +24,7 @@ use super::orphan_lock::{
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::lost_client::{Backend, Keepalive, METRICS, ServerSide, evaluate};
-use crate::check::orphan_lock::{Observations, Payments, Probe};
+use crate::check::orphan_lock::{Observations, Probe};
 use crate::env::Env;
 use crate::env::netns;
 use crate::env::postgres::{PgServer, Sql as _};
@@ -317,19 +317,7 @@ async fn run_on(
     victim.end().await;
     let samples = observer.finish().await;
     let (driven, probe, gone, waited_ms) = outcome?;
-    let counts = admin
-        .one(
-            &format!(
-                "SELECT (SELECT count(*) FROM {book}), (SELECT count(*) FROM {pay}), \
-                        (SELECT count(*) FROM {pay} p WHERE NOT EXISTS \
-                          (SELECT 1 FROM {book} b WHERE b.passenger = p.passenger))",
-                book = booking.bookings,
-                pay = booking.payments
-            ),
-            &[],
-        )
-        .await
-        .context("could not count the bookings")?;
+    let (bookings_committed, payments) = booking.tally(&admin, "%").await?;
     let evaluation = evaluate(
         &driven.history,
         &Observations {
@@ -338,12 +326,8 @@ async fn run_on(
             probe,
             waited_ms,
             samples,
-            bookings_committed: counts.get(0),
-            payments: Payments {
-                charged: counts.get(1),
-                refunded: 0,
-                charged_without_booking: counts.get(2),
-            },
+            bookings_committed,
+            payments,
             next_user_in_leaked_tx: None,
         },
         Backend {

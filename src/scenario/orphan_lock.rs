@@ -218,6 +218,32 @@ impl Booking {
         .map(|_| ())
     }
 
+    /// What the server holds after a run, for the passengers whose name is `LIKE who` (`%`
+    /// for everyone): the bookings committed, and the payment provider's charges.
+    pub(crate) async fn tally(&self, c: &Client, who: &str) -> anyhow::Result<(i64, Payments)> {
+        let row = c
+            .one(
+                &format!(
+                    "SELECT (SELECT count(*) FROM {book} WHERE passenger LIKE $1), \
+                            count(*), count(*) FILTER (WHERE refunded), \
+                            count(*) FILTER (WHERE NOT refunded AND NOT EXISTS \
+                              (SELECT 1 FROM {book} b WHERE b.passenger = p.passenger)) \
+                     FROM {pay} p WHERE passenger LIKE $1",
+                    book = self.bookings,
+                    pay = self.payments
+                ),
+                &[&who],
+            )
+            .await
+            .context("could not count the bookings and charges")?;
+        let payments = Payments {
+            charged: row.get(1),
+            refunded: row.get(2),
+            charged_without_booking: row.get(3),
+        };
+        Ok((row.get(0), payments))
+    }
+
     /// The code fix: payment already done, the booking is one short statement, so no session
     /// ever sits idle holding the row. It books only against a charge that was not refunded,
     /// locking the charge so a reconciler's refund and this booking exclude each other.
@@ -263,7 +289,7 @@ impl Booking {
     }
 }
 
-async fn server_epoch(c: &Client) -> Result<f64, tokio_postgres::Error> {
+pub(crate) async fn server_epoch(c: &Client) -> Result<f64, tokio_postgres::Error> {
     Ok(
         c.one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
             .await?
@@ -850,30 +876,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     }
     let samples = observer.finish().await;
     let (driven, probe, waited_ms, next_user_in_leaked_tx, paying_at) = outcome?;
-    let committed: i64 = admin
-        .one(&format!("SELECT count(*) FROM {}", booking.bookings), &[])
-        .await
-        .context("could not count the committed bookings")?
-        .get(0);
-    let row = admin
-        .one(
-            &format!(
-                "SELECT count(*), count(*) FILTER (WHERE refunded), \
-                        count(*) FILTER (WHERE NOT refunded AND NOT EXISTS \
-                          (SELECT 1 FROM {book} b WHERE b.passenger = p.passenger)) \
-                 FROM {pay} p",
-                book = booking.bookings,
-                pay = booking.payments
-            ),
-            &[],
-        )
-        .await
-        .context("could not count the charges")?;
-    let payments = Payments {
-        charged: row.get(0),
-        refunded: row.get(1),
-        charged_without_booking: row.get(2),
-    };
+    let (committed, payments) = booking.tally(&admin, "%").await?;
     let evaluation = evaluate(
         &driven.history,
         &Observations {

@@ -14,12 +14,12 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::orphan_lock::{Booking, HolderConfig, HolderEvent, Prober, spawn_holder};
+use super::orphan_lock::{Booking, HolderConfig, HolderEvent, Prober, server_epoch, spawn_holder};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::shutdown::{METRICS, Observations, evaluate};
 use crate::env::Env;
-use crate::env::postgres::{PgServer, PgTarget, Sql as _};
+use crate::env::postgres::{PgServer, PgTarget};
 use crate::env::process;
 use crate::error::UsageError;
 use crate::fault::Victim;
@@ -327,10 +327,7 @@ async fn run_on(
         let drive = workload::drive(bookers, plan, clock, deadline, &cancel, booked);
         let event = async {
             tokio::time::sleep_until(event_at).await;
-            let event_epoch: f64 = admin
-                .one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
-                .await?
-                .get(0);
+            let event_epoch = server_epoch(&admin).await?;
             let watch = tokio::spawn(watch_free(
                 direct.clone(),
                 ctx.app("probe"),
@@ -370,19 +367,7 @@ async fn run_on(
     let (driven, event_epoch, free_at, end, restart, waited) = outcome?;
     // The restart ended the setup session too: count on a fresh one.
     let admin = direct.connect(&ctx.app("admin")).await?;
-    let row = admin
-        .one(
-            &format!(
-                "SELECT (SELECT count(*) FROM {book} WHERE passenger LIKE 'holder%'), \
-                        (SELECT count(*) FROM {pay} p WHERE passenger LIKE 'holder%' AND NOT EXISTS \
-                          (SELECT 1 FROM {book} b WHERE b.passenger = p.passenger))",
-                book = booking.bookings,
-                pay = booking.payments
-            ),
-            &[],
-        )
-        .await
-        .context("could not count the holder's bookings")?;
+    let (holder_committed, holder_payments) = booking.tally(&admin, "holder%").await?;
     let evaluation = evaluate(
         &driven.history,
         &Observations {
@@ -393,8 +378,8 @@ async fn run_on(
             holder_exit_code: end.exit_code,
             holder_killed: end.killed,
             holder_drained: end.drained,
-            holder_committed: row.get(0),
-            holder_charged_without_booking: row.get(1),
+            holder_committed,
+            holder_charged_without_booking: holder_payments.charged_without_booking,
             restart,
         },
     );
