@@ -206,6 +206,8 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
             variants: Vec::new(),
         });
         let mut row = Vec::new();
+        // Skipped variants, by reason: one note per reason, naming its variants.
+        let mut skipped: Vec<(String, Vec<&str>)> = Vec::new();
         for (vi, (variant, config)) in scenario.variants.iter().zip(configs).enumerate() {
             row.push(None);
             if config.is_none() {
@@ -219,7 +221,10 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 )
                 .or_else(|| config.as_ref().and_then(|c| c.unavailable(env)));
             if let Some(why) = cannot {
-                crate::say!("note: {}/{} skipped: {why}", scenario.name, variant.name);
+                match skipped.iter_mut().find(|(w, _)| *w == why) {
+                    Some((_, names)) => names.push(&variant.name),
+                    None => skipped.push((why.clone(), vec![&variant.name])),
+                }
                 row[vi] = Some(VariantReport::skipped(
                     &variant.name,
                     resolved.mitigated,
@@ -229,6 +234,13 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 continue;
             }
             units.push_back(Unit { si, vi, rep: 0 });
+        }
+        for (why, names) in skipped {
+            let which = match names.len() == scenario.variants.len() {
+                true => scenario.name.clone(),
+                false => format!("{}/{}", scenario.name, names.join(", ")),
+            };
+            crate::say!("note: {which} skipped: {why}");
         }
         slots.push(row);
     }

@@ -111,8 +111,8 @@ pub fn assert_no_namespace_left(pid: u32, within: Duration) {
     }
 }
 
-/// Whether this process may make network namespaces (root); tests of network faults say so
-/// and pass trivially otherwise (locklab itself skips those variants with the reason).
+/// Whether this process may make network namespaces (root). Where it may not, locklab skips
+/// the network-fault variants with the reason, and that is what the tests check instead.
 pub fn can_make_namespaces() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
