@@ -244,6 +244,33 @@ impl Booking {
         Ok((row.get(0), payments))
     }
 
+    /// One booking the write-up's way, on `c`: BEGIN, take a seat (locking the row), charge
+    /// `passenger` through `provider`, wait out the payment call, record, COMMIT; rolled back
+    /// on any error while the connection lives.
+    pub(crate) async fn book_inside(
+        &self,
+        c: &Client,
+        provider: &Client,
+        (passenger, payment): (&str, Duration),
+    ) -> Result<(), OpError> {
+        self.begin(c).await?;
+        let result = async {
+            if self.take_seat(c).await?.is_none() {
+                return Err(OpError::new(class::SOLD_OUT));
+            }
+            self.charge(provider, passenger).await?;
+            tokio::time::sleep(payment).await;
+            self.record(c, passenger).await?;
+            c.batch_execute("COMMIT").await?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() && !c.is_closed() {
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+        result
+    }
+
     /// The code fix: payment already done, the booking is one short statement, so no session
     /// ever sits idle holding the row. It books only against a charge that was not refunded,
     /// locking the charge so a reconciler's refund and this booking exclude each other.
@@ -557,22 +584,10 @@ impl Booker {
                 false => Err(OpError::new(class::SOLD_OUT)),
             };
         }
-        self.booking.begin(&self.client).await?;
-        let result = async {
-            if self.booking.take_seat(&self.client).await?.is_none() {
-                return Err(OpError::new(class::SOLD_OUT));
-            }
-            self.booking.charge(&self.provider, &self.passenger).await?;
-            tokio::time::sleep(self.payment).await;
-            self.booking.record(&self.client, &self.passenger).await?;
-            self.client.batch_execute("COMMIT").await?;
-            Ok(())
-        }
-        .await;
-        if result.is_err() {
-            let _ = self.client.batch_execute("ROLLBACK").await;
-        }
-        result
+        let how = (self.passenger.as_str(), self.payment);
+        self.booking
+            .book_inside(&self.client, &self.provider, how)
+            .await
     }
 }
 

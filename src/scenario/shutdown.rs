@@ -133,28 +133,13 @@ struct PoolBooker {
 impl PoolBooker {
     async fn book(&mut self) -> Result<(), OpError> {
         let conn = self.pool.get().await?;
-        let c: &tokio_postgres::Client = &conn;
-        self.booking.begin(c).await?;
-        let result = async {
-            if self.booking.take_seat(c).await?.is_none() {
-                return Err(OpError::new(class::SOLD_OUT));
-            }
-            let provider = self
-                .provider
-                .get()
-                .await
-                .map_err(|_| OpError::new(class::CLIENT))?;
-            self.booking.charge(&provider, &self.passenger).await?;
-            tokio::time::sleep(self.payment).await;
-            self.booking.record(c, &self.passenger).await?;
-            c.batch_execute("COMMIT").await?;
-            Ok(())
-        }
-        .await;
-        if result.is_err() && !c.is_closed() {
-            let _ = c.batch_execute("ROLLBACK").await;
-        }
-        result
+        let provider = self
+            .provider
+            .get()
+            .await
+            .map_err(|_| OpError::new(class::CLIENT))?;
+        let how = (self.passenger.as_str(), self.payment);
+        self.booking.book_inside(&conn, &provider, how).await
     }
 }
 
