@@ -181,3 +181,35 @@ fn ctrl_c_mid_partition_leaves_no_namespace() {
     assert_no_namespace_left(pid, Duration::from_secs(5));
     assert_nothing_left(tmp.path(), Duration::from_secs(5));
 }
+
+#[test]
+fn keepalive_settings_the_kernel_or_the_cut_off_cannot_honour_are_refused_before_anything_starts() {
+    let tmp = tempdir();
+    for (args, says) in [
+        // 30s at time scale 0.05 is 1.5 s: PostgreSQL would round it to 1 s or, below 1 s, to 0
+        // (the kernel's two hours).
+        (
+            &["--time-scale", "0.05"][..],
+            "TCP keepalive settings are whole seconds",
+        ),
+        (
+            &[
+                "--param",
+                "keepalives_count=5",
+                "--param",
+                "keepalives_idle=50s",
+            ][..],
+            "predict (10s)",
+        ),
+    ] {
+        let out = locklab(tmp.path())
+            .args(["run", "lost-client"])
+            .args(args)
+            .output()
+            .expect("run locklab");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    assert_nothing_left(tmp.path(), Duration::from_secs(1));
+}

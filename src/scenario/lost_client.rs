@@ -115,9 +115,11 @@ impl Code for LostClient {
         let expected = crate::check::lost_client::expected_release_ms(&cfg.server_side());
         if expected < 600_000.0 && deadline.as_secs_f64() * 1000.0 < expected * 1.5 {
             return Err(UsageError(format!(
-                "deadline ({}) must be at least 1.5 times the release the variant's settings                  predict ({} ms): the row could not be seen freed before the cut-off",
+                "deadline ({}) must be at least 1.5 times the release the variant's settings \
+                 predict ({}): the row could not be seen freed before the cut-off; raise \
+                 deadline, or lower the variant's timeouts",
                 humantime::format_duration(deadline),
-                expected
+                humantime::format_duration(Duration::from_millis(expected as u64))
             )));
         }
         Ok(cfg)
