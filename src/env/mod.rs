@@ -361,6 +361,18 @@ impl Env {
         })
     }
 
+    /// Why a scenario that works on the server's own connections cannot run through the run's
+    /// pooler: `does` says what it does to them.
+    pub fn pooler_in_the_way(&self, does: &str) -> Option<String> {
+        self.pooler.as_ref().map(|_| {
+            format!(
+                "it {does}; through a pooler those connections would be the pooler's, which \
+                 it does not model (run it without --pooler, --pooler-url, or a pooler as \
+                 --pg-url)"
+            )
+        })
+    }
+
     /// Why a variant cannot run in this environment (it needs a pooler the run lacks), if so.
     pub fn cannot_run(&self, through_pooler: bool, pooler_settings: bool) -> Option<String> {
         if pooler_settings && self.pooler_server.is_none() {

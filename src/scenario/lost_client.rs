@@ -133,13 +133,7 @@ impl Code for LostClient {
 
     fn unavailable(&self, env: &Env) -> Option<String> {
         env.own_server_missing("runs PostgreSQL in a network namespace to cut a connection")
-            .or_else(|| {
-                env.pooler.as_ref().map(|_| {
-                    "it cuts the connection between the holder and PostgreSQL itself; through a \
-                     pooler that connection is the pooler's (run it without --pooler)"
-                        .into()
-                })
-            })
+            .or_else(|| env.pooler_in_the_way("cuts the holder's connection to PostgreSQL"))
             .or_else(netns::unavailable)
     }
 

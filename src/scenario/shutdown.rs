@@ -106,7 +106,9 @@ impl Code for Shutdown {
 
     fn unavailable(&self, env: &Env) -> Option<String> {
         match self.event {
-            Event::DbRestart => env.own_server_missing("restarts the database"),
+            Event::DbRestart => env
+                .own_server_missing("restarts the database")
+                .or_else(|| env.pooler_in_the_way("restarts the server under its clients")),
             Event::Sigterm => None,
         }
     }
