@@ -100,3 +100,16 @@ fn connection_storm_holds_at_40_and_100_slots() {
         2,
     );
 }
+
+#[test]
+fn lost_client_verdicts_hold_for_one_holder_queue_and_for_twenty() {
+    if !can_make_namespaces() {
+        return; // skipped by locklab with the reason: tests/lifecycle.rs checks that
+    }
+    grid(&["lost-client", "--sweep", "clients=1,20"], 2);
+}
+
+#[test]
+fn shutdown_verdicts_hold_from_one_booker_to_a_pool_of_twenty() {
+    grid(&["shutdown", "--sweep", "clients=1,20"], 2);
+}
