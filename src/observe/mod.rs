@@ -6,5 +6,6 @@ pub mod pg_activity;
 pub mod pg_slots;
 pub mod pool;
 pub mod redis_key;
+pub mod sampler;
 
 pub use pg_activity::{Observer, Sample};

@@ -1,14 +1,10 @@
 //! PostgreSQL's own view of the workload: pg_stat_activity states and wait events, and pg_locks
 //! (through pg_blocking_pids), sampled every few milliseconds.
 
-use crate::env::postgres::Sql as _;
-use std::time::Duration;
-
 use serde::Serialize;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::env::postgres::PgTarget;
+use super::sampler::Sampler;
+use crate::env::postgres::{PgTarget, like_prefix};
 use crate::history::Clock;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -27,10 +23,8 @@ pub struct Sample {
     pub sessions: i64,
 }
 
-pub struct Observer {
-    stop: CancellationToken,
-    task: JoinHandle<Vec<Sample>>,
-}
+/// Samples pg_stat_activity for the workload (see [`Sample`]).
+pub type Observer = Sampler<Sample>;
 
 impl Observer {
     /// Samples the sessions whose application_name starts with `workload_prefix`;
@@ -42,7 +36,6 @@ impl Observer {
         workload_prefix: String,
         holder_app: String,
     ) -> anyhow::Result<Observer> {
-        let client = target.connect(app).await?;
         let stmt = "SELECT count(*) FILTER (WHERE state = 'idle in transaction'), \
                         count(*) FILTER (WHERE wait_event_type = 'Lock'), \
                         count(*) FILTER (WHERE cardinality(pg_blocking_pids(pid)) > 0), \
@@ -50,37 +43,15 @@ impl Observer {
                           FILTER (WHERE state = 'idle in transaction' AND application_name = $2), \
                         count(*) \
                  FROM pg_stat_activity WHERE application_name LIKE $1";
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let pattern = format!("{}%", workload_prefix.replace('_', "\\_"));
-        let task = tokio::spawn(async move {
-            let mut samples = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stopped.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                let Ok(row) = client.one(stmt, &[&pattern, &holder_app]).await else {
-                    continue;
-                };
-                samples.push(Sample {
-                    at_ms: clock.now_ms(),
-                    idle_in_transaction: row.get(0),
-                    waiting_on_lock: row.get(1),
-                    blocked: row.get(2),
-                    holder_idle_ms: row.get(3),
-                    sessions: row.get(4),
-                });
-            }
-            samples
-        });
-        Ok(Observer { stop, task })
-    }
-
-    pub async fn finish(self) -> Vec<Sample> {
-        self.stop.cancel();
-        self.task.await.unwrap_or_default()
+        let params = vec![like_prefix(&workload_prefix), holder_app];
+        Sampler::query(target, app, clock, (stmt, params), |row, at_ms| Sample {
+            at_ms,
+            idle_in_transaction: row.get(0),
+            waiting_on_lock: row.get(1),
+            blocked: row.get(2),
+            holder_idle_ms: row.get(3),
+            sessions: row.get(4),
+        })
+        .await
     }
 }

@@ -8,5 +8,5 @@ mod target;
 
 pub use cancel::Canceller;
 pub use server::{Binaries, PgServer, data_version, find_binaries, time_initdb};
-pub use sql::{Param, Sql, begin, end_sessions_named};
+pub use sql::{Param, Sql, begin, end_sessions_named, like_prefix};
 pub use target::{Capacity, PgTarget, external, parse_url, redact};

@@ -96,8 +96,11 @@ impl Sql for Client {
     }
 }
 
-/// `BEGIN` followed by a `SET LOCAL` for each session setting, as one simple-protocol message:
-/// the settings hold for this transaction only, on whichever server connection runs it.
+/// A `LIKE` pattern for the names starting with `prefix` (`_` is a wildcard in LIKE).
+pub fn like_prefix(prefix: &str) -> String {
+    format!("{}%", prefix.replace('_', "\\_"))
+}
+
 /// Ends, from `admin`'s session, every other session whose application_name starts with
 /// `prefix`: the one way locklab clears its own sessions, on a session it already holds (with
 /// the server's slots full, a new one would be refused).
@@ -106,11 +109,13 @@ pub async fn end_sessions_named(admin: &Client, prefix: &str) -> Result<u64, Err
         .exec(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE application_name LIKE $1 AND pid <> pg_backend_pid()",
-            &[&format!("{}%", prefix.replace('_', "\\_"))],
+            &[&like_prefix(prefix)],
         )
         .await
 }
 
+/// `BEGIN` followed by a `SET LOCAL` for each session setting, as one simple-protocol message:
+/// the settings hold for this transaction only, on whichever server connection runs it.
 pub fn begin(settings: &[(String, String)]) -> String {
     begin_with("BEGIN", settings)
 }

@@ -1,0 +1,66 @@
+//! The loop every PostgreSQL observer runs: one query on a session of its own every 10 ms,
+//! each row turned into a sample stamped with the history clock, until it is told to finish.
+//! It reconnects when its session is lost (a server restart), so a gauge never stops.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_postgres::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::env::postgres::{Param, PgTarget, Sql as _};
+use crate::history::Clock;
+
+pub struct Sampler<T> {
+    stop: CancellationToken,
+    task: JoinHandle<Vec<T>>,
+}
+
+impl<T: Send + 'static> Sampler<T> {
+    /// Runs `stmt` with `params` every 10 ms on a session named `app`; `read` turns a row
+    /// (and the history clock's time) into a sample. Fails only if the first connect does.
+    pub async fn query(
+        target: &PgTarget,
+        app: &str,
+        clock: Clock,
+        (stmt, params): (&'static str, Vec<String>),
+        read: fn(&Row, f64) -> T,
+    ) -> anyhow::Result<Sampler<T>> {
+        let first = target.connect(app).await?;
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let (target, app) = (target.clone(), app.to_string());
+        let task = tokio::spawn(async move {
+            let params: Vec<&dyn Param> = params.iter().map(|p| p as &dyn Param).collect();
+            let mut samples = Vec::new();
+            let mut client = Some(first);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let c = match client.take() {
+                    Some(c) if !c.is_closed() => c,
+                    _ => match target.connect(&app).await {
+                        Ok(c) => c,
+                        Err(_) => continue,
+                    },
+                };
+                if let Ok(row) = c.one(stmt, &params).await {
+                    samples.push(read(&row, clock.now_ms()));
+                }
+                client = Some(c);
+            }
+            samples
+        });
+        Ok(Sampler { stop, task })
+    }
+
+    /// Stops sampling and returns every sample taken.
+    pub async fn finish(self) -> Vec<T> {
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
+    }
+}
