@@ -423,30 +423,17 @@ struct IdleCpu {
 }
 
 impl IdleCpu {
-    /// Idle and total jiffies since boot, over all CPUs.
-    fn read() -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let line = stat.lines().next()?.strip_prefix("cpu ")?;
-        let fields: Vec<u64> = line
-            .split_whitespace()
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq steal: idle and iowait are idle time.
-        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
-        Some((idle, fields.iter().take(8).sum()))
-    }
-
     /// Samples until `stop` fires.
     async fn sample(&self, stop: CancellationToken) {
         use std::sync::atomic::Ordering::Relaxed;
-        let mut last = IdleCpu::read();
+        let mut last = crate::observe::cpu::machine_ticks();
         self.permille.store(1000, Relaxed);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(IDLE_SAMPLE) => {}
                 _ = stop.cancelled() => return,
             }
-            let now = IdleCpu::read();
+            let now = crate::observe::cpu::machine_ticks();
             let permille = match (last, now) {
                 (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
                     ((i1.saturating_sub(i0)) * 1000 / (t1 - t0)) as u32

@@ -27,6 +27,23 @@ pub fn parse_stat(line: &str) -> Option<Stat> {
     })
 }
 
+/// The machine's idle and total jiffies since boot, over all CPUs, from /proc/stat's first
+/// line (`cpu  user nice system idle iowait irq softirq steal …`): idle and iowait are idle.
+pub fn parse_machine(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((idle, fields.iter().take(8).sum()))
+}
+
+/// [`parse_machine`] of this machine now.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    parse_machine(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
 fn stat_of(pid: &str) -> Option<Stat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
@@ -115,6 +132,13 @@ pub fn share_pct(ticks: u64, secs: f64, ticks_per_second: f64, cores: f64) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_idle_counts_idle_and_iowait_of_the_first_eight_fields() {
+        let stat = "cpu  100 5 50 800 20 3 2 1 7 0\ncpu0 50 2 25 400 10 1 1 0 0 0\n";
+        assert_eq!(parse_machine(stat), Some((820, 981)));
+        assert_eq!(parse_machine("intr 1 2 3"), None);
+    }
 
     #[test]
     fn parses_a_stat_line_whose_name_has_spaces_and_parens() {
