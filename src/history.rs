@@ -1,10 +1,11 @@
 //! The history: every operation a simulated client invoked, with when it started, when it
 //! completed and how. Workers only append; checkers only read.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why an operation failed: the SQLSTATEs the scenarios provoke, and the words used where the
 /// server gave none. Scenario code raises them, checkers count them, retry plans stop on them.
@@ -40,7 +41,7 @@ pub mod class {
 }
 
 /// How an operation ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Outcome {
     Ok,
@@ -53,11 +54,11 @@ pub enum Outcome {
     Unknown,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Op {
     pub client: usize,
-    /// What the client tried, e.g. `book`.
-    pub kind: &'static str,
+    /// What the client tried, e.g. `book` (owned only when read back from a results file).
+    pub kind: Cow<'static, str>,
     /// Milliseconds since the variant's origin.
     pub start_ms: f64,
     /// `None` while the outcome is unknown.
@@ -82,13 +83,21 @@ pub fn epoch_ms() -> f64 {
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     pub origin: Instant,
+    /// `origin` on the wall clock ([`epoch_ms`]), to place server-clock events on the same axis.
+    pub origin_epoch_ms: f64,
 }
 
 impl Clock {
     pub fn start() -> Clock {
         Clock {
             origin: Instant::now(),
+            origin_epoch_ms: epoch_ms(),
         }
+    }
+
+    /// Milliseconds since the origin of a server-clock instant in epoch seconds.
+    pub fn since_epoch_s(&self, epoch_s: f64) -> f64 {
+        epoch_s * 1000.0 - self.origin_epoch_ms
     }
 
     pub fn ms(&self, at: Instant) -> f64 {
@@ -101,16 +110,16 @@ impl Clock {
 }
 
 /// The operations of one variant run, in start order.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct History {
     pub ops: Vec<Op>,
     /// Client tasks that died (panicked or were aborted) instead of returning: their operation
     /// in flight is in `ops` with an unknown outcome, never dropped. A harness bug, not a verdict.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lost_clients: Vec<LostClient>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LostClient {
     pub client: usize,
     /// The panic message, or `aborted`.

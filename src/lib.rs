@@ -27,4 +27,5 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod text;
+pub mod trace;
 pub mod workload;

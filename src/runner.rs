@@ -21,6 +21,7 @@ use crate::report::{
 };
 use crate::scenario::{Prepared, Scenario, VariantCtx, VariantRun};
 use crate::text::nearest;
+use crate::trace::Trace;
 
 /// A variant whose own code outlives its deadline by this much is a harness bug: cut it off.
 const HARNESS_GRACE: Duration = Duration::from_secs(30);
@@ -712,6 +713,14 @@ async fn run_variant(
             .map(|e| e.evaluate(&scope, variant.params.time_scale))
             .collect()
     };
+    let trace = error.is_none().then(|| {
+        Trace::new(
+            &run.history,
+            run.input.as_ref(),
+            run.origin_epoch_ms,
+            &params,
+        )
+    });
     VariantReport {
         name: variant.name.clone(),
         mitigated: variant.mitigated,
@@ -737,6 +746,7 @@ async fn run_variant(
         failure: None,
         server_settings: settings_seen,
         skipped: None,
+        trace,
     }
 }
 
@@ -821,7 +831,7 @@ mod tests {
     fn a_lost_clients_operation_counts_as_lost_not_stuck_and_is_warned_about() {
         let op = |client, end_ms: Option<f64>, outcome| Op {
             client,
-            kind: "book",
+            kind: "book".into(),
             start_ms: 0.0,
             end_ms,
             outcome,

@@ -2,6 +2,7 @@
 //! withdrawals committed), read-skew (what a report saw against the invariant), write-skew
 //! (doctors left on call) and deadlock (who was chosen as victim, and after how long).
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
@@ -32,7 +33,7 @@ pub mod outcome {
 pub const REFUSED: &str = "insufficient-funds";
 
 /// What the database showed after the withdrawals.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AccountObservations {
     pub initial_balance: i64,
     /// Amounts of the committed withdrawals, in commit order (the ledger's ids).
@@ -108,7 +109,7 @@ pub fn evaluate_account(h: &History, obs: &AccountObservations) -> Evaluation {
 }
 
 /// What the reports saw: the two figures each one read.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReportObservations {
     /// The figures' sum every committed state of the database keeps.
     pub invariant_total: i64,
@@ -155,7 +156,7 @@ pub fn evaluate_reports(h: &History, obs: &ReportObservations) -> Evaluation {
 }
 
 /// Doctors on call per shift once everyone is done.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RotaObservations {
     pub on_call: Vec<i64>,
     pub serialization_failures: usize,
@@ -202,14 +203,15 @@ pub fn evaluate_rota(h: &History, obs: &RotaObservations) -> Evaluation {
     )
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TransferObservations {
     /// 40P01s met along the way, retried or not.
     pub deadlocks: usize,
     /// How long each victim had waited for its lock when the server chose it.
     pub victim_waits_ms: Vec<f64>,
     pub retries: usize,
-    /// The server's deadlock_timeout as the transfers ran, in ms.
+    /// The server's deadlock_timeout as the transfers ran, in ms (NaN when unread).
+    #[serde(with = "super::input::nan_as_null")]
     pub deadlock_timeout_ms: f64,
     /// Sum of all balances before and after: transfers move money, never make it.
     pub total_before: i64,
@@ -292,7 +294,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, outcome)| Op {
                     client: i,
-                    kind,
+                    kind: kind.into(),
                     start_ms: 0.0,
                     end_ms: (outcome != Outcome::Unknown).then_some(5.0),
                     outcome,

@@ -1,6 +1,7 @@
 //! lost-client's checker: orphan-lock's view of the row and the bookings, plus when the server
 //! itself ended the partitioned holder's backend, and when the variant's settings say it should.
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
@@ -20,7 +21,7 @@ pub const METRICS: &[&str] = &super::extend_metrics::<
 >(orphan_lock::METRICS, OWN_METRICS);
 
 /// A kernel's keepalive settings for one socket, in whole seconds as the kernel takes them.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Keepalive {
     pub idle_s: u64,
     pub interval_s: u64,
@@ -38,7 +39,7 @@ impl Keepalive {
 }
 
 /// The server-side settings that bound how long a silent client's backend lives.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ServerSide {
     pub keepalive: Keepalive,
     /// tcp_user_timeout, if set (0 is off).
@@ -71,7 +72,7 @@ pub fn expected_release_ms(s: &ServerSide) -> f64 {
 }
 
 /// What an independent session saw of the holder's backend in pg_stat_activity.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Backend {
     /// Server clock (epoch seconds) when the backend was first seen gone; `None` if it was
     /// still there at the cut-off.

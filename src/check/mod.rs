@@ -2,6 +2,7 @@
 //! Nothing here knows about scenarios, servers or the command line.
 
 pub mod expect;
+pub mod input;
 pub mod isolation;
 pub mod lost_client;
 pub mod orphan_lock;
@@ -11,6 +12,8 @@ pub mod setnx_race;
 pub mod shutdown;
 pub mod stats;
 pub mod storm;
+
+pub use input::Input;
 
 use std::collections::{BTreeMap, BTreeSet};
 

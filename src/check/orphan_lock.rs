@@ -1,6 +1,7 @@
 //! orphan-lock's checker: from the history and what the server showed, how long the row stayed
 //! locked after the fault, and what the booking clients got.
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
@@ -19,7 +20,7 @@ pub mod outcome {
 }
 
 /// What the probe session found when it tried to lock the row after the fault.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Probe {
     /// The row was locked by someone else just before the fault (a NOWAIT lock failed).
     pub locked_before_fault: bool,
@@ -27,7 +28,7 @@ pub struct Probe {
     pub free_at_epoch: Option<f64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Observations {
     /// Server clock (epoch seconds) just before the holder went into its payment call.
     pub holder_paying_epoch: f64,
@@ -46,7 +47,7 @@ pub struct Observations {
 }
 
 /// The payment provider's record after the run, counted on the server.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Payments {
     pub charged: i64,
     pub refunded: i64,
@@ -149,7 +150,7 @@ mod tests {
     fn op(client: usize, start: f64, end: Option<f64>, outcome: Outcome) -> Op {
         Op {
             client,
-            kind: "book",
+            kind: "book".into(),
             start_ms: start,
             end_ms: end,
             outcome,

@@ -1,6 +1,7 @@
 //! Checkers of the pool scenarios: pool-deadlock (handlers against the pool's own state) and
 //! begin-on-pool (what customers were told against the rows PostgreSQL shows).
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 use serde_json::json;
@@ -27,7 +28,7 @@ pub mod outcome {
     pub const UNBOOKED: &str = "unbooked";
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadlockObservations {
     /// The pool as it was at the end: at the cut-off for a deadlocked run.
     pub pool_at_end: PoolState,
@@ -75,7 +76,7 @@ pub fn evaluate_deadlock(h: &History, obs: &DeadlockObservations) -> Evaluation 
     )
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BookingObservations {
     pub seats: i64,
     /// Customers whose booking call returned "booked".
@@ -160,7 +161,7 @@ mod tests {
         let end_ms = (outcome != Outcome::Unknown).then_some(10.0 * (client + 1) as f64);
         Op {
             client,
-            kind,
+            kind: kind.into(),
             start_ms: 0.0,
             end_ms,
             outcome,

@@ -3,6 +3,7 @@
 //! that reached a tenant who never asked for it is the harm; so is a statement that vanished
 //! between two of a client's requests.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
@@ -43,7 +44,7 @@ pub mod outcome {
 }
 
 /// The settings a transaction ran under, as the server reported them inside it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Settings {
     pub statement_timeout: String,
     pub timezone: String,
@@ -51,7 +52,7 @@ pub struct Settings {
 }
 
 /// What one client's transaction saw on the server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Seen {
     pub client: usize,
     pub backend_pid: i32,
@@ -64,7 +65,7 @@ pub struct Seen {
 }
 
 /// A span during which a client believed it held the advisory lock.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Belief {
     pub client: usize,
     pub from_ms: f64,
@@ -72,7 +73,7 @@ pub struct Belief {
     pub to_ms: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PoolerObservations {
     /// The server's defaults, as a session straight to it reads them.
     pub defaults: Settings,
@@ -247,7 +248,7 @@ mod tests {
         let end_ms = (outcome != Outcome::Unknown).then_some(10.0);
         Op {
             client,
-            kind,
+            kind: kind.into(),
             start_ms: 0.0,
             end_ms,
             outcome,

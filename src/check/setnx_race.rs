@@ -36,13 +36,13 @@ pub struct Section {
 }
 
 /// The holder process was killed while holding the lock.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Crash {
     pub at_ms: f64,
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Observations {
     pub sections: Vec<Section>,
     pub key_samples: Vec<KeySample>,
@@ -178,7 +178,7 @@ mod tests {
     fn op(outcome: Outcome) -> Op {
         Op {
             client: 0,
-            kind: "buy",
+            kind: "buy".into(),
             start_ms: 0.0,
             end_ms: Some(10.0),
             outcome,

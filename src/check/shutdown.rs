@@ -1,6 +1,7 @@
 //! shutdown's checker: after a deploy's SIGTERM (or a database restart), how long the row
 //! stayed locked, what became of the holder's own booking, and how the other bookings fared.
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
@@ -26,7 +27,7 @@ pub const METRICS: &[&str] = &[
 ];
 
 /// What the servers and the holder's process showed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Observations {
     /// Server clock (epoch seconds) just before the signal or the restart.
     pub event_epoch: f64,
@@ -122,7 +123,7 @@ mod tests {
     fn op(start: f64, end: f64, outcome: Outcome) -> Op {
         Op {
             client: 0,
-            kind: "book",
+            kind: "book".into(),
             start_ms: start,
             end_ms: Some(end),
             outcome,

@@ -2,6 +2,7 @@
 //! invocations did to the server's connection slots, and what the other endpoints got while
 //! the outage lasted (the blast radius).
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
@@ -30,7 +31,7 @@ pub mod kind {
 pub const THROTTLED: &str = "throttled";
 
 /// The restart-db variant's events, on the variant's clock.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Restart {
     /// When the restart (or its stand-in) began.
     pub at_ms: f64,
@@ -38,7 +39,7 @@ pub struct Restart {
     pub relapse_at_ms: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Observations {
     pub cut_off: bool,
     /// The ghost froze (variant clock).
@@ -122,7 +123,7 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
     let others: Vec<_> = h
         .ops
         .iter()
-        .filter(|op| is_other(op.kind) && in_outage(op.start_ms))
+        .filter(|op| is_other(&op.kind) && in_outage(op.start_ms))
         .collect();
     let others_ok = others.iter().filter(|op| op.outcome == Outcome::Ok).count();
     let other_latencies: Vec<f64> = others.iter().filter_map(|op| op.latency_ms()).collect();
@@ -232,7 +233,7 @@ mod tests {
     fn op(kind: &'static str, start: f64, end: Option<f64>, outcome: Outcome) -> Op {
         Op {
             client: 0,
-            kind,
+            kind: kind.into(),
             start_ms: start,
             end_ms: end,
             outcome,

@@ -1,13 +1,13 @@
 //! PostgreSQL's own view of the workload: pg_stat_activity states and wait events, and pg_locks
 //! (through pg_blocking_pids), sampled every few milliseconds.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::sampler::Sampler;
 use crate::env::postgres::{PgTarget, like_prefix};
 use crate::history::Clock;
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sample {
     pub at_ms: f64,
     /// Workload sessions `idle in transaction`.

@@ -2,13 +2,13 @@
 //! are the server's), and how many of the workload's wait on a lock or sit idle in a
 //! transaction, through a server restart.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::sampler::Sampler;
 use crate::env::postgres::{PgTarget, like_prefix};
 use crate::history::Clock;
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Deserialize)]
 pub struct SlotSample {
     pub at_ms: f64,
     /// Client backends on the server, anyone's.

@@ -1,11 +1,12 @@
 //! An application pool's own counters (deadpool's status), as the pool itself reports them.
 
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 /// The pool's counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolState {
     pub size: usize,
     pub available: usize,

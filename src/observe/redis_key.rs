@@ -1,6 +1,7 @@
 //! A Redis key's value over time, sampled every few milliseconds and kept only where it changed:
 //! who held a lock, and for how long a dead holder's value stayed.
 
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -9,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::history::epoch_ms;
 
 /// The key's value at one moment (wall-clock epoch milliseconds).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeySample {
     pub at_ms: f64,
     pub value: Option<String>,

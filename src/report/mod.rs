@@ -3,6 +3,7 @@
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod recheck;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -117,6 +118,10 @@ pub struct VariantReport {
     /// Not a failure: no verdict was asked of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// What happened in the run these figures are from: its history, gauges and events, and
+    /// what its checker was given, to re-derive the verdict and to draw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::Trace>,
 }
 
 impl VariantReport {
@@ -143,6 +148,7 @@ impl VariantReport {
             failure: None,
             server_settings: BTreeMap::new(),
             skipped: Some(why),
+            trace: None,
         }
     }
 
@@ -745,6 +751,7 @@ pub(crate) mod fixtures {
                     failure: None,
                     server_settings: BTreeMap::new(),
                     skipped: None,
+                    trace: None,
                 }
             };
         let mut baseline = variant("baseline", false, "stuck", 3000.4, true);

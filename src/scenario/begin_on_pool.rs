@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::pool::{BOOKING_METRICS, BookingObservations, evaluate_booking};
+use crate::check::pool::{BOOKING_METRICS, BookingObservations};
 use crate::error::UsageError;
 use crate::history::{Clock, class};
 use crate::workload::gate::Gates;
@@ -310,18 +310,15 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
         .map(|r| r.get(0))
         .collect();
     let told = told_booked.lock().map(|t| t.clone()).unwrap_or_default();
-    let evaluation = evaluate_booking(
-        &driven.history,
-        &BookingObservations {
+    Ok(VariantRun::checked(
+        &clock,
+        driven.history,
+        crate::check::Input::PoolBooking(BookingObservations {
             seats: 1,
             told_booked: told,
             visible,
             leaked_open_transactions: leaked,
             cut_off: driven.cut_off,
-        },
-    );
-    Ok(VariantRun {
-        history: driven.history,
-        evaluation,
-    })
+        }),
+    ))
 }

@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 use super::isolation::{Conflicts, LEVELS, Level};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::isolation::{ACCOUNT_METRICS, AccountObservations, REFUSED, evaluate_account};
+use crate::check::isolation::{ACCOUNT_METRICS, AccountObservations, REFUSED};
 use crate::error::UsageError;
 use crate::history::Clock;
 use crate::workload::gate::Gates;
@@ -337,9 +337,10 @@ async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
         .collect();
     let (failures, retries) = shared.conflicts.counts();
     let valid = ((cfg.balance / cfg.amount) as usize).min(cfg.withdrawers);
-    let evaluation = evaluate_account(
-        &driven.history,
-        &AccountObservations {
+    Ok(VariantRun::checked(
+        &clock,
+        driven.history,
+        crate::check::Input::Account(AccountObservations {
             initial_balance: cfg.balance,
             ledger: amounts,
             final_balance,
@@ -347,10 +348,6 @@ async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
             retries,
             valid_withdrawals: valid,
             cut_off: driven.cut_off,
-        },
-    );
-    Ok(VariantRun {
-        history: driven.history,
-        evaluation,
-    })
+        }),
+    ))
 }

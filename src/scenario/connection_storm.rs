@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::orphan_lock::{Booking, HolderConfig, Prober, spawn_holder, wait_until_probe_queued};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::storm::{METRICS, Observations, Restart, THROTTLED, evaluate, kind};
+use crate::check::storm::{METRICS, Observations, Restart, THROTTLED, kind};
 use crate::env::postgres::{PgServer, PgTarget, end_sessions_named};
 use crate::error::UsageError;
 use crate::fault::{Fault, Victim};
@@ -265,7 +265,7 @@ impl Recorder {
         let mut ops = self.0.lock().ok()?;
         ops.push(Op {
             client,
-            kind,
+            kind: kind.into(),
             start_ms: clock.now_ms(),
             end_ms: None,
             outcome: Outcome::Unknown,
@@ -794,9 +794,10 @@ async fn storm(
     let counter = admin_target.connect(&ctx.app("admin")).await?;
     let (committed, _) = booking.tally(&counter, "%").await?;
     let released_ms = released.lock().ok().and_then(|r| *r);
-    let evaluation = evaluate(
-        &history,
-        &Observations {
+    Ok(VariantRun::checked(
+        &clock,
+        history,
+        crate::check::Input::ConnectionStorm(Observations {
             cut_off,
             fault_ms,
             released_ms,
@@ -813,10 +814,6 @@ async fn storm(
             harness_cpu_pct: harness_cpu,
             restart,
             runtime_cap: cap,
-        },
-    );
-    Ok(VariantRun {
-        history,
-        evaluation,
-    })
+        }),
+    ))
 }

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use super::isolation::Conflicts;
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::isolation::{TRANSFER_METRICS, TransferObservations, evaluate_transfers, kind};
+use crate::check::isolation::{TRANSFER_METRICS, TransferObservations, kind};
 use crate::error::UsageError;
 use crate::history::Clock;
 use crate::workload::gate::Gates;
@@ -246,9 +246,10 @@ async fn run(cfg: &Deadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun>
     ctx.terminate_sessions("w/").await?;
     let total_after = total().await?;
     let (deadlocks, retries) = shared.conflicts.counts();
-    let evaluation = evaluate_transfers(
-        &driven.history,
-        &TransferObservations {
+    Ok(VariantRun::checked(
+        &clock,
+        driven.history,
+        crate::check::Input::Transfers(TransferObservations {
             deadlocks,
             victim_waits_ms: shared
                 .victim_waits_ms
@@ -265,10 +266,6 @@ async fn run(cfg: &Deadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun>
             total_before,
             total_after,
             cut_off: driven.cut_off,
-        },
-    );
-    Ok(VariantRun {
-        history: driven.history,
-        evaluation,
-    })
+        }),
+    ))
 }

@@ -23,7 +23,7 @@ use super::orphan_lock::{
 };
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::lost_client::{Backend, Keepalive, METRICS, ServerSide, evaluate};
+use crate::check::lost_client::{Backend, Keepalive, METRICS, ServerSide};
 use crate::check::orphan_lock::{Observations, Probe};
 use crate::env::Env;
 use crate::env::netns;
@@ -314,9 +314,8 @@ async fn run_on(
     let samples = observer.finish().await;
     let (driven, probe, gone, waited_ms) = outcome?;
     let (bookings_committed, payments) = booking.tally(&admin, "%").await?;
-    let evaluation = evaluate(
-        &driven.history,
-        &Observations {
+    let input = crate::check::input::LostClientInput {
+        observations: Observations {
             cut_off: driven.cut_off || probe.free_at_epoch.is_none(),
             holder_paying_epoch: paying_at,
             probe,
@@ -326,13 +325,14 @@ async fn run_on(
             payments,
             next_user_in_leaked_tx: None,
         },
-        Backend {
+        backend: Backend {
             gone_at_epoch: gone,
         },
-        &cfg.server_side(),
-    );
-    Ok(VariantRun {
-        history: driven.history,
-        evaluation,
-    })
+        server: cfg.server_side(),
+    };
+    Ok(VariantRun::checked(
+        &clock,
+        driven.history,
+        crate::check::Input::LostClient(Box::new(input)),
+    ))
 }

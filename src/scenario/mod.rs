@@ -31,7 +31,7 @@ use crate::env::Env;
 use crate::env::postgres::PgTarget;
 use crate::env::worker::WorkerIo;
 use crate::error::UsageError;
-use crate::history::History;
+use crate::history::{Clock, History};
 pub use spec::{Accepts, ParamSpec, Params, ResolvedVariant, Scenario};
 
 /// The code behind a scenario. The implementing type is the scenario's typed configuration,
@@ -287,9 +287,26 @@ impl Drop for Ticker {
     }
 }
 
-/// What one variant run produced: the raw history, and what its checker concluded from it.
+/// What one variant run produced: the raw history, what its checker was given, and what the
+/// checker concluded from both.
 #[derive(Debug, Clone, Default)]
 pub struct VariantRun {
     pub history: History,
     pub evaluation: Evaluation,
+    /// The checker's input, kept so the verdict can be re-derived from a results file.
+    pub input: Option<crate::check::Input>,
+    /// The variant clock's origin on the wall clock, to place server-clock events.
+    pub origin_epoch_ms: f64,
+}
+
+impl VariantRun {
+    /// Hands `input` to its checker, and keeps both for the results file.
+    pub fn checked(clock: &Clock, history: History, input: crate::check::Input) -> VariantRun {
+        VariantRun {
+            evaluation: input.evaluate(&history),
+            history,
+            input: Some(input),
+            origin_epoch_ms: clock.origin_epoch_ms,
+        }
+    }
 }

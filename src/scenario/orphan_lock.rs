@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::orphan_lock::{METRICS, Observations, Payments, Probe, evaluate};
+use crate::check::orphan_lock::{METRICS, Observations, Payments, Probe};
 use crate::env::postgres::{Canceller, PgTarget, begin};
 use crate::env::worker::WorkerIo;
 use crate::error::UsageError;
@@ -892,9 +892,10 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     let samples = observer.finish().await;
     let (driven, probe, waited_ms, next_user_in_leaked_tx, paying_at) = outcome?;
     let (committed, payments) = booking.tally(&admin, "%").await?;
-    let evaluation = evaluate(
-        &driven.history,
-        &Observations {
+    Ok(VariantRun::checked(
+        &clock,
+        driven.history,
+        crate::check::Input::OrphanLock(Observations {
             cut_off: driven.cut_off || probe.free_at_epoch.is_none(),
             holder_paying_epoch: paying_at,
             probe,
@@ -903,12 +904,8 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
             bookings_committed: committed,
             payments,
             next_user_in_leaked_tx,
-        },
-    );
-    Ok(VariantRun {
-        history: driven.history,
-        evaluation,
-    })
+        }),
+    ))
 }
 
 /// Leak fault: the next user of the holder's pool checks whether it was handed a connection

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::pool::{DEADLOCK_METRICS, DeadlockObservations, PoolState, evaluate_deadlock};
+use crate::check::pool::{DEADLOCK_METRICS, DeadlockObservations, PoolState};
 use crate::error::UsageError;
 use crate::history::Clock;
 use crate::observe;
@@ -216,15 +216,12 @@ async fn run(cfg: &PoolDeadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
     };
     pool.close();
     ctx.terminate_sessions("w/").await?;
-    let evaluation = evaluate_deadlock(
-        &driven.history,
-        &DeadlockObservations {
+    Ok(VariantRun::checked(
+        &clock,
+        driven.history,
+        crate::check::Input::PoolDeadlock(DeadlockObservations {
             pool_at_end,
             cut_off: driven.cut_off,
-        },
-    );
-    Ok(VariantRun {
-        history: driven.history,
-        evaluation,
-    })
+        }),
+    ))
 }

@@ -27,7 +27,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::pooler::{Belief, METRICS, PoolerObservations, Seen, Settings, evaluate, kind};
+use crate::check::pooler::{Belief, METRICS, PoolerObservations, Seen, Settings, kind};
 use crate::env::postgres::PgTarget;
 use crate::error::UsageError;
 use crate::history::{Clock, History};
@@ -681,11 +681,11 @@ async fn run(cfg: &PoolerPitfalls, ctx: &VariantCtx<'_>) -> anyhow::Result<Varia
         misdelivered: shared.misdelivered.load(Ordering::Relaxed),
         cut_off,
     };
-    let evaluation = evaluate(&history, &observations);
-    Ok(VariantRun {
+    Ok(VariantRun::checked(
+        &clock,
         history,
-        evaluation,
-    })
+        crate::check::Input::Pooler(observations),
+    ))
 }
 
 async fn count_locks(admin: &Client, k1: i64, k2: i64) -> anyhow::Result<i64> {

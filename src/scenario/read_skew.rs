@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use super::isolation::{LEVELS, Level};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::isolation::{REPORT_METRICS, ReportObservations, evaluate_reports, kind};
+use crate::check::isolation::{REPORT_METRICS, ReportObservations, kind};
 use crate::error::UsageError;
 use crate::history::Clock;
 use crate::workload::gate::Gates;
@@ -280,16 +280,13 @@ async fn run(cfg: &ReadSkew, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun>
     }
     ctx.terminate_sessions("w/").await?;
     let seen = shared.seen.lock().map(|s| s.clone()).unwrap_or_default();
-    let evaluation = evaluate_reports(
-        &driven.history,
-        &ReportObservations {
+    Ok(VariantRun::checked(
+        &clock,
+        driven.history,
+        crate::check::Input::Reports(ReportObservations {
             invariant_total: cfg.total,
             seen,
             cut_off: driven.cut_off,
-        },
-    );
-    Ok(VariantRun {
-        history: driven.history,
-        evaluation,
-    })
+        }),
+    ))
 }

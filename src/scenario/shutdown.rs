@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::orphan_lock::{Booking, HolderConfig, HolderEvent, Prober, server_epoch, spawn_holder};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::shutdown::{METRICS, Observations, evaluate};
+use crate::check::shutdown::{METRICS, Observations};
 use crate::env::Env;
 use crate::env::postgres::{PgServer, PgTarget};
 use crate::env::process;
@@ -355,9 +355,10 @@ async fn run_on(
     // The restart ended the setup session too: count on a fresh one.
     let admin = direct.connect(&ctx.app("admin")).await?;
     let (holder_committed, holder_payments) = booking.tally(&admin, "holder%").await?;
-    let evaluation = evaluate(
-        &driven.history,
-        &Observations {
+    Ok(VariantRun::checked(
+        &clock,
+        driven.history,
+        crate::check::Input::Shutdown(Observations {
             event_epoch,
             free_at_epoch: free_at,
             waited_ms: waited.as_secs_f64() * 1000.0,
@@ -368,10 +369,6 @@ async fn run_on(
             holder_committed,
             holder_charged_without_booking: holder_payments.charged_without_booking,
             restart,
-        },
-    );
-    Ok(VariantRun {
-        history: driven.history,
-        evaluation,
-    })
+        }),
+    ))
 }

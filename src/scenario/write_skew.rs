@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use super::isolation::{Conflicts, LEVELS, Level};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::isolation::{ROTA_METRICS, RotaObservations, STAYED, evaluate_rota, kind};
+use crate::check::isolation::{ROTA_METRICS, RotaObservations, STAYED, kind};
 use crate::error::UsageError;
 use crate::history::Clock;
 use crate::workload::gate::Gates;
@@ -200,17 +200,14 @@ async fn run(cfg: &WriteSkew, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         .map(|r| r.get(0))
         .collect();
     let (failures, retries) = shared.conflicts.counts();
-    let evaluation = evaluate_rota(
-        &driven.history,
-        &RotaObservations {
+    Ok(VariantRun::checked(
+        &clock,
+        driven.history,
+        crate::check::Input::Rota(RotaObservations {
             on_call,
             serialization_failures: failures,
             retries,
             cut_off: driven.cut_off,
-        },
-    );
-    Ok(VariantRun {
-        history: driven.history,
-        evaluation,
-    })
+        }),
+    ))
 }

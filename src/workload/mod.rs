@@ -171,7 +171,7 @@ pub async fn drive(
                 open.insert(client, history.ops.len());
                 history.ops.push(Op {
                     client,
-                    kind,
+                    kind: kind.into(),
                     start_ms,
                     end_ms: None,
                     outcome: Outcome::Unknown,

@@ -21,7 +21,7 @@ use tokio_postgres::Client;
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::setnx_race::{Crash, METRICS, Observations, evaluate};
+use crate::check::setnx_race::{Crash, METRICS, Observations};
 use crate::env::worker::WorkerIo;
 use crate::error::UsageError;
 use crate::fault::{self, Fault};
@@ -370,7 +370,7 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
     // driver numbered the in-process buyers from 0; the holder is the client after them.
     history.ops.push(Op {
         client: buyers - 1,
-        kind: "buy",
+        kind: "buy".into(),
         start_ms: started_ms,
         end_ms: holder_done.as_ref().map(|(_, at)| *at),
         outcome: match &holder_done {
@@ -392,9 +392,10 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         .await
         .context("could not count the orders")?;
     let sections = sections.lock().map(|s| s.clone()).unwrap_or_default();
-    let evaluation = evaluate(
-        &history,
-        &Observations {
+    Ok(VariantRun::checked(
+        &clock,
+        history,
+        crate::check::Input::SetnxRace(Observations {
             sections,
             key_samples,
             crash,
@@ -403,10 +404,6 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
             stock_initial: stock,
             stock_left: row.get(0),
             orders: row.get(1),
-        },
-    );
-    Ok(VariantRun {
-        history,
-        evaluation,
-    })
+        }),
+    ))
 }

@@ -1,0 +1,74 @@
+//! What each checker was given, as data: a scenario hands its checker an [`Input`], the runner
+//! saves it beside the history, and `locklab report` hands the same input to the same checker
+//! again. A verdict in a results file can so be re-derived, never only believed.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Evaluation, isolation, lost_client, orphan_lock, pool, pooler, setnx_race, shutdown, storm,
+};
+use crate::history::History;
+
+/// lost-client's checker reads orphan-lock's observations and two more things.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LostClientInput {
+    pub observations: orphan_lock::Observations,
+    pub backend: lost_client::Backend,
+    pub server: lost_client::ServerSide,
+}
+
+/// One checker and its observations. The tag names the checker, not the scenario: a file of
+/// the user's may reuse a built-in checker under a name of its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "checker", content = "observations", rename_all = "kebab-case")]
+pub enum Input {
+    OrphanLock(orphan_lock::Observations),
+    LostClient(Box<LostClientInput>),
+    ConnectionStorm(storm::Observations),
+    Shutdown(shutdown::Observations),
+    PoolBooking(pool::BookingObservations),
+    PoolDeadlock(pool::DeadlockObservations),
+    SetnxRace(setnx_race::Observations),
+    Pooler(pooler::PoolerObservations),
+    Account(isolation::AccountObservations),
+    Reports(isolation::ReportObservations),
+    Rota(isolation::RotaObservations),
+    Transfers(isolation::TransferObservations),
+}
+
+impl Input {
+    /// Runs the checker this input belongs to.
+    pub fn evaluate(&self, h: &History) -> Evaluation {
+        match self {
+            Input::OrphanLock(o) => orphan_lock::evaluate(h, o),
+            Input::LostClient(i) => lost_client::evaluate(h, &i.observations, i.backend, &i.server),
+            Input::ConnectionStorm(o) => storm::evaluate(h, o),
+            Input::Shutdown(o) => shutdown::evaluate(h, o),
+            Input::PoolBooking(o) => pool::evaluate_booking(h, o),
+            Input::PoolDeadlock(o) => pool::evaluate_deadlock(h, o),
+            Input::SetnxRace(o) => setnx_race::evaluate(h, o),
+            Input::Pooler(o) => pooler::evaluate(h, o),
+            Input::Account(o) => isolation::evaluate_account(h, o),
+            Input::Reports(o) => isolation::evaluate_reports(h, o),
+            Input::Rota(o) => isolation::evaluate_rota(h, o),
+            Input::Transfers(o) => isolation::evaluate_transfers(h, o),
+        }
+    }
+}
+
+/// Serialises a float that may be NaN (not measured) as `null`, and reads `null` back as NaN:
+/// JSON has no NaN, and a results file must read back into what was checked.
+pub mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match v.is_finite() {
+            true => s.serialize_f64(*v),
+            false => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
