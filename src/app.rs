@@ -12,7 +12,7 @@ use crate::cli::{BenchCommand, Cli, Command, EnvCommand, Format, ReportArgs, Run
 use crate::env::{Env, EnvOptions, PoolerChoice};
 use crate::error::{UsageError, exit, exit_code};
 use crate::report::{
-    Exporter, RunReport, json::Json, junit::Junit, markdown::Markdown, table::Tables,
+    Exporter, RunReport, html::Html, json::Json, junit::Junit, markdown::Markdown, table::Tables,
 };
 use crate::runner::{self, RunOptions};
 use crate::scenario::{self, KINDS, spec};
@@ -406,7 +406,12 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             && std::io::stderr().is_terminal(),
     };
     let finished = runner::run(opts, cancel).await?;
-    let code = print_report(&finished.report, args.format, args.junit.as_deref())?;
+    let code = print_report(
+        &finished.report,
+        args.format,
+        args.junit.as_deref(),
+        args.html.as_deref(),
+    )?;
     if let Some(e) = &finished.write_error {
         crate::say!("locklab: results not written: {e}");
     } else if let Some(path) = &finished.results_file {
@@ -421,6 +426,7 @@ fn print_report(
     report: &RunReport,
     format: Format,
     junit: Option<&std::path::Path>,
+    html: Option<&std::path::Path>,
 ) -> anyhow::Result<i32> {
     let out = match format {
         Format::Table => Tables {
@@ -432,17 +438,25 @@ fn print_report(
     };
     out!("{}", out.trim_end());
     if let Some(path) = junit {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("could not create {}", dir.display()))?;
-        }
-        std::fs::write(path, Junit.render(report))
-            .with_context(|| format!("could not write the JUnit report {}", path.display()))?;
+        write_file(path, &Junit.render(report), "the JUnit report")?;
+    }
+    if let Some(path) = html {
+        write_file(path, &Html.render(report), "the page")?;
+        crate::say!("page: {}", path.display());
     }
     for f in report.failures() {
         crate::say!("{f}");
     }
     Ok(report.exit_code())
+}
+
+/// Writes `text` to `path`, creating its directory.
+fn write_file(path: &std::path::Path, text: &str, what: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("could not write {what} {}", path.display()))
 }
 
 /// `locklab report FILE`: a past run, printed again.
@@ -457,7 +471,12 @@ fn reprint(args: ReportArgs) -> anyhow::Result<i32> {
             e.column()
         ))
     })?;
-    let code = print_report(&report, args.format, args.junit.as_deref())?;
+    let code = print_report(
+        &report,
+        args.format,
+        args.junit.as_deref(),
+        args.html.as_deref(),
+    )?;
     let again = crate::report::recheck::recheck(&report);
     for line in again.lines() {
         crate::say!("{line}");

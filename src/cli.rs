@@ -185,6 +185,10 @@ pub struct RunArgs {
     /// Also write a JUnit XML report (one test case per scenario and variant).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Also write the run as one self-contained HTML page: per variant, a lane per client, the
+    /// fault and release markers, the server's gauges and the latencies, on a shared time axis.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -196,4 +200,7 @@ pub struct ReportArgs {
     /// Also write a JUnit XML report.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Also write the run as one self-contained HTML page (as `run --html`).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }

@@ -1,5 +1,6 @@
 //! The result of a run as plain serde data, and the exporters that only read it.
 
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod markdown;
