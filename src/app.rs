@@ -93,7 +93,8 @@ async fn dispatch(work: Work) -> anyhow::Result<i32> {
         Work::Env(EnvCommand::Up {
             pg_settings,
             pooler_settings,
-        }) => env_up(pg_settings, pooler_settings).await,
+            watch,
+        }) => env_up(pg_settings, pooler_settings, watch).await,
         Work::Env(EnvCommand::Time { runs }) => env_time(runs).await,
         Work::Bench(BenchCommand::Jobs { jobs, repeat }) => {
             bench_jobs(jobs.map_or_else(runner::default_jobs, usize::from), repeat).await
@@ -510,7 +511,11 @@ fn pooler_choice(args: &RunArgs) -> Result<PoolerChoice, UsageError> {
     Ok(PoolerChoice::Throwaway(settings))
 }
 
-async fn env_up(pg_settings: Vec<String>, pooler_settings: Vec<String>) -> anyhow::Result<i32> {
+async fn env_up(
+    pg_settings: Vec<String>,
+    pooler_settings: Vec<String>,
+    watch: bool,
+) -> anyhow::Result<i32> {
     let settings = pg_settings
         .iter()
         .map(|s| {
@@ -548,6 +553,12 @@ async fn env_up(pg_settings: Vec<String>, pooler_settings: Vec<String>) -> anyho
         "Through the pooler: locklab run all --pooler-url '{pooler_url}' --pg-url '{url}' --redis-url '{redis_url}'"
     );
     out!("\nUp until Ctrl-C.");
+    if watch {
+        let on_terminal = std::io::stderr().is_terminal();
+        if let Err(e) = crate::live::watch_server(&env.direct, cancel.clone(), on_terminal).await {
+            crate::say!("the watch stopped: {e:#}");
+        }
+    }
     cancel.cancelled().await;
     env.teardown().await;
     Ok(exit::OK)

@@ -60,6 +60,10 @@ pub enum EnvCommand {
         /// A pgbouncer.ini setting for the throwaway PgBouncer, NAME=VALUE (repeatable).
         #[arg(long = "pooler-setting", value_name = "NAME=VALUE")]
         pooler_settings: Vec<String>,
+        /// Show the server's sessions live (waiting on a lock, idle in transaction,
+        /// connections, the oldest idle transaction) while anything runs against it.
+        #[arg(long)]
+        watch: bool,
     },
     /// Measure how fast a throwaway server starts (template copy vs initdb) and stops.
     Time {

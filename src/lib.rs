@@ -22,6 +22,7 @@ pub mod env;
 pub mod error;
 pub mod fault;
 pub mod history;
+pub mod live;
 pub mod observe;
 pub mod report;
 pub mod runner;

@@ -265,6 +265,9 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 .collect()
         })
         .collect();
+    // The live view takes a line per gauge when one variant has the screen, one line when
+    // several may run side by side.
+    let side_by_side = lanes.min(units.len()) > 1;
     let queue = Admission::new(units, weight_cap());
     let finished =
         std::sync::Mutex::new(BTreeMap::<(usize, usize), Vec<(u32, VariantReport)>>::new());
@@ -308,7 +311,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                     &resolved,
                     code.as_ref(),
                     cancel,
-                    multi.as_ref(),
+                    multi.as_ref().map(|m| (m, side_by_side)),
                     &label,
                 )
                 .await;
@@ -630,7 +633,9 @@ async fn run_variant(
     variant: &crate::scenario::ResolvedVariant,
     code: &dyn Prepared,
     cancel: &CancellationToken,
-    multi: Option<&indicatif::MultiProgress>,
+    // Where progress is drawn, and whether other variants share the screen (the live view then
+    // takes one line, not one per gauge).
+    multi: Option<(&indicatif::MultiProgress, bool)>,
     label: &str,
 ) -> VariantReport {
     let started = Instant::now();
@@ -638,7 +643,7 @@ async fn run_variant(
         .params
         .duration("deadline")
         .unwrap_or(Duration::from_secs(30));
-    let progress = if let Some(multi) = multi {
+    let progress = if let Some((multi, _)) = multi {
         let bar = multi.add(ProgressBar::new(deadline.as_millis() as u64));
         bar.set_style(
             ProgressStyle::with_template("{prefix:>32} [{bar:24}] {elapsed:>3} of cut-off  {msg}")
@@ -665,6 +670,8 @@ async fn run_variant(
         cancel: cancel.clone(),
         progress: progress.clone(),
     };
+    let live = multi.map(|(m, compact)| crate::live::Live::new(m, &progress, compact));
+    let drawing = live.as_ref().map(crate::live::Live::spawn);
     let mut settings_seen = BTreeMap::new();
     let mut pooler_before = Vec::new();
     let result = async {
@@ -674,7 +681,7 @@ async fn run_variant(
         if !variant.show_settings.is_empty() {
             settings_seen = server_settings(env, variant).await?;
         }
-        code.run(&ctx).await
+        crate::live::scope(live.clone(), code.run(&ctx)).await
     };
     let result = tokio::time::timeout(deadline + HARNESS_GRACE, result)
         .await
@@ -686,6 +693,12 @@ async fn run_variant(
         })
         .with_context(|| format!("{}/{}", scenario.name, variant.name));
     ticker.abort();
+    if let Some(d) = drawing {
+        d.abort();
+    }
+    if let Some(l) = &live {
+        l.finish();
+    }
     progress.finish_and_clear();
     // The next variant meets PgBouncer as it was.
     let restored = match pooler_before.is_empty() {

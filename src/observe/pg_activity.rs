@@ -23,6 +23,18 @@ pub struct Sample {
     pub sessions: i64,
 }
 
+impl super::sampler::Gauged for Sample {
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        use crate::live::*;
+        vec![
+            (WAITING_ON_LOCK, self.waiting_on_lock as f64),
+            (IDLE_IN_TRANSACTION, self.idle_in_transaction as f64),
+            (CONNECTIONS, self.sessions as f64),
+            (HOLDER_IDLE_S, self.holder_idle_ms.unwrap_or(0.0) / 1000.0),
+        ]
+    }
+}
+
 /// Samples pg_stat_activity for the workload (see [`Sample`]).
 pub type Observer = Sampler<Sample>;
 

@@ -19,6 +19,17 @@ pub struct SlotSample {
     pub idle_in_transaction: i64,
 }
 
+impl super::sampler::Gauged for SlotSample {
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        use crate::live::*;
+        vec![
+            (WAITING_ON_LOCK, self.waiting_on_lock as f64),
+            (IDLE_IN_TRANSACTION, self.idle_in_transaction as f64),
+            (CONNECTIONS, self.connections as f64),
+        ]
+    }
+}
+
 /// Samples the server's slots (see [`SlotSample`]), across restarts.
 pub type SlotWatcher = Sampler<SlotSample>;
 

@@ -22,6 +22,7 @@ pub fn watch(
     key: String,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<Vec<KeySample>> {
+    let live = crate::live::current();
     tokio::spawn(async move {
         let mut samples: Vec<KeySample> = Vec::new();
         loop {
@@ -30,6 +31,9 @@ pub fn watch(
             if let Ok(value) = got
                 && samples.last().is_none_or(|s| s.value != value)
             {
+                if let Some(live) = &live {
+                    live.set(crate::live::LOCK_KEY, f64::from(u8::from(value.is_some())));
+                }
                 samples.push(KeySample {
                     at_ms: epoch_ms(),
                     value,

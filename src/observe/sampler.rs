@@ -16,7 +16,12 @@ pub struct Sampler<T> {
     task: JoinHandle<Vec<T>>,
 }
 
-impl<T: Send + 'static> Sampler<T> {
+/// A sample's gauges for the live view ([`crate::live`]).
+pub trait Gauged {
+    fn gauges(&self) -> Vec<(&'static str, f64)>;
+}
+
+impl<T: Gauged + Send + 'static> Sampler<T> {
     /// Runs `stmt` with `params` every 10 ms on a session named `app`; `read` turns a row
     /// (and the history clock's time) into a sample. Fails only if the first connect does.
     pub async fn query(
@@ -30,6 +35,7 @@ impl<T: Send + 'static> Sampler<T> {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let (target, app) = (target.clone(), app.to_string());
+        let live = crate::live::current();
         let task = tokio::spawn(async move {
             let params: Vec<&dyn Param> = params.iter().map(|p| p as &dyn Param).collect();
             let mut samples = Vec::new();
@@ -49,7 +55,13 @@ impl<T: Send + 'static> Sampler<T> {
                     },
                 };
                 if let Ok(row) = c.one(stmt, &params).await {
-                    samples.push(read(&row, clock.now_ms()));
+                    let sample = read(&row, clock.now_ms());
+                    if let Some(live) = &live {
+                        for (name, v) in sample.gauges() {
+                            live.set(name, v);
+                        }
+                    }
+                    samples.push(sample);
                 }
                 client = Some(c);
             }

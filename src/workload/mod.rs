@@ -131,6 +131,7 @@ pub async fn drive(
     ok_count: Arc<AtomicUsize>,
 ) -> Driven {
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let live = crate::live::current();
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -143,6 +144,7 @@ pub async fn drive(
                 cancel: cancel.clone(),
                 ok_count: ok_count.clone(),
                 events: events.clone(),
+                live: live.clone(),
             };
             tokio::spawn(run.run(client))
         })
@@ -216,6 +218,8 @@ struct ClientRun {
     cancel: CancellationToken,
     ok_count: Arc<AtomicUsize>,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
+    /// The live view's client counts, when one is on screen.
+    live: Option<crate::live::Live>,
 }
 
 impl ClientRun {
@@ -228,6 +232,9 @@ impl ClientRun {
             attempts += 1;
             if Instant::now() >= deadline || cancel.is_cancelled() {
                 return true;
+            }
+            if let Some(live) = &self.live {
+                live.add(crate::live::CLIENTS_WAITING, 1.0);
             }
             let _ = self.events.send(Event::Invoke {
                 client: self.id,
@@ -273,6 +280,14 @@ impl ClientRun {
                     (Outcome::Error { class: e.class }, retry_after)
                 }
             };
+            if let Some(live) = &self.live {
+                live.add(crate::live::CLIENTS_WAITING, -1.0);
+                let done = match outcome {
+                    Outcome::Ok => crate::live::CLIENTS_OK,
+                    _ => crate::live::CLIENTS_FAILED,
+                };
+                live.add(done, 1.0);
+            }
             let _ = self.events.send(Event::Complete {
                 client: self.id,
                 end_ms,

@@ -151,6 +151,8 @@ pub struct EnvUp {
     /// The throwaway PgBouncer (transaction pooling) in front of `url`.
     pub pooler_url: String,
     pub redis_url: String,
+    /// What env up printed after the URLs, line by line.
+    pub later: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl EnvUp {
@@ -182,13 +184,22 @@ impl EnvUp {
             .and_then(Result::ok)
             .and_then(|l| l.strip_prefix("Redis").map(|u| u.trim().to_string()))
             .expect("env up prints the Redis URL third");
-        // Keep draining stdout so env up never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stdout so env up never blocks on a full pipe; keep what it says.
+        let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = later.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(mut k) = keep.lock() {
+                    k.push(line);
+                }
+            }
+        });
         EnvUp {
             child,
             url,
             pooler_url,
             redis_url,
+            later,
         }
     }
 
