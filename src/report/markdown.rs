@@ -47,6 +47,54 @@ fn sweep(points: &[&super::ScenarioReport]) -> String {
     out
 }
 
+/// The harm metric per variant as a Mermaid bar chart, which GitHub draws in a job summary or
+/// an issue; empty when no variant measured it.
+fn chart(s: &super::ScenarioReport) -> String {
+    let bars: Vec<(String, f64)> = s
+        .variants
+        .iter()
+        .filter(|v| v.skipped.is_none() && v.error.is_none())
+        .filter_map(|v| {
+            let value = match v.metrics.get(&s.harm.metric)? {
+                serde_json::Value::Bool(b) => f64::from(u8::from(*b)),
+                other => other.as_f64()?,
+            };
+            let star = if v.mitigated { "*" } else { "" };
+            Some((format!("{}{star}", v.name), value))
+        })
+        .collect();
+    if bars.is_empty() {
+        return String::new();
+    }
+    let clean = |t: &str| t.replace('"', "'");
+    let top = bars.iter().map(|b| b.1).fold(0.0, f64::max);
+    let names: Vec<String> = bars
+        .iter()
+        .map(|b| format!("\"{}\"", clean(&b.0)))
+        .collect();
+    let ms = s.harm.metric.ends_with("_ms");
+    let values: Vec<String> = bars
+        .iter()
+        .map(|b| match ms {
+            true => format!("{}", b.1.round()),
+            false => format!("{}", (b.1 * 10.0).round() / 10.0),
+        })
+        .collect();
+    let (unit, axis) = match ms {
+        true => (" (ms)", "ms".to_string()),
+        false => ("", clean(&s.harm.metric)),
+    };
+    format!(
+        "```mermaid\nxychart-beta horizontal\n    title \"{}: {}{unit}\"\n    x-axis [{}]\n    y-axis \"{}\" 0 --> {}\n    bar [{}]\n```\n\n",
+        clean(&s.name),
+        clean(&s.harm.label),
+        names.join(", "),
+        axis,
+        (top * 1.1).ceil().max(1.0),
+        values.join(", ")
+    )
+}
+
 impl Exporter for Markdown {
     fn render(&self, report: &RunReport) -> String {
         let mut out = String::new();
@@ -68,6 +116,7 @@ impl Exporter for Markdown {
                 "\n{} · time scale {} · * = mitigated variant\n\n",
                 s.target, s.time_scale
             ));
+            out.push_str(&chart(s));
             for line in super::notes(s) {
                 out.push_str(&format!("{}\n\n", escape(&line)));
             }
@@ -96,6 +145,25 @@ impl Exporter for Markdown {
 mod tests {
     use super::*;
     use crate::report::fixtures;
+
+    #[test]
+    fn each_scenario_gets_a_mermaid_chart_of_its_harm_per_variant() {
+        let out = Markdown.render(&fixtures::report());
+        let start = out
+            .find("```mermaid\nxychart-beta horizontal")
+            .expect("a chart");
+        let chart = &out[start..start + out[start..].find("\n```\n").expect("closed")];
+        assert!(
+            chart.contains("title \"orphan-lock: row locked (ms)\""),
+            "{chart}"
+        );
+        assert!(
+            chart.contains("x-axis [\"baseline\", \"mitigated*\""),
+            "{chart}"
+        );
+        assert!(chart.contains("y-axis \"ms\" 0 --> 3301"), "{chart}");
+        assert!(chart.contains("bar [3000, 1002, 3000]"), "{chart}");
+    }
 
     #[test]
     fn markdown_table_has_one_row_per_variant_and_lists_failures() {
