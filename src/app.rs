@@ -41,6 +41,15 @@ pub fn main() -> i32 {
     // The guardian needs no runtime, and must not wait on one.
     let command = match cli.command {
         Command::Guardian => return crate::env::guardian::guardian_main(),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "locklab", &mut script);
+            // A reader that went away (`| head`) wants no more: not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            return exit::OK;
+        }
+        Command::Man { dir } => return man(dir.as_deref()),
         Command::Run(a) => Work::Run(a),
         Command::Report(a) => Work::Report(a),
         Command::List => Work::List,
@@ -449,6 +458,26 @@ fn print_report(
         crate::say!("{f}");
     }
     Ok(report.exit_code())
+}
+
+/// `locklab man`: the man page from the command line's own definitions.
+fn man(dir: Option<&std::path::Path>) -> i32 {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let written = match dir {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(cmd, dir))
+            .map(|()| crate::say!("man pages: {}", dir.display())),
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+    };
+    match written {
+        Ok(()) => exit::OK,
+        // A reader that went away (`| head`) wants no more: not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            crate::say!("Error: could not write the man page: {e}");
+            exit::ENVIRONMENT
+        }
+    }
 }
 
 /// Writes `text` to `path`, creating its directory.

@@ -37,6 +37,17 @@ pub enum Command {
         #[command(subcommand)]
         command: EnvCommand,
     },
+    /// Print a shell completion script, e.g. `locklab completions bash > /etc/bash_completion.d/locklab`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into DIR.
+    Man {
+        /// Write locklab.1, locklab-run.1, … into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Measure locklab itself.
     Bench {
         #[command(subcommand)]

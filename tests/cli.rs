@@ -600,3 +600,51 @@ fn options_that_do_nothing_say_so() {
         stderr(&o)
     );
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_definitions() {
+    let tmp = tempdir();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = locklab(tmp.path())
+            .args(["completions", shell])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("locklab") && script.contains("time-scale"),
+            "{shell}"
+        );
+    }
+    // bash loads its script and completes locklab's commands with it.
+    let script = tmp.path().join("locklab.bash");
+    let out = locklab(tmp.path())
+        .args(["completions", "bash"])
+        .output()
+        .expect("run");
+    std::fs::write(&script, &out.stdout).expect("write");
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && COMP_WORDS=(locklab re) && COMP_CWORD=1 && _locklab locklab re locklab; echo \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()
+        .expect("bash");
+    let words = String::from_utf8_lossy(&loaded.stdout);
+    assert!(words.contains("report"), "{words}");
+
+    let man = locklab(tmp.path()).arg("man").output().expect("run");
+    assert_eq!(man.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(".TH locklab 1"), "{page}");
+    let dir = tmp.path().join("man");
+    let pages = locklab(tmp.path())
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    assert_eq!(pages.status.code(), Some(0));
+    let run_page = std::fs::read_to_string(dir.join("locklab-run.1")).expect("locklab-run.1");
+    assert!(run_page.contains("time\\-scale"), "{run_page}");
+}
