@@ -519,11 +519,22 @@ impl Env {
 
     /// Ends every session this run opened, so nothing of ours holds a lock afterwards.
     pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
-        let admin = self.direct.connect(&self.app("admin")).await?;
-        postgres::end_sessions_named(&admin, &self.app(role_prefix))
-            .await
-            .context("could not end this run's sessions")?;
-        Ok(())
+        // When the "server" is a PgBouncer (given as --pg-url), the sessions a previous call
+        // ended may include idle server connections in its pool; the next client it links to
+        // one is refused ("invalid server parameter": its SETs failed on a dead backend). A
+        // fresh connection gets a live one.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let admin = self.direct.connect(&self.app("admin")).await?;
+            match postgres::end_sessions_named(&admin, &self.app(role_prefix)).await {
+                Ok(_) => return Ok(()),
+                Err(_) if attempt < 3 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e).context("could not end this run's sessions"),
+            }
+        }
     }
 
     /// Stops throwaway servers, or removes our schema from the user's server.

@@ -42,7 +42,7 @@ svg text{font:11px system-ui,'DejaVu Sans',sans-serif;fill:#57606a}
 
 /// Colours of the states a lane shows.
 const OK: &str = "#2da44e";
-const UNKNOWN: &str = "#bf8700";
+const UNKNOWN: &str = "#d4a72c";
 const LOCK: &str = "#8250df";
 const FAULT: &str = "#cf222e";
 const RELEASE: &str = "#1a7f37";
@@ -168,20 +168,34 @@ fn variant(out: &mut String, s: &ScenarioReport, v: &VariantReport, span: f64) {
     out.push_str("</section>");
 }
 
-/// Failure classes in order of first appearance, each with its colour.
+/// The failure classes among `ops`, each with its colour: the same class has the same colour
+/// in every variant and on every page.
 fn classes(ops: &[Op]) -> BTreeMap<String, &'static str> {
-    let mut seen: Vec<&str> = Vec::new();
-    for op in ops {
-        if let Outcome::Error { class } = &op.outcome
-            && !seen.contains(&class.as_str())
-        {
-            seen.push(class);
+    ops.iter()
+        .filter_map(|op| match &op.outcome {
+            Outcome::Error { class } => Some((class.clone(), class_colour(class))),
+            _ => None,
+        })
+        .collect()
+}
+
+fn class_colour(class: &str) -> &'static str {
+    use crate::history::class::*;
+    match class {
+        LOCK_TIMEOUT => FAILED[0],
+        STATEMENT_TIMEOUT => FAILED[1],
+        TOO_MANY_CONNECTIONS => FAILED[2],
+        DEADLOCK | SERIALIZATION => FAILED[3],
+        IDLE_IN_TRANSACTION_TIMEOUT | TERMINATED => FAILED[4],
+        DENIED => FAILED[5],
+        // Any other class: a colour of its own name, so it too is the same everywhere.
+        other => {
+            let sum = other
+                .bytes()
+                .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b.into()));
+            FAILED[sum % FAILED.len()]
         }
     }
-    seen.iter()
-        .enumerate()
-        .map(|(i, c)| (c.to_string(), FAILED[i % FAILED.len()]))
-        .collect()
 }
 
 fn colour<'a>(op: &Op, classes: &'a BTreeMap<String, &'static str>) -> &'a str {
