@@ -78,7 +78,7 @@ impl Live {
     /// them when `compact` (several variants on screen at once).
     pub fn new(multi: &MultiProgress, below: &ProgressBar, compact: bool) -> Live {
         let rows = if compact { 1 } else { ORDER.len() };
-        let style = ProgressStyle::with_template("{msg}")
+        let style = ProgressStyle::with_template("{wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
         let mut lines = Vec::with_capacity(rows);
         let mut after = below.clone();
@@ -157,7 +157,7 @@ impl Live {
         match self.compact {
             true => {
                 drop(gauges);
-                vec![self.line()]
+                vec![format!("{:>34} {}", "↳", self.line())]
             }
             false => gauges
                 .iter()
@@ -207,7 +207,8 @@ pub async fn watch_server(
     let multi = MultiProgress::new();
     let head = multi.add(ProgressBar::new_spinner());
     head.set_style(
-        ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template("{wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     let live = match on_terminal {
         true => Live::new(&multi, &head, false),
@@ -306,7 +307,7 @@ mod tests {
             lines[1].trim_start().starts_with("ok      1  ██"),
             "{lines:?}"
         );
-        assert_eq!(live.tick(), vec!["waiting on lock 10 · ok 1".to_string()]);
+        assert_eq!(live.tick()[0].trim_start(), "↳ waiting on lock 10 · ok 1");
         for _ in 0..WIDTH * 2 {
             wide.tick();
         }
