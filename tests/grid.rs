@@ -58,9 +58,37 @@ fn pool_deadlock_cliff_is_exact_on_both_sides() {
     );
 }
 
+/// A hundred clients take turns at the row once it is free, so they need a longer cut-off
+/// than the default; locklab refuses the default with the figure it needs.
 #[test]
 fn orphan_lock_holds_from_a_few_clients_to_a_hundred() {
-    grid(&["orphan-lock", "--sweep", "clients=5,20,100"], 3);
+    let tmp = tempdir();
+    let refused = locklab(tmp.path())
+        .args([
+            "run",
+            "orphan-lock",
+            "--param",
+            "clients=100",
+            "--no-results",
+        ])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("too short for 100 clients") && err.contains("--param deadline=40s"),
+        "{err}"
+    );
+    grid(
+        &[
+            "orphan-lock",
+            "--sweep",
+            "clients=5,20,100",
+            "--param",
+            "deadline=40s",
+        ],
+        3,
+    );
 }
 
 #[test]

@@ -7,6 +7,8 @@ use crate::env::postgres::Sql as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use humantime::format_duration;
+
 use std::future::Future;
 
 use anyhow::{Context, bail};
@@ -68,10 +70,37 @@ impl Code for OrphanLock {
             let why = "the idle timeout could not free the row before the cut-off";
             p.deadline_outlasts(2, "idle_timeout", idle_timeout, why)?;
         }
+        // Once the row is free, the queued clients take turns at it, each holding it for its
+        // own payment call: the cut-off must leave them room, or a mitigation is judged
+        // "stuck" for a queue it did cause. Three times the bare queue covers the lock
+        // timeouts and retries between turns on a busy machine.
+        let payment_inside = p.switch("payment", "inside", "outside")?;
+        if payment_inside {
+            let clients = p.count("clients")?;
+            let turn = p.duration("booker_payment")?;
+            let freed = match p.in_settings("idle_timeout") {
+                true => p.duration("idle_timeout")?,
+                false => Duration::ZERO,
+            };
+            let need = freed + turn * (3 * clients as u32);
+            let deadline = p.duration("deadline")?;
+            if deadline < need {
+                let real = |d: Duration| format_duration(d.div_f64(p.time_scale.max(1e-9)));
+                return Err(UsageError(format!(
+                    "deadline ({}) is too short for {clients} clients: once the row is free they \
+                     take turns holding it for booker_payment ({}) each, so the cut-off needs {} \
+                     or more. Raise it (--param deadline={}) or lower clients",
+                    real(deadline),
+                    real(turn),
+                    real(need),
+                    real(need)
+                )));
+            }
+        }
         Ok(OrphanLock {
             clients: p.count("clients")?,
             fault: p.parse("fault")?,
-            payment_inside: p.switch("payment", "inside", "outside")?,
+            payment_inside,
             reconcile: p.flag("reconcile")?,
             seats: p.count("seats")?,
             payment_call: p.duration("payment_call")?,
