@@ -74,6 +74,7 @@ pub const METRICS: &[&str] = &[
     "bookings_ok",
     "bookings_failed",
     "bookings_stuck",
+    "stuck_behind_lock",
     "bookings_committed",
     "invocations",
     "retries",
@@ -179,6 +180,19 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
         ("bookings_ok", json!(h.ok(kind::BOOK))),
         ("bookings_failed", json!(h.failed(kind::BOOK))),
         ("bookings_stuck", json!(h.unknown(kind::BOOK))),
+        // The harm's own count: still waiting at the cut-off, having begun while the ghost
+        // held the row. A booking that began after the release and was cut off in a slow
+        // connect to a server busy forking the storm's backends is load, not the lock.
+        (
+            "stuck_behind_lock",
+            json!(
+                h.ops
+                    .iter()
+                    .filter(|op| op.kind == kind::BOOK && op.outcome == Outcome::Unknown)
+                    .filter(|op| op.start_ms < outage_end)
+                    .count()
+            ),
+        ),
         ("bookings_committed", json!(obs.bookings_committed)),
         ("invocations", json!(obs.invocations)),
         ("retries", json!(attempts.saturating_sub(obs.invocations))),
@@ -259,6 +273,27 @@ mod tests {
     }
 
     #[test]
+    fn only_bookings_begun_while_the_row_was_held_count_as_stuck_behind_it() {
+        let h = History {
+            ops: vec![
+                op(kind::BOOK, 500.0, None, Outcome::Unknown), // behind the ghost
+                op(kind::BOOK, 2_900.0, None, Outcome::Unknown), // a slow connect, later
+                op(kind::BOOK, 1_200.0, Some(1_210.0), Outcome::Ok),
+            ],
+            lost_clients: Vec::new(),
+        };
+        let e = evaluate(
+            &h,
+            &Observations {
+                released_ms: Some(1_100.0),
+                ..obs()
+            },
+        );
+        assert_eq!(e.metrics["bookings_stuck"], Value::from(2));
+        assert_eq!(e.metrics["stuck_behind_lock"], Value::from(1));
+    }
+
+    #[test]
     fn a_storm_behind_a_lock_never_freed() {
         let h = History {
             ops: vec![
@@ -305,6 +340,7 @@ mod tests {
         assert_eq!(m("other_calls"), Value::from(4));
         assert_eq!(m("other_ok_ratio"), Value::from(0.5));
         assert_eq!(m("bookings_stuck"), Value::from(1));
+        assert_eq!(m("stuck_behind_lock"), Value::from(1));
         assert_eq!(m("db_cpu_pct"), Value::Null);
         assert_eq!(m("recovered_ms"), Value::Null);
     }
