@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::check::Input;
 use crate::check::expect::Val;
 use crate::history::{History, LostClient, Op};
+use crate::observe::sampler::Gauged;
 
 /// Operations kept per run. A storm of 2,000 clients with retries stays well under it; past it
 /// the first ones are kept, and the file says the verdict cannot be re-derived.
@@ -218,15 +219,7 @@ impl Drawn {
                 }
             }
             Input::ConnectionStorm(o) => {
-                d.series = gauges(
-                    &o.samples,
-                    |s| s.at_ms,
-                    &[
-                        ("connections", &|s| s.connections as f64),
-                        ("waiting on lock", &|s| s.waiting_on_lock as f64),
-                        ("idle in transaction", &|s| s.idle_in_transaction as f64),
-                    ],
-                );
+                d.series = series_of(&o.samples, |s| s.at_ms);
                 d.marks
                     .push(mark(o.fault_ms, MarkKind::Fault, "ghost froze"));
                 if let Some(r) = o.released_ms {
@@ -321,18 +314,7 @@ impl Drawn {
         o: &crate::check::orphan_lock::Observations,
         from_s: &dyn Fn(f64) -> f64,
     ) {
-        self.series = gauges(
-            &o.samples,
-            |s| s.at_ms,
-            &[
-                ("waiting on lock", &|s| s.waiting_on_lock as f64),
-                ("idle in transaction", &|s| s.idle_in_transaction as f64),
-                ("server sessions", &|s| s.sessions as f64),
-                ("holder idle in transaction, s", &|s| {
-                    s.holder_idle_ms.unwrap_or(0.0) / 1000.0
-                }),
-            ],
-        );
+        self.series = series_of(&o.samples, |s| s.at_ms);
         let fault = from_s(o.holder_paying_epoch);
         self.marks.push(Mark {
             at_ms: fault,
@@ -356,17 +338,23 @@ impl Drawn {
     }
 }
 
-type Gauge<'a, T> = (&'a str, &'a dyn Fn(&T) -> f64);
-
-/// One series per gauge over `samples`.
-fn gauges<T>(samples: &[T], at: impl Fn(&T) -> f64, which: &[Gauge<'_, T>]) -> Vec<Series> {
-    which
-        .iter()
-        .map(|(name, value)| Series {
-            name: (*name).to_string(),
-            points: samples.iter().map(|s| [at(s), value(s)]).collect(),
-        })
-        .collect()
+/// One series per gauge the samples carry: the same gauges, under the same names, as the live
+/// view shows while the run goes on ([`Gauged`]).
+fn series_of<T: Gauged>(samples: &[T], at: impl Fn(&T) -> f64) -> Vec<Series> {
+    let mut out: Vec<Series> = Vec::new();
+    for sample in samples {
+        let t = at(sample);
+        for (name, value) in sample.gauges() {
+            match out.iter_mut().find(|s| s.name == name) {
+                Some(s) => s.points.push([t, value]),
+                None => out.push(Series {
+                    name: name.to_string(),
+                    points: vec![[t, value]],
+                }),
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
