@@ -47,9 +47,10 @@ const LOCK: &str = "#8250df";
 const FAULT: &str = "#cf222e";
 const RELEASE: &str = "#1a7f37";
 const EVENT: &str = "#57606a";
-/// Failure classes get these, in order of first appearance.
+/// Failure classes get these (see [`class_colour`]): reds, magenta and browns, apart from ok's
+/// green, the cut-off's amber and the lock's purple.
 const FAILED: &[&str] = &[
-    "#cf222e", "#fa4549", "#a40e26", "#ff8182", "#82071e", "#e16f24",
+    "#cf222e", "#bf3989", "#82071e", "#953800", "#e16f24", "#ff8182",
 ];
 
 impl Exporter for Html {
