@@ -199,7 +199,7 @@ fn keepalive_settings_the_kernel_or_the_cut_off_cannot_honour_are_refused_before
                 "--param",
                 "keepalives_idle=50s",
             ][..],
-            "predict (10s)",
+            "predict (10s, in the kernel",
         ),
     ] {
         let out = locklab(tmp.path())

@@ -93,8 +93,8 @@ impl Code for LostClient {
             return Err(UsageError(format!(
                 "payment_call ({}) must outlast the deadline ({}): the holder must still be in \
                  its call, idle in its transaction, when the run ends",
-                humantime::format_duration(payment_call),
-                humantime::format_duration(deadline)
+                p.as_written(payment_call),
+                p.as_written(deadline)
             )));
         }
         let cfg = LostClient {
@@ -115,9 +115,11 @@ impl Code for LostClient {
         let expected = crate::check::lost_client::expected_release_ms(&cfg.server_side());
         if expected < 600_000.0 && deadline.as_secs_f64() * 1000.0 < expected * 1.5 {
             return Err(UsageError(format!(
-                "deadline ({}) must be at least 1.5 times the release the variant's settings \
-                 predict ({}): the row could not be seen freed before the cut-off; raise \
-                 deadline, or lower the variant's timeouts",
+                "deadline ({}, {} after --time-scale) must be at least 1.5 times the release \
+                 the variant's settings predict ({}, in the kernel's whole seconds): the row \
+                 could not be seen freed before the cut-off; raise deadline, or lower the \
+                 variant's timeouts",
+                p.as_written(deadline),
                 humantime::format_duration(deadline),
                 humantime::format_duration(Duration::from_millis(expected as u64))
             )));

@@ -7,8 +7,6 @@ use crate::env::postgres::Sql as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use humantime::format_duration;
-
 use std::future::Future;
 
 use anyhow::{Context, bail};
@@ -85,15 +83,14 @@ impl Code for OrphanLock {
             let need = freed + turn * (3 * clients as u32);
             let deadline = p.duration("deadline")?;
             if deadline < need {
-                let real = |d: Duration| format_duration(d.div_f64(p.time_scale.max(1e-9)));
                 return Err(UsageError(format!(
                     "deadline ({}) is too short for {clients} clients: once the row is free they \
                      take turns holding it for booker_payment ({}) each, so the cut-off needs {} \
                      or more. Raise it (--param deadline={}) or lower clients",
-                    real(deadline),
-                    real(turn),
-                    real(need),
-                    real(need)
+                    p.as_written(deadline),
+                    p.as_written(turn),
+                    p.as_written(need),
+                    p.as_written(need)
                 )));
             }
         }

@@ -355,15 +355,24 @@ impl Params {
         window: Duration,
         why: &str,
     ) -> Result<(), UsageError> {
+        let need = window * times;
         let deadline = self.duration("deadline")?;
-        match deadline >= window * times {
+        match deadline >= need {
             true => Ok(()),
             false => Err(UsageError(format!(
-                "deadline ({}) must be at least {times} times {what} ({}): {why}",
-                format_duration(deadline),
-                format_duration(window)
+                "deadline ({}) must be at least {times} times {what} ({}): {why} (--param deadline={} or more)",
+                self.as_written(deadline),
+                self.as_written(window),
+                self.as_written(need)
             ))),
         }
+    }
+
+    /// A duration as the user writes it: at the write-ups' real speed, before --time-scale, so
+    /// a refusal names the figures of the scenario file and of `--param`.
+    pub fn as_written(&self, d: Duration) -> String {
+        let ms = (d.as_secs_f64() * 1000.0 / self.time_scale.max(1e-9)).round();
+        format_duration(Duration::from_millis(ms as u64)).to_string()
     }
 
     /// Whether the variant's session settings use this parameter: a relation such as "the
