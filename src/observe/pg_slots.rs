@@ -41,11 +41,13 @@ impl SlotWatcher {
         clock: Clock,
         workload_prefix: &str,
     ) -> anyhow::Result<SlotWatcher> {
+        // The function behind pg_stat_activity, without the view's joins: see
+        // [`super::pg_activity`].
         let stmt = "SELECT count(*) FILTER (WHERE backend_type = 'client backend'), \
                         count(*) FILTER (WHERE application_name LIKE $1 AND wait_event_type = 'Lock'), \
                         count(*) FILTER (WHERE application_name LIKE $1 \
                                            AND state = 'idle in transaction') \
-                 FROM pg_stat_activity";
+                 FROM pg_stat_get_activity(NULL)";
         let params = vec![like_prefix(workload_prefix)];
         Sampler::query(target, app, clock, (stmt, params), |row, at_ms| {
             SlotSample {
