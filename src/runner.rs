@@ -16,7 +16,7 @@ use crate::env::{Env, EnvOptions};
 use crate::error::UsageError;
 use crate::history::{History, Outcome};
 use crate::report::{Failure, Harm, RepeatRun, Requests, RunReport, ScenarioReport, VariantReport};
-use crate::scenario::{Prepared, Scenario, VariantCtx, VariantRun};
+use crate::scenario::{Cpu, Prepared, Scenario, VariantCtx, VariantRun};
 use crate::text::nearest;
 use crate::trace::Trace;
 
@@ -231,7 +231,12 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 ));
                 continue;
             }
-            units.push_back(Unit { si, vi, rep: 0 });
+            units.push_back(Unit {
+                si,
+                vi,
+                rep: 0,
+                started: 0,
+            });
         }
         for (why, names) in skipped {
             let which = match names.len() == scenario.variants.len() {
@@ -243,25 +248,29 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         slots.push(row);
     }
 
+    // Each run weighs the sessions it opens; lanes run side by side only while the weights in
+    // flight stay within the machine's share, so a hundred-client variant runs (nearly) alone
+    // and small ones run many at a time.
+    let weights: Vec<Vec<(usize, Cpu)>> = prepared
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|c| {
+                    c.as_ref()
+                        .map_or((1, Cpu::Timed), |c| (c.weight().max(1), c.cpu()))
+                })
+                .collect()
+        })
+        .collect();
     // Each lane takes the next run off the queue until it is empty: variants (and repeats of
     // one variant) run side by side, each on its lane's own servers.
     // Repeats go round by round (every variant once, then every variant again): side by side
     // run different variants, not ten copies of the same busiest one.
-    let firsts: Vec<Unit> = units.drain(..).collect();
+    let mut firsts: Vec<Unit> = units.drain(..).collect();
+    firsts.sort_by_key(|u| start_order(&opts.scenarios[u.si], u.vi, weights[u.si][u.vi].1, &opts));
     for rep in 0..repeat {
         units.extend(firsts.iter().map(|u| Unit { rep, ..*u }));
     }
-    // Each run weighs the sessions it opens; lanes run side by side only while the weights in
-    // flight stay within the machine's share, so a hundred-client variant runs (nearly) alone
-    // and small ones run many at a time.
-    let weights: Vec<Vec<usize>> = prepared
-        .iter()
-        .map(|row| {
-            row.iter()
-                .map(|c| c.as_ref().map_or(1, |c| c.weight().max(1)))
-                .collect()
-        })
-        .collect();
     // The live view takes a line per gauge when one variant has the screen, one line when
     // several may run side by side.
     let side_by_side = lanes.min(units.len()) > 1;
@@ -295,11 +304,10 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 let Some(unit) = queue.next(weights, cancel).await else {
                     break;
                 };
-                let weight = weights[unit.si][unit.vi];
                 let scenario = &opts.scenarios[unit.si];
                 let variant = &scenario.variants[unit.vi];
                 let Some(code) = prepared[unit.si][unit.vi].as_ref() else {
-                    queue.done(weight);
+                    queue.done(unit, weights);
                     continue;
                 };
                 let resolved = scenario.resolve(variant, opts.time_scale);
@@ -317,7 +325,7 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                     &label,
                 )
                 .await;
-                queue.done(weight);
+                queue.done(unit, weights);
                 let done = match finished.lock() {
                     Ok(mut f) => {
                         let runs = f.entry((unit.si, unit.vi)).or_default();
@@ -403,6 +411,22 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
     })
 }
 
+/// Where a variant's runs stand in the queue (results come out in scenario and variant order
+/// whatever the queue's). Kernel-timed runs first, then the hogs beside them: lost-client's
+/// ten seconds of keepalive timing pass while the storms take the CPU, which nothing timed
+/// could share. The timed runs follow, the longest cut-offs first, so the long ones wait
+/// beside the short ones instead of after them. Ties keep scenario and variant order.
+fn start_order(
+    scenario: &Scenario,
+    vi: usize,
+    cpu: Cpu,
+    opts: &RunOptions,
+) -> (Cpu, std::cmp::Reverse<Duration>) {
+    let resolved = scenario.resolve(&scenario.variants[vi], opts.time_scale);
+    let window = resolved.params.duration("deadline").unwrap_or_default();
+    (cpu, std::cmp::Reverse(window))
+}
+
 /// `--jobs` unless given: four lanes per core, at most 8. Most of a variant's time is a
 /// designed wait (a cut-off, a timeout, a TTL) with the CPU idle, so lanes outnumber cores;
 /// [`Admission`] keeps them from starting runs on a machine whose CPU is already busy.
@@ -462,8 +486,9 @@ impl IdleCpu {
 }
 
 /// The runs waiting for a lane, and how much is in flight. A lane takes the first waiting run
-/// that fits beside what runs now, if the machine had idle CPU since the last run started; any
-/// run when nothing else is in flight.
+/// that fits beside what runs now (its weight, and its kind of CPU use beside theirs: see
+/// [`Cpu`]), if a sample of the machine taken after every run in flight started found idle CPU;
+/// any run when nothing else is in flight.
 struct Admission {
     state: std::sync::Mutex<Waiting>,
     changed: tokio::sync::Notify,
@@ -477,7 +502,7 @@ impl Admission {
             state: std::sync::Mutex::new(Waiting {
                 queue: units,
                 in_flight: 0,
-                started_at: 0,
+                running: Vec::new(),
             }),
             changed: tokio::sync::Notify::new(),
             cap,
@@ -486,7 +511,11 @@ impl Admission {
     }
 
     /// The next run for a lane; `None` when none is left or the run was cancelled.
-    async fn next(&self, weights: &[Vec<usize>], cancel: &CancellationToken) -> Option<Unit> {
+    async fn next(
+        &self,
+        weights: &[Vec<(usize, Cpu)>],
+        cancel: &CancellationToken,
+    ) -> Option<Unit> {
         use std::sync::atomic::Ordering::Relaxed;
         loop {
             let changed = self.changed.notified();
@@ -500,25 +529,38 @@ impl Admission {
                 let Waiting {
                     queue,
                     in_flight,
-                    started_at,
+                    running,
                 } = &mut *st;
                 if queue.is_empty() {
                     return None;
                 }
                 let sample = self.idle.samples.load(Relaxed);
-                // A fresh look at the CPU since the last start, and enough of it idle.
-                let room =
-                    sample > *started_at && self.idle.permille.load(Relaxed) >= IDLE_FLOOR_PERMILLE;
-                let fits = |u: &Unit| *in_flight + weights[u.si][u.vi] <= self.cap;
+                // Enough idle CPU, in a look taken after every run in flight started: a run
+                // that started since then has not shown its load yet. (One that already ended
+                // has nothing left to show, so a string of short runs need not wait a sample
+                // each.)
+                let room = running.iter().all(|r| r.started < sample)
+                    && self.idle.permille.load(Relaxed) >= IDLE_FLOOR_PERMILLE;
+                let fits = |u: &Unit| {
+                    let (weight, cpu) = weights[u.si][u.vi];
+                    *in_flight + weight <= self.cap && running.iter().all(|r| cpu.beside(r.cpu))
+                };
                 let pick = match *in_flight {
                     0 => Some(0),
                     _ if room => queue.iter().position(fits),
                     _ => None,
                 };
                 if let Some(unit) = pick.and_then(|i| queue.remove(i)) {
-                    *in_flight += weights[unit.si][unit.vi];
-                    *started_at = sample;
-                    return Some(unit);
+                    let (weight, cpu) = weights[unit.si][unit.vi];
+                    *in_flight += weight;
+                    running.push(Running {
+                        cpu,
+                        started: sample,
+                    });
+                    return Some(Unit {
+                        started: sample,
+                        ..unit
+                    });
                 }
             }
             tokio::select! {
@@ -529,20 +571,34 @@ impl Admission {
         }
     }
 
-    fn done(&self, weight: usize) {
+    fn done(&self, unit: Unit, weights: &[Vec<(usize, Cpu)>]) {
+        let (weight, cpu) = weights[unit.si][unit.vi];
         if let Ok(mut st) = self.state.lock() {
             st.in_flight = st.in_flight.saturating_sub(weight);
+            let ran = Running {
+                cpu,
+                started: unit.started,
+            };
+            if let Some(i) = st.running.iter().position(|r| *r == ran) {
+                st.running.remove(i);
+            }
         }
         self.changed.notify_waiters();
     }
 }
 
-/// The runs not yet started, the weight of those in flight, and the idle-CPU sample at which
-/// the last one started.
+/// The runs not yet started, and the weight of those in flight and each one's kind.
 struct Waiting {
     queue: std::collections::VecDeque<Unit>,
     in_flight: usize,
-    started_at: u64,
+    running: Vec<Running>,
+}
+
+/// A run in flight: its kind of CPU use, and the idle-CPU sample current when it started.
+#[derive(PartialEq)]
+struct Running {
+    cpu: Cpu,
+    started: u64,
 }
 
 /// One run of one variant, waiting for a lane.
@@ -551,6 +607,8 @@ struct Unit {
     si: usize,
     vi: usize,
     rep: u32,
+    /// The idle-CPU sample current when it started (0 while it waits).
+    started: u64,
 }
 
 /// The report's variants, in scenario and variant order, from the slots filled so far.
@@ -879,5 +937,111 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["lost"], 1, "{json}");
+    }
+
+    /// Admission over hand-built runs: `kinds[i]` is run i's CPU kind, weight 1 each.
+    fn admission(kinds: &[Cpu]) -> (Admission, Vec<Vec<(usize, Cpu)>>) {
+        let units = (0..kinds.len())
+            .map(|vi| Unit {
+                si: 0,
+                vi,
+                rep: 0,
+                started: 0,
+            })
+            .collect();
+        let weights = vec![kinds.iter().map(|k| (1, *k)).collect()];
+        (Admission::new(units, 100), weights)
+    }
+
+    /// A new look at the machine's CPU, with this share idle.
+    fn sample(a: &Admission, permille: u32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        a.idle.permille.store(permille, Relaxed);
+        a.idle.samples.fetch_add(1, Relaxed);
+    }
+
+    /// The next run admitted within 300 ms (the admission re-checks every 100 ms).
+    async fn admitted(a: &Admission, weights: &[Vec<(usize, Cpu)>]) -> Option<usize> {
+        let cancel = CancellationToken::new();
+        tokio::time::timeout(Duration::from_millis(300), a.next(weights, &cancel))
+            .await
+            .ok()
+            .flatten()
+            .map(|u| u.vi)
+    }
+
+    #[tokio::test]
+    async fn a_hog_runs_beside_kernel_timed_runs_only() {
+        let (a, w) = admission(&[Cpu::Kernel, Cpu::Hog, Cpu::Hog, Cpu::Timed]);
+        assert_eq!(
+            admitted(&a, &w).await,
+            Some(0),
+            "nothing in flight: the first"
+        );
+        sample(&a, 900);
+        let hog = a.next(&w, &CancellationToken::new()).await;
+        assert_eq!(
+            hog.map(|u| u.vi),
+            Some(1),
+            "a hog beside a kernel-timed run"
+        );
+        sample(&a, 900);
+        assert_eq!(
+            admitted(&a, &w).await,
+            None,
+            "no second hog, no timed run beside it"
+        );
+        if let Some(hog) = hog {
+            a.done(hog, &w);
+        }
+        sample(&a, 900);
+        assert_eq!(
+            admitted(&a, &w).await,
+            Some(2),
+            "the next hog once the first is done"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_timed_run_waits_for_a_hog_and_a_busy_machine() {
+        let (a, w) = admission(&[Cpu::Timed, Cpu::Timed, Cpu::Hog]);
+        assert_eq!(admitted(&a, &w).await, Some(0));
+        sample(&a, 50);
+        assert_eq!(
+            admitted(&a, &w).await,
+            None,
+            "5% idle: no start beside a run"
+        );
+        sample(&a, 900);
+        assert_eq!(admitted(&a, &w).await, Some(1));
+        sample(&a, 900);
+        assert_eq!(
+            admitted(&a, &w).await,
+            None,
+            "the hog waits for the timed runs"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_short_run_that_ended_does_not_hold_back_the_next_start() {
+        let (a, w) = admission(&[Cpu::Timed, Cpu::Timed, Cpu::Timed, Cpu::Timed]);
+        let cancel = CancellationToken::new();
+        assert_eq!(admitted(&a, &w).await, Some(0));
+        sample(&a, 900);
+        let short = a.next(&w, &cancel).await;
+        assert_eq!(short.map(|u| u.vi), Some(1));
+        assert_eq!(
+            admitted(&a, &w).await,
+            None,
+            "run 1 started after the last sample: its load is not seen yet"
+        );
+        if let Some(short) = short {
+            a.done(short, &w);
+        }
+        assert_eq!(
+            admitted(&a, &w).await,
+            Some(2),
+            "run 1 ended: nothing in flight is unseen, no need to wait for a sample"
+        );
     }
 }

@@ -170,8 +170,13 @@ impl Code for ConnectionStorm {
     }
 
     fn weight(&self) -> usize {
-        // A storm forks a backend per connection attempt: it runs beside nothing else.
-        usize::MAX / 4
+        // Its own server's slots, all taken, and its own sessions.
+        self.max_connections + OWN_SESSIONS
+    }
+
+    fn cpu(&self) -> super::Cpu {
+        // A storm forks a backend per connection attempt: most of a 2-core machine.
+        super::Cpu::Hog
     }
 
     fn run<'a>(

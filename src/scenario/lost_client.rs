@@ -133,6 +133,16 @@ impl Code for LostClient {
         self.clients + 7
     }
 
+    fn cpu(&self) -> super::Cpu {
+        match self.idle_timeout {
+            // The row is freed by the server's keepalive probes, or not before the cut-off:
+            // whole seconds of kernel time, and the variant's own CPU is two samplers.
+            None => super::Cpu::Kernel,
+            // idle_in_transaction_session_timeout is a backend's timer: a busy CPU fires it late.
+            Some(_) => super::Cpu::Timed,
+        }
+    }
+
     fn unavailable(&self, env: &Env) -> Option<String> {
         env.own_server_missing("runs PostgreSQL in a network namespace to cut a connection")
             .or_else(|| env.pooler_in_the_way("cuts the holder's connection to PostgreSQL"))

@@ -65,6 +65,12 @@ pub trait Code: Send + Sync + Sized + 'static {
         self.sessions()
     }
 
+    /// What a variant does to the machine's CPU, and what a busy CPU does to its verdict:
+    /// which runs it may go side by side with.
+    fn cpu(&self) -> Cpu {
+        Cpu::Timed
+    }
+
     /// Why this variant cannot run in this environment, if it cannot: it needs a server locklab
     /// starts itself, a path straight to the server, slots no pooler hides, or root for a
     /// network fault (the `Env::…_missing` methods say each). The runner then skips it with the
@@ -89,11 +95,38 @@ pub trait Code: Send + Sync + Sized + 'static {
     }
 }
 
+/// How a variant's run shares the machine's CPU side by side (`--jobs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cpu {
+    /// Little CPU of its own, and windows the kernel times in whole seconds (keepalive
+    /// probes) and checks within 0.9-1.5x: a busy CPU moves its figures by milliseconds, so it
+    /// may run beside anything, a [`Cpu::Hog`] too.
+    Kernel,
+    /// Takes the machine's CPU (a storm of connections, each forking a backend): beside a
+    /// [`Cpu::Timed`] run it would starve that run's windows, and beside another hog its own.
+    /// It runs beside [`Cpu::Kernel`] runs only.
+    Hog,
+    /// Windows that processes time (retry loops, TTLs, timeouts a busy backend checks late):
+    /// beside other timed runs while the machine has idle CPU, never beside a hog.
+    Timed,
+}
+
+impl Cpu {
+    /// Whether a run of this kind may start beside one of `other` in flight.
+    pub fn beside(self, other: Cpu) -> bool {
+        matches!(
+            (self, other),
+            (Cpu::Kernel, _) | (_, Cpu::Kernel) | (Cpu::Timed, Cpu::Timed)
+        )
+    }
+}
+
 /// A scenario's configuration, ready to run a variant.
 pub trait Prepared: Send + Sync {
     fn run<'a>(&'a self, ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>;
     fn sessions(&self) -> usize;
     fn weight(&self) -> usize;
+    fn cpu(&self) -> Cpu;
     fn unavailable(&self, env: &Env) -> Option<String>;
 }
 
@@ -106,6 +139,9 @@ impl<C: Code> Prepared for C {
     }
     fn weight(&self) -> usize {
         Code::weight(self)
+    }
+    fn cpu(&self) -> Cpu {
+        Code::cpu(self)
     }
     fn unavailable(&self, env: &Env) -> Option<String> {
         Code::unavailable(self, env)
