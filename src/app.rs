@@ -613,74 +613,107 @@ async fn bench_driver(clients: usize, seconds: u64, rounds: usize) -> anyhow::Re
     })
 }
 
-/// `run all` one variant at a time and then side by side, on throwaway servers: the wall
-/// times, and each against the longest single variant (the floor no parallelism goes below).
+/// `run all` one variant at a time (scenario by scenario) and then side by side, on throwaway
+/// servers: the wall times; each against the longest single variant (the floor no parallelism
+/// goes below); and the machine's busy CPU time, whose share per core is the other floor: no
+/// schedule of that much work on this many cores ends sooner.
 async fn bench_jobs(jobs: usize, repeat: u32) -> anyhow::Result<i32> {
+    use crate::observe::cpu::{cores, machine_busy_seconds};
     let (scenarios, _) = resolve_scenarios(&["all".to_string()], &[])?;
-    let need_redis = scenarios.iter().any(|s| s.kind.needs_redis);
     let cancel = cancel_on_signals("stopping servers");
-    let mut walls = Vec::new();
-    let mut longest = 0u64;
-    let mut verdicts = Vec::new();
-    for lanes in [1, jobs] {
-        let opts = RunOptions {
-            scenarios: scenarios.clone(),
+    let options = |scenarios: Vec<crate::scenario::Scenario>, lanes: usize| {
+        anyhow::Ok(RunOptions {
             variants: Vec::new(),
             time_scale: 0.1,
             env: EnvOptions {
-                need_redis,
+                need_redis: scenarios.iter().any(|s| s.kind.needs_redis),
                 exe: exe()?,
                 ..EnvOptions::default()
             },
+            scenarios,
             out_dir: None,
             repeat,
             jobs: lanes,
             progress: false,
-        };
-        let t = std::time::Instant::now();
-        let finished = runner::run(opts, cancel.clone()).await?;
-        walls.push(t.elapsed().as_secs_f64());
+        })
+    };
+    // One pass: its wall time, the machine's busy CPU seconds, and its report.
+    let pass = |opts: RunOptions| {
+        let cancel = cancel.clone();
+        async move {
+            let (t, cpu) = (std::time::Instant::now(), machine_busy_seconds());
+            let finished = runner::run(opts, cancel).await?;
+            let cpu = cpu.zip(machine_busy_seconds()).map(|(a, b)| b - a);
+            anyhow::Ok((t.elapsed().as_secs_f64(), cpu, finished.report))
+        }
+    };
+    let cpu_text = |cpu: Option<f64>| cpu.map_or("unreadable".into(), |c| format!("{c:.1} CPU-s"));
+    let held = |all: bool| match all {
+        true => "every expectation held",
+        false => "SOME EXPECTATION FAILED",
+    };
+    // A variant's own wall time, per run: the floor of any parallel schedule.
+    let longest_in = |report: &RunReport| {
+        report
+            .scenarios
+            .iter()
+            .flat_map(|s| &s.variants)
+            .map(|v| v.wall_ms / u64::from(v.runs.max(1)))
+            .max()
+            .unwrap_or(0)
+    };
+    out!("run all --repeat {repeat} --jobs 1, scenario by scenario:");
+    let (mut one_wall, mut one_cpu, mut one_held, mut longest) = (0.0, Some(0.0), true, 0);
+    let mut one = Vec::new();
+    for s in &scenarios {
+        let (wall, cpu, report) = pass(options(vec![s.clone()], 1)?).await?;
         if cancel.is_cancelled() {
             return Ok(exit::INTERRUPTED);
         }
-        let report = &finished.report;
-        // A variant's own wall time, per run: the floor of any parallel schedule.
-        for v in report.scenarios.iter().flat_map(|s| &s.variants) {
-            longest = longest.max(v.wall_ms / u64::from(v.runs.max(1)));
-        }
-        // The verdict of each variant (its outcome word may differ from run to run where the
-        // harm shows in more than one form; the verdict must not).
-        verdicts.push(
-            report
-                .scenarios
-                .iter()
-                .flat_map(|s| {
-                    s.variants.iter().map(|v| {
-                        let verdict = v.failure_kind().map(|f| f.headline());
-                        (s.name.clone(), v.name.clone(), verdict)
-                    })
-                })
-                .collect::<Vec<_>>(),
-        );
-        out!(
-            "run all --repeat {repeat} --jobs {lanes}: {:.1} s ({})",
-            walls[walls.len() - 1],
-            if report.all_held() {
-                "every expectation held"
-            } else {
-                "SOME EXPECTATION FAILED"
-            }
-        );
+        out!("  {:<18} {wall:>7.1} s  {:>12}", s.name, cpu_text(cpu));
+        one_wall += wall;
+        one_cpu = one_cpu.zip(cpu).map(|(a, b)| a + b);
+        one_held &= report.all_held();
+        longest = longest.max(longest_in(&report));
+        one.extend(verdicts(&report));
     }
-    let floor = longest as f64 / 1000.0;
-    out!("longest single variant: {floor:.2} s");
     out!(
-        "--jobs 1 / --jobs {jobs}: {:.1}×; --jobs {jobs} against the longest variant: {:.1}× (target for one pass: 1.5× + 1 s = {:.1} s)",
-        walls[0] / walls[1].max(0.001),
-        walls[1] / floor.max(0.001),
+        "  {:<18} {one_wall:>7.1} s  {:>12}  ({})",
+        "all",
+        cpu_text(one_cpu),
+        held(one_held)
+    );
+    let (wall, cpu, report) = pass(options(scenarios.clone(), jobs)?).await?;
+    if cancel.is_cancelled() {
+        return Ok(exit::INTERRUPTED);
+    }
+    longest = longest.max(longest_in(&report));
+    out!(
+        "run all --repeat {repeat} --jobs {jobs}: {wall:.1} s, {} ({})",
+        cpu_text(cpu),
+        held(report.all_held())
+    );
+    let floor = longest as f64 / 1000.0;
+    out!(
+        "longest single variant: {floor:.2} s; --jobs {jobs} takes {:.1}× it (target for one \
+         pass: 1.5× + 1 s = {:.1} s)",
+        wall / floor.max(0.001),
         1.5 * floor + 1.0
     );
-    let same = verdicts.first() == verdicts.last();
+    if let Some(cpu) = cpu {
+        let n = cores();
+        out!(
+            "CPU: {cpu:.1} CPU-s on {n} cores, so no schedule of this work ends before {:.1} s \
+             here; --jobs {jobs} takes {:.1}× that",
+            cpu / n,
+            wall / (cpu / n).max(0.001)
+        );
+    }
+    out!(
+        "--jobs 1 / --jobs {jobs}: {:.1}×",
+        one_wall / wall.max(0.001)
+    );
+    let same = one == verdicts(&report);
     out!(
         "verdicts at --jobs 1 and --jobs {jobs}: {}",
         if same { "identical" } else { "DIFFERENT" }
@@ -690,6 +723,21 @@ async fn bench_jobs(jobs: usize, repeat: u32) -> anyhow::Result<i32> {
     } else {
         exit::EXPECTATION_FAILED
     })
+}
+
+/// Each variant's verdict, in scenario and variant order. (Its outcome word may differ from
+/// run to run where the harm shows in more than one form; the verdict must not.)
+fn verdicts(report: &RunReport) -> Vec<(String, String, Option<&'static str>)> {
+    report
+        .scenarios
+        .iter()
+        .flat_map(|s| {
+            s.variants.iter().map(|v| {
+                let verdict = v.failure_kind().map(|f| f.headline());
+                (s.name.clone(), v.name.clone(), verdict)
+            })
+        })
+        .collect()
 }
 
 /// Times what every run pays before its first variant: start a throwaway server and get a

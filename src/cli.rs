@@ -86,8 +86,9 @@ pub enum EnvCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// `run all` at --jobs 1 and at the default (or --jobs N): wall times, and their ratio to
-    /// the longest single variant, the floor no parallelism goes below.
+    /// `run all` at --jobs 1 (scenario by scenario) and at the default (or --jobs N): wall
+    /// times and the machine's busy CPU seconds of each; the floors no schedule goes below (the
+    /// longest single variant, and the CPU seconds per core); whether the verdicts agree.
     Jobs {
         /// Lanes for the parallel run [default: as `run`].
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]

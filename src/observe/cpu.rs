@@ -87,13 +87,21 @@ pub fn self_ticks() -> Option<u64> {
     stat_of("self").map(|s| s.own)
 }
 
+/// The machine's busy CPU time since boot, all cores, in seconds: a counter for how much CPU a
+/// stretch of work took (whoever else ran meanwhile counts too).
+pub fn machine_busy_seconds() -> Option<f64> {
+    let (idle, total) = machine_ticks()?;
+    Some(total.saturating_sub(idle) as f64 / ticks_per_second())
+}
+
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf with a valid name has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-fn cores() -> f64 {
+/// This machine's cores, as the runner counts them.
+pub fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
