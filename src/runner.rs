@@ -326,6 +326,21 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
                 )
                 .await;
                 queue.done(unit, weights);
+                // Ctrl-C (or SIGTERM) ended this run early: its history stops at the interrupt,
+                // not at its cut-off, so a verdict on it would be about the interrupt. (A run
+                // that ended in the same instant counts as cut short too.)
+                let run = match cancel.is_cancelled() {
+                    true => VariantReport {
+                        wall_ms: run.wall_ms,
+                        ..VariantReport::skipped(
+                            &variant.name,
+                            resolved.mitigated,
+                            &resolved.shows,
+                            CUT_SHORT.into(),
+                        )
+                    },
+                    false => run,
+                };
                 let done = match finished.lock() {
                     Ok(mut f) => {
                         let runs = f.entry((unit.si, unit.vi)).or_default();
@@ -618,6 +633,9 @@ fn fill(report: &mut RunReport, slots: &[Vec<Option<VariantReport>>]) {
     }
 }
 
+/// Why a run in flight at Ctrl-C has no verdict.
+const CUT_SHORT: &str = "cut short by the interrupt: no verdict";
+
 /// How many lanes a run gets: one, or with `--jobs N` on throwaway servers, N, each with
 /// servers of its own. Isolation by separate servers is what keeps verdicts exact side by
 /// side: an observer of pg_stat_activity, pg_locks, a Redis key or a PgBouncer pool sees only
@@ -633,6 +651,13 @@ fn lanes_for(opts: &EnvOptions, jobs: usize) -> usize {
 /// One report for all runs of a variant: the first failing run's figures (else the first run's),
 /// how many runs held, and why the variant fails the run, if it does.
 fn aggregate(mut runs: Vec<VariantReport>, mitigated: bool) -> VariantReport {
+    // Runs an interrupt cut short have no verdict to add; alone, they say so.
+    if runs.iter().all(|r| r.skipped.is_some())
+        && let Some(first) = runs.first()
+    {
+        return first.clone();
+    }
+    runs.retain(|r| r.skipped.is_none());
     let n = runs.len() as u32;
     let held = runs.iter().filter(|r| r.expectations_held).count() as u32;
     let harness_error = runs.iter().any(|r| r.error.is_some());
@@ -1043,5 +1068,18 @@ mod tests {
             Some(2),
             "run 1 ended: nothing in flight is unseen, no need to wait for a sample"
         );
+    }
+
+    #[test]
+    fn a_run_an_interrupt_cut_short_adds_no_verdict() {
+        let report = crate::report::fixtures::report();
+        let done = report.scenarios[0].variants[0].clone();
+        let cut = VariantReport::skipped(&done.name, done.mitigated, "", CUT_SHORT.into());
+        let v = aggregate(vec![done.clone(), cut.clone()], done.mitigated);
+        assert_eq!((v.runs, v.skipped.as_deref()), (1, None), "{v:#?}");
+        assert_eq!(v.failure_kind(), done.failure_kind());
+        let v = aggregate(vec![cut], done.mitigated);
+        assert_eq!(v.skipped.as_deref(), Some(CUT_SHORT));
+        assert_eq!(v.failure_kind(), None, "no verdict, so no failure");
     }
 }

@@ -60,7 +60,13 @@ fn ctrl_c_stops_servers_writes_partial_results_and_exits_130() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(files[0].path()).unwrap()).unwrap();
     assert_eq!(report["interrupted"], true);
-    assert_eq!(report["scenarios"][0]["variants"][0]["name"], "baseline");
+    let baseline = &report["scenarios"][0]["variants"][0];
+    assert_eq!(baseline["name"], "baseline");
+    // In flight at the interrupt: no verdict on a history the interrupt ended.
+    assert_eq!(
+        baseline["skipped"], "cut short by the interrupt: no verdict",
+        "{baseline:#}"
+    );
 }
 
 #[test]
