@@ -516,7 +516,6 @@ impl Admission {
         Admission {
             state: std::sync::Mutex::new(Waiting {
                 queue: units,
-                in_flight: 0,
                 running: Vec::new(),
             }),
             changed: tokio::sync::Notify::new(),
@@ -541,11 +540,7 @@ impl Admission {
             }
             {
                 let mut st = self.state.lock().ok()?;
-                let Waiting {
-                    queue,
-                    in_flight,
-                    running,
-                } = &mut *st;
+                let Waiting { queue, running } = &mut *st;
                 if queue.is_empty() {
                     return None;
                 }
@@ -558,17 +553,18 @@ impl Admission {
                     && self.idle.permille.load(Relaxed) >= IDLE_FLOOR_PERMILLE;
                 let fits = |u: &Unit| {
                     let (weight, cpu) = weights[u.si][u.vi];
-                    *in_flight + weight <= self.cap && running.iter().all(|r| cpu.beside(r.cpu))
+                    let in_flight: usize = running.iter().map(|r| r.weight).sum();
+                    in_flight + weight <= self.cap && running.iter().all(|r| cpu.beside(r.cpu))
                 };
-                let pick = match *in_flight {
-                    0 => Some(0),
-                    _ if room => queue.iter().position(fits),
-                    _ => None,
+                let pick = match running.is_empty() {
+                    true => Some(0),
+                    false if room => queue.iter().position(fits),
+                    false => None,
                 };
                 if let Some(unit) = pick.and_then(|i| queue.remove(i)) {
                     let (weight, cpu) = weights[unit.si][unit.vi];
-                    *in_flight += weight;
                     running.push(Running {
+                        weight,
                         cpu,
                         started: sample,
                     });
@@ -589,8 +585,8 @@ impl Admission {
     fn done(&self, unit: Unit, weights: &[Vec<(usize, Cpu)>]) {
         let (weight, cpu) = weights[unit.si][unit.vi];
         if let Ok(mut st) = self.state.lock() {
-            st.in_flight = st.in_flight.saturating_sub(weight);
             let ran = Running {
+                weight,
                 cpu,
                 started: unit.started,
             };
@@ -602,16 +598,17 @@ impl Admission {
     }
 }
 
-/// The runs not yet started, and the weight of those in flight and each one's kind.
+/// The runs not yet started, and those in flight.
 struct Waiting {
     queue: std::collections::VecDeque<Unit>,
-    in_flight: usize,
     running: Vec<Running>,
 }
 
-/// A run in flight: its kind of CPU use, and the idle-CPU sample current when it started.
+/// A run in flight: its weight, its kind of CPU use, and the idle-CPU sample current when it
+/// started.
 #[derive(PartialEq)]
 struct Running {
+    weight: usize,
     cpu: Cpu,
     started: u64,
 }
@@ -1045,6 +1042,17 @@ mod tests {
             None,
             "the hog waits for the timed runs"
         );
+    }
+
+    #[tokio::test]
+    async fn runs_side_by_side_stay_within_the_weight_cap() {
+        let (mut a, w) = admission(&[Cpu::Timed, Cpu::Timed, Cpu::Timed]);
+        a.cap = 2;
+        assert_eq!(admitted(&a, &w).await, Some(0));
+        sample(&a, 900);
+        assert_eq!(admitted(&a, &w).await, Some(1));
+        sample(&a, 900);
+        assert_eq!(admitted(&a, &w).await, None, "a third would weigh 3 > 2");
     }
 
     #[tokio::test]
