@@ -436,10 +436,15 @@ fn start_order(
     vi: usize,
     cpu: Cpu,
     opts: &RunOptions,
-) -> (Cpu, std::cmp::Reverse<Duration>) {
+) -> (u8, std::cmp::Reverse<Duration>) {
+    let kind = match cpu {
+        Cpu::Kernel => 0,
+        Cpu::Hog => 1,
+        Cpu::Timed => 2,
+    };
     let resolved = scenario.resolve(&scenario.variants[vi], opts.time_scale);
     let window = resolved.params.duration("deadline").unwrap_or_default();
-    (cpu, std::cmp::Reverse(window))
+    (kind, std::cmp::Reverse(window))
 }
 
 /// `--jobs` unless given: four lanes per core, at most 8. Most of a variant's time is a
@@ -961,6 +966,26 @@ mod tests {
         assert_eq!(json["lost"], 1, "{json}");
     }
 
+    #[test]
+    fn which_kinds_of_cpu_use_run_side_by_side() {
+        use Cpu::*;
+        // (a run of this kind, beside one of that kind in flight, may start)
+        let table = [
+            (Kernel, Kernel, true),
+            (Kernel, Hog, true),
+            (Kernel, Timed, true),
+            (Hog, Kernel, true),
+            (Hog, Hog, false),
+            (Hog, Timed, false),
+            (Timed, Kernel, true),
+            (Timed, Hog, false),
+            (Timed, Timed, true),
+        ];
+        for (a, b, expected) in table {
+            assert_eq!(a.beside(b), expected, "{a:?} beside {b:?}");
+        }
+    }
+
     /// Admission over hand-built runs: `kinds[i]` is run i's CPU kind, weight 1 each.
     fn admission(kinds: &[Cpu]) -> (Admission, Vec<Vec<(usize, Cpu)>>) {
         let units = (0..kinds.len())
@@ -1025,7 +1050,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_timed_run_waits_for_a_hog_and_a_busy_machine() {
+    async fn a_hog_waits_for_timed_runs_and_every_start_for_idle_cpu() {
         let (a, w) = admission(&[Cpu::Timed, Cpu::Timed, Cpu::Hog]);
         assert_eq!(admitted(&a, &w).await, Some(0));
         sample(&a, 50);

@@ -115,8 +115,9 @@ pub struct VariantReport {
     /// Server settings as a session of this variant saw them (e.g. the as-configured variant).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub server_settings: BTreeMap<String, String>,
-    /// Why the variant did not run in this environment (it needs a pooler the run lacks, say).
-    /// Not a failure: no verdict was asked of it.
+    /// Why the variant has no verdict: it did not run in this environment (it needs a pooler
+    /// the run lacks, say), or an interrupt cut its run short. Not a failure: no verdict was
+    /// asked of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     /// What happened in the run these figures are from: its history, gauges and events, and

@@ -96,7 +96,7 @@ pub trait Code: Send + Sync + Sized + 'static {
 }
 
 /// How a variant's run shares the machine's CPU side by side (`--jobs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cpu {
     /// Little CPU of its own, and windows the kernel times in whole seconds (keepalive
     /// probes) and checks within 0.9-1.5x: a busy CPU moves its figures by milliseconds, so it
