@@ -27,6 +27,7 @@ pub mod observe;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod secret;
 pub mod text;
 pub mod trace;
 pub mod workload;

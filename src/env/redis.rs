@@ -123,18 +123,9 @@ pub fn parse_url(url: &str) -> Result<(), crate::error::UsageError> {
     Ok(())
 }
 
-/// Hides the password of a redis:// URL (`redis://:pw@h`, `redis://user:pw@h`).
+/// Hides the password of a Redis URL in every form (userinfo, `?pass=`).
 pub fn redact(url: &str) -> String {
-    // Any scheme: a URL given for the wrong server still carries somebody's password.
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let scheme = format!("{scheme}://");
-        if let Some((userinfo, host)) = rest.rsplit_once('@') {
-            // `redis://:pw@h` has an empty user; `redis://pw@h` is a password alone too.
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            return format!("{scheme}{user}:***@{host}");
-        }
-    }
-    url.to_string()
+    crate::secret::redact(url)
 }
 
 /// `LOCKLAB_REDIS_BIN` (a directory) if set, else `redis-server` on PATH, else /usr/bin.
@@ -230,7 +221,7 @@ mod tests {
     fn redact_hides_redis_passwords() {
         assert_eq!(redact("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
         assert_eq!(redact("redis://u:pw@h:6379"), "redis://u:***@h:6379");
-        assert_eq!(redact("redis://pw@h"), "redis://:***@h");
+        assert_eq!(redact("redis://pw@h"), "redis://***@h");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
     }
 

@@ -223,25 +223,9 @@ impl PgTarget {
     }
 }
 
-/// Hides the password of a URL or key=value connection string.
+/// Hides the password of a URL or key=value connection string, in every form.
 pub fn redact(conn: &str) -> String {
-    // Any URL, not only postgres:// ones: a wrong scheme is still somebody's password.
-    if let Some((scheme, rest)) = conn.split_once("://") {
-        let scheme = format!("{scheme}://");
-        if let Some((userinfo, host)) = rest.rsplit_once('@')
-            && let Some((user, _)) = userinfo.split_once(':')
-        {
-            return format!("{scheme}{user}:***@{host}");
-        }
-        return conn.to_string();
-    }
-    conn.split_whitespace()
-        .map(|kv| match kv.split_once('=') {
-            Some(("password", _)) => "password=***".to_string(),
-            _ => kv.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::secret::redact(conn)
 }
 
 /// A user's PostgreSQL URL or key=value string, checked for shape only (no connection):
