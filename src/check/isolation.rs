@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
-use super::stats::{json_ms, percentile};
+use super::stats::{p50, p99};
 use crate::history::{History, class};
 
 pub mod kind {
@@ -17,16 +17,15 @@ pub mod kind {
 }
 
 pub mod outcome {
+    pub use crate::check::outcome::{DEADLOCKED, STUCK};
     pub const OVERDRAWN: &str = "overdrawn";
     pub const LOST_UPDATES: &str = "lost-updates";
     pub const ERRORS: &str = "errors";
     pub const CONSISTENT: &str = "consistent";
     pub const SKEWED: &str = "skewed";
     pub const NOBODY_ON_CALL: &str = "nobody-on-call";
-    pub const DEADLOCKED: &str = "deadlocked";
     /// Deadlocks happened, and every victim's retry went through.
     pub const RETRIED: &str = "retried";
-    pub const STUCK: &str = "stuck";
 }
 
 /// Insufficient funds: the check said no (a refusal, not an error).
@@ -251,10 +250,7 @@ pub fn evaluate_transfers(h: &History, obs: &TransferObservations) -> Evaluation
             ("transfers_ok", json!(h.ok(kind::TRANSFER))),
             ("transfers_failed", json!(failed)),
             ("deadlocks", json!(obs.deadlocks)),
-            (
-                "victim_wait_ms",
-                json_ms(percentile(&obs.victim_waits_ms, 50.0)),
-            ),
+            ("victim_wait_ms", p50(&obs.victim_waits_ms)),
             ("deadlock_timeout_ms", json!(obs.deadlock_timeout_ms)),
             ("retries", json!(obs.retries)),
             ("money_made", json!(obs.total_after - obs.total_before)),
@@ -270,8 +266,8 @@ fn timing(h: &History, kind: &str, cut_off: bool) -> [(&'static str, serde_json:
     let latencies = h.completed_latencies(kind);
     [
         ("stuck", json!(h.unknown(kind))),
-        ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-        ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+        ("p50_ms", p50(&latencies)),
+        ("p99_ms", p99(&latencies)),
         ("cut_off", json!(cut_off)),
     ]
 }

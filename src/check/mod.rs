@@ -6,6 +6,7 @@ pub mod input;
 pub mod isolation;
 pub mod lost_client;
 pub mod orphan_lock;
+pub mod outcome;
 pub mod pool;
 pub mod pooler;
 pub mod setnx_race;

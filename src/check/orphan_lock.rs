@@ -5,16 +5,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
-use super::stats::{json_ms, percentile, round1};
+use super::stats::{p50, p99, round1};
 use crate::history::{History, class};
 use crate::observe::Sample;
 
 /// What the server showed about the row.
 pub mod outcome {
-    /// Still locked at the cut-off.
-    pub const STUCK: &str = "stuck";
-    /// A probe session got the row after the fault.
-    pub const RELEASED: &str = "released";
+    pub use crate::check::outcome::{RELEASED, STUCK};
     /// The row was free even just before the fault.
     pub const NEVER_LOCKED: &str = "never-locked";
 }
@@ -120,8 +117,8 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
             "statement_timeouts",
             json!(h.count("book", class::STATEMENT_TIMEOUT)),
         ),
-        ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-        ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+        ("p50_ms", p50(&latencies)),
+        ("p99_ms", p99(&latencies)),
         (
             "max_idle_in_transaction",
             json!(max(|s| s.idle_in_transaction)),

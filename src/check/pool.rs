@@ -7,14 +7,13 @@ use std::collections::BTreeSet;
 use serde_json::json;
 
 use super::Evaluation;
-use super::stats::{json_ms, percentile};
+use super::stats::{p50, p99};
 use crate::history::{History, class};
 pub use crate::observe::pool::PoolState;
 
 /// What the pool and the database showed.
 pub mod outcome {
-    /// pool-deadlock: handlers still waiting for a connection at the cut-off.
-    pub const DEADLOCKED: &str = "deadlocked";
+    pub use crate::check::outcome::{DEADLOCKED, STUCK};
     /// pool-deadlock: no handler waited for ever, some gave up.
     pub const FAILED_FAST: &str = "failed-fast";
     pub const COMPLETED: &str = "completed";
@@ -22,8 +21,6 @@ pub mod outcome {
     pub const OVERSOLD: &str = "oversold";
     /// begin-on-pool: customers told "booked" without a row, or transactions left open.
     pub const LOST_BOOKINGS: &str = "lost-bookings";
-    /// begin-on-pool: bookers still waiting at the cut-off (behind a leaked transaction's lock).
-    pub const STUCK: &str = "stuck";
     pub const BOOKED_ONCE: &str = "booked-once";
     pub const UNBOOKED: &str = "unbooked";
 }
@@ -66,8 +63,8 @@ pub fn evaluate_deadlock(h: &History, obs: &DeadlockObservations) -> Evaluation 
             ("handlers_failed", json!(failed)),
             ("handlers_stuck", json!(stuck)),
             ("pool_timeouts", json!(timeouts)),
-            ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-            ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+            ("p50_ms", p50(&latencies)),
+            ("p99_ms", p99(&latencies)),
             ("pool_size", json!(obs.pool_at_end.size)),
             ("pool_available", json!(obs.pool_at_end.available)),
             ("pool_waiting", json!(obs.pool_at_end.waiting)),
@@ -142,8 +139,8 @@ pub fn evaluate_booking(h: &History, obs: &BookingObservations) -> Evaluation {
                 "unique_violations",
                 json!(h.count("book", class::UNIQUE_VIOLATION)),
             ),
-            ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-            ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+            ("p50_ms", p50(&latencies)),
+            ("p99_ms", p99(&latencies)),
             ("stuck", json!(stuck)),
             ("cut_off", json!(obs.cut_off)),
         ],

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::json;
 
 use super::Evaluation;
-use super::stats::{json_ms, percentile};
+use super::stats::{p50, p99};
 use crate::history::{History, Op, Outcome};
 
 /// Operation kinds in the history.
@@ -33,13 +33,13 @@ pub mod sqlstate {
 }
 
 pub mod outcome {
+    pub use crate::check::outcome::STUCK;
     pub const STATEMENT_ERRORS: &str = "statement-errors";
     pub const REFUSED: &str = "refused";
     pub const FOREIGN_SETTINGS: &str = "foreign-settings";
     pub const TWO_HOLDERS: &str = "two-holders";
     pub const STRANDED_LOCKS: &str = "stranded-locks";
     pub const LOST_NOTIFICATIONS: &str = "lost-notifications";
-    pub const STUCK: &str = "stuck";
     pub const CLEAN: &str = "clean";
 }
 
@@ -232,8 +232,8 @@ pub fn evaluate(h: &History, obs: &PoolerObservations) -> Evaluation {
         ("notifications_received", json!(received)),
         ("lost_notifications", json!(lost)),
         ("misdelivered", json!(obs.misdelivered)),
-        ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-        ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+        ("p50_ms", p50(&latencies)),
+        ("p99_ms", p99(&latencies)),
         ("cut_off", json!(obs.cut_off)),
     ]);
     Evaluation::new(outcome, metrics)

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
-use super::stats::{json_ms, percentile};
+use super::stats::{json_ms, p50, p99};
 use crate::history::{History, class};
 pub use crate::observe::redis_key::KeySample;
 
@@ -139,10 +139,10 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
         ("lock_stuck_ms", json_ms(lock_stuck.map(|(ms, _)| ms))),
         ("denied", json!(count(class::DENIED))),
         ("sold_out", json!(count(class::SOLD_OUT))),
-        ("acquire_p50_ms", json_ms(percentile(&waits, 50.0))),
-        ("acquire_p99_ms", json_ms(percentile(&waits, 99.0))),
-        ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-        ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+        ("acquire_p50_ms", p50(&waits)),
+        ("acquire_p99_ms", p99(&waits)),
+        ("p50_ms", p50(&latencies)),
+        ("p99_ms", p99(&latencies)),
         ("cut_off", json!(obs.cut_off)),
     ];
     let outcome = if oversold > 0 {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
-use super::stats::{json_ms, percentile, round1};
+use super::stats::{p50, p99, round1};
 use crate::history::{History, Outcome, class};
 
 pub const METRICS: &[&str] = &[
@@ -106,8 +106,8 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
         ("bookings_ok", json!(h.ok("book"))),
         ("bookings_failed", json!(h.failed("book"))),
         ("bookings_stuck", json!(h.unknown("book"))),
-        ("p50_ms", json_ms(percentile(&latencies, 50.0))),
-        ("p99_ms", json_ms(percentile(&latencies, 99.0))),
+        ("p50_ms", p50(&latencies)),
+        ("p99_ms", p99(&latencies)),
         ("restart_errors", json!(restart_errors)),
         ("first_ok_after_restart_ms", json!(first_ok)),
         ("broken_after_restart", json!(broken)),

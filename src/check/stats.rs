@@ -24,6 +24,17 @@ pub fn json_ms(x: Option<f64>) -> serde_json::Value {
     }
 }
 
+/// The median of latencies in ms as a metric value (0.1 ms, null for none): the `p50_ms` of
+/// every checker.
+pub fn p50(latencies_ms: &[f64]) -> serde_json::Value {
+    json_ms(percentile(latencies_ms, 50.0))
+}
+
+/// The 99th percentile of latencies in ms as a metric value: every checker's `p99_ms`.
+pub fn p99(latencies_ms: &[f64]) -> serde_json::Value {
+    json_ms(percentile(latencies_ms, 99.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

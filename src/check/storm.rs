@@ -6,15 +6,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
-use super::stats::{json_ms, percentile, round1};
+use super::stats::{json_ms, p50, p99, round1};
 use crate::history::{History, Outcome, class};
 use crate::observe::pg_slots::SlotSample;
 
 pub mod outcome {
-    /// The row was still locked at the cut-off.
-    pub const STUCK: &str = "stuck";
-    /// The row was freed before the cut-off.
-    pub const RELEASED: &str = "released";
+    pub use crate::check::outcome::{RELEASED, STUCK};
     /// Freed by a restart, then locked again by the next frozen payment call.
     pub const RELAPSED: &str = "relapsed";
 }
@@ -224,9 +221,9 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
         ("other_calls", json!(others.len())),
         ("other_ok_ratio", other_ok_ratio),
         ("other_ok_pct", pct(ratio.map(|r| r * 100.0))),
-        ("other_p99_ms", json_ms(percentile(&other_latencies, 99.0))),
-        ("p50_ms", json_ms(percentile(&book_latencies, 50.0))),
-        ("p99_ms", json_ms(percentile(&book_latencies, 99.0))),
+        ("other_p99_ms", p99(&other_latencies)),
+        ("p50_ms", p50(&book_latencies)),
+        ("p99_ms", p99(&book_latencies)),
         ("db_cpu_pct", pct(obs.db_cpu_pct)),
         ("harness_cpu_pct", pct(obs.harness_cpu_pct)),
         ("recovered_ms", json_ms(recovered_ms)),

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use nix::sys::signal::{SigHandler, Signal};
 
 use super::process::{group_alive, signal_group};
 
@@ -32,10 +33,10 @@ impl Guardian {
             .stderr(Stdio::null());
         // Its own session: a terminal's Ctrl-C or a process-group kill aimed at locklab
         // must not take the guardian down with it.
-        // SAFETY: setsid is async-signal-safe.
+        // SAFETY: setsid is an async-signal-safe system call.
         unsafe {
             cmd.pre_exec(|| {
-                libc::setsid();
+                let _ = nix::unistd::setsid();
                 Ok(())
             });
         }
@@ -115,10 +116,10 @@ impl Drop for Guardian {
 
 /// The guardian process's main loop (`locklab __guardian`).
 pub fn guardian_main() -> i32 {
-    // SAFETY: ignoring SIGINT/SIGHUP so only the pipe decides when to act.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    // Only the pipe decides when to act: a terminal's Ctrl-C or hang-up does not.
+    for sig in [Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: SIG_IGN installs no handler, so nothing runs in signal context.
+        let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigIgn) };
     }
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
     let mut groups: BTreeSet<u32> = BTreeSet::new();

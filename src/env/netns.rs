@@ -10,8 +10,6 @@
 //! rules with it; the guardian deletes it if locklab dies first.
 
 use std::fs::File;
-use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -39,8 +37,7 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 /// Why this process cannot make a network fault, if it cannot: it needs root (CAP_NET_ADMIN and
 /// CAP_SYS_ADMIN, to create a namespace and enter it), `ip` and `nft`.
 pub fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some(
             "its fault is a network partition, made in a network namespace of locklab's own, \
              which needs root: run locklab as root (or with sudo)"
@@ -161,18 +158,16 @@ impl NetnsHandle {
     /// after the change of user, which clears it.
     pub fn enter_before_exec(&self, cmd: &mut tokio::process::Command, run_as: Option<RunAs>) {
         let file = self.0.clone();
-        // SAFETY: only async-signal-safe system calls between fork and exec.
+        // SAFETY: between fork and exec only setns, setgroups, setgid and setuid run:
+        // async-signal-safe system calls, no allocation.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if let Some(who) = run_as
-                    && (libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(who.gid) != 0
-                        || libc::setuid(who.uid) != 0)
-                {
-                    return Err(io::Error::last_os_error());
+                use nix::unistd::{Gid, Uid};
+                nix::sched::setns(&*file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                if let Some(who) = run_as {
+                    nix::unistd::setgroups(&[])?;
+                    nix::unistd::setgid(Gid::from_raw(who.gid))?;
+                    nix::unistd::setuid(Uid::from_raw(who.uid))?;
                 }
                 Ok(())
             });

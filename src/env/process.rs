@@ -10,6 +10,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::signal::Signal;
+use nix::unistd::{AccessFlags, Pid};
 use tokio::process::{Child, Command};
 
 type Job = (
@@ -39,16 +42,16 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
 }
 
 fn spawn_with_deathsig(cmd: &mut Command, sig: libc::c_int) -> io::Result<Child> {
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+    let parent = nix::unistd::getpid();
+    let sig = Signal::try_from(sig).map_err(io::Error::from)?;
+    // SAFETY: between fork and exec only prctl and getppid run: async-signal-safe system calls,
+    // no allocation (the error built on failure is a raw OS error).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            nix::sys::prctl::set_pdeathsig(sig).map_err(io::Error::from)?;
             // The parent may have died before prctl took effect.
-            if libc::getppid() != parent {
-                libc::_exit(1);
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
@@ -73,14 +76,26 @@ pub async fn spawn_tied(mut cmd: Command, deathsig: libc::c_int) -> anyhow::Resu
         .context("could not start a child process")
 }
 
+/// Sends `sig` to process `pid` (0 only asks whether it exists); false where it failed, e.g.
+/// a process that is gone (ESRCH).
 pub fn signal(pid: u32, sig: libc::c_int) -> bool {
-    // SAFETY: kill(2) with a pid we spawned; a stale pid only yields ESRCH.
-    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+    send(pid as libc::pid_t, sig)
 }
 
+/// As [`signal`], to every process of the group `pgid` leads.
 pub fn signal_group(pgid: u32, sig: libc::c_int) -> bool {
-    // SAFETY: as above, for the process group the child leads.
-    unsafe { libc::kill(-(pgid as libc::pid_t), sig) == 0 }
+    send(-(pgid as libc::pid_t), sig)
+}
+
+fn send(pid: libc::pid_t, sig: libc::c_int) -> bool {
+    let sig = match sig {
+        0 => None,
+        n => match Signal::try_from(n) {
+            Ok(s) => Some(s),
+            Err(_) => return false,
+        },
+    };
+    nix::sys::signal::kill(Pid::from_raw(pid), sig).is_ok()
 }
 
 pub fn group_alive(pgid: u32) -> bool {
@@ -117,17 +132,16 @@ pub struct RunAs {
 
 /// `postgres` where that account exists, else `nobody`; `None` when not root.
 pub fn unprivileged_account() -> Option<RunAs> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return None;
     }
-    for name in [c"postgres", c"nobody"] {
-        // SAFETY: getpwnam returns a pointer to static storage or null; we copy out at once.
-        let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-        if !pw.is_null() {
-            // SAFETY: pw is non-null and points at a valid passwd record.
-            let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-            return Some(RunAs { uid, gid });
+    // getpwnam_r underneath: safe from the several lanes that set up servers at once.
+    for name in ["postgres", "nobody"] {
+        if let Ok(Some(user)) = nix::unistd::User::from_name(name) {
+            return Some(RunAs {
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+            });
         }
     }
     Some(RunAs {
@@ -167,10 +181,7 @@ pub fn copy_tree(src: &std::path::Path, dst: &std::path::Path) -> io::Result<()>
 pub fn scratch_root() -> std::path::PathBuf {
     if std::env::var_os("TMPDIR").is_none() {
         let shm = std::path::Path::new("/dev/shm");
-        let writable = std::ffi::CString::new("/dev/shm")
-            // SAFETY: access(2) on a valid NUL-terminated path.
-            .map(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0)
-            .unwrap_or(false);
+        let writable = nix::unistd::access(shm, AccessFlags::W_OK | AccessFlags::X_OK).is_ok();
         if shm.is_dir() && writable {
             return shm.to_path_buf();
         }
@@ -222,28 +233,15 @@ pub fn free_port() -> io::Result<u16> {
 /// Makes sure the process may have `need` files open at once (each connection is one), raising
 /// its soft limit up to the hard one where needed. The error says what to do instead.
 pub fn ensure_open_files(need: u64) -> Result<(), String> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return Ok(()); // unknown: let the connections say so if it is too low
-    }
-    if lim.rlim_cur >= need {
+    };
+    if soft >= need || (hard >= need && setrlimit(Resource::RLIMIT_NOFILE, need, hard).is_ok()) {
         return Ok(());
     }
-    if lim.rlim_max >= need {
-        lim.rlim_cur = need;
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
-            return Ok(());
-        }
-    }
     Err(format!(
-        "the run needs {need} open files (one per connection) and this process may open {} \
-         (hard limit {}): raise it with `ulimit -n {need}`, or run against a server with fewer \
-         connection slots",
-        lim.rlim_cur, lim.rlim_max
+        "the run needs {need} open files (one per connection) and this process may open {soft} \
+         (hard limit {hard}): raise it with `ulimit -n {need}`, or run against a server with fewer \
+         connection slots"
     ))
 }

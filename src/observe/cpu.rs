@@ -95,9 +95,10 @@ pub fn machine_busy_seconds() -> Option<f64> {
 }
 
 fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf with a valid name has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
+        _ => 100.0,
+    }
 }
 
 /// This machine's cores, as the runner counts them.

@@ -12,13 +12,12 @@ use anyhow::Context;
 use std::future::Future;
 
 use futures::future::BoxFuture;
-use tokio::time::Instant;
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::pool::{BOOKING_METRICS, BookingObservations};
 use crate::error::UsageError;
-use crate::history::{Clock, class};
+use crate::history::class;
 use crate::workload::gate::Gates;
 use crate::workload::{self, OpError, Plan};
 
@@ -284,11 +283,10 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
         })
         .collect();
 
-    let (done, ticker) = ctx.progress_counter(" customers told booked".into());
-    let clock = Clock::start();
-    let deadline = Instant::now() + cfg.deadline;
-    let driven = workload::drive(clients, Plan::Once, clock, deadline, &ctx.cancel, done).await;
-    drop(ticker);
+    let window = ctx.window(cfg.deadline);
+    let driven = ctx
+        .drive(clients, Plan::Once, &window, " customers told booked")
+        .await;
 
     // Every booker is done: whatever the pool's connections still have open is leaked.
     let leaked: i64 = admin
@@ -311,7 +309,7 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
         .collect();
     let told = told_booked.lock().map(|t| t.clone()).unwrap_or_default();
     Ok(VariantRun::checked(
-        &clock,
+        &window.clock,
         driven.history,
         crate::check::Input::PoolBooking(BookingObservations {
             seats: 1,

@@ -11,7 +11,6 @@ use std::future::Future;
 
 use anyhow::Context;
 use futures::future::BoxFuture;
-use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use super::isolation::{Conflicts, LEVELS, Level};
@@ -19,7 +18,6 @@ use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::isolation::{ACCOUNT_METRICS, AccountObservations, REFUSED};
 use crate::error::UsageError;
-use crate::history::Clock;
 use crate::workload::gate::Gates;
 use crate::workload::{self, OpError, Plan};
 
@@ -313,11 +311,10 @@ async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
             queue: queues.get(i % cfg.instances.max(1)).cloned(),
         }));
     }
-    let (done, ticker) = ctx.progress_counter(" withdrawals".into());
-    let clock = Clock::start();
-    let deadline = Instant::now() + cfg.deadline;
-    let driven = workload::drive(clients, Plan::Once, clock, deadline, &ctx.cancel, done).await;
-    drop(ticker);
+    let window = ctx.window(cfg.deadline);
+    let driven = ctx
+        .drive(clients, Plan::Once, &window, " withdrawals")
+        .await;
     ctx.terminate_sessions("w/").await?;
 
     let final_balance: i64 = admin
@@ -338,7 +335,7 @@ async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
     let (failures, retries) = shared.conflicts.counts();
     let valid = ((cfg.balance / cfg.amount) as usize).min(cfg.withdrawers);
     Ok(VariantRun::checked(
-        &clock,
+        &window.clock,
         driven.history,
         crate::check::Input::Account(AccountObservations {
             initial_balance: cfg.balance,

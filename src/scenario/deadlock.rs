@@ -18,7 +18,6 @@ use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::isolation::{TRANSFER_METRICS, TransferObservations, kind};
 use crate::error::UsageError;
-use crate::history::Clock;
 use crate::workload::gate::Gates;
 use crate::workload::{self, OpError, Plan};
 
@@ -238,16 +237,13 @@ async fn run(cfg: &Deadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun>
             }));
         }
     }
-    let (done, ticker) = ctx.progress_counter(" transfers".into());
-    let clock = Clock::start();
-    let deadline = Instant::now() + cfg.deadline;
-    let driven = workload::drive(clients, Plan::Once, clock, deadline, &ctx.cancel, done).await;
-    drop(ticker);
+    let window = ctx.window(cfg.deadline);
+    let driven = ctx.drive(clients, Plan::Once, &window, " transfers").await;
     ctx.terminate_sessions("w/").await?;
     let total_after = total().await?;
     let (deadlocks, retries) = shared.conflicts.counts();
     Ok(VariantRun::checked(
-        &clock,
+        &window.clock,
         driven.history,
         crate::check::Input::Transfers(TransferObservations {
             deadlocks,

@@ -18,9 +18,7 @@ use anyhow::Context;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
-use super::orphan_lock::{
-    Booking, HolderConfig, Prober, connect_bookers, spawn_holder, wait_until_probe_queued,
-};
+use super::booking::{Booking, HolderConfig, Prober, connect_bookers, spawn_holder};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::lost_client::{Backend, Keepalive, METRICS, ServerSide};
@@ -222,15 +220,12 @@ async fn watch_backend(
 async fn run(cfg: &LostClient, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let mut settings = ctx.variant.settings.clone();
     settings.push(("max_connections".into(), (cfg.sessions() + 10).to_string()));
-    let (mut server, mut ns) = ctx
-        .env
-        .start_own_pg_in_netns(&settings)
-        .await
-        .context("lost-client needs a throwaway PostgreSQL")??;
-    let result = run_on(cfg, ctx, &server, &ns).await;
-    server.stop().await;
-    ns.delete().await;
-    result
+    ctx.on_own_pg(&settings, true, async |own| match &own.netns {
+        Some(ns) => run_on(cfg, ctx, &own.server, ns).await,
+        None => anyhow::bail!("lost-client's server has no network namespace"),
+    })
+    .await
+    .context("lost-client needs a throwaway PostgreSQL")?
 }
 
 async fn run_on(
@@ -294,8 +289,7 @@ async fn run_on(
             .context("could not find the holder's backend")?;
         let (pid, port): (i32, i32) = (row.get(0), row.get(1));
         let port = u16::try_from(port).context("the holder's connection has no TCP port")?;
-        let probe_app = ctx.app("probe");
-        let prober = Prober::connect(&local, &probe_app, &booking).await?;
+        let prober = Prober::connect(&local, &ctx.app("probe"), &booking).await?;
         let locked_before_fault = prober.try_now().await?.is_none();
 
         // The holder's last reply is acknowledged by now: the connection is idle, with nothing
@@ -305,8 +299,9 @@ async fn run_on(
         let deadline = Instant::now() + cfg.deadline;
         let watcher = local.connect(&ctx.app("backend-watch")).await?;
         let watch = tokio::spawn(watch_backend(watcher, pid, deadline, ctx.cancel.clone()));
-        let probe_task = tokio::spawn(prober.wait_free(deadline, ctx.cancel.clone()));
-        wait_until_probe_queued(&admin, &probe_app, &probe_task).await;
+        let queued = prober
+            .queue_first(&admin, deadline, ctx.cancel.clone(), clock)
+            .await;
 
         let (booked, ticker) = ctx.progress_counter(format!(" of {} booked", cfg.clients));
         let plan = Plan::UntilOk {
@@ -317,7 +312,7 @@ async fn run_on(
         drop(ticker);
         let probe = Probe {
             locked_before_fault,
-            free_at_epoch: probe_task.await.context("the probe task failed")??,
+            free_at_epoch: queued.free_at_epoch().await?,
         };
         let gone = watch.await.context("the backend watcher failed")?;
         let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;

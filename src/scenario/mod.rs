@@ -2,12 +2,14 @@
 //! A scenario never sees the CLI: it gets its resolved variant and a context to work in.
 
 pub mod begin_on_pool;
+pub mod booking;
 pub mod check_then_act;
 pub mod connection_storm;
 pub mod deadlock;
 pub mod isolation;
 pub mod lost_client;
 pub mod orphan_lock;
+pub mod own_server;
 pub mod pool_deadlock;
 pub mod pooler_pitfalls;
 pub mod read_skew;
@@ -306,12 +308,51 @@ impl VariantCtx<'_> {
         (count, Ticker(task))
     }
 
+    /// The variant's clock, started now, and its cut-off `within` from now.
+    pub fn window(&self, within: std::time::Duration) -> Window {
+        Window {
+            clock: Clock::start(),
+            deadline: tokio::time::Instant::now() + within,
+        }
+    }
+
+    /// Runs the workload: every client under `plan` until all are done or the window's cut-off
+    /// (or Ctrl-C) comes, the progress bar counting what they got done as `{n}{label}`.
+    pub async fn drive(
+        &self,
+        clients: Vec<Box<dyn crate::workload::Client>>,
+        plan: crate::workload::Plan,
+        window: &Window,
+        label: impl Into<String>,
+    ) -> crate::workload::Driven {
+        let (done, ticker) = self.progress_counter(label.into());
+        let driven = crate::workload::drive(
+            clients,
+            plan,
+            window.clock,
+            window.deadline,
+            &self.cancel,
+            done,
+        )
+        .await;
+        drop(ticker);
+        driven
+    }
+
     /// Ends this variant's sessions whose role starts with `role_prefix` (e.g. `w/`).
     pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
         self.env
             .terminate_sessions(&format!("{}/{role_prefix}", self.variant_tag()))
             .await
     }
+}
+
+/// A variant's clock and its cut-off, started together: what its history's times count from,
+/// and when its clients are cut off.
+#[derive(Clone, Copy)]
+pub struct Window {
+    pub clock: Clock,
+    pub deadline: tokio::time::Instant,
 }
 
 /// Stops updating the progress bar when dropped.

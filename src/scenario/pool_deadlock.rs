@@ -10,13 +10,11 @@ use std::future::Future;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use tokio::time::Instant;
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::pool::{DEADLOCK_METRICS, DeadlockObservations, PoolState};
 use crate::error::UsageError;
-use crate::history::Clock;
 use crate::observe;
 use crate::workload::{self, OpError, Plan};
 
@@ -201,13 +199,11 @@ async fn run(cfg: &PoolDeadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
         })
         .collect();
 
-    let clock = Clock::start();
-    let deadline = Instant::now() + cfg.deadline;
+    let window = ctx.window(cfg.deadline);
     // The pool's counters as they were just before the cut-off, for a run that is cut off.
-    let sampler = observe::pool::last_before(pool.clone(), deadline);
-    let (done, ticker) = ctx.progress_counter(format!(" of {handlers} handlers done"));
-    let driven = workload::drive(clients, Plan::Once, clock, deadline, &ctx.cancel, done).await;
-    drop(ticker);
+    let sampler = observe::pool::last_before(pool.clone(), window.deadline);
+    let label = format!(" of {handlers} handlers done");
+    let driven = ctx.drive(clients, Plan::Once, &window, label).await;
     let pool_at_end = if driven.cut_off {
         sampler.await.unwrap_or_default()
     } else {
@@ -217,7 +213,7 @@ async fn run(cfg: &PoolDeadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
     pool.close();
     ctx.terminate_sessions("w/").await?;
     Ok(VariantRun::checked(
-        &clock,
+        &window.clock,
         driven.history,
         crate::check::Input::PoolDeadlock(DeadlockObservations {
             pool_at_end,

@@ -9,7 +9,6 @@ use std::time::Duration;
 use std::future::Future;
 
 use futures::future::BoxFuture;
-use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use super::isolation::{LEVELS, Level};
@@ -17,7 +16,6 @@ use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::isolation::{REPORT_METRICS, ReportObservations, kind};
 use crate::error::UsageError;
-use crate::history::Clock;
 use crate::workload::gate::Gates;
 use crate::workload::{self, OpError, Plan};
 
@@ -269,19 +267,17 @@ async fn run(cfg: &ReadSkew, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun>
         shared: shared.clone(),
         round: 0,
     }));
-    let (done, ticker) = ctx.progress_counter(" reports".into());
-    let clock = Clock::start();
-    let deadline = Instant::now() + cfg.deadline;
-    let plan = Plan::Times(cfg.rounds);
-    let driven = workload::drive(clients, plan, clock, deadline, &ctx.cancel, done).await;
-    drop(ticker);
+    let window = ctx.window(cfg.deadline);
+    let driven = ctx
+        .drive(clients, Plan::Times(cfg.rounds), &window, " reports")
+        .await;
     if let Some(p) = &pool {
         p.close();
     }
     ctx.terminate_sessions("w/").await?;
     let seen = shared.seen.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(VariantRun::checked(
-        &clock,
+        &window.clock,
         driven.history,
         crate::check::Input::Reports(ReportObservations {
             invariant_total: cfg.total,

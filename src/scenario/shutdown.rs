@@ -14,7 +14,7 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::orphan_lock::{Booking, HolderConfig, HolderEvent, Prober, server_epoch, spawn_holder};
+use super::booking::{Booking, HolderConfig, HolderEvent, Prober, server_epoch, spawn_holder};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::shutdown::{METRICS, Observations};
@@ -222,24 +222,14 @@ async fn deploy(victim: &mut Victim, grace: Duration) -> anyhow::Result<HolderEn
 async fn run(cfg: &Shutdown, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     if cfg.event == Event::DbRestart {
         let settings = [("max_connections".into(), (cfg.sessions() + 10).to_string())];
-        let mut server = ctx
-            .env
-            .start_own_pg(&settings)
-            .await
-            .context("db-restart needs a throwaway PostgreSQL")??;
         let schema = ctx.env.pg.schema.clone();
-        let target = server.target(&schema);
-        let result = async {
-            target
-                .connect(&ctx.app("admin"))
-                .await?
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-                .await?;
-            run_on(cfg, ctx, (&target, &target), Some(&mut server)).await
-        }
-        .await;
-        server.stop().await;
-        return result;
+        return ctx
+            .on_own_pg(&settings, false, async |own| {
+                let target = own.server.target(&schema);
+                run_on(cfg, ctx, (&target, &target), Some(&mut own.server)).await
+            })
+            .await
+            .context("db-restart needs a throwaway PostgreSQL")?;
     }
     let result = run_on(cfg, ctx, (ctx.pg(), &ctx.env.direct), None).await;
     // Whatever a killed holder or a cut-off left, so the next variant starts clean.

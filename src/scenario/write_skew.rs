@@ -10,7 +10,6 @@ use std::future::Future;
 
 use anyhow::Context;
 use futures::future::BoxFuture;
-use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use super::isolation::{Conflicts, LEVELS, Level};
@@ -18,7 +17,6 @@ use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::isolation::{ROTA_METRICS, RotaObservations, STAYED, kind};
 use crate::error::UsageError;
-use crate::history::Clock;
 use crate::workload::gate::Gates;
 use crate::workload::{self, OpError, Plan};
 
@@ -181,11 +179,8 @@ async fn run(cfg: &WriteSkew, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
             }));
         }
     }
-    let (done, ticker) = ctx.progress_counter(" off call".into());
-    let clock = Clock::start();
-    let deadline = Instant::now() + cfg.deadline;
-    let driven = workload::drive(clients, Plan::Once, clock, deadline, &ctx.cancel, done).await;
-    drop(ticker);
+    let window = ctx.window(cfg.deadline);
+    let driven = ctx.drive(clients, Plan::Once, &window, " off call").await;
     ctx.terminate_sessions("w/").await?;
     let on_call: Vec<i64> = admin
         .rows(
@@ -201,7 +196,7 @@ async fn run(cfg: &WriteSkew, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         .collect();
     let (failures, retries) = shared.conflicts.counts();
     Ok(VariantRun::checked(
-        &clock,
+        &window.clock,
         driven.history,
         crate::check::Input::Rota(RotaObservations {
             on_call,

@@ -21,7 +21,7 @@ use tokio_postgres::Client;
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::setnx_race::{Crash, METRICS, Observations};
+use crate::check::setnx_race::{Crash, METRICS, Observations, Section};
 use crate::env::worker::WorkerIo;
 use crate::error::UsageError;
 use crate::fault::{self, Fault};
@@ -176,79 +176,23 @@ impl workload::Client for Buyer {
     }
 }
 
+/// What the buyers, the holder and the lab share during a run.
+#[derive(Default)]
+struct Shared {
+    /// Every critical section, as its owner entered and left it.
+    sections: Arc<Mutex<Vec<Section>>>,
+    /// Some buyer is inside its critical section, paying (a paused holder resumes then).
+    someone_paying: Arc<Flag>,
+    /// The first holder no longer holds the lock (released, crashed or done).
+    holder_released: Arc<Flag>,
+}
+
 async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
-    let env = ctx.env;
-    let redis = env.redis()?;
-    let (buyers, stock, fault) = (cfg.buyers, cfg.stock, cfg.fault);
-    let shop = Arc::new(Shop {
-        lock: cfg.lock,
-        ttl_ms: cfg.ttl.as_millis() as u64,
-        payment_ms: cfg.payment.as_millis() as u64,
-        lock_key: ctx.redis_key("lock:product:1")?,
-        fence_key: ctx.redis_key("fence:product:1")?,
-        products: env.pg.table("products"),
-        orders: env.pg.table("orders"),
-    });
-
-    let admin = env.direct.connect(&ctx.app("admin")).await?;
-    admin
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {products}, {orders}; \
-             CREATE TABLE {products} (id int PRIMARY KEY, stock int NOT NULL, \
-                                      fence bigint NOT NULL DEFAULT 0); \
-             CREATE TABLE {orders} (id bigserial PRIMARY KEY, product_id int, buyer text, \
-                                    fence bigint, at timestamptz DEFAULT clock_timestamp()); \
-             INSERT INTO {products} (id, stock) VALUES ({PRODUCT}, {stock});",
-            products = shop.products,
-            orders = shop.orders,
-        ))
-        .await
-        .context("could not create the scenario's tables")?;
-    let mut rcon = redis.connect().await?;
-    redis::cmd("DEL")
-        .arg(&shop.lock_key)
-        .arg(&shop.fence_key)
-        .query_async::<i64>(&mut rcon)
-        .await
-        .context("could not reset the lock keys")?;
-
+    let (shop, admin) = setup(cfg, ctx).await?;
+    let shared = Shared::default();
     // Every buyer is connected before the first one takes the lock.
-    let sections = Arc::new(Mutex::new(Vec::new()));
-    let someone_paying = Arc::new(Flag::default());
-    let holder_released = Arc::new(Flag::default());
-    let connects = (1..buyers).map(|i| {
-        let app = ctx.app(&format!("w/buyer-{i}"));
-        async move {
-            let pg = env.pg.connect(&app).await?;
-            let con = redis.connect().await?;
-            anyhow::Ok((pg, con))
-        }
-    });
-    let mut clients: Vec<Box<dyn workload::Client>> = Vec::with_capacity(buyers);
-    for (i, c) in futures::future::join_all(connects)
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        let (pg, con) = c.context("could not connect a buyer")?;
-        let name = format!("buyer-{}", i + 1);
-        clients.push(Box::new(Buyer {
-            shop: shop.clone(),
-            canceller: Canceller::new(&pg, &env.pg),
-            pg,
-            redis: con,
-            recorder: Recorder {
-                buyer: name.clone(),
-                sections: sections.clone(),
-                open: None,
-                paying: Some(someone_paying.clone()),
-            },
-            name,
-            first_attempt_ms: None,
-            holder_released: holder_released.clone(),
-        }));
-    }
-
+    let clients = connect_buyers(cfg, ctx, &shop, &shared).await?;
+    let redis = ctx.env.redis()?;
     let clock = Clock::start();
     let stop_watch = tokio_util::sync::CancellationToken::new();
     let watcher = observe::redis_key::watch(
@@ -256,124 +200,20 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         shop.lock_key.clone(),
         stop_watch.clone(),
     );
-    let recorder = Recorder {
-        buyer: "holder".into(),
-        sections: sections.clone(),
-        open: None,
-        paying: None,
-    };
-
-    let outcome = async {
-        let started_ms = clock.now_ms();
-        let mut holder = Holder::start(ctx, &shop, recorder).await?;
-        let result = async {
-            // The holder is inside its critical section, paying, before anyone else starts.
-            let ready_by = Instant::now() + Duration::from_secs(10);
-            loop {
-                match holder.next(ready_by).await {
-                    Some(Event::Paying) => break,
-                    Some(Event::Done { error }) => {
-                        bail!("the holder finished before paying: {error:?}")
-                    }
-                    Some(_) => continue,
-                    None => bail!("the holder process did not start paying within 10 s"),
-                }
-            }
-            let mut crash = None;
-            let mut resume = None;
-            match fault {
-                HolderFault::None => {}
-                HolderFault::Crash => {
-                    holder.victim.inject(Fault::Kill)?;
-                    let at_ms = epoch_ms();
-                    crash = Some(Crash {
-                        at_ms,
-                        value: holder.recorder.open_value(),
-                    });
-                    // A dead holder holds nothing any more; only its key lingers.
-                    holder.recorder.on(&Event::Released {
-                        at_ms,
-                        deleted: None,
-                    });
-                    holder_released.set();
-                }
-                HolderFault::Pause => {
-                    holder.victim.inject(Fault::Freeze)?;
-                    let pid = holder.victim.pid();
-                    let pause = cfg.pause;
-                    let (someone_paying, deadline) =
-                        (someone_paying.clone(), Instant::now() + cfg.deadline);
-                    // Paused for at least `pause`, and until the next holder is at work: the
-                    // overlap then happens on every run, not only when the timing is kind.
-                    resume = Some(tokio::spawn(async move {
-                        tokio::time::sleep(pause).await;
-                        let _ = tokio::time::timeout_at(deadline, someone_paying.wait()).await;
-                        match pid {
-                            Some(pid) => fault::resume(pid),
-                            None => Ok(()),
-                        }
-                    }));
-                }
-            }
-            let deadline = Instant::now() + cfg.deadline;
-            let (sold, ticker) = ctx.progress_counter(" bought".into());
-            let plan = Plan::UntilOk {
-                retry_after: cfg.retry_after,
-                stop_on: &[class::SOLD_OUT, class::FENCED],
-            };
-            let (driven, holder_done) = tokio::join!(
-                workload::drive(clients, plan, clock, deadline, &ctx.cancel, sold),
-                async {
-                    if crash.is_some() {
-                        return Some((Err(class::CRASHED.to_string()), clock.now_ms()));
-                    }
-                    let done = loop {
-                        tokio::select! {
-                            e = holder.next(deadline) => match e {
-                                Some(Event::Done { error }) => {
-                                    break Some((error.map_or(Ok(()), Err), clock.now_ms()));
-                                }
-                                Some(Event::Released { .. }) => holder_released.set(),
-                                Some(_) => continue,
-                                None => break None,
-                            },
-                            _ = ctx.cancel.cancelled() => break None,
-                        }
-                    };
-                    holder_released.set();
-                    done
-                }
-            );
-            drop(ticker);
-            if let Some(r) = resume {
-                // A pause the run outlived never ended: the holder is killed below anyway.
-                match r.is_finished() {
-                    true => r.await.context("the resume task failed")??,
-                    false => r.abort(),
-                }
-            }
-            anyhow::Ok((driven, holder_done, crash))
-        }
-        .await;
-        let end_ms = epoch_ms();
-        holder.victim.end().await;
-        result.map(|r| (r, started_ms, end_ms))
-    }
-    .await;
-
+    let outcome = race(cfg, ctx, &shop, &shared, clients, clock).await;
     stop_watch.cancel();
     let key_samples = watcher.await.unwrap_or_default();
     ctx.terminate_sessions("w/").await?;
-    let ((driven, holder_done, crash), started_ms, end_ms) = outcome?;
-    let mut history = driven.history;
+    let raced = outcome?;
+    let mut history = raced.driven.history;
     // The holder's purchase, as its process reported it (unknown if it never finished). The
     // driver numbered the in-process buyers from 0; the holder is the client after them.
     history.ops.push(Op {
-        client: buyers - 1,
+        client: cfg.buyers - 1,
         kind: "buy".into(),
-        start_ms: started_ms,
-        end_ms: holder_done.as_ref().map(|(_, at)| *at),
-        outcome: match &holder_done {
+        start_ms: raced.started_ms,
+        end_ms: raced.holder_done.as_ref().map(|(_, at)| *at),
+        outcome: match &raced.holder_done {
             None => Outcome::Unknown,
             Some((Ok(()), _)) => Outcome::Ok,
             Some((Err(class), _)) => Outcome::Error {
@@ -391,19 +231,264 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         )
         .await
         .context("could not count the orders")?;
-    let sections = sections.lock().map(|s| s.clone()).unwrap_or_default();
+    let sections = shared
+        .sections
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
     Ok(VariantRun::checked(
         &clock,
         history,
         crate::check::Input::SetnxRace(Observations {
             sections,
             key_samples,
-            crash,
-            end_ms,
-            cut_off: driven.cut_off || holder_done.is_none(),
-            stock_initial: stock,
+            crash: raced.crash,
+            end_ms: raced.end_ms,
+            cut_off: raced.driven.cut_off || raced.holder_done.is_none(),
+            stock_initial: cfg.stock,
             stock_left: row.get(0),
             orders: row.get(1),
         }),
     ))
+}
+
+/// The shop's tables, stocked, and its lock keys gone; the setup session stays open to count
+/// the orders.
+async fn setup(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<(Arc<Shop>, Client)> {
+    let env = ctx.env;
+    let shop = Arc::new(Shop {
+        lock: cfg.lock,
+        ttl_ms: cfg.ttl.as_millis() as u64,
+        payment_ms: cfg.payment.as_millis() as u64,
+        lock_key: ctx.redis_key("lock:product:1")?,
+        fence_key: ctx.redis_key("fence:product:1")?,
+        products: env.pg.table("products"),
+        orders: env.pg.table("orders"),
+    });
+    let admin = env.direct.connect(&ctx.app("admin")).await?;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {products}, {orders}; \
+             CREATE TABLE {products} (id int PRIMARY KEY, stock int NOT NULL, \
+                                      fence bigint NOT NULL DEFAULT 0); \
+             CREATE TABLE {orders} (id bigserial PRIMARY KEY, product_id int, buyer text, \
+                                    fence bigint, at timestamptz DEFAULT clock_timestamp()); \
+             INSERT INTO {products} (id, stock) VALUES ({PRODUCT}, {stock});",
+            products = shop.products,
+            orders = shop.orders,
+            stock = cfg.stock,
+        ))
+        .await
+        .context("could not create the scenario's tables")?;
+    let mut rcon = env.redis()?.connect().await?;
+    redis::cmd("DEL")
+        .arg(&shop.lock_key)
+        .arg(&shop.fence_key)
+        .query_async::<i64>(&mut rcon)
+        .await
+        .context("could not reset the lock keys")?;
+    Ok((shop, admin))
+}
+
+/// The buyers after the first (the holder, a process of its own), each connected to
+/// PostgreSQL and Redis.
+async fn connect_buyers(
+    cfg: &SetnxRace,
+    ctx: &VariantCtx<'_>,
+    shop: &Arc<Shop>,
+    shared: &Shared,
+) -> anyhow::Result<Vec<Box<dyn workload::Client>>> {
+    let (env, redis) = (ctx.env, ctx.env.redis()?);
+    let connects = (1..cfg.buyers).map(|i| {
+        let app = ctx.app(&format!("w/buyer-{i}"));
+        async move {
+            let pg = env.pg.connect(&app).await?;
+            let con = redis.connect().await?;
+            anyhow::Ok((pg, con))
+        }
+    });
+    let mut clients: Vec<Box<dyn workload::Client>> = Vec::with_capacity(cfg.buyers);
+    for (i, c) in futures::future::join_all(connects)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let (pg, con) = c.context("could not connect a buyer")?;
+        let name = format!("buyer-{}", i + 1);
+        clients.push(Box::new(Buyer {
+            shop: shop.clone(),
+            canceller: Canceller::new(&pg, &env.pg),
+            pg,
+            redis: con,
+            recorder: Recorder {
+                buyer: name.clone(),
+                sections: shared.sections.clone(),
+                open: None,
+                paying: Some(shared.someone_paying.clone()),
+            },
+            name,
+            first_attempt_ms: None,
+            holder_released: shared.holder_released.clone(),
+        }));
+    }
+    Ok(clients)
+}
+
+/// What the race left: the buyers' history, how the holder's purchase ended (and when), the
+/// crash if the fault was one, and the span of the run on the wall clock.
+struct Raced {
+    driven: workload::Driven,
+    holder_done: Option<(Result<(), String>, f64)>,
+    crash: Option<Crash>,
+    started_ms: f64,
+    end_ms: f64,
+}
+
+/// The holder takes the lock and starts paying; the fault hits it; the buyers race for the
+/// item until the cut-off. The holder process is ended whatever happens.
+async fn race(
+    cfg: &SetnxRace,
+    ctx: &VariantCtx<'_>,
+    shop: &Arc<Shop>,
+    shared: &Shared,
+    clients: Vec<Box<dyn workload::Client>>,
+    clock: Clock,
+) -> anyhow::Result<Raced> {
+    let recorder = Recorder {
+        buyer: "holder".into(),
+        sections: shared.sections.clone(),
+        open: None,
+        paying: None,
+    };
+    let started_ms = clock.now_ms();
+    let mut holder = Holder::start(ctx, shop, recorder).await?;
+    let result = async {
+        wait_paying(&mut holder).await?;
+        let (crash, resume) = inject(cfg, &mut holder, shared)?;
+        let deadline = Instant::now() + cfg.deadline;
+        let (sold, ticker) = ctx.progress_counter(" bought".into());
+        let plan = Plan::UntilOk {
+            retry_after: cfg.retry_after,
+            stop_on: &[class::SOLD_OUT, class::FENCED],
+        };
+        let holder_done = async {
+            match crash {
+                Some(_) => Some((Err(class::CRASHED.to_string()), clock.now_ms())),
+                None => holder_done(ctx, &mut holder, shared, deadline, clock).await,
+            }
+        };
+        let (driven, holder_done) = tokio::join!(
+            workload::drive(clients, plan, clock, deadline, &ctx.cancel, sold),
+            holder_done
+        );
+        drop(ticker);
+        if let Some(r) = resume {
+            // A pause the run outlived never ended: the holder is killed below anyway.
+            match r.is_finished() {
+                true => r.await.context("the resume task failed")??,
+                false => r.abort(),
+            }
+        }
+        anyhow::Ok((driven, holder_done, crash))
+    }
+    .await;
+    let end_ms = epoch_ms();
+    holder.victim.end().await;
+    let (driven, holder_done, crash) = result?;
+    Ok(Raced {
+        driven,
+        holder_done,
+        crash,
+        started_ms,
+        end_ms,
+    })
+}
+
+/// Waits until the holder is inside its critical section, paying, before anyone else starts.
+async fn wait_paying(holder: &mut Holder) -> anyhow::Result<()> {
+    let ready_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        match holder.next(ready_by).await {
+            Some(Event::Paying) => return Ok(()),
+            Some(Event::Done { error }) => {
+                bail!("the holder finished before paying: {error:?}")
+            }
+            Some(_) => continue,
+            None => bail!("the holder process did not start paying within 10 s"),
+        }
+    }
+}
+
+/// The fault on the paying holder: a crash (recorded as the end of its critical section), or
+/// a pause until both `pause` has passed and the next holder is at work, so the overlap
+/// happens on every run, not only when the timing is kind. Returns the crash and the task
+/// that resumes a paused holder.
+#[allow(clippy::type_complexity)]
+fn inject(
+    cfg: &SetnxRace,
+    holder: &mut Holder,
+    shared: &Shared,
+) -> anyhow::Result<(
+    Option<Crash>,
+    Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+)> {
+    match cfg.fault {
+        HolderFault::None => Ok((None, None)),
+        HolderFault::Crash => {
+            holder.victim.inject(Fault::Kill)?;
+            let at_ms = epoch_ms();
+            let crash = Crash {
+                at_ms,
+                value: holder.recorder.open_value(),
+            };
+            // A dead holder holds nothing any more; only its key lingers.
+            holder.recorder.on(&Event::Released {
+                at_ms,
+                deleted: None,
+            });
+            shared.holder_released.set();
+            Ok((Some(crash), None))
+        }
+        HolderFault::Pause => {
+            holder.victim.inject(Fault::Freeze)?;
+            let pid = holder.victim.pid();
+            let pause = cfg.pause;
+            let (someone_paying, deadline) =
+                (shared.someone_paying.clone(), Instant::now() + cfg.deadline);
+            let resume = tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                let _ = tokio::time::timeout_at(deadline, someone_paying.wait()).await;
+                match pid {
+                    Some(pid) => fault::resume(pid),
+                    None => Ok(()),
+                }
+            });
+            Ok((None, Some(resume)))
+        }
+    }
+}
+
+/// How the holder's own purchase ended, and when; `None` if it had not by the cut-off.
+async fn holder_done(
+    ctx: &VariantCtx<'_>,
+    holder: &mut Holder,
+    shared: &Shared,
+    deadline: Instant,
+    clock: Clock,
+) -> Option<(Result<(), String>, f64)> {
+    let done = loop {
+        tokio::select! {
+            e = holder.next(deadline) => match e {
+                Some(Event::Done { error }) => {
+                    break Some((error.map_or(Ok(()), Err), clock.now_ms()));
+                }
+                Some(Event::Released { .. }) => shared.holder_released.set(),
+                Some(_) => continue,
+                None => break None,
+            },
+            _ = ctx.cancel.cancelled() => break None,
+        }
+    };
+    shared.holder_released.set();
+    done
 }

@@ -1,0 +1,270 @@
+//! connection-storm: orphan-lock's ghost (a booking frozen in its payment call with the row
+//! locked) meets a fleet of serverless invocations, each on a fresh connection of its own,
+//! retried by the platform when it fails, and the other endpoints that share the server's
+//! connection slots. The checker decides from a probe on the row, the server's slot counts
+//! (pg_stat_activity), the history and the server's CPU (/proc).
+//!
+//! Isolation: on a throwaway run each variant gets a PostgreSQL of its own, started with the
+//! variant's `max_connections`, because the fault is the server's slot limit itself and the
+//! run's shared server is sized for the run. The workload connects as a role without superuser,
+//! so it meets the limit where an application does; locklab's own sessions (setup, observer,
+//! probe) are the superuser's, which keeps them in when the slots are full. Against a user's
+//! server (`--pg-url`), the storm fills what that server has free.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use std::future::Future;
+
+use anyhow::Context;
+use tokio_postgres::Client;
+
+use super::spec::{DAY_MS, HOUR_MS};
+use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
+use crate::check::storm::METRICS;
+use crate::env::postgres::{PgServer, PgTarget, end_sessions_named};
+use crate::error::UsageError;
+
+mod fleet;
+mod storm;
+
+use storm::*;
+
+/// New connections a second, all kinds and retries together, past which a 2-core host
+/// spends the run forking refused backends rather than showing the storm.
+const MAX_CONNECTS_PER_SECOND: f64 = 3000.0;
+
+/// Sessions locklab opens on the storm's server besides the workload: setup, observer, probe,
+/// the payment provider's, and each ghost with its provider session (two ghosts at most).
+const OWN_SESSIONS: usize = 8;
+/// Of those, opened after the workload's share of the slots is known: each ghost's two.
+const OWN_SESSIONS_LATER: usize = 4;
+/// The fewest slots the other endpoints need beside a capped storm.
+const OTHERS_SLOTS: usize = 2;
+/// The fewest slots a storm on a user's server needs to pile up in at all.
+const STORM_SLOTS: usize = 12;
+
+/// The role the workload connects as on a throwaway server: not a superuser, so the slots
+/// reserved for superusers are not its to take.
+const WORKLOAD_ROLE: &str = "locklab_app";
+
+pub struct ConnectionStorm {
+    max_connections: usize,
+    /// Between booking arrivals, scaled.
+    arrival: Duration,
+    /// Between other endpoints' arrivals, scaled (`None`: no other traffic).
+    others_arrival: Option<Duration>,
+    retries: usize,
+    immediate: bool,
+    retry_base: Duration,
+    cap: Option<usize>,
+    restart: Option<(Duration, Duration)>,
+    payment_call: Duration,
+    booker_payment: Duration,
+    deadline: Duration,
+}
+
+impl Code for ConnectionStorm {
+    const NAME: &'static str = "connection-storm";
+    const FILE: &'static str = include_str!("../../../scenarios/connection-storm.toml");
+    const PARAMS: &'static [ParamSpec] = &[
+        ParamSpec::count("max_connections", 20, 5000),
+        ParamSpec::count("rate", 1, 100_000),
+        ParamSpec::count("others_rate", 0, 100_000),
+        ParamSpec::count("retries", 0, 20),
+        ParamSpec::words("retry_policy", &["backoff", "immediate"]),
+        ParamSpec::duration("retry_base", 1, HOUR_MS),
+        ParamSpec::count("cap", 1, 100_000),
+        ParamSpec::flag("capped"),
+        ParamSpec::flag("restart"),
+        ParamSpec::duration("restart_after", 1, HOUR_MS),
+        ParamSpec::duration("relapse_after", 1, HOUR_MS),
+        ParamSpec::duration("payment_call", 1, HOUR_MS),
+        ParamSpec::duration("booker_payment", 0, HOUR_MS),
+        ParamSpec::duration("idle_timeout", 1, HOUR_MS),
+        ParamSpec::duration("lock_timeout", 1, HOUR_MS),
+        ParamSpec::duration("statement_timeout", 1, HOUR_MS),
+        ParamSpec::duration("deadline", 100, DAY_MS),
+    ];
+    const METRICS: &'static [&'static str] = METRICS;
+    // On a user's server the storm fills what is free; nothing the user sets makes it need more.
+    const SIZED_BY: &'static str = "";
+
+    fn config(p: &Params) -> Result<ConnectionStorm, UsageError> {
+        let scale = p.time_scale;
+        let (rate, others_rate) = (p.count("rate")? as f64, p.count("others_rate")? as f64);
+        let retries = p.count("retries")?;
+        let connects = ((rate * (retries + 1) as f64) + others_rate) / scale;
+        if connects > MAX_CONNECTS_PER_SECOND {
+            return Err(UsageError(format!(
+                "rate {rate} and others_rate {others_rate} with {retries} retries at time scale \
+                 {scale} ask for up to {connects:.0} new connections a second; this host cannot \
+                 open more than {MAX_CONNECTS_PER_SECOND:.0} a second and still show the storm: \
+                 lower --param rate or retries, or raise --time-scale"
+            )));
+        }
+        let max_connections = p.count("max_connections")?;
+        let capped = p.flag("capped")?;
+        let cap = p.count("cap")?;
+        // The cap leaves other endpoints their slots only below the workload's share.
+        let slots = workload_slots(max_connections);
+        if capped && cap + OTHERS_SLOTS > slots {
+            return Err(UsageError(format!(
+                "cap {cap} leaves the other endpoints no connection slots: a server with \
+                 max_connections {max_connections} has {slots} for the workload ({RESERVED} are \
+                 reserved for superusers, {OWN_SESSIONS} are locklab's); lower --param cap to {} \
+                 or less, or raise --param max_connections",
+                slots.saturating_sub(OTHERS_SLOTS)
+            )));
+        }
+        let deadline = p.duration("deadline")?;
+        if p.in_settings("idle_timeout") {
+            let why = "the idle timeout could not free the row before the cut-off";
+            p.deadline_outlasts(2, "idle_timeout", p.duration("idle_timeout")?, why)?;
+        }
+        let restart = match p.flag("restart")? {
+            true => {
+                let (after, relapse) = (p.duration("restart_after")?, p.duration("relapse_after")?);
+                if after + relapse >= deadline {
+                    return Err(UsageError(format!(
+                        "restart_after + relapse_after ({}) must end before the deadline ({}): \
+                         the relapse would never be seen",
+                        humantime::format_duration(after + relapse),
+                        humantime::format_duration(deadline)
+                    )));
+                }
+                Some((after, relapse))
+            }
+            false => None,
+        };
+        Ok(ConnectionStorm {
+            max_connections,
+            arrival: Duration::from_secs_f64(scale / rate),
+            others_arrival: (others_rate > 0.0)
+                .then(|| Duration::from_secs_f64(scale / others_rate)),
+            retries,
+            immediate: p.switch("retry_policy", "immediate", "backoff")?,
+            retry_base: p.duration("retry_base")?,
+            cap: capped.then_some(cap),
+            restart,
+            payment_call: p.duration("payment_call")?,
+            booker_payment: p.duration("booker_payment")?,
+            deadline,
+        })
+    }
+
+    fn unavailable(&self, env: &crate::env::Env) -> Option<String> {
+        env.slots_missing()
+    }
+
+    fn sessions(&self) -> usize {
+        // On the run's own server: only against a user's server does the storm run there, and
+        // then it fills whatever is free, given room for a storm at all.
+        OWN_SESSIONS + STORM_SLOTS
+    }
+
+    fn weight(&self) -> usize {
+        // Its own server's slots, all taken, and its own sessions.
+        self.max_connections + OWN_SESSIONS
+    }
+
+    fn cpu(&self) -> super::Cpu {
+        // A storm forks a backend per connection attempt: most of a 2-core machine.
+        super::Cpu::Hog
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a VariantCtx<'a>,
+    ) -> impl Future<Output = anyhow::Result<VariantRun>> + Send + 'a {
+        run(self, ctx)
+    }
+}
+
+/// A throwaway server's slots reserved for superusers (PostgreSQL's default).
+const RESERVED: usize = 3;
+
+/// The slots a throwaway server of `max_connections` leaves the workload.
+fn workload_slots(max_connections: usize) -> usize {
+    max_connections.saturating_sub(RESERVED + OWN_SESSIONS)
+}
+
+impl ConnectionStorm {
+    fn workload_slots(&self) -> usize {
+        workload_slots(self.max_connections).max(1)
+    }
+}
+
+/// Where the storm runs: a server of its own, or the user's.
+struct Servers {
+    own: Option<PgServer>,
+    /// locklab's sessions: the superuser on a throwaway server.
+    admin: PgTarget,
+    /// The workload's path.
+    workload: PgTarget,
+}
+
+async fn servers(cfg: &ConnectionStorm, ctx: &VariantCtx<'_>) -> anyhow::Result<Servers> {
+    let schema = ctx.env.pg.schema.clone();
+    let settings = [(
+        "max_connections".to_string(),
+        cfg.max_connections.to_string(),
+    )];
+    let setup = format!(
+        "CREATE ROLE {WORKLOAD_ROLE} LOGIN; \
+         CREATE SCHEMA \"{schema}\" AUTHORIZATION {WORKLOAD_ROLE};"
+    );
+    match ctx.own_pg(&settings, false, Some(&setup)).await {
+        Some(own) => {
+            let server = own
+                .context("could not create the storm's role and schema")?
+                .server;
+            let admin = server.target(&schema);
+            Ok(Servers {
+                workload: server.target_as(WORKLOAD_ROLE, &schema),
+                admin,
+                own: Some(server),
+            })
+        }
+        None => Ok(Servers {
+            own: None,
+            admin: ctx.env.direct.clone(),
+            workload: ctx.env.direct.clone(),
+        }),
+    }
+}
+
+/// The other endpoints' tables: nothing a booking locks.
+fn others_ddl(workload: &PgTarget) -> String {
+    let (flights, check_ins) = (workload.table("flights"), workload.table("check_ins"));
+    format!(
+        "DROP TABLE IF EXISTS {flights}, {check_ins}; \
+         CREATE TABLE {flights} (id int PRIMARY KEY, origin text, destination text); \
+         INSERT INTO {flights} SELECT i, 'O' || (i % 10), 'D' || (i % 7) FROM generate_series(1, 200) i; \
+         CREATE TABLE {check_ins} (passenger text PRIMARY KEY, flight_id int, seat text); \
+         INSERT INTO {check_ins} SELECT 'p' || i, i % 200 + 1, (i % 30) || 'A' FROM generate_series(1, 500) i;"
+    )
+}
+
+/// Ends the storm's sessions whose application_name starts with `prefix`, from `admin`'s.
+async fn end_sessions(admin: &Client, prefix: &str) -> anyhow::Result<()> {
+    end_sessions_named(admin, prefix)
+        .await
+        .context("could not end the storm's sessions")?;
+    Ok(())
+}
+
+static TOLD_SLOTS: AtomicBool = AtomicBool::new(false);
+
+async fn run(cfg: &ConnectionStorm, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
+    let mut servers = servers(cfg, ctx).await?;
+    let result = storm(cfg, ctx, &mut servers).await;
+    match servers.own.as_mut() {
+        Some(server) => server.stop().await,
+        // Whatever of the variant's is left (a holder's provider session, say), in one go.
+        None => {
+            let _ = ctx.terminate_sessions("").await;
+        }
+    }
+    result
+}
