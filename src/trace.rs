@@ -196,6 +196,8 @@ struct Drawn {
 }
 
 impl Drawn {
+    // Long by design: one arm per checker input, each drawing its own marks and spans; a
+    // checker added to `check::Input` adds its arm here (the compiler asks for it).
     fn of(input: &Input, origin_epoch_ms: f64) -> Drawn {
         // Server clock (epoch seconds) and wall clock (epoch ms) onto the variant's clock.
         let from_s = |s: f64| s * 1000.0 - origin_epoch_ms;

@@ -105,6 +105,43 @@ fn is_other(kind: &str) -> bool {
     kind == kind::SEARCH || kind == kind::CHECK_IN
 }
 
+/// After `restart-db`'s restart: how soon a booking got through, when the next ghost held the
+/// row again, and how many bookings began after that and still got through.
+struct Recovery {
+    recovered_ms: Option<f64>,
+    relapse_ms: Option<f64>,
+    booked_after_relapse: Option<usize>,
+}
+
+fn recovery(h: &History, obs: &Observations) -> Recovery {
+    let recovered_ms = obs.restart.and_then(|r| {
+        h.ops
+            .iter()
+            .filter(|op| op.kind == kind::BOOK && op.outcome == Outcome::Ok)
+            .filter_map(|op| op.end_ms)
+            .filter(|end| *end > r.at_ms)
+            .min_by(f64::total_cmp)
+            .map(|end| end - r.at_ms)
+    });
+    let relapse_ms = obs
+        .restart
+        .and_then(|r| r.relapse_at_ms.map(|at| (at - r.at_ms).max(0.0)));
+    // Bookings that began once the next ghost held the row, and still got through.
+    let booked_after_relapse = obs.restart.and_then(|r| r.relapse_at_ms).map(|at| {
+        h.ops
+            .iter()
+            .filter(|op| op.kind == kind::BOOK && op.outcome == Outcome::Ok && op.start_ms > at)
+            .count()
+    });
+    Recovery {
+        recovered_ms,
+        relapse_ms,
+        booked_after_relapse,
+    }
+}
+
+// Long for its table: one line per metric of METRICS, in the same order, so the two read side
+// by side; the computations above it are the seams, and the restart's are split off.
 pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
     let lock_held_ms = match (obs.locked_before_fault, obs.released_ms) {
         (false, _) => Some(0.0),
@@ -143,25 +180,11 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
             .count()
     };
     let max = |f: fn(&SlotSample) -> i64| obs.samples.iter().map(f).max().unwrap_or(0);
-    let recovered_ms = obs.restart.and_then(|r| {
-        h.ops
-            .iter()
-            .filter(|op| op.kind == kind::BOOK && op.outcome == Outcome::Ok)
-            .filter_map(|op| op.end_ms)
-            .filter(|end| *end > r.at_ms)
-            .min_by(f64::total_cmp)
-            .map(|end| end - r.at_ms)
-    });
-    let relapse_ms = obs
-        .restart
-        .and_then(|r| r.relapse_at_ms.map(|at| (at - r.at_ms).max(0.0)));
-    // Bookings that began once the next ghost held the row, and still got through.
-    let booked_after_relapse = obs.restart.and_then(|r| r.relapse_at_ms).map(|at| {
-        h.ops
-            .iter()
-            .filter(|op| op.kind == kind::BOOK && op.outcome == Outcome::Ok && op.start_ms > at)
-            .count()
-    });
+    let Recovery {
+        recovered_ms,
+        relapse_ms,
+        booked_after_relapse,
+    } = recovery(h, obs);
     let outcome = match (lock_held_ms, relapse_ms) {
         (_, Some(_)) => outcome::RELAPSED,
         (None, None) => outcome::STUCK,

@@ -26,6 +26,15 @@ use queue::{Admission, Unit};
 
 pub use queue::default_jobs;
 
+/// How long each variant's run took in the newest results file under `dir` at this time scale
+/// (see [`RunOptions::estimates`]); empty where there is none.
+pub fn estimates(
+    dir: &std::path::Path,
+    time_scale: f64,
+) -> BTreeMap<(String, String), std::time::Duration> {
+    results::learnt(dir, time_scale)
+}
+
 pub struct RunOptions {
     pub scenarios: Vec<Scenario>,
     /// Run only these variants (all when empty).
@@ -34,6 +43,9 @@ pub struct RunOptions {
     pub env: EnvOptions,
     /// Where the JSON results go; `None` writes none.
     pub out_dir: Option<PathBuf>,
+    /// How long each variant's run takes, by scenario and variant name, for the queue's order;
+    /// where empty, learnt from the newest results file in `out_dir`.
+    pub estimates: BTreeMap<(String, String), std::time::Duration>,
     pub progress: bool,
     /// Runs of each variant (`--repeat`).
     pub repeat: u32,
@@ -49,11 +61,11 @@ pub struct Finished {
 }
 
 pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<Finished> {
-    let learnt = opts
-        .out_dir
-        .as_deref()
-        .map(|d| results::learnt(d, opts.time_scale))
-        .unwrap_or_default();
+    let learnt = match (&opts.estimates, opts.out_dir.as_deref()) {
+        (e, _) if !e.is_empty() => e.clone(),
+        (_, Some(dir)) => results::learnt(dir, opts.time_scale),
+        (_, None) => BTreeMap::new(),
+    };
     let plans = Plans::new(&opts, &|s, v| learnt.get(&(s.into(), v.into())).copied())?;
     let started = Instant::now();
     let env_opts = EnvOptions {

@@ -220,6 +220,24 @@ impl workload::Client for Booker {
     }
 }
 
+/// The booking's statements: a locking read for `for-update`, a conditional UPDATE for
+/// `conditional-update`.
+fn statements(cfg: &BeginOnPool, seats: &str, bookings: &str) -> Sql {
+    let (for_update, conditional) = (cfg.for_update, cfg.conditional);
+    Sql {
+        select: format!(
+            "SELECT booked FROM {seats} WHERE id = $1{}",
+            if for_update { " FOR UPDATE" } else { "" }
+        ),
+        update: format!(
+            "UPDATE {seats} SET booked = true, booked_by = $2 WHERE id = $1{}",
+            if conditional { " AND NOT booked" } else { "" }
+        ),
+        conditional,
+        insert: format!("INSERT INTO {bookings} (seat_id, customer) VALUES ($1, $2)"),
+    }
+}
+
 async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
     let bookers = cfg.bookers;
@@ -240,19 +258,7 @@ async fn run(cfg: &BeginOnPool, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantR
         ))
         .await?;
 
-    let (for_update, conditional) = (cfg.for_update, cfg.conditional);
-    let sql = Arc::new(Sql {
-        select: format!(
-            "SELECT booked FROM {seats} WHERE id = $1{}",
-            if for_update { " FOR UPDATE" } else { "" }
-        ),
-        update: format!(
-            "UPDATE {seats} SET booked = true, booked_by = $2 WHERE id = $1{}",
-            if conditional { " AND NOT booked" } else { "" }
-        ),
-        conditional,
-        insert: format!("INSERT INTO {bookings} (seat_id, customer) VALUES ($1, $2)"),
-    });
+    let sql = Arc::new(statements(cfg, &seats, &bookings));
     let pool_app = ctx.app("w/pool");
     // deadpool's defaults: first in, first out, and a checkout that waits for ever.
     let pool = env.pg.pool(

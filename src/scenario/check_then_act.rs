@@ -242,26 +242,15 @@ impl workload::Client for Withdrawer {
     }
 }
 
-async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
-    let env = ctx.env;
-    let (accounts, ledger) = (env.pg.table("accounts"), env.pg.table("withdrawals"));
-    let admin = ctx
-        .admin(&format!(
-            "DROP TABLE IF EXISTS {accounts}, {ledger}; \
-             CREATE TABLE {accounts} (id int PRIMARY KEY, balance bigint NOT NULL, \
-                                      version bigint NOT NULL DEFAULT 0); \
-             CREATE TABLE {ledger} (id bigserial PRIMARY KEY, amount bigint NOT NULL, \
-                                    withdrawer int NOT NULL); \
-             INSERT INTO {accounts} (id, balance) VALUES ({ACCOUNT}, {});",
-            cfg.balance
-        ))
-        .await?;
+/// What every withdrawer shares: the statements of the variant's way of withdrawing, the gates
+/// that line them up, and the conflicts counted.
+fn shared(cfg: &CheckThenAct, ctx: &VariantCtx<'_>, accounts: &str, ledger: &str) -> Shared {
     let lock = if cfg.for_update { " FOR UPDATE" } else { "" };
     let parties = match cfg.instances {
         0 => cfg.withdrawers,
         n => n,
     };
-    let shared = Arc::new(Shared {
+    Shared {
         level: cfg.level,
         update: cfg.update,
         retry: cfg.retry,
@@ -290,7 +279,24 @@ async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
         ),
         conflicts: Conflicts::default(),
         settings: ctx.variant.settings.clone(),
-    });
+    }
+}
+
+async fn run(cfg: &CheckThenAct, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
+    let env = ctx.env;
+    let (accounts, ledger) = (env.pg.table("accounts"), env.pg.table("withdrawals"));
+    let admin = ctx
+        .admin(&format!(
+            "DROP TABLE IF EXISTS {accounts}, {ledger}; \
+             CREATE TABLE {accounts} (id int PRIMARY KEY, balance bigint NOT NULL, \
+                                      version bigint NOT NULL DEFAULT 0); \
+             CREATE TABLE {ledger} (id bigserial PRIMARY KEY, amount bigint NOT NULL, \
+                                    withdrawer int NOT NULL); \
+             INSERT INTO {accounts} (id, balance) VALUES ({ACCOUNT}, {});",
+            cfg.balance
+        ))
+        .await?;
+    let shared = Arc::new(shared(cfg, ctx, &accounts, &ledger));
     let queues: Vec<Arc<Queue>> = (0..cfg.instances)
         .map(|_| {
             Arc::new(Queue {

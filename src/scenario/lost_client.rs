@@ -20,16 +20,17 @@ use tokio_postgres::Client;
 
 use super::booking::{Booking, HolderConfig, Prober, connect_bookers, spawn_holder};
 use super::spec::{DAY_MS, HOUR_MS};
-use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
+use super::{Code, ParamSpec, Params, VariantCtx, VariantRun, Window};
 use crate::check::lost_client::{Backend, Keepalive, METRICS, ServerSide};
 use crate::check::orphan_lock::{Observations, Probe};
 use crate::env::Env;
 use crate::env::netns;
+use crate::env::postgres::PgTarget;
 use crate::env::postgres::{PgServer, Sql as _};
 use crate::error::UsageError;
 use crate::history::Clock;
 use crate::observe::Observer;
-use crate::workload::{self, Plan};
+use crate::workload::Plan;
 
 pub struct LostClient {
     clients: usize,
@@ -228,6 +229,77 @@ async fn run(cfg: &LostClient, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
     .context("lost-client needs a throwaway PostgreSQL")?
 }
 
+/// What the partition left: the bookers' history, what the probe found, when the server ended
+/// the holder's backend, and how long the holder had been gone.
+struct Partitioned {
+    driven: crate::workload::Driven,
+    probe: Probe,
+    gone: Option<f64>,
+    waited_ms: f64,
+}
+
+/// The holder's connection is cut off once it sits idle in its payment call; the probe queues
+/// first on the row, a watcher waits for the server to end the backend, and the bookers book
+/// until the cut-off.
+async fn partition(
+    cfg: &LostClient,
+    ctx: &VariantCtx<'_>,
+    ns: &netns::Netns,
+    (admin, local, booking): (&Client, &PgTarget, &Arc<Booking>),
+    bookers: Vec<Box<dyn crate::workload::Client>>,
+    clock: Clock,
+) -> anyhow::Result<Partitioned> {
+    let reported = Instant::now();
+    let row = admin
+        .one(
+            "SELECT pid, client_port FROM pg_stat_activity WHERE application_name = $1",
+            &[&ctx.app("w/holder")],
+        )
+        .await
+        .context("could not find the holder's backend")?;
+    let (pid, port): (i32, i32) = (row.get(0), row.get(1));
+    let port = u16::try_from(port).context("the holder's connection has no TCP port")?;
+    let prober = Prober::connect(local, &ctx.app("probe"), booking).await?;
+    let locked_before_fault = prober.try_now().await?.is_none();
+
+    // The holder's last reply is acknowledged by now: the connection is idle, with nothing
+    // in flight, as a holder that has waited on its call for a while is.
+    tokio::time::sleep_until(reported + cfg.partition_after).await;
+    ns.partition(port).await?;
+    let window = Window {
+        clock,
+        deadline: Instant::now() + cfg.deadline,
+    };
+    let watcher = local.connect(&ctx.app("backend-watch")).await?;
+    let watch = tokio::spawn(watch_backend(
+        watcher,
+        pid,
+        window.deadline,
+        ctx.cancel.clone(),
+    ));
+    let queued = prober
+        .queue_first(admin, window.deadline, ctx.cancel.clone(), clock)
+        .await;
+    let plan = Plan::UntilOk {
+        retry_after: cfg.retry_after,
+        stop_on: &[],
+    };
+    let label = format!(" of {} booked", cfg.clients);
+    let driven = ctx.drive(bookers, plan, &window, label).await;
+    let probe = Probe {
+        locked_before_fault,
+        free_at_epoch: queued.free_at_epoch().await?,
+    };
+    let gone = watch.await.context("the backend watcher failed")?;
+    let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;
+    Ok(Partitioned {
+        driven,
+        probe,
+        gone,
+        waited_ms,
+    })
+}
+
 async fn run_on(
     cfg: &LostClient,
     ctx: &VariantCtx<'_>,
@@ -240,10 +312,7 @@ async fn run_on(
     let booking = Arc::new(Booking::new(&local, &[]));
     let admin = local.connect(&ctx.app("admin")).await?;
     admin
-        .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; {}",
-            booking.ddl(1000)
-        ))
+        .batch_execute(&booking.ddl(1000))
         .await
         .context("could not create the scenario's tables")?;
 
@@ -278,50 +347,15 @@ async fn run_on(
         cfg.payment_call,
     );
     let (victim, paying_at) = spawn_holder(env, Some(ns), holder).await?;
-    let outcome = async {
-        let reported = Instant::now();
-        let row = admin
-            .one(
-                "SELECT pid, client_port FROM pg_stat_activity WHERE application_name = $1",
-                &[&holder_app],
-            )
-            .await
-            .context("could not find the holder's backend")?;
-        let (pid, port): (i32, i32) = (row.get(0), row.get(1));
-        let port = u16::try_from(port).context("the holder's connection has no TCP port")?;
-        let prober = Prober::connect(&local, &ctx.app("probe"), &booking).await?;
-        let locked_before_fault = prober.try_now().await?.is_none();
-
-        // The holder's last reply is acknowledged by now: the connection is idle, with nothing
-        // in flight, as a holder that has waited on its call for a while is.
-        tokio::time::sleep_until(reported + cfg.partition_after).await;
-        ns.partition(port).await?;
-        let deadline = Instant::now() + cfg.deadline;
-        let watcher = local.connect(&ctx.app("backend-watch")).await?;
-        let watch = tokio::spawn(watch_backend(watcher, pid, deadline, ctx.cancel.clone()));
-        let queued = prober
-            .queue_first(&admin, deadline, ctx.cancel.clone(), clock)
-            .await;
-
-        let (booked, ticker) = ctx.progress_counter(format!(" of {} booked", cfg.clients));
-        let plan = Plan::UntilOk {
-            retry_after: cfg.retry_after,
-            stop_on: &[],
-        };
-        let driven = workload::drive(bookers, plan, clock, deadline, &ctx.cancel, booked).await;
-        drop(ticker);
-        let probe = Probe {
-            locked_before_fault,
-            free_at_epoch: queued.free_at_epoch().await?,
-        };
-        let gone = watch.await.context("the backend watcher failed")?;
-        let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;
-        anyhow::Ok((driven, probe, gone, waited_ms))
-    }
-    .await;
+    let outcome = partition(cfg, ctx, ns, (&admin, &local, &booking), bookers, clock).await;
     victim.end().await;
     let samples = observer.finish().await;
-    let (driven, probe, gone, waited_ms) = outcome?;
+    let Partitioned {
+        driven,
+        probe,
+        gone,
+        waited_ms,
+    } = outcome?;
     let (bookings_committed, payments) = booking.tally(&admin, "%").await?;
     let input = crate::check::input::LostClientInput {
         observations: Observations {

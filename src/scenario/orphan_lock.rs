@@ -11,11 +11,12 @@ use std::future::Future;
 
 use anyhow::Context;
 use tokio::time::Instant;
+use tokio_postgres::Client;
 
 use super::booking::holder::*;
 use super::booking::{self, *};
 use super::spec::{DAY_MS, HOUR_MS};
-use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
+use super::{Code, ParamSpec, Params, VariantCtx, VariantRun, Window};
 use crate::check::orphan_lock::{METRICS, Observations, Probe};
 use crate::env::worker::WorkerIo;
 use crate::error::UsageError;
@@ -180,7 +181,7 @@ async fn start_holder(
 
 async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let env = ctx.env;
-    let (clients, fault, inside) = (cfg.clients, cfg.fault, cfg.payment_inside);
+    let (clients, inside) = (cfg.clients, cfg.payment_inside);
     // The workload's path: through the pooler for a variant that runs through one.
     let pg = ctx.pg();
     let booking = Arc::new(Booking::new(pg, &ctx.variant.settings));
@@ -208,54 +209,7 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
         connect_bookers(pg, &provider, &booking, &apps, (inside, cfg.booker_payment)).await?;
 
     // Everything after this point must reach the teardown below, whatever fails.
-    let outcome = async {
-        let (mut victim, paying_at, pool) = start_holder(ctx, cfg).await?;
-        let result = async {
-            let reported = Instant::now();
-            let prober = Prober::connect(&env.direct, &ctx.app("probe"), &booking).await?;
-            // Looked at just before the fault: a row the holder never locked reads free here.
-            let locked_before_fault = prober.try_now().await?.is_none();
-            victim.inject(fault)?;
-            let deadline = Instant::now() + cfg.deadline;
-
-            let next_user_in_leaked_tx = match &pool {
-                Some(pool) => Some(next_user_in_leaked_tx(pool).await?),
-                None => None,
-            };
-
-            let queued = prober
-                .queue_first(&admin, deadline, ctx.cancel.clone(), clock)
-                .await;
-
-            let (booked, ticker) = ctx.progress_counter(format!(" of {clients} booked"));
-            let plan = Plan::UntilOk {
-                retry_after: cfg.retry_after,
-                stop_on: &[],
-            };
-            let driven = workload::drive(bookers, plan, clock, deadline, &ctx.cancel, booked).await;
-            drop(ticker);
-            let probe = Probe {
-                locked_before_fault,
-                free_at_epoch: queued.free_at_epoch().await?,
-            };
-            let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;
-            if cfg.reconcile {
-                // The reconciler runs once the payment call's own time is up, while the
-                // holder is still frozen, dead or leaked: its charge has no booking.
-                let grace = cfg.payment_call;
-                tokio::time::sleep_until(reported + grace + grace / 10).await;
-                reconcile(&admin, &booking, grace)
-                    .await
-                    .context("the reconciler failed")?;
-            }
-            anyhow::Ok((driven, probe, waited_ms, next_user_in_leaked_tx, paying_at))
-        }
-        .await;
-        victim.end().await;
-        drop(pool);
-        result
-    }
-    .await;
+    let outcome = fault(cfg, ctx, (&admin, &booking), bookers, clock).await;
 
     // Whatever the fault left behind (a frozen holder's session, a cancelled waiter) ends here,
     // so the next variant starts clean.
@@ -263,7 +217,13 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
         ctx.terminate_sessions(role).await?;
     }
     let samples = observer.finish().await;
-    let (driven, probe, waited_ms, next_user_in_leaked_tx, paying_at) = outcome?;
+    let Faulted {
+        driven,
+        probe,
+        waited_ms,
+        next_user_in_leaked_tx,
+        paying_at,
+    } = outcome?;
     let (committed, payments) = booking.tally(&admin, "%").await?;
     Ok(VariantRun::checked(
         &clock,
@@ -279,6 +239,79 @@ async fn run(cfg: &OrphanLock, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRu
             next_user_in_leaked_tx,
         }),
     ))
+}
+
+/// What the fault left: the bookers' history, what the probe found, how long the holder had
+/// been gone, and where the holder leaked, whether the pool's next user found its transaction.
+struct Faulted {
+    driven: workload::Driven,
+    probe: Probe,
+    waited_ms: f64,
+    next_user_in_leaked_tx: Option<bool>,
+    /// Server clock when the holder began its payment call.
+    paying_at: f64,
+}
+
+/// The holder takes the row and starts paying; the probe looks; the fault hits; the probe
+/// queues first on the row, then the bookers, until the cut-off. The holder is ended
+/// whatever happens.
+async fn fault(
+    cfg: &OrphanLock,
+    ctx: &VariantCtx<'_>,
+    (admin, booking): (&Client, &Arc<Booking>),
+    bookers: Vec<Box<dyn workload::Client>>,
+    clock: Clock,
+) -> anyhow::Result<Faulted> {
+    let (mut victim, paying_at, pool) = start_holder(ctx, cfg).await?;
+    let result = async {
+        let reported = Instant::now();
+        let prober = Prober::connect(&ctx.env.direct, &ctx.app("probe"), booking).await?;
+        // Looked at just before the fault: a row the holder never locked reads free here.
+        let locked_before_fault = prober.try_now().await?.is_none();
+        victim.inject(cfg.fault)?;
+        let window = Window {
+            clock,
+            deadline: Instant::now() + cfg.deadline,
+        };
+        let next_user_in_leaked_tx = match &pool {
+            Some(pool) => Some(next_user_in_leaked_tx(pool).await?),
+            None => None,
+        };
+        let queued = prober
+            .queue_first(admin, window.deadline, ctx.cancel.clone(), clock)
+            .await;
+        let plan = Plan::UntilOk {
+            retry_after: cfg.retry_after,
+            stop_on: &[],
+        };
+        let label = format!(" of {} booked", cfg.clients);
+        let driven = ctx.drive(bookers, plan, &window, label).await;
+        let probe = Probe {
+            locked_before_fault,
+            free_at_epoch: queued.free_at_epoch().await?,
+        };
+        let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;
+        if cfg.reconcile {
+            // The reconciler runs once the payment call's own time is up, while the holder is
+            // still frozen, dead or leaked: its charge has no booking.
+            let grace = cfg.payment_call;
+            tokio::time::sleep_until(reported + grace + grace / 10).await;
+            reconcile(admin, booking, grace)
+                .await
+                .context("the reconciler failed")?;
+        }
+        anyhow::Ok(Faulted {
+            driven,
+            probe,
+            waited_ms,
+            next_user_in_leaked_tx,
+            paying_at,
+        })
+    }
+    .await;
+    victim.end().await;
+    drop(pool);
+    result
 }
 
 /// Leak fault: the next user of the holder's pool checks whether it was handed a connection

@@ -239,6 +239,36 @@ async fn run(cfg: &Shutdown, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun>
     result
 }
 
+/// The rest of the booking service: `clients` bookers on a warm pool of the workload's, their
+/// payment provider on a pool of its own (both returned, to close after the run).
+async fn bookers(
+    cfg: &Shutdown,
+    ctx: &VariantCtx<'_>,
+    (workload, direct): (&PgTarget, &PgTarget),
+    booking: &Arc<Booking>,
+) -> anyhow::Result<(
+    Vec<Box<dyn workload::Client>>,
+    deadpool_postgres::Pool,
+    deadpool_postgres::Pool,
+)> {
+    let fifo = deadpool_postgres::QueueMode::Fifo;
+    let provider = direct.pool(&ctx.app("provider"), 1, None, fifo)?;
+    let pool = workload.pool(&ctx.app("w/booker"), cfg.clients, None, fifo)?;
+    PgTarget::warm(&pool).await?;
+    let bookers = (0..cfg.clients)
+        .map(|i| {
+            Box::new(PoolBooker {
+                pool: pool.clone(),
+                provider: provider.clone(),
+                booking: booking.clone(),
+                payment: cfg.booker_payment,
+                passenger: format!("passenger-{i}"),
+            }) as Box<dyn workload::Client>
+        })
+        .collect();
+    Ok((bookers, pool, provider))
+}
+
 /// `workload`: the service's path to the database; `direct`: locklab's own (setup, probe, the
 /// payment provider's records). `server`: the throwaway server a restart restarts.
 async fn run_on(
@@ -254,30 +284,7 @@ async fn run_on(
         .await
         .context("could not create the scenario's tables")?;
     let clock = Clock::start();
-    let provider = direct.pool(
-        &ctx.app("provider"),
-        1,
-        None,
-        deadpool_postgres::QueueMode::Fifo,
-    )?;
-    let pool = workload.pool(
-        &ctx.app("w/booker"),
-        cfg.clients,
-        None,
-        deadpool_postgres::QueueMode::Fifo,
-    )?;
-    PgTarget::warm(&pool).await?;
-    let bookers: Vec<Box<dyn workload::Client>> = (0..cfg.clients)
-        .map(|i| {
-            Box::new(PoolBooker {
-                pool: pool.clone(),
-                provider: provider.clone(),
-                booking: booking.clone(),
-                payment: cfg.booker_payment,
-                passenger: format!("passenger-{i}"),
-            }) as Box<dyn workload::Client>
-        })
-        .collect();
+    let (bookers, pool, provider) = bookers(cfg, ctx, (workload, direct), &booking).await?;
 
     let holder = HolderConfig {
         serve: true,

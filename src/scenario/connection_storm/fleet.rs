@@ -16,7 +16,6 @@ use tokio::time::Instant;
 use tokio_postgres::{Client, Config, NoTls};
 use tokio_util::sync::CancellationToken;
 
-
 /// Every attempt of every invocation, as it happens.
 #[derive(Clone, Default)]
 pub(super) struct Recorder(Arc<std::sync::Mutex<Vec<Op>>>);

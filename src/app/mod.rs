@@ -9,7 +9,7 @@ use comfy_table::{Table, presets::NOTHING};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{BenchCommand, Cli, Command, EnvCommand, Format, ReportArgs, RunArgs};
-use crate::env::{Env, EnvOptions, PoolerChoice};
+use crate::env::{EnvOptions, PoolerChoice};
 use crate::error::{UsageError, exit, exit_code};
 use crate::report::{
     Exporter, RunReport, html::Html, json::Json, junit::Junit, markdown::Markdown, table::Tables,
@@ -25,6 +25,9 @@ macro_rules! out {
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
 }
+
+mod bench;
+mod env;
 
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -103,16 +106,16 @@ async fn dispatch(work: Work) -> anyhow::Result<i32> {
             pg_settings,
             pooler_settings,
             watch,
-        }) => env_up(pg_settings, pooler_settings, watch).await,
-        Work::Env(EnvCommand::Time { runs }) => env_time(runs).await,
+        }) => env::env_up(pg_settings, pooler_settings, watch).await,
+        Work::Env(EnvCommand::Time { runs }) => env::env_time(runs).await,
         Work::Bench(BenchCommand::Jobs { jobs, repeat }) => {
-            bench_jobs(jobs.map_or_else(runner::default_jobs, usize::from), repeat).await
+            bench::jobs(jobs.map_or_else(runner::default_jobs, usize::from), repeat).await
         }
         Work::Bench(BenchCommand::Driver {
             clients,
             seconds,
             rounds,
-        }) => bench_driver(clients.into(), seconds.into(), rounds.into()).await,
+        }) => bench::driver(clients.into(), seconds.into(), rounds.into()).await,
         Work::Worker(name) => {
             let kind = scenario::kind_named(&name)
                 .ok_or_else(|| UsageError(format!("no scenario `{name}` has a worker")))?;
@@ -183,7 +186,7 @@ fn explain(name: &str) -> anyhow::Result<i32> {
 /// The selected scenarios with `--param` overrides applied, and notes about options that do
 /// nothing. A name no selected scenario declares is refused (a typo, with the nearest name);
 /// in a run of several scenarios, an override applies to those that declare it.
-fn resolve_scenarios(
+pub(crate) fn resolve_scenarios(
     names: &[String],
     overrides: &[String],
 ) -> Result<(Vec<scenario::Scenario>, Vec<String>), UsageError> {
@@ -340,7 +343,7 @@ fn sweep(
 
 /// Ctrl-C and SIGTERM cancel the token; teardown then runs as usual. A second one exits at
 /// once: servers still die with locklab (PDEATHSIG) and the guardian removes their files.
-fn cancel_on_signals(winding_down: &'static str) -> CancellationToken {
+pub(crate) fn cancel_on_signals(winding_down: &'static str) -> CancellationToken {
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
@@ -370,7 +373,7 @@ fn cancel_on_signals(winding_down: &'static str) -> CancellationToken {
     cancel
 }
 
-fn exe() -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn exe() -> anyhow::Result<std::path::PathBuf> {
     std::env::current_exe().context("cannot find the locklab executable")
 }
 
@@ -408,6 +411,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             pooler,
             ..EnvOptions::default()
         },
+        // The queue's order learns from the last run here, whether or not this one writes.
+        estimates: runner::estimates(&args.out, args.time_scale),
         out_dir: (!args.no_results).then_some(args.out),
         repeat: args.repeat,
         jobs: args.jobs.map_or_else(runner::default_jobs, usize::from),
@@ -538,291 +543,4 @@ fn pooler_choice(args: &RunArgs) -> Result<PoolerChoice, UsageError> {
         .map(|s| crate::env::pgbouncer::parse_setting(s))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(PoolerChoice::Throwaway(settings))
-}
-
-async fn env_up(
-    pg_settings: Vec<String>,
-    pooler_settings: Vec<String>,
-    watch: bool,
-) -> anyhow::Result<i32> {
-    let settings = pg_settings
-        .iter()
-        .map(|s| {
-            s.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| UsageError(format!("--pg-setting takes NAME=VALUE, got `{s}`")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let pooler_settings = pooler_settings
-        .iter()
-        .map(|s| crate::env::pgbouncer::parse_setting(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cancel = cancel_on_signals("stopping servers");
-    let env = Env::setup(&EnvOptions {
-        need_redis: true,
-        pg_server_settings: settings,
-        exe: exe()?,
-        servers_only: true,
-        pooler: PoolerChoice::Throwaway(pooler_settings),
-        ..EnvOptions::default()
-    })
-    .await?;
-    let url = env.pg_url().unwrap_or_default();
-    let redis_url = env.redis_url().unwrap_or_default();
-    let pooler_url = env.pooler_url().unwrap_or_default();
-    out!("PostgreSQL  {url}");
-    out!("PgBouncer   {pooler_url}   (transaction pooling, in front of the server above)");
-    out!("Redis       {redis_url}");
-    out!(
-        "\nWatch it:   psql '{url}' -c \"SELECT pid, application_name, state, wait_event_type, now() - state_change AS for FROM pg_stat_activity WHERE application_name LIKE 'locklab%'\""
-    );
-    out!("            redis-cli -u '{redis_url}' --scan --pattern 'locklab_*'");
-    out!("Run on it:  locklab run all --pg-url '{url}' --redis-url '{redis_url}'");
-    out!(
-        "Through the pooler: locklab run all --pooler-url '{pooler_url}' --pg-url '{url}' --redis-url '{redis_url}'"
-    );
-    out!("\nUp until Ctrl-C.");
-    if watch {
-        let on_terminal = std::io::stderr().is_terminal();
-        if let Err(e) = crate::live::watch_server(&env.direct, cancel.clone(), on_terminal).await {
-            crate::say!("the watch stopped: {e:#}");
-        }
-    }
-    cancel.cancelled().await;
-    env.teardown().await;
-    Ok(exit::OK)
-}
-
-/// The workload driver against pgbench (see [`crate::bench`]).
-async fn bench_driver(clients: usize, seconds: u64, rounds: usize) -> anyhow::Result<i32> {
-    let cancel = cancel_on_signals("stopping servers");
-    let (ours, theirs) =
-        crate::bench::driver(clients, seconds as f64, rounds, exe()?, cancel.clone()).await?;
-    if cancel.is_cancelled() {
-        return Ok(exit::INTERRUPTED);
-    }
-    out!("one-row UPDATE, {clients} clients, best of {rounds} × {seconds} s each:");
-    out!("  locklab's workload driver: {ours:.0} transactions/s");
-    out!("  pgbench:                   {theirs:.0} transactions/s");
-    let ratio = ours / theirs.max(f64::MIN_POSITIVE);
-    out!("  ratio: {ratio:.2}× (target ≥ 0.90×)");
-    Ok(if ratio >= 0.9 {
-        exit::OK
-    } else {
-        exit::EXPECTATION_FAILED
-    })
-}
-
-/// `run all` one variant at a time (scenario by scenario) and then side by side, on throwaway
-/// servers: the wall times; each against the longest single variant (the floor no parallelism
-/// goes below); and the machine's busy CPU time, whose share per core is the other floor: no
-/// schedule of that much work on this many cores ends sooner.
-async fn bench_jobs(jobs: usize, repeat: u32) -> anyhow::Result<i32> {
-    use crate::observe::cpu::{cores, machine_busy_seconds};
-    let (scenarios, _) = resolve_scenarios(&["all".to_string()], &[])?;
-    let cancel = cancel_on_signals("stopping servers");
-    let options = |scenarios: Vec<crate::scenario::Scenario>, lanes: usize| {
-        anyhow::Ok(RunOptions {
-            variants: Vec::new(),
-            time_scale: 0.1,
-            env: EnvOptions {
-                need_redis: scenarios.iter().any(|s| s.kind.needs_redis),
-                exe: exe()?,
-                ..EnvOptions::default()
-            },
-            scenarios,
-            out_dir: None,
-            repeat,
-            jobs: lanes,
-            progress: false,
-        })
-    };
-    // One pass: its wall time, the machine's busy CPU seconds, and its report.
-    let pass = |opts: RunOptions| {
-        let cancel = cancel.clone();
-        async move {
-            let (t, cpu) = (std::time::Instant::now(), machine_busy_seconds());
-            let finished = runner::run(opts, cancel).await?;
-            let cpu = cpu.zip(machine_busy_seconds()).map(|(a, b)| b - a);
-            anyhow::Ok((t.elapsed().as_secs_f64(), cpu, finished.report))
-        }
-    };
-    let cpu_text = |cpu: Option<f64>| cpu.map_or("unreadable".into(), |c| format!("{c:.1} CPU-s"));
-    let held = |all: bool| match all {
-        true => "every expectation held",
-        false => "SOME EXPECTATION FAILED",
-    };
-    // A variant's own wall time, per run: the floor of any parallel schedule.
-    let longest_in = |report: &RunReport| {
-        report
-            .scenarios
-            .iter()
-            .flat_map(|s| &s.variants)
-            .map(|v| v.wall_ms / u64::from(v.runs.max(1)))
-            .max()
-            .unwrap_or(0)
-    };
-    out!("run all --repeat {repeat} --jobs 1, scenario by scenario:");
-    let (mut one_wall, mut one_cpu, mut one_held, mut longest) = (0.0, Some(0.0), true, 0);
-    let mut one = Vec::new();
-    for s in &scenarios {
-        let (wall, cpu, report) = pass(options(vec![s.clone()], 1)?).await?;
-        if cancel.is_cancelled() {
-            return Ok(exit::INTERRUPTED);
-        }
-        out!("  {:<18} {wall:>7.1} s  {:>12}", s.name, cpu_text(cpu));
-        one_wall += wall;
-        one_cpu = one_cpu.zip(cpu).map(|(a, b)| a + b);
-        one_held &= report.all_held();
-        longest = longest.max(longest_in(&report));
-        one.extend(verdicts(&report));
-    }
-    out!(
-        "  {:<18} {one_wall:>7.1} s  {:>12}  ({})",
-        "all",
-        cpu_text(one_cpu),
-        held(one_held)
-    );
-    let (wall, cpu, report) = pass(options(scenarios.clone(), jobs)?).await?;
-    if cancel.is_cancelled() {
-        return Ok(exit::INTERRUPTED);
-    }
-    longest = longest.max(longest_in(&report));
-    out!(
-        "run all --repeat {repeat} --jobs {jobs}: {wall:.1} s, {} ({})",
-        cpu_text(cpu),
-        held(report.all_held())
-    );
-    let floor = longest as f64 / 1000.0;
-    out!(
-        "longest single variant: {floor:.2} s; --jobs {jobs} takes {:.1}× it (target for one \
-         pass: 1.5× + 1 s = {:.1} s)",
-        wall / floor.max(0.001),
-        1.5 * floor + 1.0
-    );
-    if let Some(cpu) = cpu {
-        let n = cores();
-        out!(
-            "CPU: {cpu:.1} CPU-s on {n} cores, so no schedule of this work ends before {:.1} s \
-             here; --jobs {jobs} takes {:.1}× that",
-            cpu / n,
-            wall / (cpu / n).max(0.001)
-        );
-    }
-    out!(
-        "--jobs 1 / --jobs {jobs}: {:.1}×",
-        one_wall / wall.max(0.001)
-    );
-    let same = one == verdicts(&report);
-    out!(
-        "verdicts at --jobs 1 and --jobs {jobs}: {}",
-        if same { "identical" } else { "DIFFERENT" }
-    );
-    Ok(if same {
-        exit::OK
-    } else {
-        exit::EXPECTATION_FAILED
-    })
-}
-
-/// Each variant's verdict, in scenario and variant order. (Its outcome word may differ from
-/// run to run where the harm shows in more than one form; the verdict must not.)
-fn verdicts(report: &RunReport) -> Vec<(String, String, Option<&'static str>)> {
-    report
-        .scenarios
-        .iter()
-        .flat_map(|s| {
-            s.variants.iter().map(|v| {
-                let verdict = v.failure_kind().map(|f| f.headline());
-                (s.name.clone(), v.name.clone(), verdict)
-            })
-        })
-        .collect()
-}
-
-/// Times what every run pays before its first variant: start a throwaway server and get a
-/// first answer; and what it pays after: stop it and remove its files.
-async fn env_time(runs: usize) -> anyhow::Result<i32> {
-    use crate::check::stats::percentile;
-    let runs = runs.max(1);
-    let opts = EnvOptions {
-        exe: exe()?,
-        servers_only: true,
-        ..EnvOptions::default()
-    };
-    // The first start may build the template cache; it is not counted.
-    let warmup = Env::setup(&opts).await?;
-    let major = warmup.pg_version().unwrap_or_default();
-    warmup.teardown().await;
-    let (mut start, mut stop) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let t = std::time::Instant::now();
-        let env = Env::setup(&opts).await?;
-        env.pg
-            .connect("locklab-time")
-            .await?
-            .batch_execute("SELECT 1")
-            .await?;
-        start.push(t.elapsed().as_secs_f64() * 1000.0);
-        let t = std::time::Instant::now();
-        env.teardown().await;
-        stop.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    // Redis alone: start, first PING answered; then stop.
-    let (mut rstart, mut rstop) = (Vec::new(), Vec::new());
-    let guardian = std::sync::Arc::new(crate::env::guardian::Guardian::start(&opts.exe)?);
-    for _ in 0..runs {
-        let t = std::time::Instant::now();
-        let started = crate::env::redis::RedisServer::start(guardian.clone()).await;
-        let mut server = match started {
-            Ok(s) => s,
-            Err(e) => {
-                guardian.finish();
-                return Err(e);
-            }
-        };
-        rstart.push(t.elapsed().as_secs_f64() * 1000.0);
-        let t = std::time::Instant::now();
-        server.stop().await;
-        rstop.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    guardian.finish();
-    let initdb = crate::env::postgres::time_initdb().await?;
-    let bins = crate::env::postgres::find_binaries()?;
-    let med = |xs: &[f64]| percentile(xs, 50.0).unwrap_or(0.0);
-    let max = |xs: &[f64]| xs.iter().copied().fold(0.0, f64::max);
-    out!(
-        "throwaway PostgreSQL {} ({}), {runs} runs",
-        major,
-        bins.dir.display()
-    );
-    out!(
-        "  copy template + start + first query   median {:>6.1} ms   max {:>6.1} ms",
-        med(&start),
-        max(&start)
-    );
-    out!(
-        "  stop (SIGQUIT) + remove data dir      median {:>6.1} ms   max {:>6.1} ms",
-        med(&stop),
-        max(&stop)
-    );
-    out!(
-        "  initdb alone (what the template saves)       {:>6.1} ms",
-        initdb.as_secs_f64() * 1000.0
-    );
-    out!(
-        "throwaway Redis ({}), {runs} runs",
-        crate::env::redis::find_binary()?.display()
-    );
-    out!(
-        "  start + first PING answered           median {:>6.1} ms   max {:>6.1} ms",
-        med(&rstart),
-        max(&rstart)
-    );
-    out!(
-        "  stop (SIGKILL) + remove dir           median {:>6.1} ms   max {:>6.1} ms",
-        med(&rstop),
-        max(&rstop)
-    );
-    Ok(exit::OK)
 }

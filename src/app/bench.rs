@@ -1,0 +1,224 @@
+//! `locklab bench`: measures locklab itself.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::env::EnvOptions;
+use crate::error::exit;
+use crate::report::RunReport;
+use crate::runner::{self, RunOptions};
+
+use super::{cancel_on_signals, exe, resolve_scenarios};
+
+/// The workload driver against pgbench (see [`crate::bench`]).
+pub(super) async fn driver(clients: usize, seconds: u64, rounds: usize) -> anyhow::Result<i32> {
+    let cancel = cancel_on_signals("stopping servers");
+    let (ours, theirs) =
+        crate::bench::driver(clients, seconds as f64, rounds, exe()?, cancel.clone()).await?;
+    if cancel.is_cancelled() {
+        return Ok(exit::INTERRUPTED);
+    }
+    out!("one-row UPDATE, {clients} clients, best of {rounds} × {seconds} s each:");
+    out!("  locklab's workload driver: {ours:.0} transactions/s");
+    out!("  pgbench:                   {theirs:.0} transactions/s");
+    let ratio = ours / theirs.max(f64::MIN_POSITIVE);
+    out!("  ratio: {ratio:.2}× (target ≥ 0.90×)");
+    Ok(if ratio >= 0.9 {
+        exit::OK
+    } else {
+        exit::EXPECTATION_FAILED
+    })
+}
+
+/// `run all` one variant at a time (scenario by scenario) and then side by side, on throwaway
+/// servers. The side-by-side pass is measured against its floor, the larger of the two bounds
+/// no schedule beats: the longest single variant, and the machine's busy CPU seconds over its
+/// cores. Its queue is ordered by what each variant took in the first pass.
+pub(super) async fn jobs(jobs: usize, repeat: u32) -> anyhow::Result<i32> {
+    let (scenarios, _) = resolve_scenarios(&["all".to_string()], &[])?;
+    let cancel = cancel_on_signals("stopping servers");
+    out!("run all --repeat {repeat} --jobs 1, scenario by scenario:");
+    let mut one = Pass::default();
+    let mut estimates = BTreeMap::new();
+    for s in &scenarios {
+        let pass = Pass::run(options(vec![s.clone()], 1, repeat)?, &cancel).await?;
+        if cancel.is_cancelled() {
+            return Ok(exit::INTERRUPTED);
+        }
+        out!(
+            "  {:<18} {:>7.1} s  {:>12}",
+            s.name,
+            pass.wall,
+            cpu_text(pass.cpu)
+        );
+        estimates.extend(pass.took.clone());
+        one.add(pass);
+    }
+    out!(
+        "  {:<18} {:>7.1} s  {:>12}  ({})",
+        "all",
+        one.wall,
+        cpu_text(one.cpu),
+        held(one.held)
+    );
+    let opts = RunOptions {
+        estimates,
+        ..options(scenarios.clone(), jobs, repeat)?
+    };
+    let side = Pass::run(opts, &cancel).await?;
+    if cancel.is_cancelled() {
+        return Ok(exit::INTERRUPTED);
+    }
+    out!(
+        "run all --repeat {repeat} --jobs {jobs}: {:.1} s, {} ({})",
+        side.wall,
+        cpu_text(side.cpu),
+        held(side.held)
+    );
+    floors(&one, &side, jobs);
+    let same = one.verdicts == side.verdicts;
+    out!(
+        "verdicts at --jobs 1 and --jobs {jobs}: {}",
+        if same { "identical" } else { "DIFFERENT" }
+    );
+    Ok(if same {
+        exit::OK
+    } else {
+        exit::EXPECTATION_FAILED
+    })
+}
+
+/// The side-by-side pass against each floor and the larger of them (the target is 1.15×).
+fn floors(one: &Pass, side: &Pass, jobs: usize) {
+    let longest = one.longest.max(side.longest);
+    let cores = crate::observe::cpu::cores();
+    out!("longest single variant: {longest:.2} s");
+    let cpu_floor = side.cpu.map(|cpu| cpu / cores);
+    if let (Some(cpu), Some(floor)) = (side.cpu, cpu_floor) {
+        out!(
+            "CPU: {cpu:.1} CPU-s on {cores} cores, so no schedule of this work ends before {floor:.1} s here"
+        );
+    }
+    let floor = cpu_floor.unwrap_or(0.0).max(longest);
+    out!(
+        "--jobs {jobs}: {:.1} s = {:.2}× its floor of {floor:.1} s (target ≤ 1.15×); \
+         --jobs 1 / --jobs {jobs}: {:.1}×",
+        side.wall,
+        side.wall / floor.max(0.001),
+        one.wall / side.wall.max(0.001)
+    );
+}
+
+/// The options of one `run all` pass over `scenarios` on `lanes` lanes.
+fn options(
+    scenarios: Vec<crate::scenario::Scenario>,
+    lanes: usize,
+    repeat: u32,
+) -> anyhow::Result<RunOptions> {
+    Ok(RunOptions {
+        variants: Vec::new(),
+        time_scale: 0.1,
+        env: EnvOptions {
+            need_redis: scenarios.iter().any(|s| s.kind.needs_redis),
+            exe: exe()?,
+            ..EnvOptions::default()
+        },
+        scenarios,
+        out_dir: None,
+        estimates: BTreeMap::new(),
+        repeat,
+        jobs: lanes,
+        progress: false,
+    })
+}
+
+/// One pass (or several, added up): its wall time, the machine's busy CPU seconds, the longest
+/// single variant's run, whether every expectation held, and the verdicts.
+#[derive(Default)]
+struct Pass {
+    wall: f64,
+    cpu: Option<f64>,
+    longest: f64,
+    held: bool,
+    verdicts: Vec<(String, String, Option<&'static str>)>,
+    /// What each variant's run took.
+    took: BTreeMap<(String, String), Duration>,
+}
+
+impl Pass {
+    async fn run(
+        opts: RunOptions,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Pass> {
+        use crate::observe::cpu::machine_busy_seconds;
+        let (t, cpu) = (std::time::Instant::now(), machine_busy_seconds());
+        let report = runner::run(opts, cancel.clone()).await?.report;
+        let cpu = cpu.zip(machine_busy_seconds()).map(|(a, b)| b - a);
+        let took = took(&report);
+        Ok(Pass {
+            wall: t.elapsed().as_secs_f64(),
+            cpu,
+            longest: took.values().map(Duration::as_secs_f64).fold(0.0, f64::max),
+            held: report.all_held(),
+            verdicts: verdicts(&report),
+            took,
+        })
+    }
+
+    /// Adds a pass run after this one.
+    fn add(&mut self, p: Pass) {
+        let first = self.verdicts.is_empty() && self.wall == 0.0;
+        self.wall += p.wall;
+        self.cpu = match first {
+            true => p.cpu,
+            false => self.cpu.zip(p.cpu).map(|(a, b)| a + b),
+        };
+        self.longest = self.longest.max(p.longest);
+        self.held = (first || self.held) && p.held;
+        self.verdicts.extend(p.verdicts);
+        self.took.extend(p.took);
+    }
+}
+
+/// What each variant's run took, per run.
+fn took(report: &RunReport) -> BTreeMap<(String, String), Duration> {
+    report
+        .scenarios
+        .iter()
+        .flat_map(|s| {
+            s.variants.iter().filter(|v| v.skipped.is_none()).map(|v| {
+                let each = v.wall_ms / u64::from(v.runs.max(1));
+                (
+                    (s.name.clone(), v.name.clone()),
+                    Duration::from_millis(each),
+                )
+            })
+        })
+        .collect()
+}
+
+fn cpu_text(cpu: Option<f64>) -> String {
+    cpu.map_or("unreadable".into(), |c| format!("{c:.1} CPU-s"))
+}
+
+fn held(all: bool) -> &'static str {
+    match all {
+        true => "every expectation held",
+        false => "SOME EXPECTATION FAILED",
+    }
+}
+
+/// Each variant's verdict, in scenario and variant order. (Its outcome word may differ from
+/// run to run where the harm shows in more than one form; the verdict must not.)
+fn verdicts(report: &RunReport) -> Vec<(String, String, Option<&'static str>)> {
+    report
+        .scenarios
+        .iter()
+        .flat_map(|s| {
+            s.variants.iter().map(|v| {
+                let verdict = v.failure_kind().map(|f| f.headline());
+                (s.name.clone(), v.name.clone(), verdict)
+            })
+        })
+        .collect()
+}
