@@ -21,6 +21,7 @@ pub mod cli;
 pub mod env;
 pub mod error;
 pub mod fault;
+pub mod gauge;
 pub mod history;
 pub mod live;
 pub mod observe;

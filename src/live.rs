@@ -1,82 +1,39 @@
-//! The live view: what the observers see right now, drawn under a variant's progress bar on a
-//! terminal. A line per gauge (sessions waiting on the lock, idle in transaction, connections,
-//! clients ok / failed / waiting, the holder's idle age) with its value and a sparkline of the
-//! last few seconds; one line per variant when several run side by side.
-//!
-//! The runner puts a [`Live`] in scope around a variant's code ([`scope`]); observers and the
-//! workload driver pick it up with [`current`] when they start, and feed it. Out of scope (off
-//! a terminal, `--no-progress`, tests) there is none, and nothing is drawn or counted.
+//! The live view: the gauges of a variant ([`crate::gauge`]) drawn under its progress bar on
+//! a terminal. A line per gauge (sessions waiting on the lock, idle in transaction,
+//! connections, clients ok / failed / waiting, the holder's idle age) with its value and a
+//! sparkline of the last few seconds; one line per variant when several run side by side.
+//! What is shown comes through the board alone: observers and the workload driver never see
+//! the terminal.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-/// The gauges in the order they are drawn; any other name follows them.
-const ORDER: &[&str] = &[
-    WAITING_ON_LOCK,
-    IDLE_IN_TRANSACTION,
-    CONNECTIONS,
-    HOLDER_IDLE_S,
-    OLDEST_IDLE_TX_S,
-    LOCK_KEY,
-    CLIENTS_OK,
-    CLIENTS_FAILED,
-    CLIENTS_WAITING,
-];
-pub const WAITING_ON_LOCK: &str = "waiting on lock";
-pub const IDLE_IN_TRANSACTION: &str = "idle in transaction";
-pub const CONNECTIONS: &str = "connections";
-pub const HOLDER_IDLE_S: &str = "holder idle in tx, s";
-pub const LOCK_KEY: &str = "lock key set";
-pub const CLIENTS_OK: &str = "ok";
-pub const CLIENTS_FAILED: &str = "failed";
-pub const CLIENTS_WAITING: &str = "in flight";
-/// `env up --watch`: how long the oldest open transaction has sat idle.
-pub const OLDEST_IDLE_TX_S: &str = "oldest idle in tx, s";
+use crate::gauge::{
+    Board, CONNECTIONS, IDLE_IN_TRANSACTION, OLDEST_IDLE_TX_S, ORDER, WAITING_ON_LOCK,
+};
 
 /// Values kept per gauge: the sparkline's width, at one every [`TICK`].
 const WIDTH: usize = 24;
 const TICK: Duration = Duration::from_millis(250);
 const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
-#[derive(Debug, Clone, PartialEq)]
-struct Gauge {
-    name: &'static str,
-    now: f64,
-    /// The last values, oldest first, one per tick.
-    past: Vec<f64>,
-}
-
-/// A variant's gauges, and where they are drawn.
+/// A variant's board, its gauges' recent past, and where they are drawn.
 #[derive(Clone)]
 pub struct Live {
-    gauges: Arc<Mutex<Vec<Gauge>>>,
+    board: Board,
+    /// The last values of each gauge, oldest first, one per tick.
+    past: Arc<Mutex<BTreeMap<&'static str, Vec<f64>>>>,
     lines: Arc<Vec<ProgressBar>>,
     compact: bool,
 }
 
-tokio::task_local! {
-    static LIVE: Live;
-}
-
-/// The live view in scope, if any.
-pub fn current() -> Option<Live> {
-    LIVE.try_with(Clone::clone).ok()
-}
-
-/// Runs `f` with `live` in scope (or none).
-pub async fn scope<F: Future>(live: Option<Live>, f: F) -> F::Output {
-    match live {
-        Some(l) => LIVE.scope(l, f).await,
-        None => f.await,
-    }
-}
-
 impl Live {
-    /// A live view drawn after `below` in `multi`: a line per gauge, or one line for all of
-    /// them when `compact` (several variants on screen at once).
-    pub fn new(multi: &MultiProgress, below: &ProgressBar, compact: bool) -> Live {
+    /// A live view of `board` drawn after `below` in `multi`: a line per gauge, or one line
+    /// for all of them when `compact` (several variants on screen at once).
+    pub fn new(multi: &MultiProgress, below: &ProgressBar, compact: bool, board: Board) -> Live {
         let rows = if compact { 1 } else { ORDER.len() };
         let style = ProgressStyle::with_template("{wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
@@ -89,79 +46,54 @@ impl Live {
             lines.push(line);
         }
         Live {
-            gauges: Arc::new(Mutex::new(Vec::new())),
+            board,
+            past: Arc::default(),
             lines: Arc::new(lines),
             compact,
         }
     }
 
     /// A view with nowhere to draw, for tests and for `env up --watch` off a terminal.
-    pub fn detached() -> Live {
+    pub fn detached(board: Board) -> Live {
         Live {
-            gauges: Arc::new(Mutex::new(Vec::new())),
+            board,
+            past: Arc::default(),
             lines: Arc::new(Vec::new()),
             compact: true,
         }
     }
 
-    pub fn set(&self, name: &'static str, value: f64) {
-        self.with(name, |g| g.now = value);
-    }
-
-    pub fn add(&self, name: &'static str, delta: f64) {
-        self.with(name, |g| g.now += delta);
-    }
-
-    fn with(&self, name: &'static str, f: impl FnOnce(&mut Gauge)) {
-        let Ok(mut gauges) = self.gauges.lock() else {
-            return;
-        };
-        let at = match gauges.iter().position(|g| g.name == name) {
-            Some(i) => i,
-            None => {
-                gauges.push(Gauge {
-                    name,
-                    now: 0.0,
-                    past: Vec::new(),
-                });
-                gauges.sort_by_key(|g| ORDER.iter().position(|o| *o == g.name).unwrap_or(99));
-                gauges.iter().position(|g| g.name == name).unwrap_or(0)
-            }
-        };
-        f(&mut gauges[at]);
-    }
-
     /// The gauges' values on one line, as they are now.
     fn line(&self) -> String {
-        let Ok(gauges) = self.gauges.lock() else {
-            return String::new();
-        };
-        gauges
+        self.board
+            .now()
             .iter()
-            .map(|g| format!("{} {}", g.name, value(g.now)))
+            .map(|(name, now)| format!("{name} {}", value(*now)))
             .collect::<Vec<_>>()
             .join(" · ")
     }
 
     /// Moves every gauge one tick on, and returns what to draw.
     pub fn tick(&self) -> Vec<String> {
-        let Ok(mut gauges) = self.gauges.lock() else {
+        let now = self.board.now();
+        let Ok(mut past) = self.past.lock() else {
             return Vec::new();
         };
-        for g in gauges.iter_mut() {
-            g.past.push(g.now);
-            if g.past.len() > WIDTH {
-                g.past.remove(0);
+        for (name, v) in &now {
+            let p = past.entry(name).or_default();
+            p.push(*v);
+            if p.len() > WIDTH {
+                p.remove(0);
             }
         }
         match self.compact {
-            true => {
-                drop(gauges);
-                vec![format!("{:>34} {}", "↳", self.line())]
-            }
-            false => gauges
+            true => vec![format!("{:>34} {}", "↳", self.line())],
+            false => now
                 .iter()
-                .map(|g| format!("{:>34} {:>6}  {}", g.name, value(g.now), sparkline(&g.past)))
+                .map(|(name, v)| {
+                    let spark = past.get(name).map(|p| sparkline(p)).unwrap_or_default();
+                    format!("{name:>34} {:>6}  {spark}", value(*v))
+                })
                 .collect(),
         }
     }
@@ -210,21 +142,22 @@ pub async fn watch_server(
         ProgressStyle::with_template("{wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
+    let board = Board::default();
     let live = match on_terminal {
-        true => Live::new(&multi, &head, false),
+        true => Live::new(&multi, &head, false, board.clone()),
         false => {
             multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            Live::detached()
+            Live::detached(board.clone())
         }
     };
     let mut printed = std::time::Instant::now();
     loop {
         let row = c.one(stmt, &[]).await?;
         let max: i64 = row.get(4);
-        live.set(WAITING_ON_LOCK, row.get::<_, i64>(0) as f64);
-        live.set(IDLE_IN_TRANSACTION, row.get::<_, i64>(1) as f64);
-        live.set(CONNECTIONS, row.get::<_, i64>(2) as f64);
-        live.set(
+        board.set(WAITING_ON_LOCK, row.get::<_, i64>(0) as f64);
+        board.set(IDLE_IN_TRANSACTION, row.get::<_, i64>(1) as f64);
+        board.set(CONNECTIONS, row.get::<_, i64>(2) as f64);
+        board.set(
             OLDEST_IDLE_TX_S,
             (row.get::<_, f64>(3) * 10.0).round() / 10.0,
         );
@@ -238,12 +171,8 @@ pub async fn watch_server(
             }
         } else if printed.elapsed() >= Duration::from_secs(1) {
             printed = std::time::Instant::now();
-            let compact = Live {
-                compact: true,
-                ..live.clone()
-            };
             use std::io::Write as _;
-            let _ = writeln!(std::io::stdout(), "{}", compact.line());
+            let _ = writeln!(std::io::stdout(), "{}", live.line());
         }
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -287,15 +216,17 @@ mod tests {
 
     #[test]
     fn gauges_draw_in_a_fixed_order_with_their_recent_past() {
-        let live = Live::detached();
+        use crate::gauge::CLIENTS_OK;
+        let board = Board::default();
+        let live = Live::detached(board.clone());
         let wide = Live {
             compact: false,
             ..live.clone()
         };
-        live.add(CLIENTS_OK, 1.0);
-        live.set(WAITING_ON_LOCK, 20.0);
+        board.add(CLIENTS_OK, 1.0);
+        board.set(WAITING_ON_LOCK, 20.0);
         wide.tick();
-        live.set(WAITING_ON_LOCK, 10.0);
+        board.set(WAITING_ON_LOCK, 10.0);
         let lines = wide.tick();
         assert!(
             lines[0]
@@ -311,14 +242,6 @@ mod tests {
         for _ in 0..WIDTH * 2 {
             wide.tick();
         }
-        assert_eq!(wide.gauges.lock().unwrap()[0].past.len(), WIDTH);
-    }
-
-    #[tokio::test]
-    async fn only_code_in_scope_sees_the_view() {
-        assert!(current().is_none());
-        let seen = scope(Some(Live::detached()), async { current().is_some() }).await;
-        assert!(seen);
-        assert!(!scope(None, async { current().is_some() }).await);
+        assert_eq!(wide.past.lock().unwrap()[WAITING_ON_LOCK].len(), WIDTH);
     }
 }

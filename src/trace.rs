@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::check::Input;
 use crate::check::expect::Val;
+use crate::gauge::Gauged;
 use crate::history::{History, LostClient, Op};
-use crate::observe::sampler::Gauged;
 
 /// Operations kept per run. A storm of 2,000 clients with retries stays well under it; past it
 /// the first ones are kept, and the file says the verdict cannot be re-derived.

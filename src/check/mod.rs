@@ -9,6 +9,7 @@ pub mod orphan_lock;
 pub mod outcome;
 pub mod pool;
 pub mod pooler;
+pub mod samples;
 pub mod setnx_race;
 pub mod shutdown;
 pub mod stats;

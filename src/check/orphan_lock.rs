@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::Evaluation;
 use super::stats::{p50, p99, round1};
+use crate::check::samples::Sample;
 use crate::history::{History, class};
-use crate::observe::Sample;
 
 /// What the server showed about the row.
 pub mod outcome {

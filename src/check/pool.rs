@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use serde_json::json;
 
 use super::Evaluation;
+pub use super::samples::PoolState;
 use super::stats::{p50, p99};
 use crate::history::{History, class};
-pub use crate::observe::pool::PoolState;
 
 /// What the pool and the database showed.
 pub mod outcome {

@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
+pub use super::samples::KeySample;
 use super::stats::{json_ms, p50, p99};
 use crate::history::{History, class};
-pub use crate::observe::redis_key::KeySample;
 
 /// What the stock and the lock key showed.
 pub mod outcome {

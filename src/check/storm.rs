@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
+use super::samples::SlotSample;
 use super::stats::{json_ms, p50, p99, round1};
 use crate::history::{History, Outcome, class};
-use crate::observe::pg_slots::SlotSample;
 
 pub mod outcome {
     pub use crate::check::outcome::{RELEASED, STUCK};

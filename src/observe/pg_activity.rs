@@ -1,39 +1,11 @@
 //! PostgreSQL's own view of the workload: pg_stat_activity states and wait events, and pg_locks
 //! (through pg_blocking_pids), sampled every few milliseconds.
 
-use serde::{Deserialize, Serialize};
+pub use crate::check::samples::Sample;
 
 use super::sampler::Sampler;
 use crate::env::postgres::{PgTarget, like_prefix};
 use crate::history::Clock;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Sample {
-    pub at_ms: f64,
-    /// Workload sessions `idle in transaction`.
-    pub idle_in_transaction: i64,
-    /// Workload sessions waiting on a heavyweight lock (wait_event_type = 'Lock').
-    pub waiting_on_lock: i64,
-    /// Workload sessions that pg_blocking_pids says another session blocks.
-    pub blocked: i64,
-    /// How long the watched holder session has been idle in transaction, if it is.
-    pub holder_idle_ms: Option<f64>,
-    /// Server sessions serving the workload, in any state: its share of max_connections
-    /// (through a pooler, the pooler's server connections).
-    pub sessions: i64,
-}
-
-impl super::sampler::Gauged for Sample {
-    fn gauges(&self) -> Vec<(&'static str, f64)> {
-        use crate::live::*;
-        vec![
-            (WAITING_ON_LOCK, self.waiting_on_lock as f64),
-            (IDLE_IN_TRANSACTION, self.idle_in_transaction as f64),
-            (CONNECTIONS, self.sessions as f64),
-            (HOLDER_IDLE_S, self.holder_idle_ms.unwrap_or(0.0) / 1000.0),
-        ]
-    }
-}
 
 /// Samples pg_stat_activity for the workload (see [`Sample`]).
 pub type Observer = Sampler<Sample>;

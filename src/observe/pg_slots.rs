@@ -2,33 +2,11 @@
 //! are the server's), and how many of the workload's wait on a lock or sit idle in a
 //! transaction, through a server restart.
 
-use serde::{Deserialize, Serialize};
+pub use crate::check::samples::SlotSample;
 
 use super::sampler::Sampler;
 use crate::env::postgres::{PgTarget, like_prefix};
 use crate::history::Clock;
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Deserialize)]
-pub struct SlotSample {
-    pub at_ms: f64,
-    /// Client backends on the server, anyone's.
-    pub connections: i64,
-    /// The workload's sessions waiting on a heavyweight lock.
-    pub waiting_on_lock: i64,
-    /// The workload's sessions idle in a transaction.
-    pub idle_in_transaction: i64,
-}
-
-impl super::sampler::Gauged for SlotSample {
-    fn gauges(&self) -> Vec<(&'static str, f64)> {
-        use crate::live::*;
-        vec![
-            (WAITING_ON_LOCK, self.waiting_on_lock as f64),
-            (IDLE_IN_TRANSACTION, self.idle_in_transaction as f64),
-            (CONNECTIONS, self.connections as f64),
-        ]
-    }
-}
 
 /// Samples the server's slots (see [`SlotSample`]), across restarts.
 pub type SlotWatcher = Sampler<SlotSample>;

@@ -4,24 +4,15 @@
 
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_postgres::Row;
-use tokio_util::sync::CancellationToken;
 
 use crate::env::postgres::{Param, PgTarget, Sql as _};
 use crate::history::Clock;
 
-pub struct Sampler<T> {
-    stop: CancellationToken,
-    task: JoinHandle<Vec<T>>,
-}
+/// An observer that samples a query: what it saw is every sample.
+pub type Sampler<T> = super::Watch<Vec<T>>;
 
-/// A sample's gauges for the live view ([`crate::live`]).
-pub trait Gauged {
-    fn gauges(&self) -> Vec<(&'static str, f64)>;
-}
-
-impl<T: Gauged + Send + 'static> Sampler<T> {
+impl<T: crate::gauge::Gauged + Send + 'static> super::Watch<Vec<T>> {
     /// Runs `stmt` with `params` every 10 ms on a session named `app`; `read` turns a row
     /// (and the history clock's time) into a sample. Fails only if the first connect does.
     pub async fn query(
@@ -32,11 +23,9 @@ impl<T: Gauged + Send + 'static> Sampler<T> {
         read: fn(&Row, f64) -> T,
     ) -> anyhow::Result<Sampler<T>> {
         let first = target.connect(app).await?;
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
         let (target, app) = (target.clone(), app.to_string());
-        let live = crate::live::current();
-        let task = tokio::spawn(async move {
+        let board = crate::gauge::current();
+        Ok(super::Watch::spawn(move |stopped| async move {
             let params: Vec<&dyn Param> = params.iter().map(|p| p as &dyn Param).collect();
             let mut samples = Vec::new();
             let mut client = Some(first);
@@ -56,9 +45,9 @@ impl<T: Gauged + Send + 'static> Sampler<T> {
                 };
                 if let Ok(row) = c.one(stmt, &params).await {
                     let sample = read(&row, clock.now_ms());
-                    if let Some(live) = &live {
+                    if let Some(board) = &board {
                         for (name, v) in sample.gauges() {
-                            live.set(name, v);
+                            board.set(name, v);
                         }
                     }
                     samples.push(sample);
@@ -66,13 +55,6 @@ impl<T: Gauged + Send + 'static> Sampler<T> {
                 client = Some(c);
             }
             samples
-        });
-        Ok(Sampler { stop, task })
-    }
-
-    /// Stops sampling and returns every sample taken.
-    pub async fn finish(self) -> Vec<T> {
-        self.stop.cancel();
-        self.task.await.unwrap_or_default()
+        }))
     }
 }

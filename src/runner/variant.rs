@@ -80,7 +80,10 @@ pub(super) async fn run_variant(
         cancel: cancel.clone(),
         progress: progress.clone(),
     };
-    let live = multi.map(|(m, compact)| crate::live::Live::new(m, &progress, compact));
+    let board = multi.map(|_| crate::gauge::Board::default());
+    let live = multi
+        .zip(board.clone())
+        .map(|((m, compact), b)| crate::live::Live::new(m, &progress, compact, b));
     let drawing = live.as_ref().map(crate::live::Live::spawn);
     let mut settings_seen = BTreeMap::new();
     let mut pooler_before = Vec::new();
@@ -91,7 +94,7 @@ pub(super) async fn run_variant(
         if !variant.show_settings.is_empty() {
             settings_seen = server_settings(env, variant).await?;
         }
-        crate::live::scope(live.clone(), code.run(&ctx)).await
+        crate::gauge::scope(board, code.run(&ctx)).await
     };
     let result = tokio::time::timeout(deadline + HARNESS_GRACE, result)
         .await

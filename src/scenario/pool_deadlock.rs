@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
-use crate::check::pool::{DEADLOCK_METRICS, DeadlockObservations, PoolState};
+use crate::check::pool::{DEADLOCK_METRICS, DeadlockObservations};
 use crate::error::UsageError;
 use crate::observe;
 use crate::workload::{self, OpError, Plan};
@@ -204,11 +204,11 @@ async fn run(cfg: &PoolDeadlock, ctx: &VariantCtx<'_>) -> anyhow::Result<Variant
     let sampler = observe::pool::last_before(pool.clone(), window.deadline);
     let label = format!(" of {handlers} handlers done");
     let driven = ctx.drive(clients, Plan::Once, &window, label).await;
-    let pool_at_end = if driven.cut_off {
-        sampler.await.unwrap_or_default()
-    } else {
-        sampler.abort();
-        PoolState::of(&pool)
+    // Cut off: the pool as it was just before the cut-off; else as the handlers left it.
+    let last = sampler.finish().await;
+    let pool_at_end = match driven.cut_off {
+        true => last,
+        false => observe::pool::state(&pool),
     };
     pool.close();
     ctx.terminate_sessions("w/").await?;

@@ -131,7 +131,7 @@ pub async fn drive(
     ok_count: Arc<AtomicUsize>,
 ) -> Driven {
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let live = crate::live::current();
+    let board = crate::gauge::current();
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -144,7 +144,7 @@ pub async fn drive(
                 cancel: cancel.clone(),
                 ok_count: ok_count.clone(),
                 events: events.clone(),
-                live: live.clone(),
+                board: board.clone(),
             };
             tokio::spawn(run.run(client))
         })
@@ -218,8 +218,8 @@ struct ClientRun {
     cancel: CancellationToken,
     ok_count: Arc<AtomicUsize>,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
-    /// The live view's client counts, when one is on screen.
-    live: Option<crate::live::Live>,
+    /// The gauges' client counts, when a board is in scope.
+    board: Option<crate::gauge::Board>,
 }
 
 impl ClientRun {
@@ -233,8 +233,8 @@ impl ClientRun {
             if Instant::now() >= deadline || cancel.is_cancelled() {
                 return true;
             }
-            if let Some(live) = &self.live {
-                live.add(crate::live::CLIENTS_WAITING, 1.0);
+            if let Some(board) = &self.board {
+                board.add(crate::gauge::CLIENTS_WAITING, 1.0);
             }
             let _ = self.events.send(Event::Invoke {
                 client: self.id,
@@ -280,13 +280,13 @@ impl ClientRun {
                     (Outcome::Error { class: e.class }, retry_after)
                 }
             };
-            if let Some(live) = &self.live {
-                live.add(crate::live::CLIENTS_WAITING, -1.0);
+            if let Some(board) = &self.board {
+                board.add(crate::gauge::CLIENTS_WAITING, -1.0);
                 let done = match outcome {
-                    Outcome::Ok => crate::live::CLIENTS_OK,
-                    _ => crate::live::CLIENTS_FAILED,
+                    Outcome::Ok => crate::gauge::CLIENTS_OK,
+                    _ => crate::gauge::CLIENTS_FAILED,
                 };
-                live.add(done, 1.0);
+                board.add(done, 1.0);
             }
             let _ = self.events.send(Event::Complete {
                 client: self.id,

@@ -295,8 +295,8 @@ mod tests {
     use super::*;
     use crate::check::Input;
     use crate::check::orphan_lock::{Observations, Payments, Probe};
+    use crate::check::samples::Sample;
     use crate::history::History;
-    use crate::observe::Sample;
     use crate::report::fixtures;
 
     /// A frozen holder: the lock from 100 ms, `clients` bookers waiting behind it until the

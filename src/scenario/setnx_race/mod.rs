@@ -194,15 +194,9 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
     let clients = connect_buyers(cfg, ctx, &shop, &shared).await?;
     let redis = ctx.env.redis()?;
     let clock = Clock::start();
-    let stop_watch = tokio_util::sync::CancellationToken::new();
-    let watcher = observe::redis_key::watch(
-        redis.connect().await?,
-        shop.lock_key.clone(),
-        stop_watch.clone(),
-    );
+    let watcher = observe::redis_key::watch(redis.connect().await?, shop.lock_key.clone());
     let outcome = race(cfg, ctx, &shop, &shared, clients, clock).await;
-    stop_watch.cancel();
-    let key_samples = watcher.await.unwrap_or_default();
+    let key_samples = watcher.finish().await;
     ctx.terminate_sessions("w/").await?;
     let raced = outcome?;
     let mut history = raced.driven.history;
