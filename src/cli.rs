@@ -25,8 +25,17 @@ pub enum Command {
     /// Print a results file again (table, JSON, Markdown or JUnit) without re-running anything.
     /// Exits as the run did.
     Report(ReportArgs),
-    /// List the built-in scenarios.
-    List,
+    /// List the built-in scenarios, or those of the given files and directories.
+    List {
+        /// Scenario files or directories of them [default: the built-in scenarios].
+        scenarios: Vec<String>,
+    },
+    /// Write NAME.toml: a commented scenario file of sessions and steps that runs as it is
+    /// (a migration's ALTER TABLE queueing behind a report), to make into your own.
+    New {
+        /// The scenario's name (and file name).
+        name: String,
+    },
     /// Tell a scenario's story: what fails, why, which setting fixes it, what each variant shows.
     Explain {
         /// Scenario name or path to a .toml file.
@@ -135,9 +144,10 @@ pub struct RunArgs {
     #[arg(long = "sweep", value_name = "NAME=V1,V2,...")]
     pub sweeps: Vec<String>,
     /// Multiply every scenario duration: 1 runs at the write-ups' real speed
-    /// (25 s payment call, 10 s idle timeout).
-    #[arg(long, default_value_t = 0.1, value_name = "FACTOR")]
-    pub time_scale: f64,
+    /// (25 s payment call, 10 s idle timeout) [default: 0.1, or a scenario file's own
+    /// `time_scale`].
+    #[arg(long, value_name = "FACTOR")]
+    pub time_scale: Option<f64>,
     /// Use your own PostgreSQL instead of a throwaway one. locklab works only in a schema of
     /// its own, which it drops afterwards, and changes no server, database or role setting.
     #[arg(

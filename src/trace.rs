@@ -301,6 +301,24 @@ impl Drawn {
                     });
                 }
             }
+            Input::Steps(o) => {
+                for (s, seen) in o.layout.sessions.iter().zip(&o.seen) {
+                    if let Some(at) = seen.fault_ms {
+                        d.marks
+                            .push(mark(at, MarkKind::Fault, &format!("{} fault", s.name)));
+                        d.spans.push(Span {
+                            who: s.name.clone(),
+                            from_ms: at,
+                            to_ms: seen.freed_ms,
+                        });
+                    }
+                    if let Some(at) = seen.freed_ms {
+                        d.marks
+                            .push(mark(at, MarkKind::Release, &format!("{} freed", s.name)));
+                    }
+                }
+                d.end_ms = Some(o.end_ms);
+            }
             Input::PoolBooking(_)
             | Input::PoolDeadlock(_)
             | Input::Account(_)

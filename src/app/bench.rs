@@ -118,6 +118,7 @@ fn options(
     Ok(RunOptions {
         variants: Vec::new(),
         time_scale: 0.1,
+        time_scale_given: true,
         env: EnvOptions {
             need_redis: scenarios.iter().any(|s| s.kind.needs_redis),
             exe: exe()?,

@@ -55,7 +55,8 @@ pub fn main() -> i32 {
         Command::Man { dir } => return man(dir.as_deref()),
         Command::Run(a) => Work::Run(a),
         Command::Report(a) => Work::Report(a),
-        Command::List => Work::List,
+        Command::List { scenarios } => Work::List(scenarios),
+        Command::New { name } => return new_scenario(&name),
         Command::Explain { scenario } => Work::Explain(scenario),
         Command::Env { command } => Work::Env(command),
         Command::Worker { scenario } => Work::Worker(scenario),
@@ -89,7 +90,7 @@ pub fn main() -> i32 {
 enum Work {
     Run(Box<RunArgs>),
     Report(ReportArgs),
-    List,
+    List(Vec<String>),
     Explain(String),
     Env(EnvCommand),
     Bench(BenchCommand),
@@ -98,7 +99,7 @@ enum Work {
 
 async fn dispatch(work: Work) -> anyhow::Result<i32> {
     match work {
-        Work::List => list(),
+        Work::List(files) => list(&files),
         Work::Explain(scenario) => explain(&scenario),
         Work::Run(args) => run(*args).await,
         Work::Report(args) => reprint(args),
@@ -125,11 +126,14 @@ async fn dispatch(work: Work) -> anyhow::Result<i32> {
     }
 }
 
-fn list() -> anyhow::Result<i32> {
+fn list(files: &[String]) -> anyhow::Result<i32> {
     let mut t = Table::new();
     t.load_style(NOTHING);
-    for k in KINDS {
-        let s = scenario::load(k.name)?;
+    let names: Vec<String> = match files.is_empty() {
+        true => vec!["all".into()],
+        false => files.to_vec(),
+    };
+    for s in resolve_scenarios(&names, &[])?.0 {
         let variants: Vec<&str> = s.variants.iter().map(|v| v.name.as_str()).collect();
         t.add_row(vec![s.name.clone(), s.summary.clone(), variants.join(", ")]);
     }
@@ -200,6 +204,8 @@ pub(crate) fn resolve_scenarios(
             for k in KINDS {
                 out.push(scenario::load(k.name)?);
             }
+        } else if std::path::Path::new(name).is_dir() {
+            out.extend(scenario::load_dir(std::path::Path::new(name))?);
         } else {
             out.push(scenario::load(name)?);
         }
@@ -402,7 +408,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let opts = RunOptions {
         scenarios,
         variants: args.variants,
-        time_scale: args.time_scale,
+        time_scale: args.time_scale.unwrap_or(0.1),
+        time_scale_given: args.time_scale.is_some(),
         env: EnvOptions {
             pg_url: args.pg_url,
             redis_url: args.redis_url,
@@ -412,7 +419,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             ..EnvOptions::default()
         },
         // The queue's order learns from the last run here, whether or not this one writes.
-        estimates: runner::estimates(&args.out, args.time_scale),
+        estimates: runner::estimates(&args.out, args.time_scale.unwrap_or(0.1)),
         out_dir: (!args.no_results).then_some(args.out),
         repeat: args.repeat,
         jobs: args.jobs.map_or_else(runner::default_jobs, usize::from),
@@ -463,6 +470,52 @@ fn print_report(
         crate::say!("{f}");
     }
     Ok(report.exit_code())
+}
+
+/// `locklab new NAME`: a commented step file that runs as it is, to edit into one's own.
+fn new_scenario(name: &str) -> i32 {
+    let path = std::path::PathBuf::from(match name.ends_with(".toml") {
+        true => name.to_string(),
+        false => format!("{name}.toml"),
+    });
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let plain = stem
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if stem.is_empty() || !plain || scenario::kind_named(&stem).is_some() {
+        crate::say!(
+            "Error: `{stem}` cannot name a scenario: use letters, digits, - and _, and no \
+             built-in scenario's name"
+        );
+        return exit::USAGE;
+    }
+    if path.exists() {
+        crate::say!("Error: {} exists already: nothing written", path.display());
+        return exit::USAGE;
+    }
+    let text = scenario::steps::TEMPLATE.replacen(
+        "name = \"migration-queue\"",
+        &format!("name = \"{stem}\""),
+        1,
+    );
+    match std::fs::write(&path, text) {
+        Ok(()) => {
+            out!("{}", path.display());
+            crate::say!(
+                "wrote {}: `locklab run {}` runs it as it is; see README, \"Write your own scenario\"",
+                path.display(),
+                path.display()
+            );
+            exit::OK
+        }
+        Err(e) => {
+            crate::say!("Error: could not write {}: {e}", path.display());
+            exit::ENVIRONMENT
+        }
+    }
 }
 
 /// `locklab man`: the man page from the command line's own definitions.

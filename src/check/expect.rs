@@ -347,7 +347,9 @@ fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
             out.push(number_or_duration(&word)?);
         } else if c.is_ascii_alphabetic() || c == '_' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+            // A step scenario's metrics are dotted: `migration.alter.errors_55P03`.
+            let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+            while i < chars.len() && word(chars[i]) {
                 i += 1;
             }
             out.push(Tok::Word(chars[start..i].iter().collect()));

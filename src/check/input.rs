@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Evaluation, isolation, lost_client, orphan_lock, pool, pooler, setnx_race, shutdown, storm,
+    Evaluation, isolation, lost_client, orphan_lock, pool, pooler, setnx_race, shutdown, steps,
+    storm,
 };
 use crate::history::History;
 
@@ -34,6 +35,8 @@ pub enum Input {
     Reports(isolation::ReportObservations),
     Rota(isolation::RotaObservations),
     Transfers(isolation::TransferObservations),
+    /// A step file's sessions and steps.
+    Steps(Box<steps::Observations>),
 }
 
 impl Input {
@@ -52,6 +55,7 @@ impl Input {
             Input::Reports(o) => isolation::evaluate_reports(h, o),
             Input::Rota(o) => isolation::evaluate_rota(h, o),
             Input::Transfers(o) => isolation::evaluate_transfers(h, o),
+            Input::Steps(o) => steps::evaluate(h, o),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod samples;
 pub mod setnx_race;
 pub mod shutdown;
 pub mod stats;
+pub mod steps;
 pub mod storm;
 
 pub use input::Input;

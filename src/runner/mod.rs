@@ -39,7 +39,10 @@ pub struct RunOptions {
     pub scenarios: Vec<Scenario>,
     /// Run only these variants (all when empty).
     pub variants: Vec<String>,
+    /// `--time-scale`, or 0.1 where it was not given (see [`RunOptions::scale_for`]).
     pub time_scale: f64,
+    /// The user gave `--time-scale`: it wins over a scenario file's own default.
+    pub time_scale_given: bool,
     pub env: EnvOptions,
     /// Where the JSON results go; `None` writes none.
     pub out_dir: Option<PathBuf>,
@@ -51,6 +54,17 @@ pub struct RunOptions {
     pub repeat: u32,
     /// Variants run side by side (`--jobs`), each on servers of its own; 1 on the user's servers.
     pub jobs: usize,
+}
+
+impl RunOptions {
+    /// The time scale `scenario` runs at: `--time-scale` if given, else the file's own
+    /// `time_scale`, else 0.1.
+    pub fn scale_for(&self, scenario: &Scenario) -> f64 {
+        match (self.time_scale_given, scenario.default_scale) {
+            (false, Some(own)) => own,
+            _ => self.time_scale,
+        }
+    }
 }
 
 pub struct Finished {
@@ -184,7 +198,7 @@ fn scenario_header(
     if some_pooled && env.pooler.is_none() && env.pooled.is_some() {
         target.push_str(" (through-pooler variants: a throwaway PgBouncer, transaction pooling)");
     }
-    let base = scenario.resolve(&scenario.variants[0], opts.time_scale);
+    let base = scenario.resolve(&scenario.variants[0], opts.scale_for(scenario));
     let harm = |(metric, label): &(String, String)| Harm {
         metric: metric.clone(),
         label: label.clone(),
@@ -194,7 +208,7 @@ fn scenario_header(
         summary: scenario.summary.clone(),
         source: scenario.source.clone(),
         target,
-        time_scale: opts.time_scale,
+        time_scale: opts.scale_for(scenario),
         params: base.params.to_json(),
         harm: harm(&(scenario.harm_metric.clone(), scenario.harm_label.clone())),
         columns: scenario.columns.iter().map(harm).collect(),

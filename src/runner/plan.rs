@@ -51,8 +51,8 @@ impl Plans {
                     row.push(None);
                     continue;
                 }
-                let resolved = s.resolve(v, opts.time_scale);
-                let code = (s.kind.prepare)(&resolved.params).map_err(|e| {
+                let resolved = s.resolve(v, opts.scale_for(s));
+                let code = (s.kind.prepare)(s.kind, &resolved.params).map_err(|e| {
                     anyhow::Error::from(e).context(format!("{}/{}", s.name, v.name))
                 })?;
                 let estimate = learnt(&s.name, &v.name).unwrap_or_else(|| cut_off(&resolved));

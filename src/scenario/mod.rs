@@ -16,6 +16,7 @@ pub mod read_skew;
 pub mod setnx_race;
 pub mod shutdown;
 pub mod spec;
+pub mod steps;
 pub mod write_skew;
 
 use std::path::Path;
@@ -150,6 +151,10 @@ impl<C: Code> Prepared for C {
     }
 }
 
+/// Builds a variant's configuration from its parameters (the kind is passed for a step file's
+/// definition).
+pub type Prepare = fn(&'static Kind, &Params) -> Result<Box<dyn Prepared>, UsageError>;
+
 /// A registered scenario: its declarations, and its code behind function pointers.
 #[derive(Debug)]
 pub struct Kind {
@@ -159,8 +164,10 @@ pub struct Kind {
     pub metrics: &'static [&'static str],
     pub needs_redis: bool,
     pub sized_by: &'static str,
-    pub prepare: fn(&Params) -> Result<Box<dyn Prepared>, UsageError>,
+    pub prepare: Prepare,
     pub worker: fn(WorkerIo) -> BoxFuture<'static, anyhow::Result<()>>,
+    /// A step file's sessions and steps (see [`steps`]); `None` for built-in code.
+    pub steps: Option<&'static steps::Spec>,
 }
 
 impl Kind {
@@ -179,7 +186,7 @@ impl Kind {
 
 /// Registers a scenario's code.
 pub const fn kind<C: Code>() -> Kind {
-    fn prepare<C: Code>(p: &Params) -> Result<Box<dyn Prepared>, UsageError> {
+    fn prepare<C: Code>(_: &'static Kind, p: &Params) -> Result<Box<dyn Prepared>, UsageError> {
         Ok(Box::new(C::config(p)?))
     }
     fn worker<C: Code>(io: WorkerIo) -> BoxFuture<'static, anyhow::Result<()>> {
@@ -194,7 +201,16 @@ pub const fn kind<C: Code>() -> Kind {
         sized_by: C::SIZED_BY,
         prepare: prepare::<C>,
         worker: worker::<C>,
+        steps: None,
     }
+}
+
+/// The worker of code that has none (a step file's faults need no process of their own).
+pub fn no_worker(io: WorkerIo) -> BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async move {
+        drop(io);
+        anyhow::bail!("this scenario has no worker process")
+    })
 }
 
 /// The built-in scenarios, in the order `list` and `run all` use.
@@ -241,6 +257,35 @@ pub fn load(name_or_path: &str) -> Result<Scenario, UsageError> {
             )))
         }
     }
+}
+
+/// Every scenario file (`*.toml`) in a directory, by file name.
+pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>, UsageError> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", dir.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(UsageError(format!(
+            "{} holds no scenario file (*.toml)",
+            dir.display()
+        )));
+    }
+    let mut out: Vec<Scenario> = Vec::new();
+    for f in files {
+        let s = load(&f.to_string_lossy())?;
+        if let Some(twin) = out.iter().find(|o| o.name == s.name) {
+            return Err(UsageError(format!(
+                "{} and {} both name a scenario `{}`",
+                twin.source, s.source, s.name
+            )));
+        }
+        out.push(s);
+    }
+    Ok(out)
 }
 
 /// Everything a scenario may use while running one variant.

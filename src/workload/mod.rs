@@ -80,6 +80,15 @@ pub trait Client: Send + 'static {
     fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>>;
     /// Cancels the statement in flight on the server: dropping the future would not.
     fn canceller(&self) -> Option<Canceller>;
+    /// Waits until the next operation may start (another client's step, say); the wait is not
+    /// part of the operation. The deadline or a cancel cuts it short.
+    fn ready(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// Whether the client has nothing left to do, whatever the plan says.
+    fn done(&self) -> bool {
+        false
+    }
 }
 
 /// What a client does after an attempt. Every client stops after its first success, except
@@ -225,14 +234,25 @@ struct ClientRun {
 impl ClientRun {
     /// Runs one client to its end; returns whether the deadline or a cancel cut it off.
     async fn run(self, mut client: Box<dyn Client>) -> bool {
-        let kind = client.kind();
         let (deadline, cancel) = (self.deadline, &self.cancel);
         let mut attempts = 0;
         loop {
             attempts += 1;
+            if client.done() {
+                return false;
+            }
+            tokio::select! {
+                _ = client.ready() => {}
+                _ = tokio::time::sleep_until(deadline) => return true,
+                _ = cancel.cancelled() => return true,
+            }
+            if client.done() {
+                return false;
+            }
             if Instant::now() >= deadline || cancel.is_cancelled() {
                 return true;
             }
+            let kind = client.kind();
             if let Some(board) = &self.board {
                 board.add(crate::gauge::CLIENTS_WAITING, 1.0);
             }

@@ -79,6 +79,9 @@ struct ExpectWhenSpec {
 impl Scenario {
     /// Parses and validates a scenario file. `origin` names the file in error messages.
     pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
+        if crate::scenario::steps::is_step_file(text) {
+            return crate::scenario::steps::parse(text, origin);
+        }
         let spec: FileSpec = toml::from_str(text).map_err(|e| {
             let msg = e.message().trim().to_string();
             match e.span() {
@@ -145,6 +148,7 @@ impl Scenario {
             variants,
             source: origin.to_string(),
             swept: Vec::new(),
+            default_scale: None,
         })
     }
 }

@@ -27,10 +27,18 @@ pub struct ParamSpec {
 /// speed), before `--time-scale`.
 #[derive(Debug, Clone, Copy)]
 pub enum Accepts {
-    Count { min: i64, max: i64 },
-    Duration { min: Duration, max: Duration },
+    Count {
+        min: i64,
+        max: i64,
+    },
+    Duration {
+        min: Duration,
+        max: Duration,
+    },
     Words(&'static [&'static str]),
     Flag,
+    /// Any value: a step file's own parameters, which only its `${name}`s read.
+    Any,
 }
 
 impl ParamSpec {
@@ -75,6 +83,7 @@ impl ParamSpec {
             (Accepts::Duration { min, .. }, Param::Int(0)) => min.is_zero(),
             (Accepts::Words(words), Param::Text(t)) => words.contains(&t.as_str()),
             (Accepts::Flag, Param::Bool(_)) => true,
+            (Accepts::Any, _) => true,
             _ => false,
         };
         match ok {
@@ -98,6 +107,7 @@ impl ParamSpec {
             ),
             Accepts::Words(words) => format!("one of {}", words.join(", ")),
             Accepts::Flag => "true or false".into(),
+            Accepts::Any => "a number, true/false, a duration or text".into(),
         }
     }
 
@@ -110,6 +120,7 @@ impl ParamSpec {
             }
             Accepts::Words(words) => words.join("|"),
             Accepts::Flag => "true|false".into(),
+            Accepts::Any => "any".into(),
         }
     }
 }
@@ -126,7 +137,7 @@ pub enum Param {
 }
 
 impl Param {
-    fn from_toml(v: &toml::Value) -> Result<Param, String> {
+    pub(crate) fn from_toml(v: &toml::Value) -> Result<Param, String> {
         Ok(match v {
             toml::Value::Integer(i) => Param::Int(*i),
             toml::Value::Float(f) => Param::Float(*f),
@@ -362,12 +373,12 @@ pub struct Variant {
     pub opt_in: bool,
     pub show_settings: Vec<String>,
     pub shows: String,
-    settings: Vec<(String, String)>,
+    pub(crate) settings: Vec<(String, String)>,
     pub through_pooler: bool,
-    pooler_settings: Vec<(String, String)>,
-    params: BTreeMap<String, Param>,
-    expect: Vec<Expectation>,
-    expect_when: Vec<(String, Param, Vec<Expectation>)>,
+    pub(crate) pooler_settings: Vec<(String, String)>,
+    pub(crate) params: BTreeMap<String, Param>,
+    pub(crate) expect: Vec<Expectation>,
+    pub(crate) expect_when: Vec<(String, Param, Vec<Expectation>)>,
 }
 
 /// A variant ready to run: its parameters scaled, its settings rendered, its expectations chosen.
@@ -403,6 +414,8 @@ pub struct Scenario {
     pub source: String,
     /// The values this copy was given by `--sweep`, in the order swept; empty otherwise.
     pub swept: Vec<(String, Param)>,
+    /// A step file's own time scale (`time_scale = 1`), which `--time-scale` overrides.
+    pub default_scale: Option<f64>,
 }
 
 impl Scenario {
@@ -479,7 +492,7 @@ impl Scenario {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

@@ -1,0 +1,292 @@
+//! The checker of a step scenario (a user's file of sessions and steps): per step, what its
+//! operations got and how long they waited on locks, per session what the server showed, and
+//! the file's own `[metrics]` queries. Which metrics exist follows from the file alone
+//! ([`Layout::metrics`]), so expectations are checked against them before anything runs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::Evaluation;
+use super::stats::{p50, p99, round1};
+use crate::history::{History, Outcome};
+
+/// Outcome words of a step scenario.
+pub mod outcome {
+    pub use crate::check::outcome::STUCK;
+    /// Some step failed, none was stuck.
+    pub const ERRORS: &str = "errors";
+    /// Every step that started completed without an error.
+    pub const CLEAN: &str = "clean";
+}
+
+/// The statistics every SQL step gets, as `session.step.stat`.
+pub const STEP_STATS: &[&str] = &["ok", "failed", "stuck", "p50_ms", "p99_ms", "waited_ms"];
+/// The statistics every session gets, as `session.stat`.
+pub const SESSION_STATS: &[&str] = &["lock_waiters_max", "idle_in_tx_max_ms"];
+
+/// What the file declares that the metrics follow from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Layout {
+    pub sessions: Vec<SessionLayout>,
+    /// `[metrics]` names, in the file's order.
+    pub queries: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionLayout {
+    pub name: String,
+    pub clients: usize,
+    /// Runs its steps once (a step not reached by the cut-off is stuck), or until the cut-off.
+    pub once: bool,
+    /// Its SQL steps, by name.
+    pub steps: Vec<String>,
+    /// SQLSTATEs counted per step as `errors_CODE`: those the file's expectations and columns
+    /// name (any other shows in the table's errors).
+    pub codes: Vec<(String, String)>,
+    /// It has a fault and a probe: `lock_held_ms` is measured.
+    pub probed: bool,
+}
+
+impl Layout {
+    /// Every metric a run of this layout emits.
+    pub fn metrics(&self) -> Vec<String> {
+        let mut out = vec!["cut_off".into(), "p50_ms".into(), "p99_ms".into()];
+        for s in &self.sessions {
+            for t in &s.steps {
+                out.extend(
+                    STEP_STATS
+                        .iter()
+                        .map(|stat| format!("{}.{t}.{stat}", s.name)),
+                );
+            }
+            for (t, code) in &s.codes {
+                out.push(format!("{}.{t}.errors_{code}", s.name));
+            }
+            out.extend(
+                SESSION_STATS
+                    .iter()
+                    .map(|stat| format!("{}.{stat}", s.name)),
+            );
+            if s.probed {
+                out.push(format!("{}.lock_held_ms", s.name));
+            }
+        }
+        out.extend(self.queries.iter().cloned());
+        out
+    }
+}
+
+/// What the servers showed during one run, per session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionSeen {
+    /// The most of its clients seen waiting on a lock at once.
+    pub lock_waiters_max: i64,
+    /// The longest any of its clients was seen idle in a transaction.
+    pub idle_in_tx_max_ms: f64,
+    /// When its fault struck (history clock), and when its probe got what it held.
+    pub fault_ms: Option<f64>,
+    pub freed_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observations {
+    pub layout: Layout,
+    /// Per session, in the layout's order.
+    pub seen: Vec<SessionSeen>,
+    /// Per `session.step`: the time its clients were seen waiting on a lock while running it.
+    pub waited_ms: BTreeMap<String, f64>,
+    /// `[metrics]` results: one number each, `None` for SQL NULL.
+    pub queries: BTreeMap<String, Option<f64>>,
+    /// The cut-off came with a step in flight or not yet reached.
+    pub cut_off: bool,
+    /// When the run ended (history clock).
+    pub end_ms: f64,
+}
+
+pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
+    // Every SQL step's latency together, for the table's p50 and p99 columns.
+    let all: Vec<f64> = h.ops.iter().filter_map(|o| o.latency_ms()).collect();
+    let mut metrics: Vec<(String, Value)> = vec![
+        ("cut_off".into(), json!(obs.cut_off)),
+        ("p50_ms".into(), p50(&all)),
+        ("p99_ms".into(), p99(&all)),
+    ];
+    let (mut stuck_any, mut failed_any) = (false, false);
+    let mut lower = Vec::new();
+    for (si, s) in obs.layout.sessions.iter().enumerate() {
+        for t in &s.steps {
+            let kind = format!("{}.{t}", s.name);
+            let ops: Vec<_> = h.ops.iter().filter(|o| o.kind == kind).collect();
+            let ok = ops.iter().filter(|o| o.outcome == Outcome::Ok).count();
+            let failed = ops
+                .iter()
+                .filter(|o| matches!(o.outcome, Outcome::Error { .. }))
+                .count();
+            let in_flight = ops.iter().filter(|o| o.outcome == Outcome::Unknown).count();
+            // Run once, a step no client reached by the cut-off is stuck too.
+            let stuck = match s.once {
+                true => s.clients.saturating_sub(ok + failed).max(in_flight),
+                false => in_flight,
+            };
+            stuck_any |= stuck > 0;
+            failed_any |= failed > 0;
+            let latencies: Vec<f64> = ops.iter().filter_map(|o| o.latency_ms()).collect();
+            let m = |stat: &str| format!("{kind}.{stat}");
+            metrics.push((m("ok"), json!(ok)));
+            metrics.push((m("failed"), json!(failed)));
+            metrics.push((m("stuck"), json!(stuck)));
+            metrics.push((m("p50_ms"), p50(&latencies)));
+            metrics.push((m("p99_ms"), p99(&latencies)));
+            let waited = obs.waited_ms.get(&kind).copied().unwrap_or(0.0);
+            metrics.push((m("waited_ms"), json!(round1(waited))));
+        }
+        for (t, code) in &s.codes {
+            let kind = format!("{}.{t}", s.name);
+            metrics.push((format!("{kind}.errors_{code}"), json!(h.count(&kind, code))));
+        }
+        let seen = obs.seen.get(si).cloned().unwrap_or_default();
+        metrics.push((
+            format!("{}.lock_waiters_max", s.name),
+            json!(seen.lock_waiters_max),
+        ));
+        metrics.push((
+            format!("{}.idle_in_tx_max_ms", s.name),
+            json!(round1(seen.idle_in_tx_max_ms)),
+        ));
+        if s.probed {
+            let name = format!("{}.lock_held_ms", s.name);
+            let held = match (seen.fault_ms, seen.freed_ms) {
+                (Some(f), Some(r)) => json!(round1((r - f).max(0.0))),
+                // Still held at the end: at least this long.
+                (Some(f), None) => {
+                    lower.push(name.clone());
+                    json!(round1((obs.end_ms - f).max(0.0)))
+                }
+                (None, _) => Value::Null,
+            };
+            metrics.push((name, held));
+        }
+    }
+    for q in &obs.layout.queries {
+        let v = obs.queries.get(q).copied().flatten();
+        metrics.push((q.clone(), v.map_or(Value::Null, |x| json!(x))));
+    }
+    let outcome = match (stuck_any, failed_any) {
+        (true, _) => outcome::STUCK,
+        (false, true) => outcome::ERRORS,
+        (false, false) => outcome::CLEAN,
+    };
+    let mut e = Evaluation::new(
+        outcome,
+        metrics.iter().map(|(k, v)| (k.as_str(), v.clone())),
+    );
+    for l in lower {
+        e = e.lower_bound(&l, true);
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Op;
+
+    fn layout() -> Layout {
+        Layout {
+            sessions: vec![
+                SessionLayout {
+                    name: "migration".into(),
+                    clients: 1,
+                    once: true,
+                    steps: vec!["alter".into()],
+                    codes: vec![("alter".into(), "55P03".into())],
+                    probed: false,
+                },
+                SessionLayout {
+                    name: "app".into(),
+                    clients: 2,
+                    once: true,
+                    steps: vec!["read".into()],
+                    codes: Vec::new(),
+                    probed: true,
+                },
+            ],
+            queries: vec!["rows".into()],
+        }
+    }
+
+    fn op(client: usize, kind: &str, end: Option<f64>, outcome: Outcome) -> Op {
+        Op {
+            client,
+            kind: kind.to_string().into(),
+            start_ms: 0.0,
+            end_ms: end,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn emits_exactly_the_layouts_metrics() {
+        let obs = Observations {
+            layout: layout(),
+            ..Default::default()
+        };
+        let e = evaluate(&History::default(), &obs);
+        let mut want = obs.layout.metrics();
+        want.sort();
+        assert_eq!(
+            e.names(),
+            want.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_step_never_reached_is_stuck_and_errors_are_counted_by_sqlstate() {
+        let h = History {
+            ops: vec![
+                op(
+                    0,
+                    "migration.alter",
+                    Some(100.0),
+                    Outcome::Error {
+                        class: "55P03".into(),
+                    },
+                ),
+                op(1, "app.read", Some(20.0), Outcome::Ok),
+            ],
+            lost_clients: Vec::new(),
+        };
+        let obs = Observations {
+            layout: layout(),
+            seen: vec![
+                SessionSeen::default(),
+                SessionSeen {
+                    lock_waiters_max: 2,
+                    fault_ms: Some(10.0),
+                    ..Default::default()
+                },
+            ],
+            cut_off: true,
+            end_ms: 500.0,
+            queries: BTreeMap::from([("rows".to_string(), Some(3.0))]),
+            ..Default::default()
+        };
+        let e = evaluate(&h, &obs);
+        assert_eq!(e.outcome, outcome::STUCK);
+        assert_eq!(e.metrics["migration.alter.errors_55P03"], json!(1));
+        assert_eq!(e.metrics["migration.alter.failed"], json!(1));
+        assert_eq!(e.metrics["app.read.ok"], json!(1));
+        assert_eq!(
+            e.metrics["app.read.stuck"],
+            json!(1),
+            "the second client never read"
+        );
+        assert_eq!(e.metrics["app.read.p50_ms"], json!(20.0));
+        assert_eq!(e.metrics["app.lock_waiters_max"], json!(2));
+        assert_eq!(e.metrics["app.lock_held_ms"], json!(490.0));
+        assert!(e.lower_bounds.contains("app.lock_held_ms"));
+        assert_eq!(e.metrics["rows"], json!(3.0));
+    }
+}

@@ -1,0 +1,271 @@
+//! Step scenarios: a user's own failure as a file of sessions and steps, no Rust. A file with
+//! `[[sessions]]` is one; it runs through the same runner, checker, tables and results as the
+//! built-in scenarios (see README, "Write your own scenario").
+//!
+//! A session is one connection, or `clients` copies of it; its steps run in order, each after
+//! the condition it names: another step completed (`after = "S.step"`), or seen waiting on a
+//! lock by the server (`after = "S.step:waiting"`). Every mistake in a file is reported as
+//! `file:line:col` before anything starts.
+
+mod file;
+mod run;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::spec::{Param, Params};
+use super::{Cpu, Kind, Prepared, VariantCtx, VariantRun};
+use crate::check::steps::Layout;
+use crate::env::Env;
+use crate::error::UsageError;
+
+pub use file::{is_step_file, parse};
+
+/// What `locklab new` writes: a step file that runs as it is.
+pub const TEMPLATE: &str = include_str!("../../../examples/scenarios/migration-queue.toml");
+
+/// A step file's definition, as written (`${param}` still in place); one per file, for the
+/// life of the process.
+#[derive(Debug)]
+pub struct Spec {
+    /// `[setup] sql`: run once per variant, in its own schema.
+    pub setup: String,
+    pub sessions: Vec<SessionDef>,
+    /// `[metrics]`: a name and the SQL whose first column of the first row is its value.
+    pub queries: Vec<(String, String)>,
+    /// The metrics layout; per-variant client counts are filled in when a variant is prepared.
+    pub layout: Layout,
+}
+
+#[derive(Debug)]
+pub struct SessionDef {
+    pub name: String,
+    /// A count, or `${param}`.
+    pub clients: String,
+    pub connect: Connect,
+    /// Session settings, `SET` before the first step; values may hold `${param}`.
+    pub settings: Vec<(String, String)>,
+    /// Runs its steps once, or loops them until the cut-off.
+    pub once: bool,
+    /// For a session with a fault: SQL that succeeds once what the faulted session held is free
+    /// (e.g. `SELECT … FOR UPDATE NOWAIT`), run from a session of locklab's own.
+    pub probe: Option<String>,
+    pub steps: Vec<StepDef>,
+}
+
+/// Where a session's connection goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connect {
+    /// Straight to the server.
+    Direct,
+    /// The run's path to the server: through the pooler when the run has one.
+    Pooler,
+}
+
+#[derive(Debug)]
+pub struct StepDef {
+    pub name: String,
+    /// `session.step`, as the history and the metrics name it.
+    pub kind: &'static str,
+    pub action: Action,
+    /// Starts only after this step of this session: completed, or seen waiting on a lock.
+    pub after: Option<After>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct After {
+    pub session: usize,
+    pub step: usize,
+    pub waiting: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Sql(String),
+    /// An outside call (`${param}` allowed): the session holds whatever it holds meanwhile.
+    Sleep(String),
+    Fault(Fault),
+}
+
+/// What happens to a session at a fault step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The session stops where it is with its connection open: to the server it is a client
+    /// frozen mid-transaction (as a process stopped by SIGSTOP is), until the run ends.
+    Freeze,
+    /// The connection is closed: the server ends the session and frees what it held.
+    Kill,
+}
+
+/// A variant's view of a step file: every `${param}` resolved.
+pub struct StepVariant {
+    spec: &'static Spec,
+    /// Per session: its clients, settings, and steps' SQL and sleeps, resolved.
+    sessions: Vec<ResolvedSession>,
+    setup: String,
+    queries: Vec<(String, String)>,
+    deadline: Duration,
+    layout: Layout,
+}
+
+struct ResolvedSession {
+    clients: usize,
+    settings: Vec<(String, String)>,
+    /// Per step: the SQL or the sleep's length (faults carry no text).
+    steps: Vec<Resolved>,
+    probe: Option<String>,
+}
+
+#[derive(Clone)]
+enum Resolved {
+    Sql(String),
+    Sleep(Duration),
+    Fault(Fault),
+}
+
+/// `${name}` replaced by the parameter's value: durations in whole milliseconds (`250ms`, which
+/// PostgreSQL takes for a setting or an interval), anything else as written.
+pub fn substitute(text: &str, params: &Params) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let Some(end) = rest[i..].find('}') else {
+            return Err("an unclosed `${`".into());
+        };
+        let name = &rest[i + 2..i + end];
+        let value = params
+            .get(name)
+            .map_err(|_| format!("`${{{name}}}` names no parameter in [params]"))?;
+        match value {
+            Param::Duration(d) => out.push_str(&format!("{}ms", d.as_millis())),
+            other => out.push_str(&other.to_string()),
+        }
+        rest = &rest[i + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A session setting's value: `${param}`s resolved (already scaled), and a duration written
+/// as such (`50ms`) scaled like every duration of the file; PostgreSQL takes whole
+/// milliseconds, and a timeout is never rounded down to 0 (off).
+fn scaled_setting(raw: &str, params: &Params) -> Result<String, String> {
+    if raw.contains("${") {
+        return substitute(raw, params);
+    }
+    let t = raw.trim();
+    match t.starts_with(|c: char| c.is_ascii_digit()) && t.parse::<f64>().is_err() {
+        true => match humantime::parse_duration(t) {
+            Ok(d) if !d.is_zero() => {
+                let ms = d.mul_f64(params.time_scale).as_millis().max(1);
+                Ok(format!("{ms}ms"))
+            }
+            _ => Ok(raw.to_string()),
+        },
+        false => Ok(raw.to_string()),
+    }
+}
+
+/// The registry's `prepare` for step files: resolves the variant's `${param}`s.
+pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>, UsageError> {
+    let spec = kind
+        .steps
+        .ok_or_else(|| UsageError(format!("{} is not a step scenario", kind.name)))?;
+    let bad = |what: &str, e: String| UsageError(format!("{}: {what}: {e}", kind.name));
+    let mut layout = spec.layout.clone();
+    let mut sessions = Vec::new();
+    for (s, l) in spec.sessions.iter().zip(layout.sessions.iter_mut()) {
+        let raw = substitute(&s.clients, params).map_err(|e| bad(&s.name, e))?;
+        let clients = raw
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    &s.name,
+                    format!("`clients` must be a whole number from 1 to 10000, not `{raw}`"),
+                )
+            })?;
+        l.clients = clients;
+        let settings = s
+            .settings
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), scaled_setting(v, params)?)))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| bad(&s.name, e))?;
+        let mut steps = Vec::new();
+        for t in &s.steps {
+            let what = format!("{}.{}", s.name, t.name);
+            steps.push(match &t.action {
+                Action::Sql(sql) => {
+                    Resolved::Sql(substitute(sql, params).map_err(|e| bad(&what, e))?)
+                }
+                Action::Sleep(raw) => {
+                    let text = substitute(raw, params).map_err(|e| bad(&what, e))?;
+                    let d = humantime::parse_duration(text.trim())
+                        .map_err(|e| bad(&what, format!("`sleep = \"{text}\"`: {e}")))?;
+                    // A sleep written as text is scaled like any duration of the file.
+                    let d = match raw.contains("${") {
+                        true => d,
+                        false => d.mul_f64(params.time_scale),
+                    };
+                    Resolved::Sleep(d)
+                }
+                Action::Fault(f) => Resolved::Fault(*f),
+            });
+        }
+        let probe = match &s.probe {
+            Some(p) => Some(substitute(p, params).map_err(|e| bad(&s.name, e))?),
+            None => None,
+        };
+        sessions.push(ResolvedSession {
+            clients,
+            settings,
+            steps,
+            probe,
+        });
+    }
+    let queries = spec
+        .queries
+        .iter()
+        .map(|(n, q)| Ok((n.clone(), substitute(q, params)?)))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| bad("[metrics]", e))?;
+    Ok(Box::new(StepVariant {
+        spec,
+        setup: substitute(&spec.setup, params).map_err(|e| bad("[setup]", e))?,
+        queries,
+        deadline: params.duration("deadline")?,
+        sessions,
+        layout,
+    }))
+}
+
+impl Prepared for StepVariant {
+    fn run<'a>(&'a self, ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>> {
+        Box::pin(run::run(self, ctx))
+    }
+
+    fn sessions(&self) -> usize {
+        // Every client, the setup session (which reads the [metrics] at the end), the sampler
+        // of the server's view, and a probe per faulted session.
+        let probes = self.sessions.iter().filter(|s| s.probe.is_some()).count();
+        self.sessions.iter().map(|s| s.clients).sum::<usize>() + 2 + probes
+    }
+
+    fn weight(&self) -> usize {
+        self.sessions()
+    }
+
+    fn cpu(&self) -> Cpu {
+        Cpu::Timed
+    }
+
+    fn unavailable(&self, env: &Env) -> Option<String> {
+        let _ = env;
+        None
+    }
+}

@@ -1,0 +1,272 @@
+//! Step scenarios (a user's own file of sessions and steps) on real PostgreSQL: ordering by
+//! `after` and `:waiting`, faults and their probes, `[metrics]`, the example and `locklab new`,
+//! a directory of files, every bad-file error, and a file's SQL leaving nothing outside its
+//! schema on a user's server.
+
+mod common;
+
+use std::path::Path;
+
+use common::{EnvUp, locklab, metric, run_json, tempdir, variant};
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write the file");
+    path.to_string_lossy().to_string()
+}
+
+const EXAMPLE: &str = "examples/scenarios/migration-queue.toml";
+
+#[test]
+fn the_example_shows_the_queue_and_lock_timeout_ends_it() {
+    let tmp = tempdir();
+    let (code, report, err) = run_json(tmp.path(), &[EXAMPLE]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    let base = variant(&report, "baseline");
+    let fixed = variant(&report, "lock-timeout");
+    // The report holds its lock for 2 s: every read waited that long behind the ALTER.
+    assert!(metric(base, "app.read.p99_ms") >= 1900.0, "{base:#}");
+    assert_eq!(metric(base, "app.lock_waiters_max"), 10.0, "{base:#}");
+    assert!(
+        metric(base, "app.read.waited_ms") > 10_000.0,
+        "ten readers, ~2 s each: {base:#}"
+    );
+    assert_eq!(
+        metric(base, "note_added"),
+        1.0,
+        "the ALTER ran once the report ended"
+    );
+    assert_eq!(metric(fixed, "migration.alter.errors_55P03"), 1.0);
+    assert!(metric(fixed, "app.read.p99_ms") < 500.0, "{fixed:#}");
+    assert_eq!(metric(fixed, "note_added"), 0.0, "the ALTER gave up");
+    assert_eq!(
+        report["scenarios"][0]["time_scale"], 1.0,
+        "the file's own scale"
+    );
+}
+
+const ORDERED: &str = r#"
+name = "ordered"
+summary = "after and :waiting"
+harm = { metric = "b.update.waited_ms", label = "b waited" }
+[params]
+deadline = "3s"
+hold = "400ms"
+[setup]
+sql = "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0);"
+[[sessions]]
+name = "a"
+steps = [
+  { name = "begin", sql = "BEGIN" },
+  { name = "update", sql = "UPDATE t SET v = v + 1 WHERE id = 1" },
+  { name = "hold", sleep = "${hold}" },
+  { name = "commit", sql = "COMMIT" },
+]
+[[sessions]]
+name = "b"
+steps = [{ name = "update", sql = "UPDATE t SET v = v * 10 WHERE id = 1", after = "a.update" }]
+[[sessions]]
+name = "c"
+settings = { lock_timeout = "50ms" }
+steps = [{ name = "peek", sql = "SELECT v FROM t WHERE id = 1 FOR UPDATE", after = "b.update:waiting" }]
+[metrics]
+v = "SELECT v FROM t WHERE id = 1"
+[[variants]]
+name = "only"
+mitigated = true
+expect = ["v == 10", "c.peek.errors_55P03 == 1", "b.update.waited_ms > hold / 4", "b.update.ok == 1"]
+"#;
+
+#[test]
+fn after_and_waiting_order_the_steps_from_what_the_server_shows() {
+    let tmp = tempdir();
+    let file = write(tmp.path(), "ordered.toml", ORDERED);
+    // At time scale 1 the hold is 400 ms; at 0.1, 40 ms: both orders are forced, not raced.
+    for scale in ["1", "0.1"] {
+        let (code, report, err) = run_json(tmp.path(), &[&file, "--time-scale", scale]);
+        assert_eq!(code, 0, "scale {scale}: {err}\n{report:#}");
+        let v = variant(&report, "only");
+        // b updated after a's update (v = (0 + 1) * 10), and waited for a's commit; c started
+        // once the server showed b waiting, and gave up on the lock b waited for.
+        assert_eq!(metric(v, "v"), 10.0, "{v:#}");
+        assert_eq!(metric(v, "c.peek.errors_55P03"), 1.0, "{v:#}");
+    }
+}
+
+const FAULTED: &str = r#"
+name = "faulted"
+summary = "a holder faults mid-transaction"
+harm = { metric = "holder.lock_held_ms", label = "row held" }
+[params]
+deadline = "1500ms"
+fault = "freeze"
+[setup]
+sql = "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);"
+[[sessions]]
+name = "holder"
+probe = "SELECT 1 FROM t WHERE id = 1 FOR UPDATE NOWAIT"
+steps = [
+  { name = "begin", sql = "BEGIN" },
+  { name = "lock", sql = "SELECT 1 FROM t WHERE id = 1 FOR UPDATE" },
+  { name = "hang", fault = "freeze" },
+]
+[[variants]]
+name = "frozen"
+expect = ["holder.lock_held_ms >= deadline * 0.8", "holder.idle_in_tx_max_ms > 500"]
+[[variants]]
+name = "idle-timeout"
+mitigated = true
+settings = { idle_in_transaction_session_timeout = "300ms" }
+expect = ["holder.lock_held_ms < deadline / 2"]
+"#;
+
+#[test]
+fn a_frozen_session_holds_its_lock_until_a_timeout_and_a_killed_one_does_not() {
+    let tmp = tempdir();
+    let file = write(tmp.path(), "faulted.toml", FAULTED);
+    let (code, report, err) = run_json(tmp.path(), &[&file, "--time-scale", "1"]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    let frozen = variant(&report, "frozen");
+    assert!(
+        metric(frozen, "holder.lock_held_ms") >= 1200.0,
+        "{frozen:#}"
+    );
+    let timed_out = metric(variant(&report, "idle-timeout"), "holder.lock_held_ms");
+    assert!((250.0..700.0).contains(&timed_out), "{timed_out}");
+
+    let killed = write(
+        tmp.path(),
+        "killed.toml",
+        &FAULTED
+            .replace("fault = \"freeze\" }", "fault = \"kill\" }")
+            .replace(
+                "expect = [\"holder.lock_held_ms >= deadline * 0.8\", \"holder.idle_in_tx_max_ms > 500\"]",
+                "mitigated = true\nexpect = [\"holder.lock_held_ms < 200\"]",
+            ),
+    );
+    let (code, report, err) = run_json(tmp.path(), &[&killed, "--time-scale", "1"]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    assert!(metric(variant(&report, "frozen"), "holder.lock_held_ms") < 200.0);
+}
+
+#[test]
+fn bad_files_are_refused_with_file_line_and_column_before_anything_starts() {
+    let tmp = tempdir();
+    let cases = [
+        (
+            "unknown-key",
+            ORDERED.replacen("name = \"c\"\n", "name = \"c\"\ncolour = \"red\"\n", 1),
+            "unknown field `colour`",
+        ),
+        (
+            "no-such-step",
+            ORDERED.replacen("after = \"a.update\" }]", "after = \"a.updat\" }]", 1),
+            "no step `a.updat`; did you mean `a.update`?",
+        ),
+        (
+            "cycle",
+            ORDERED.replacen(
+                "{ name = \"begin\", sql = \"BEGIN\" },",
+                "{ name = \"begin\", sql = \"BEGIN\", after = \"b.update\" },",
+                1,
+            ),
+            "wait on each other in a loop",
+        ),
+        (
+            "unknown-param",
+            ORDERED.replacen("\"${hold}\"", "\"${holdd}\"", 1),
+            "`${holdd}` names no parameter",
+        ),
+        (
+            "unknown-metric",
+            ORDERED.replacen("\"v == 10\"", "\"vv == 10\"", 1),
+            "`vv` is neither a parameter nor a metric",
+        ),
+    ];
+    for (what, text, message) in cases {
+        let file = write(tmp.path(), &format!("{what}.toml"), &text);
+        let o = locklab(tmp.path())
+            .args(["run", &file, "--no-results"])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains(message), "{what}: {err}");
+        assert!(
+            err.contains(&format!("{file}:")),
+            "{what}: names the file and line: {err}"
+        );
+        assert!(!err.contains("throwaway"), "{what}: nothing started: {err}");
+    }
+}
+
+#[test]
+fn new_writes_a_file_that_runs_and_a_directory_runs_every_file_in_it() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("incidents");
+    std::fs::create_dir(&dir).expect("dir");
+    let o = locklab(tmp.path())
+        .current_dir(&dir)
+        .args(["new", "checkout-stall"])
+        .output()
+        .expect("new");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = std::fs::read_to_string(dir.join("checkout-stall.toml")).expect("written");
+    assert!(text.contains("name = \"checkout-stall\""), "{text}");
+    let again = locklab(tmp.path())
+        .current_dir(&dir)
+        .args(["new", "checkout-stall"])
+        .output()
+        .expect("new");
+    assert_eq!(again.status.code(), Some(2), "never overwrites");
+    write(&dir, "ordered.toml", ORDERED);
+    let (code, report, err) = run_json(
+        tmp.path(),
+        &[
+            &dir.to_string_lossy(),
+            "--variant",
+            "only",
+            "--variant",
+            "baseline",
+        ],
+    );
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    let names: Vec<&str> = report["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["checkout-stall", "ordered"]);
+}
+
+#[test]
+fn on_a_users_server_a_files_sql_leaves_nothing_outside_its_schema() {
+    let tmp = tempdir();
+    let env = EnvUp::start(tmp.path(), &[]);
+    let (code, report, err) = run_json(tmp.path(), &[EXAMPLE, "--pg-url", &env.url]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    use locklab::env::postgres::Sql as _;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let left: (i64, i64) = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&env.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let row = c
+            .one(
+                "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'locklab%'), \
+                        (SELECT count(*) FROM pg_class WHERE relname = 'orders')",
+                &[],
+            )
+            .await
+            .expect("look");
+        (row.get(0), row.get(1))
+    });
+    assert_eq!(left, (0, 0), "(schemas, tables) left on the user's server");
+}
