@@ -150,6 +150,24 @@ fn a_frozen_session_holds_its_lock_until_a_timeout_and_a_killed_one_does_not() {
 }
 
 #[test]
+fn a_redis_lock_recipe_overlaps_exactly_when_its_ttl_is_shorter_than_the_work() {
+    let tmp = tempdir();
+    let file = "examples/scenarios/redis-lock.toml";
+    let (code, report, err) = run_json(tmp.path(), &[file]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    assert_eq!(
+        metric(variant(&report, "ttl-too-short"), "max_holders"),
+        3.0
+    );
+    let fine = variant(&report, "ttl-covers-the-work");
+    assert_eq!(metric(fine, "max_holders"), 1.0, "{fine:#}");
+    assert_eq!(metric(fine, "buyer.lock.ok"), 3.0, "{fine:#}");
+    // Ten-fold faster, the same verdicts: the work and the retry scale, the TTL (in ms) does not.
+    let (code, report, err) = run_json(tmp.path(), &[file, "--time-scale", "0.1"]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+}
+
+#[test]
 fn bad_files_are_refused_with_file_line_and_column_before_anything_starts() {
     let tmp = tempdir();
     let cases = [

@@ -32,6 +32,9 @@ pub struct Layout {
     pub sessions: Vec<SessionLayout>,
     /// `[metrics]` names, in the file's order.
     pub queries: Vec<String>,
+    /// Some step marks a critical section: `max_holders` is measured.
+    #[serde(default)]
+    pub critical: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -73,6 +76,9 @@ impl Layout {
                 out.push(format!("{}.lock_held_ms", s.name));
             }
         }
+        if self.critical {
+            out.push("max_holders".into());
+        }
         out.extend(self.queries.iter().cloned());
         out
     }
@@ -103,6 +109,34 @@ pub struct Observations {
     pub cut_off: bool,
     /// When the run ended (history clock).
     pub end_ms: f64,
+    /// Critical sections as the clients marked them (`critical = "enter"` to `"leave"`).
+    #[serde(default)]
+    pub sections: Vec<Section>,
+}
+
+/// One client's critical section: it believed it held the lock from `enter_ms` to `leave_ms`
+/// (history clock); `None`, still inside at the end (a frozen holder, say).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Section {
+    pub who: String,
+    pub enter_ms: f64,
+    pub leave_ms: Option<f64>,
+}
+
+/// The most sections open at once.
+pub fn max_holders(sections: &[Section], end_ms: f64) -> usize {
+    let mut edges: Vec<(f64, i32)> = sections
+        .iter()
+        .flat_map(|s| [(s.enter_ms, 1), (s.leave_ms.unwrap_or(end_ms), -1)])
+        .collect();
+    // At the same instant a leave comes before an enter: touching sections do not overlap.
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        open += d;
+        most = most.max(open);
+    }
+    most.max(0) as usize
 }
 
 pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
@@ -169,6 +203,12 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
             metrics.push((name, held));
         }
     }
+    if obs.layout.critical {
+        metrics.push((
+            "max_holders".into(),
+            json!(max_holders(&obs.sections, obs.end_ms)),
+        ));
+    }
     for q in &obs.layout.queries {
         let v = obs.queries.get(q).copied().flatten();
         metrics.push((q.clone(), v.map_or(Value::Null, |x| json!(x))));
@@ -214,7 +254,23 @@ mod tests {
                 },
             ],
             queries: vec!["rows".into()],
+            critical: true,
         }
+    }
+
+    #[test]
+    fn holders_overlap_only_where_sections_do() {
+        let s = |enter: f64, leave: Option<f64>| Section {
+            who: "c".into(),
+            enter_ms: enter,
+            leave_ms: leave,
+        };
+        assert_eq!(max_holders(&[], 10.0), 0);
+        assert_eq!(
+            max_holders(&[s(0.0, Some(5.0)), s(5.0, Some(9.0))], 10.0),
+            1
+        );
+        assert_eq!(max_holders(&[s(0.0, None), s(5.0, Some(9.0))], 10.0), 2);
     }
 
     fn op(client: usize, kind: &str, end: Option<f64>, outcome: Outcome) -> Op {

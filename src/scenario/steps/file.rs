@@ -68,6 +68,21 @@ struct StepSpec {
     sql: Option<String>,
     sleep: Option<Spanned<String>>,
     fault: Option<Spanned<String>>,
+    /// A Redis command, its first argument the key (`SET lock:${key} ${token} NX PX 10000`).
+    redis: Option<Spanned<String>>,
+    /// A Lua script, with `keys` and `args`.
+    redis_eval: Option<Spanned<String>>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    /// The reply that counts as success.
+    want: Option<String>,
+    /// On another reply: "retry" (after `retry_after`) or "stop" (the step fails).
+    #[serde(rename = "else")]
+    otherwise: Option<Spanned<String>>,
+    retry_after: Option<Spanned<String>>,
+    critical: Option<Spanned<String>>,
     after: Option<Spanned<String>>,
 }
 
@@ -227,7 +242,11 @@ fn kind(
         file: leak(text.to_string()),
         params: Box::leak(param_specs.into_boxed_slice()),
         metrics: Box::leak(metric_names.into_boxed_slice()),
-        needs_redis: false,
+        needs_redis: spec
+            .sessions
+            .iter()
+            .flat_map(|s| &s.steps)
+            .any(|t| matches!(t.action, Action::Redis(_))),
         sized_by: "",
         prepare: super::prepare,
         worker: crate::scenario::no_worker,
@@ -267,8 +286,9 @@ fn check_refs(
         let Some(end) = rest[i..].find('}') else {
             return Err(at.err(span, "an unclosed `${`"));
         };
-        let name = &rest[i + 2..i + end];
-        if !params.contains_key(name) {
+        let inner = &rest[i + 2..i + end];
+        let name = inner.split_once(':').map_or(inner, |(n, _)| n);
+        if name != "token" && !params.contains_key(name) {
             return Err(at.err(
                 span,
                 &format!(
@@ -400,20 +420,40 @@ fn step(
     if !plain_name(name) {
         return Err(at.err(t.name.span(), "a step's name is letters, digits and _"));
     }
-    let action = match (&t.sql, &t.sleep, &t.fault) {
-        (Some(sql), None, None) => {
-            check_refs(at, t.name.span(), sql, params)?;
-            Action::Sql(sql.clone())
+    let set = [
+        t.sql.is_some(),
+        t.sleep.is_some(),
+        t.fault.is_some(),
+        t.redis.is_some(),
+        t.redis_eval.is_some(),
+        t.critical.is_some(),
+    ];
+    if set.iter().filter(|x| **x).count() != 1 {
+        return Err(at.err(
+            t.name.span(),
+            "a step does exactly one thing: `sql`, `sleep`, `fault`, `redis`, `redis_eval` or \
+             `critical`",
+        ));
+    }
+    let redis_only = t.want.is_some() || t.otherwise.is_some() || t.retry_after.is_some();
+    if redis_only && t.redis.is_none() && t.redis_eval.is_none() {
+        return Err(at.err(
+            t.name.span(),
+            "`want`, `else` and `retry_after` go with a `redis` or `redis_eval` step",
+        ));
+    }
+    let action = if let Some(sql) = &t.sql {
+        check_refs(at, t.name.span(), sql, params)?;
+        Action::Sql(sql.clone())
+    } else if let Some(sleep) = &t.sleep {
+        check_refs(at, sleep.span(), sleep.get_ref(), params)?;
+        if !sleep.get_ref().contains("${") {
+            humantime::parse_duration(sleep.get_ref().trim())
+                .map_err(|e| at.err(sleep.span(), &format!("sleep: {e}")))?;
         }
-        (None, Some(sleep), None) => {
-            check_refs(at, sleep.span(), sleep.get_ref(), params)?;
-            if !sleep.get_ref().contains("${") {
-                humantime::parse_duration(sleep.get_ref().trim())
-                    .map_err(|e| at.err(sleep.span(), &format!("sleep: {e}")))?;
-            }
-            Action::Sleep(sleep.get_ref().clone())
-        }
-        (None, None, Some(fault)) => Action::Fault(match fault.get_ref().as_str() {
+        Action::Sleep(sleep.get_ref().clone())
+    } else if let Some(fault) = &t.fault {
+        Action::Fault(match fault.get_ref().as_str() {
             "freeze" => Fault::Freeze,
             "kill" => Fault::Kill,
             "leak" => {
@@ -428,13 +468,20 @@ fn step(
                     &format!("fault is freeze or kill, not `{other}`"),
                 ));
             }
-        }),
-        _ => {
-            return Err(at.err(
-                t.name.span(),
-                "a step does exactly one thing: `sql`, `sleep` or `fault`",
-            ));
+        })
+    } else if let Some(c) = &t.critical {
+        match c.get_ref().as_str() {
+            "enter" => Action::Critical(true),
+            "leave" => Action::Critical(false),
+            other => {
+                return Err(at.err(
+                    c.span(),
+                    &format!("critical is \"enter\" or \"leave\", not `{other}`"),
+                ));
+            }
         }
+    } else {
+        Action::Redis(redis_step(at, t, params)?)
     };
     Ok(StepDef {
         name: name.clone(),
@@ -442,6 +489,108 @@ fn step(
         action,
         after: None,
     })
+}
+
+/// A `redis` or `redis_eval` step: its words, which are keys, and what it wants.
+fn redis_step(
+    at: &At<'_>,
+    t: &StepSpec,
+    params: &BTreeMap<String, Param>,
+) -> Result<super::RedisStep, UsageError> {
+    let (words, keys) = match (&t.redis, &t.redis_eval) {
+        (Some(cmd), _) => {
+            check_refs(at, cmd.span(), cmd.get_ref(), params)?;
+            let words = words(cmd.get_ref()).map_err(|m| at.err(cmd.span(), &m))?;
+            if words.len() < 2 {
+                return Err(at.err(
+                    cmd.span(),
+                    "a redis step is a command and its key, at least",
+                ));
+            }
+            (words, vec![1])
+        }
+        (None, Some(script)) => {
+            check_refs(at, script.span(), script.get_ref(), params)?;
+            for w in t.keys.iter().chain(&t.args) {
+                check_refs(at, script.span(), w, params)?;
+            }
+            let mut words = vec![
+                "EVAL".to_string(),
+                script.get_ref().clone(),
+                t.keys.len().to_string(),
+            ];
+            words.extend(t.keys.iter().cloned());
+            words.extend(t.args.iter().cloned());
+            (words, (3..3 + t.keys.len()).collect())
+        }
+        (None, None) => return Err(at.err(t.name.span(), "no redis command")),
+    };
+    let retry_after = match t
+        .otherwise
+        .as_ref()
+        .map(|o| (o.get_ref().as_str(), o.span()))
+    {
+        None | Some(("stop", _)) => None,
+        Some(("retry", span)) => {
+            let raw = t
+                .retry_after
+                .as_ref()
+                .map_or("10ms".to_string(), |r| r.get_ref().clone());
+            if !raw.contains("${") {
+                humantime::parse_duration(raw.trim())
+                    .map_err(|e| at.err(span, &format!("retry_after: {e}")))?;
+            }
+            Some(raw)
+        }
+        Some((other, span)) => {
+            return Err(at.err(
+                span,
+                &format!("else is \"retry\" or \"stop\", not `{other}`"),
+            ));
+        }
+    };
+    if retry_after.is_some() && t.want.is_none() {
+        return Err(at.err(t.name.span(), "else = \"retry\" needs the reply to `want`"));
+    }
+    Ok(super::RedisStep {
+        words,
+        keys,
+        want: t.want.clone(),
+        retry_after,
+    })
+}
+
+/// A command line split into words at spaces; "double quotes" keep a word's spaces.
+fn words(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if quoted {
+        return Err("an unclosed \"".into());
+    }
+    if any {
+        out.push(cur);
+    }
+    Ok(out)
 }
 
 fn resolve_after(
@@ -574,7 +723,7 @@ fn layout(file: &FileSpec, sessions: &[SessionDef], queries: &[(String, String)]
                 let steps: Vec<String> = s
                     .steps
                     .iter()
-                    .filter(|t| matches!(t.action, Action::Sql(_)))
+                    .filter(|t| matches!(t.action, Action::Sql(_) | Action::Redis(_)))
                     .map(|t| t.name.clone())
                     .collect();
                 let mut codes = Vec::new();
@@ -601,6 +750,10 @@ fn layout(file: &FileSpec, sessions: &[SessionDef], queries: &[(String, String)]
             })
             .collect(),
         queries: queries.iter().map(|(n, _)| n.clone()).collect(),
+        critical: sessions
+            .iter()
+            .flat_map(|s| &s.steps)
+            .any(|t| matches!(t.action, Action::Critical(_))),
     }
 }
 

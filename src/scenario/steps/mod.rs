@@ -86,6 +86,21 @@ pub enum Action {
     /// An outside call (`${param}` allowed): the session holds whatever it holds meanwhile.
     Sleep(String),
     Fault(Fault),
+    Redis(RedisStep),
+    /// `critical = "enter"` (true) or `"leave"`: the client believes it holds the lock.
+    Critical(bool),
+}
+
+/// A Redis command: its words (`${param}` and `${token}` in place), which of them are keys
+/// (the run's prefix goes before each), and the reply it wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStep {
+    pub words: Vec<String>,
+    pub keys: Vec<usize>,
+    /// The reply that counts as success (`OK`, `1`, `nil`); any reply when none.
+    pub want: Option<String>,
+    /// Another reply: try again after this long (`${param}` allowed), or fail the step.
+    pub retry_after: Option<String>,
 }
 
 /// What happens to a session at a fault step.
@@ -122,10 +137,18 @@ enum Resolved {
     Sql(String),
     Sleep(Duration),
     Fault(Fault),
+    Redis {
+        words: Vec<String>,
+        keys: Vec<usize>,
+        want: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    Critical(bool),
 }
 
 /// `${name}` replaced by the parameter's value: durations in whole milliseconds (`250ms`, which
-/// PostgreSQL takes for a setting or an interval), anything else as written.
+/// PostgreSQL takes for a setting or an interval), anything else as written. `${name:ms}` is a
+/// duration as a bare number of milliseconds (Redis's `PX`), `${name:s}` of seconds.
 pub fn substitute(text: &str, params: &Params) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -134,18 +157,42 @@ pub fn substitute(text: &str, params: &Params) -> Result<String, String> {
         let Some(end) = rest[i..].find('}') else {
             return Err("an unclosed `${`".into());
         };
-        let name = &rest[i + 2..i + end];
+        let inner = &rest[i + 2..i + end];
+        rest = &rest[i + end + 1..];
+        // Unique per client and round: filled in as the step runs.
+        if inner == "token" {
+            out.push_str("${token}");
+            continue;
+        }
+        let (name, unit) = inner.split_once(':').unwrap_or((inner, ""));
         let value = params
             .get(name)
             .map_err(|_| format!("`${{{name}}}` names no parameter in [params]"))?;
-        match value {
-            Param::Duration(d) => out.push_str(&format!("{}ms", d.as_millis())),
-            other => out.push_str(&other.to_string()),
+        match (value, unit) {
+            (Param::Duration(d), "") => out.push_str(&format!("{}ms", d.as_millis())),
+            (Param::Duration(d), "ms") => out.push_str(&d.as_millis().max(1).to_string()),
+            (Param::Duration(d), "s") => out.push_str(&d.as_secs_f64().to_string()),
+            (other, "") => out.push_str(&other.to_string()),
+            (_, unit) => {
+                return Err(format!(
+                    "`${{{inner}}}`: `:{unit}` is for durations (`:ms` or `:s`), and `{name}` is none"
+                ));
+            }
         }
-        rest = &rest[i + end + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// A duration as a step writes it: `${param}` (already scaled), or literal text, which is
+/// scaled like every duration of the file.
+fn duration(raw: &str, params: &Params) -> Result<Duration, String> {
+    let text = substitute(raw, params)?;
+    let d = humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}`: {e}"))?;
+    Ok(match raw.contains("${") {
+        true => d,
+        false => d.mul_f64(params.time_scale),
+    })
 }
 
 /// A session setting's value: `${param}`s resolved (already scaled), and a duration written
@@ -204,17 +251,28 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
                     Resolved::Sql(substitute(sql, params).map_err(|e| bad(&what, e))?)
                 }
                 Action::Sleep(raw) => {
-                    let text = substitute(raw, params).map_err(|e| bad(&what, e))?;
-                    let d = humantime::parse_duration(text.trim())
-                        .map_err(|e| bad(&what, format!("`sleep = \"{text}\"`: {e}")))?;
-                    // A sleep written as text is scaled like any duration of the file.
-                    let d = match raw.contains("${") {
-                        true => d,
-                        false => d.mul_f64(params.time_scale),
-                    };
-                    Resolved::Sleep(d)
+                    Resolved::Sleep(duration(raw, params).map_err(|e| bad(&what, e))?)
                 }
                 Action::Fault(f) => Resolved::Fault(*f),
+                Action::Critical(enter) => Resolved::Critical(*enter),
+                Action::Redis(r) => {
+                    let words = r
+                        .words
+                        .iter()
+                        .map(|w| substitute(w, params))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| bad(&what, e))?;
+                    let retry_after = match &r.retry_after {
+                        Some(raw) => Some(duration(raw, params).map_err(|e| bad(&what, e))?),
+                        None => None,
+                    };
+                    Resolved::Redis {
+                        words,
+                        keys: r.keys.clone(),
+                        want: r.want.clone(),
+                        retry_after,
+                    }
+                }
             });
         }
         let probe = match &s.probe {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use super::{Connect, Fault, Resolved, StepVariant};
-use crate::check::steps::{Observations, SessionSeen};
+use crate::check::steps::{Observations, Section, SessionSeen};
 use crate::env::postgres::{Canceller, PgTarget, Sql as _, like_prefix};
 use crate::history::Clock;
 use crate::scenario::{VariantCtx, VariantRun, Window};
@@ -40,6 +40,7 @@ struct Shared {
     probes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The run's clock and cut-off, once they start (after every client has connected).
     window: std::sync::OnceLock<Window>,
+    sections: Mutex<Vec<Section>>,
 }
 
 impl Shared {
@@ -129,6 +130,11 @@ async fn run_in(
         queries,
         cut_off: driven.cut_off,
         end_ms,
+        sections: shared
+            .sections
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default(),
     };
     Ok(VariantRun::checked(
         &window.clock,
@@ -160,6 +166,7 @@ fn shared(v: &StepVariant) -> Shared {
         waited_ms: Mutex::new(BTreeMap::new()),
         probes: Mutex::new(Vec::new()),
         window: std::sync::OnceLock::new(),
+        sections: Mutex::new(Vec::new()),
     }
 }
 
@@ -184,6 +191,17 @@ async fn connect(
             let val = super::substitute(val, &ctx.variant.params).map_err(anyhow::Error::msg)?;
             prefix.push_str(&format!("SET {k} = '{}'; ", val.replace('\'', "''")));
         }
+        let redis = match ctx.env.redis.as_ref() {
+            Some(r)
+                if v.spec.sessions[si]
+                    .steps
+                    .iter()
+                    .any(|t| matches!(t.action, super::Action::Redis(_))) =>
+            {
+                Some(r)
+            }
+            _ => None,
+        };
         let connects = (0..s.clients).map(|i| target.connect_named(ctx, &def.name, i));
         for (i, c) in futures::future::join_all(connects)
             .await
@@ -202,7 +220,14 @@ async fn connect(
                 }
                 Connect::Pooler => prefix.clone(),
             };
+            let redis = match redis {
+                Some(r) => Some(r.connect().await?),
+                None => None,
+            };
             clients.push(Box::new(StepClient {
+                redis,
+                key_prefix: ctx.redis_key("").unwrap_or_default(),
+                token: token(&def.name, i, 0),
                 canceller: Canceller::new(&conn, target),
                 conn: Some(conn),
                 session: si,
@@ -242,6 +267,12 @@ impl PgTarget {
 /// One client of a session, going through its steps.
 struct StepClient {
     conn: Option<Client>,
+    /// Its Redis connection, for a session with Redis steps.
+    redis: Option<redis::aio::MultiplexedConnection>,
+    /// Put before every key a Redis step names: the run's own keys only.
+    key_prefix: String,
+    /// `${token}`: unique per client and round.
+    token: String,
     canceller: Canceller,
     session: usize,
     client: usize,
@@ -265,6 +296,11 @@ impl StepClient {
     fn next_round(&mut self) {
         self.pos = 0;
         self.round += 1;
+        self.token = token(
+            self.kinds.first().copied().unwrap_or("s"),
+            self.client,
+            self.round,
+        );
         if self.once {
             self.done = true;
         }
@@ -305,7 +341,11 @@ impl StepClient {
             }
             self.condition().await;
             match self.steps[self.pos].clone() {
-                Resolved::Sql(_) => return,
+                Resolved::Sql(_) | Resolved::Redis { .. } => return,
+                Resolved::Critical(enter) => {
+                    self.critical(enter, None);
+                    self.complete();
+                }
                 Resolved::Sleep(d) => {
                     tokio::time::sleep(d).await;
                     self.complete();
@@ -329,6 +369,68 @@ impl StepClient {
         self.pos += 1;
     }
 
+    /// Marks entering (or leaving) a critical section, now or `at_ms`.
+    fn critical(&self, enter: bool, at_ms: Option<f64>) {
+        let Some(window) = self.shared.window.get() else {
+            return;
+        };
+        let at = at_ms.unwrap_or_else(|| window.clock.now_ms());
+        let who = format!("{}-{}", self.session, self.client);
+        let Ok(mut sections) = self.shared.sections.lock() else {
+            return;
+        };
+        match enter {
+            true => sections.push(Section {
+                who,
+                enter_ms: at,
+                leave_ms: None,
+            }),
+            false => {
+                if let Some(open) = sections
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.who == who && s.leave_ms.is_none())
+                {
+                    open.leave_ms = Some(at);
+                }
+            }
+        }
+    }
+
+    /// A Redis step: the command with the run's prefix on its keys and this round's token,
+    /// retried while the reply is not the one wanted, where the step says so.
+    async fn redis_step(
+        &mut self,
+        (words, keys, want, retry_after): (
+            Vec<String>,
+            Vec<usize>,
+            Option<String>,
+            Option<Duration>,
+        ),
+    ) -> Result<(), OpError> {
+        let Some(con) = self.redis.as_mut() else {
+            return Err(OpError::new(crate::history::class::CONNECTION_CLOSED));
+        };
+        let mut cmd = redis::cmd(&words[0]);
+        for (i, w) in words.iter().enumerate().skip(1) {
+            let w = w.replace("${token}", &self.token);
+            match keys.contains(&i) {
+                true => cmd.arg(format!("{}{w}", self.key_prefix)),
+                false => cmd.arg(w),
+            };
+        }
+        loop {
+            let reply: redis::Value = cmd.query_async(con).await?;
+            let got = reply_text(&reply);
+            match (&want, retry_after) {
+                (None, _) => return Ok(()),
+                (Some(w), _) if w.eq_ignore_ascii_case(&got) => return Ok(()),
+                (Some(_), Some(pause)) => tokio::time::sleep(pause).await,
+                (Some(_), None) => return Err(OpError::new("redis-unwanted-reply")),
+            }
+        }
+    }
+
     fn fault(&mut self, fault: Fault) {
         let conn = self.conn.take();
         match fault {
@@ -337,8 +439,13 @@ impl StepClient {
                     frozen.push(c);
                 }
             }
-            // Dropping the last handle closes the socket: the server ends the session.
-            Fault::Kill => drop(conn),
+            // Dropping the last handle closes the socket: the server ends the session. A
+            // dead client believes nothing any more: its critical section ends here.
+            Fault::Kill => {
+                drop(conn);
+                self.redis = None;
+                self.critical(false, None);
+            }
         }
         let Some(window) = self.shared.window.get().copied() else {
             return;
@@ -379,9 +486,24 @@ impl workload::Client for StepClient {
 
     fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
         Box::pin(async move {
-            let Some(Resolved::Sql(sql)) = self.steps.get(self.pos).cloned() else {
-                return Ok(());
+            let sql = match self.steps.get(self.pos).cloned() {
+                Some(Resolved::Sql(sql)) => sql,
+                Some(Resolved::Redis {
+                    words,
+                    keys,
+                    want,
+                    retry_after,
+                }) => {
+                    let result = self.redis_step((words, keys, want, retry_after)).await;
+                    self.complete();
+                    if result.is_err() {
+                        self.pos = self.steps.len();
+                    }
+                    return result;
+                }
+                _ => return Ok(()),
             };
+            let sql = sql.replace("${token}", &self.token);
             let Some(conn) = &self.conn else {
                 return Err(OpError::new(crate::history::class::CONNECTION_CLOSED));
             };
@@ -408,6 +530,25 @@ impl workload::Client for StepClient {
 
     fn canceller(&self) -> Option<Canceller> {
         Some(self.canceller.clone())
+    }
+}
+
+/// `${token}` of a client's round: unique in the run.
+fn token(session: &str, client: usize, round: usize) -> String {
+    format!("{session}-{client}-{round}-{:08x}", rand::random::<u32>())
+}
+
+/// A Redis reply as text to compare with `want`: `OK`, `nil`, an integer, a string.
+fn reply_text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::Nil => "nil".into(),
+        redis::Value::Okay => "OK".into(),
+        redis::Value::Int(n) => n.to_string(),
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Boolean(b) => i32::from(*b).to_string(),
+        redis::Value::Double(d) => d.to_string(),
+        other => format!("{other:?}"),
     }
 }
 
