@@ -19,24 +19,24 @@ const PASSWORD_KEYS: &[&str] = &["password", "sslpassword", "pass", "passwd", "p
 
 /// The string with every password in it replaced by `***`.
 pub fn redact(conn: &str) -> String {
-    // A URL's scheme is a word before `://`; a key=value string may have `://` in a value.
-    let scheme_end = conn.find("://").filter(|&i| {
-        i > 0
-            && conn[..i]
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-    });
-    let mut spans = match scheme_end {
-        Some(i) => url_spans(conn, i),
-        None => keyword_spans(conn),
-    };
+    // Leading spaces would hide a URL's scheme.
+    let lead = conn.len() - conn.trim_start().len();
+    let mut spans: Vec<Range<usize>> = spans_of(&conn[lead..])
+        .into_iter()
+        .map(|r| r.start + lead..r.end + lead)
+        .collect();
     spans.sort_by_key(|r| r.start);
+    // Overlapping spans (a userinfo and a query read two ways) hide their union.
+    let mut merged: Vec<Range<usize>> = Vec::new();
+    for r in spans {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
     let mut out = String::with_capacity(conn.len());
     let mut at = 0;
-    for span in spans {
-        if span.start < at {
-            continue;
-        }
+    for span in merged {
         out.push_str(&conn[at..span.start]);
         out.push_str(HIDDEN);
         at = span.end;
@@ -45,8 +45,51 @@ pub fn redact(conn: &str) -> String {
     out
 }
 
+/// Password spans of a URL or a key=value string.
+fn spans_of(conn: &str) -> Vec<Range<usize>> {
+    // A URL's scheme is a word before `://`; a key=value string may have `://` in a value.
+    let scheme_end = conn.find("://").filter(|&i| {
+        i > 0
+            && conn[..i]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    });
+    match scheme_end {
+        Some(i) => url_spans(conn, i),
+        None => keyword_spans(conn),
+    }
+}
+
 fn is_password_key(key: &str) -> bool {
-    PASSWORD_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key))
+    // As the drivers read it: `pass%77ord` is `password`.
+    let decoded = percent_decode(key);
+    PASSWORD_KEYS
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(&decoded))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(|b| hex(*b)),
+            bytes.get(i + 2).and_then(|b| hex(*b)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Password spans of a URL whose scheme ends at `scheme_end` (the index of `://`).
@@ -57,45 +100,49 @@ fn url_spans(url: &str, scheme_end: usize) -> Vec<Range<usize>> {
     let mut spans = Vec::new();
     // The last `@` ends the userinfo: a password with an unencoded `@`, `/` or `?` still
     // ends up hidden whole (a query value with an `@` hides a little more than needed).
-    let after_userinfo = match rest.rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            match userinfo.find(':') {
-                Some(colon) => spans.push(rest_start + colon + 1..rest_start + at),
-                // Redis reads a userinfo without a colon as a password alone.
-                None if scheme.to_ascii_lowercase().contains("redis")
-                    || scheme.eq_ignore_ascii_case("valkey") =>
-                {
-                    spans.push(rest_start..rest_start + at)
-                }
-                None => {}
-            }
-            rest_start + at + 1
-        }
-        None => rest_start,
-    };
-    if let Some(q) = url[after_userinfo..].find('?') {
-        let mut start = after_userinfo + q + 1;
-        for pair in url[start..].split('&') {
-            if let Some((key, _)) = pair.split_once('=')
-                && is_password_key(key)
+    if let Some(at) = rest.rfind('@') {
+        let userinfo = &rest[..at];
+        match userinfo.find(':') {
+            Some(colon) => spans.push(rest_start + colon + 1..rest_start + at),
+            // Redis reads a userinfo without a colon as a password alone.
+            None if scheme.to_ascii_lowercase().contains("redis")
+                || scheme.eq_ignore_ascii_case("valkey") =>
             {
-                spans.push(start + key.len() + 1..start + pair.len());
+                spans.push(rest_start..rest_start + at)
             }
-            start += pair.len() + 1;
+            None => {}
+        }
+    }
+    // Query parameters, wherever a `?` or `&` starts one: whichever way the `@`s are read.
+    for (i, c) in url.char_indices().skip(rest_start) {
+        if c != '?' && c != '&' {
+            continue;
+        }
+        let pair = &url[i + 1..];
+        let end = pair.find(['&', '?']).map_or(url.len(), |e| i + 1 + e);
+        if let Some((key, _)) = url[i + 1..end].split_once('=')
+            && is_password_key(key)
+        {
+            spans.push(i + 1 + key.len() + 1..end);
         }
     }
     spans
 }
 
-/// Password spans of a libpq key=value string, read the way libpq reads it. A string that does
-/// not read as one hides everything from its first password keyword on.
+/// Password spans of a libpq key=value string, read the way libpq reads it (a value that is
+/// itself a URL, as `dbname` may be, is read as one too). A string that does not read as one
+/// hides everything from its first password keyword on.
 fn keyword_spans(conn: &str) -> Vec<Range<usize>> {
     match parse_keywords(conn) {
         Some(pairs) => pairs
             .into_iter()
-            .filter(|(key, _)| is_password_key(key))
-            .map(|(_, value)| value)
+            .flat_map(|(key, value)| match is_password_key(key) {
+                true => vec![value],
+                false => spans_of(&conn[value.clone()])
+                    .into_iter()
+                    .map(|r| r.start + value.start..r.end + value.start)
+                    .collect(),
+            })
             .collect(),
         None => {
             let lower = conn.to_ascii_lowercase();
@@ -220,6 +267,24 @@ mod tests {
         assert_eq!(redact(r"password=a\ b host=h"), "password=*** host=h");
         assert_eq!(redact("host=h"), "host=h");
         assert_eq!(redact("host=h password=x://y@z"), "host=h password=***");
+    }
+
+    #[test]
+    fn forms_found_by_review() {
+        assert_eq!(
+            redact("postgres://u@db.example.com/app?password=s3cret&application_name=me@laptop"),
+            "postgres://u@db.example.com/app?password=***&application_name=me@laptop"
+        );
+        assert_eq!(redact(" postgres://u:pw@h/db"), " postgres://u:***@h/db");
+        assert_eq!(
+            redact("host=h dbname=postgres://u:pw@h/db"),
+            "host=h dbname=postgres://u:***@h/db"
+        );
+        assert_eq!(
+            redact("postgres://u@h/db?pass%77ord=pw"),
+            "postgres://u@h/db?pass%77ord=***"
+        );
+        assert_eq!(redact("postgres://u:p?ss@h/db"), "postgres://u:***@h/db");
     }
 
     #[test]

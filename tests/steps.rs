@@ -167,6 +167,57 @@ fn a_redis_lock_recipe_overlaps_exactly_when_its_ttl_is_shorter_than_the_work() 
     assert_eq!(code, 0, "{err}\n{report:#}");
 }
 
+const REVIEWED: &str = r#"
+name = "reviewed"
+summary = "after a fault, steps skipped after an error, a probe that waits"
+harm = { metric = "holder.lock_held_ms", label = "row held" }
+[params]
+deadline = "1s"
+[setup]
+sql = "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);"
+[[sessions]]
+name = "holder"
+probe = "SELECT 1 FROM t WHERE id = 1 FOR UPDATE"
+steps = [
+  { name = "begin", sql = "BEGIN" },
+  { name = "lock", sql = "SELECT 1 FROM t WHERE id = 1 FOR UPDATE" },
+  { name = "hang", fault = "freeze" },
+]
+[[sessions]]
+name = "migration"
+settings = { lock_timeout = "100ms" }
+steps = [
+  { name = "begin", sql = "BEGIN", after = "holder.hang" },
+  { name = "alter", sql = "ALTER TABLE t ADD COLUMN c int" },
+  { name = "commit", sql = "COMMIT" },
+]
+[[variants]]
+name = "only"
+expect = [
+  "migration.alter.errors_55P03 == 1",
+  "migration.commit.stuck == 0",
+  "holder.lock_held_ms >= deadline * 0.8",
+]
+"#;
+
+#[test]
+fn a_fault_can_be_waited_on_skipped_steps_are_not_stuck_and_a_waiting_probe_never_hangs() {
+    let tmp = tempdir();
+    let file = write(tmp.path(), "reviewed.toml", REVIEWED);
+    let started = std::time::Instant::now();
+    let (code, report, err) = run_json(tmp.path(), &[&file, "--time-scale", "1"]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    let v = variant(&report, "only");
+    assert_eq!(
+        v["outcome"], "errors",
+        "a skipped commit is not stuck: {v:#}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the probe without NOWAIT gave up at the cut-off"
+    );
+}
+
 #[test]
 fn bad_files_are_refused_with_file_line_and_column_before_anything_starts() {
     let tmp = tempdir();

@@ -112,6 +112,9 @@ pub struct Observations {
     /// Critical sections as the clients marked them (`critical = "enter"` to `"leave"`).
     #[serde(default)]
     pub sections: Vec<Section>,
+    /// Per `session.step`: clients that skipped it because an earlier step of theirs failed.
+    #[serde(default)]
+    pub skipped: BTreeMap<String, usize>,
 }
 
 /// One client's critical section: it believed it held the lock from `enter_ms` to `leave_ms`
@@ -159,9 +162,14 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
                 .filter(|o| matches!(o.outcome, Outcome::Error { .. }))
                 .count();
             let in_flight = ops.iter().filter(|o| o.outcome == Outcome::Unknown).count();
-            // Run once, a step no client reached by the cut-off is stuck too.
+            // Run once, a step no client reached by the cut-off is stuck too (one skipped after
+            // an earlier step failed is not: it was never going to run).
+            let skipped = obs.skipped.get(&kind).copied().unwrap_or(0);
             let stuck = match s.once {
-                true => s.clients.saturating_sub(ok + failed).max(in_flight),
+                true => s
+                    .clients
+                    .saturating_sub(ok + failed + skipped)
+                    .max(in_flight),
                 false => in_flight,
             };
             stuck_any |= stuck > 0;

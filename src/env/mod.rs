@@ -558,6 +558,16 @@ impl Env {
                         self.pg.schema
                     ))
                     .await;
+                // A step file's variants work in schemas of their own, named after the run's:
+                // any a cut-off variant left behind goes too.
+                let _ = admin
+                    .batch_execute(&format!(
+                        "DO $$ DECLARE s text; BEGIN FOR s IN SELECT nspname FROM pg_namespace \
+                         WHERE nspname LIKE '{}\\_s%' LOOP EXECUTE format('DROP SCHEMA %I CASCADE', s); \
+                         END LOOP; END $$",
+                        self.pg.schema
+                    ))
+                    .await;
             }
         }
         if let Some(g) = self.guardian.take() {

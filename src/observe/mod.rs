@@ -37,8 +37,15 @@ impl<T: Default + Send + 'static> Watch<T> {
     }
 
     /// Stops it and returns what it saw (nothing, if its task died).
-    pub async fn finish(self) -> T {
+    pub async fn finish(mut self) -> T {
         self.stop.cancel();
-        self.task.await.unwrap_or_default()
+        (&mut self.task).await.unwrap_or_default()
+    }
+}
+
+/// An observer dropped without being finished (its variant cut off by the harness) stops too.
+impl<T> Drop for Watch<T> {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }

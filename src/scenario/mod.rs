@@ -384,6 +384,14 @@ impl VariantCtx<'_> {
         driven
     }
 
+    /// Deletes this variant's Redis keys (those [`Self::redis_key`] names).
+    pub async fn remove_redis_keys(&self) -> anyhow::Result<usize> {
+        self.env
+            .redis()?
+            .remove_keys(&format!("{}/", self.variant_tag()))
+            .await
+    }
+
     /// Ends this variant's sessions whose role starts with `role_prefix` (e.g. `w/`).
     pub async fn terminate_sessions(&self, role_prefix: &str) -> anyhow::Result<()> {
         self.env

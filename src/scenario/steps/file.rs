@@ -7,7 +7,8 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Action, After, Connect, Fault, SessionDef, Spec, StepDef};
+use super::step_def::{check_cycles, resolve_after, step};
+use super::{Action, Connect, SessionDef, Spec, StepDef};
 use crate::check::expect::Expectation;
 use crate::check::steps::{Layout, SessionLayout};
 use crate::error::UsageError;
@@ -16,91 +17,91 @@ use crate::scenario::{KINDS, Kind};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileSpec {
-    name: Spanned<String>,
-    summary: String,
+pub(super) struct FileSpec {
+    pub(super) name: Spanned<String>,
+    pub(super) summary: String,
     #[serde(default)]
-    explain: String,
-    harm: ColumnSpec,
+    pub(super) explain: String,
+    pub(super) harm: ColumnSpec,
     #[serde(default)]
-    columns: Vec<ColumnSpec>,
+    pub(super) columns: Vec<ColumnSpec>,
     /// The file's own default time scale (1: durations as written), unless --time-scale.
-    time_scale: Option<Spanned<f64>>,
+    pub(super) time_scale: Option<Spanned<f64>>,
     #[serde(default)]
-    params: BTreeMap<String, Spanned<toml::Value>>,
-    setup: Option<SetupSpec>,
-    sessions: Vec<SessionSpec>,
+    pub(super) params: BTreeMap<String, Spanned<toml::Value>>,
+    pub(super) setup: Option<SetupSpec>,
+    pub(super) sessions: Vec<SessionSpec>,
     #[serde(default)]
-    metrics: BTreeMap<String, Spanned<String>>,
-    variants: Vec<VariantSpec>,
+    pub(super) metrics: BTreeMap<String, Spanned<String>>,
+    pub(super) variants: Vec<VariantSpec>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ColumnSpec {
-    metric: Spanned<String>,
-    label: String,
+pub(super) struct ColumnSpec {
+    pub(super) metric: Spanned<String>,
+    pub(super) label: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SetupSpec {
-    sql: String,
+pub(super) struct SetupSpec {
+    pub(super) sql: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SessionSpec {
-    name: Spanned<String>,
-    clients: Option<Spanned<toml::Value>>,
-    connect: Option<Spanned<String>>,
+pub(super) struct SessionSpec {
+    pub(super) name: Spanned<String>,
+    pub(super) clients: Option<Spanned<toml::Value>>,
+    pub(super) connect: Option<Spanned<String>>,
     #[serde(default)]
-    settings: BTreeMap<String, Spanned<toml::Value>>,
-    repeat: Option<Spanned<String>>,
-    probe: Option<String>,
-    steps: Vec<StepSpec>,
+    pub(super) settings: BTreeMap<String, Spanned<toml::Value>>,
+    pub(super) repeat: Option<Spanned<String>>,
+    pub(super) probe: Option<String>,
+    pub(super) steps: Vec<StepSpec>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StepSpec {
-    name: Spanned<String>,
-    sql: Option<String>,
-    sleep: Option<Spanned<String>>,
-    fault: Option<Spanned<String>>,
+pub(super) struct StepSpec {
+    pub(super) name: Spanned<String>,
+    pub(super) sql: Option<String>,
+    pub(super) sleep: Option<Spanned<String>>,
+    pub(super) fault: Option<Spanned<String>>,
     /// A Redis command, its first argument the key (`SET lock:${key} ${token} NX PX 10000`).
-    redis: Option<Spanned<String>>,
+    pub(super) redis: Option<Spanned<String>>,
     /// A Lua script, with `keys` and `args`.
-    redis_eval: Option<Spanned<String>>,
+    pub(super) redis_eval: Option<Spanned<String>>,
     #[serde(default)]
-    keys: Vec<String>,
+    pub(super) keys: Vec<String>,
     #[serde(default)]
-    args: Vec<String>,
+    pub(super) args: Vec<String>,
     /// The reply that counts as success.
-    want: Option<String>,
+    pub(super) want: Option<String>,
     /// On another reply: "retry" (after `retry_after`) or "stop" (the step fails).
     #[serde(rename = "else")]
-    otherwise: Option<Spanned<String>>,
-    retry_after: Option<Spanned<String>>,
-    critical: Option<Spanned<String>>,
-    after: Option<Spanned<String>>,
+    pub(super) otherwise: Option<Spanned<String>>,
+    pub(super) retry_after: Option<Spanned<String>>,
+    pub(super) critical: Option<Spanned<String>>,
+    pub(super) after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct VariantSpec {
-    name: Spanned<String>,
+pub(super) struct VariantSpec {
+    pub(super) name: Spanned<String>,
     #[serde(default)]
-    mitigated: bool,
+    pub(super) mitigated: bool,
     #[serde(default)]
-    shows: String,
+    pub(super) shows: String,
     #[serde(default)]
-    params: BTreeMap<String, Spanned<toml::Value>>,
+    pub(super) params: BTreeMap<String, Spanned<toml::Value>>,
     /// Session settings for every session of the variant (a session's own win).
     #[serde(default)]
-    settings: BTreeMap<String, Spanned<toml::Value>>,
+    pub(super) settings: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
-    expect: Vec<Spanned<String>>,
+    pub(super) expect: Vec<Spanned<String>>,
 }
 
 /// Whether a scenario file is a step file: it has `[[sessions]]`.
@@ -108,27 +109,33 @@ pub fn is_step_file(text: &str) -> bool {
     toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("sessions"))
 }
 
-struct At<'a> {
-    text: &'a str,
-    origin: &'a str,
+pub(super) struct At<'a> {
+    pub(super) text: &'a str,
+    pub(super) origin: &'a str,
 }
 
 impl At<'_> {
-    fn err(&self, span: Range<usize>, msg: &str) -> UsageError {
+    pub(super) fn err(&self, span: Range<usize>, msg: &str) -> UsageError {
         let (line, col) = line_col(self.text, span.start);
         UsageError(format!("{}:{line}:{col}: {msg}", self.origin))
     }
 }
 
 /// A name sessions, steps and metrics can be dotted together from.
-fn plain_name(name: &str) -> bool {
+pub(super) fn plain_name(name: &str) -> bool {
     name.chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn leak(s: String) -> &'static str {
+/// A PostgreSQL setting's name (`lock_timeout`, `myapp.tenant`): spliced into `SET`, so no
+/// other character passes.
+pub(super) fn setting_name(name: &str) -> bool {
+    plain_name(&name.replace('.', "_"))
+}
+
+pub(super) fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
@@ -149,6 +156,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
             &format!("`{name}` is a built-in scenario's name: give yours another"),
         ));
     }
+    if let Some(scale) = &file.time_scale
+        && !(*scale.get_ref() > 0.0 && scale.get_ref().is_finite())
+    {
+        return Err(at.err(scale.span(), "time_scale must be a positive number"));
+    }
     let params = params(&at, &file.params)?;
     if !params.contains_key("deadline") {
         return Err(UsageError(format!(
@@ -168,6 +180,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
             return Err(at.err(
                 v.span(),
                 &format!("`{k}`: a metric's name is letters, digits and _"),
+            ));
+        }
+        if ["cut_off", "p50_ms", "p99_ms", "max_holders"].contains(&k.as_str()) {
+            return Err(at.err(
+                v.span(),
+                &format!("`{k}` is a metric every step file has: name yours otherwise"),
             ));
         }
     }
@@ -221,7 +239,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
 
 /// The registry entry of a step file, made once per file for the life of the process: its
 /// parameters (any value), its metrics, and the step runner as its code.
-fn kind(
+pub(super) fn kind(
     name: &str,
     text: &str,
     params: &BTreeMap<String, Param>,
@@ -254,7 +272,7 @@ fn kind(
     }))
 }
 
-fn params(
+pub(super) fn params(
     at: &At<'_>,
     raw: &BTreeMap<String, Spanned<toml::Value>>,
 ) -> Result<BTreeMap<String, Param>, UsageError> {
@@ -275,7 +293,7 @@ fn params(
 }
 
 /// Every `${name}` in `text` names a parameter.
-fn check_refs(
+pub(super) fn check_refs(
     at: &At<'_>,
     span: Range<usize>,
     text: &str,
@@ -303,14 +321,42 @@ fn check_refs(
 }
 
 /// A TOML value as the text a setting or a count is written with.
-fn as_text(v: &toml::Value) -> String {
+pub(super) fn as_text(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => s.clone(),
         other => other.to_string(),
     }
 }
 
-fn sessions(
+/// Where a session connects, and whether it runs its steps once.
+fn modes(at: &At<'_>, s: &SessionSpec) -> Result<(Connect, bool), UsageError> {
+    let connect = match s.connect.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
+        None | Some(("direct", _)) => Connect::Direct,
+        Some(("pooler", _)) => Connect::Pooler,
+        Some(("pool", span)) => {
+            return Err(at.err(
+                span,
+                "connect = \"pool\" (a client pool) is not supported yet: use direct or pooler",
+            ));
+        }
+        Some((other, span)) => {
+            return Err(at.err(span, &format!("connect is direct or pooler, not `{other}`")));
+        }
+    };
+    let once = match s.repeat.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+        None | Some(("once", _)) => true,
+        Some(("until-deadline", _)) => false,
+        Some((other, span)) => {
+            return Err(at.err(
+                span,
+                &format!("repeat is \"once\" or \"until-deadline\", not `{other}`"),
+            ));
+        }
+    };
+    Ok((connect, once))
+}
+
+pub(super) fn sessions(
     at: &At<'_>,
     file: &FileSpec,
     params: &BTreeMap<String, Param>,
@@ -338,31 +384,12 @@ fn sessions(
             }
             None => "1".into(),
         };
-        let connect = match s.connect.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
-            None | Some(("direct", _)) => Connect::Direct,
-            Some(("pooler", _)) => Connect::Pooler,
-            Some(("pool", span)) => {
-                return Err(at.err(
-                    span,
-                    "connect = \"pool\" (a client pool) is not supported yet: use direct or pooler",
-                ));
-            }
-            Some((other, span)) => {
-                return Err(at.err(span, &format!("connect is direct or pooler, not `{other}`")));
-            }
-        };
-        let once = match s.repeat.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
-            None | Some(("once", _)) => true,
-            Some(("until-deadline", _)) => false,
-            Some((other, span)) => {
-                return Err(at.err(
-                    span,
-                    &format!("repeat is \"once\" or \"until-deadline\", not `{other}`"),
-                ));
-            }
-        };
+        let (connect, once) = modes(at, s)?;
         let mut settings = Vec::new();
         for (k, v) in &s.settings {
+            if !setting_name(k) {
+                return Err(at.err(v.span(), &format!("`{k}` is not a setting's name")));
+            }
             let text = as_text(v.get_ref());
             check_refs(at, v.span(), &text, params)?;
             settings.push((k.clone(), text));
@@ -410,305 +437,13 @@ fn sessions(
     Ok(out)
 }
 
-fn step(
-    at: &At<'_>,
-    session: &str,
-    t: &StepSpec,
-    params: &BTreeMap<String, Param>,
-) -> Result<StepDef, UsageError> {
-    let name = t.name.get_ref();
-    if !plain_name(name) {
-        return Err(at.err(t.name.span(), "a step's name is letters, digits and _"));
-    }
-    let set = [
-        t.sql.is_some(),
-        t.sleep.is_some(),
-        t.fault.is_some(),
-        t.redis.is_some(),
-        t.redis_eval.is_some(),
-        t.critical.is_some(),
-    ];
-    if set.iter().filter(|x| **x).count() != 1 {
-        return Err(at.err(
-            t.name.span(),
-            "a step does exactly one thing: `sql`, `sleep`, `fault`, `redis`, `redis_eval` or \
-             `critical`",
-        ));
-    }
-    let redis_only = t.want.is_some() || t.otherwise.is_some() || t.retry_after.is_some();
-    if redis_only && t.redis.is_none() && t.redis_eval.is_none() {
-        return Err(at.err(
-            t.name.span(),
-            "`want`, `else` and `retry_after` go with a `redis` or `redis_eval` step",
-        ));
-    }
-    let action = if let Some(sql) = &t.sql {
-        check_refs(at, t.name.span(), sql, params)?;
-        Action::Sql(sql.clone())
-    } else if let Some(sleep) = &t.sleep {
-        check_refs(at, sleep.span(), sleep.get_ref(), params)?;
-        if !sleep.get_ref().contains("${") {
-            humantime::parse_duration(sleep.get_ref().trim())
-                .map_err(|e| at.err(sleep.span(), &format!("sleep: {e}")))?;
-        }
-        Action::Sleep(sleep.get_ref().clone())
-    } else if let Some(fault) = &t.fault {
-        Action::Fault(match fault.get_ref().as_str() {
-            "freeze" => Fault::Freeze,
-            "kill" => Fault::Kill,
-            "leak" => {
-                return Err(at.err(
-                    fault.span(),
-                    "fault = \"leak\" needs a client pool (connect = \"pool\"), not supported yet: use freeze or kill",
-                ));
-            }
-            other => {
-                return Err(at.err(
-                    fault.span(),
-                    &format!("fault is freeze or kill, not `{other}`"),
-                ));
-            }
-        })
-    } else if let Some(c) = &t.critical {
-        match c.get_ref().as_str() {
-            "enter" => Action::Critical(true),
-            "leave" => Action::Critical(false),
-            other => {
-                return Err(at.err(
-                    c.span(),
-                    &format!("critical is \"enter\" or \"leave\", not `{other}`"),
-                ));
-            }
-        }
-    } else {
-        Action::Redis(redis_step(at, t, params)?)
-    };
-    Ok(StepDef {
-        name: name.clone(),
-        kind: leak(format!("{session}.{name}")),
-        action,
-        after: None,
-    })
-}
-
-/// A `redis` or `redis_eval` step: its words, which are keys, and what it wants.
-fn redis_step(
-    at: &At<'_>,
-    t: &StepSpec,
-    params: &BTreeMap<String, Param>,
-) -> Result<super::RedisStep, UsageError> {
-    let (words, keys) = match (&t.redis, &t.redis_eval) {
-        (Some(cmd), _) => {
-            check_refs(at, cmd.span(), cmd.get_ref(), params)?;
-            let words = words(cmd.get_ref()).map_err(|m| at.err(cmd.span(), &m))?;
-            if words.len() < 2 {
-                return Err(at.err(
-                    cmd.span(),
-                    "a redis step is a command and its key, at least",
-                ));
-            }
-            (words, vec![1])
-        }
-        (None, Some(script)) => {
-            check_refs(at, script.span(), script.get_ref(), params)?;
-            for w in t.keys.iter().chain(&t.args) {
-                check_refs(at, script.span(), w, params)?;
-            }
-            let mut words = vec![
-                "EVAL".to_string(),
-                script.get_ref().clone(),
-                t.keys.len().to_string(),
-            ];
-            words.extend(t.keys.iter().cloned());
-            words.extend(t.args.iter().cloned());
-            (words, (3..3 + t.keys.len()).collect())
-        }
-        (None, None) => return Err(at.err(t.name.span(), "no redis command")),
-    };
-    let retry_after = match t
-        .otherwise
-        .as_ref()
-        .map(|o| (o.get_ref().as_str(), o.span()))
-    {
-        None | Some(("stop", _)) => None,
-        Some(("retry", span)) => {
-            let raw = t
-                .retry_after
-                .as_ref()
-                .map_or("10ms".to_string(), |r| r.get_ref().clone());
-            if !raw.contains("${") {
-                humantime::parse_duration(raw.trim())
-                    .map_err(|e| at.err(span, &format!("retry_after: {e}")))?;
-            }
-            Some(raw)
-        }
-        Some((other, span)) => {
-            return Err(at.err(
-                span,
-                &format!("else is \"retry\" or \"stop\", not `{other}`"),
-            ));
-        }
-    };
-    if retry_after.is_some() && t.want.is_none() {
-        return Err(at.err(t.name.span(), "else = \"retry\" needs the reply to `want`"));
-    }
-    Ok(super::RedisStep {
-        words,
-        keys,
-        want: t.want.clone(),
-        retry_after,
-    })
-}
-
-/// A command line split into words at spaces; "double quotes" keep a word's spaces.
-fn words(line: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut any = false;
-    for c in line.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                any = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if any {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if quoted {
-        return Err("an unclosed \"".into());
-    }
-    if any {
-        out.push(cur);
-    }
-    Ok(out)
-}
-
-fn resolve_after(
-    at: &At<'_>,
-    a: &Spanned<String>,
-    sessions: &[SessionDef],
-) -> Result<After, UsageError> {
-    let raw = a.get_ref();
-    let (target, waiting) = match raw.strip_suffix(":waiting") {
-        Some(t) => (t, true),
-        None => (raw.as_str(), false),
-    };
-    let steps_of = |s: &SessionDef| {
-        s.steps
-            .iter()
-            .map(|t| format!("{}.{}", s.name, t.name))
-            .collect::<Vec<_>>()
-    };
-    let all: Vec<String> = sessions.iter().flat_map(steps_of).collect();
-    let hint = || {
-        crate::text::nearest(target, all.iter().map(String::as_str))
-            .map(|n| format!("; did you mean `{n}`?"))
-            .unwrap_or_default()
-    };
-    let (s, t) = target.split_once('.').ok_or_else(|| {
-        at.err(
-            a.span(),
-            &format!("after = \"SESSION.STEP\" or \"SESSION.STEP:waiting\", not `{raw}`"),
-        )
-    })?;
-    let session = sessions
-        .iter()
-        .position(|x| x.name == s)
-        .ok_or_else(|| at.err(a.span(), &format!("after: no step `{target}`{}", hint())))?;
-    let step = sessions[session]
-        .steps
-        .iter()
-        .position(|x| x.name == t)
-        .ok_or_else(|| at.err(a.span(), &format!("after: no step `{target}`{}", hint())))?;
-    if waiting && !matches!(sessions[session].steps[step].action, Action::Sql(_)) {
-        return Err(at.err(
-            a.span(),
-            &format!("after: `{target}` runs no SQL, so it never waits on a lock"),
-        ));
-    }
-    Ok(After {
-        session,
-        step,
-        waiting,
-    })
-}
-
-/// Steps wait on the step before them in their session and on what they name `after`: a loop
-/// of waits would only end at the cut-off, so it is refused.
-fn check_cycles(at: &At<'_>, file: &FileSpec, sessions: &[SessionDef]) -> Result<(), UsageError> {
-    let deps = |s: usize, t: usize| {
-        let mut d = Vec::new();
-        if t > 0 {
-            d.push((s, t - 1));
-        }
-        if let Some(a) = sessions[s].steps[t].after {
-            d.push((a.session, a.step));
-        }
-        d
-    };
-    // 0 unvisited, 1 on the path, 2 done.
-    let mut state: BTreeMap<(usize, usize), u8> = BTreeMap::new();
-    fn visit(
-        node: (usize, usize),
-        deps: &dyn Fn(usize, usize) -> Vec<(usize, usize)>,
-        state: &mut BTreeMap<(usize, usize), u8>,
-        path: &mut Vec<(usize, usize)>,
-    ) -> Option<Vec<(usize, usize)>> {
-        match state.get(&node) {
-            Some(2) => return None,
-            Some(1) => {
-                let from = path.iter().position(|n| *n == node).unwrap_or(0);
-                return Some(path[from..].to_vec());
-            }
-            _ => {}
-        }
-        state.insert(node, 1);
-        path.push(node);
-        for d in deps(node.0, node.1) {
-            if let Some(cycle) = visit(d, deps, state, path) {
-                return Some(cycle);
-            }
-        }
-        path.pop();
-        state.insert(node, 2);
-        None
-    }
-    for (s, session) in sessions.iter().enumerate() {
-        for t in 0..session.steps.len() {
-            let mut path = Vec::new();
-            if let Some(cycle) = visit((s, t), &deps, &mut state, &mut path) {
-                let names: Vec<&str> = cycle
-                    .iter()
-                    .map(|(s, t)| sessions[*s].steps[*t].kind)
-                    .collect();
-                let (cs, ct) = cycle[0];
-                let span = file.sessions[cs].steps[ct].name.span();
-                return Err(at.err(
-                    span,
-                    &format!(
-                        "these steps wait on each other in a loop: {}",
-                        names.join(" → ")
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The metrics layout: the file's sessions and steps, the SQLSTATEs its expectations and
 /// columns count, and its queries.
-fn layout(file: &FileSpec, sessions: &[SessionDef], queries: &[(String, String)]) -> Layout {
+pub(super) fn layout(
+    file: &FileSpec,
+    sessions: &[SessionDef],
+    queries: &[(String, String)],
+) -> Layout {
     let mentioned: Vec<&str> = file
         .variants
         .iter()
@@ -757,7 +492,7 @@ fn layout(file: &FileSpec, sessions: &[SessionDef], queries: &[(String, String)]
     }
 }
 
-fn variants(
+pub(super) fn variants(
     at: &At<'_>,
     file: &FileSpec,
     params: &BTreeMap<String, Param>,
@@ -787,6 +522,9 @@ fn variants(
         }
         let mut settings = Vec::new();
         for (k, s) in &v.settings {
+            if !setting_name(k) {
+                return Err(at.err(s.span(), &format!("`{k}` is not a setting's name")));
+            }
             let text = as_text(s.get_ref());
             check_refs(at, s.span(), &text, params)?;
             settings.push((k.clone(), text));

@@ -7,8 +7,12 @@
 //! lock by the server (`after = "S.step:waiting"`). Every mistake in a file is reported as
 //! `file:line:col` before anything starts.
 
+mod client;
 mod file;
+mod observe;
 mod run;
+mod sql;
+mod step_def;
 
 use std::time::Duration;
 
@@ -169,9 +173,16 @@ pub fn substitute(text: &str, params: &Params) -> Result<String, String> {
             .get(name)
             .map_err(|_| format!("`${{{name}}}` names no parameter in [params]"))?;
         match (value, unit) {
-            (Param::Duration(d), "") => out.push_str(&format!("{}ms", d.as_millis())),
-            (Param::Duration(d), "ms") => out.push_str(&d.as_millis().max(1).to_string()),
-            (Param::Duration(d), "s") => out.push_str(&d.as_secs_f64().to_string()),
+            // Never rounded down to 0, which turns a PostgreSQL timeout off.
+            (Param::Duration(d), "") => out.push_str(&format!("{}ms", whole_ms(*d))),
+            (Param::Duration(d), "ms") => out.push_str(&whole_ms(*d).to_string()),
+            // Whole seconds, rounded up (Redis's EX takes no fraction).
+            (Param::Duration(d), "s") => out.push_str(
+                &(d.as_millis()
+                    .div_ceil(1000)
+                    .max(u128::from(!d.is_zero()))
+                    .to_string()),
+            ),
             (other, "") => out.push_str(&other.to_string()),
             (_, unit) => {
                 return Err(format!(
@@ -182,6 +193,14 @@ pub fn substitute(text: &str, params: &Params) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Whole milliseconds of a duration; a non-zero one is at least 1.
+fn whole_ms(d: Duration) -> u128 {
+    match d.is_zero() {
+        true => 0,
+        false => d.as_millis().max(1),
+    }
 }
 
 /// A duration as a step writes it: `${param}` (already scaled), or literal text, which is

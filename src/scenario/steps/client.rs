@@ -1,0 +1,320 @@
+//! One client of a session going through its steps: waiting for their conditions, running
+//! SQL and Redis commands, sleeping, marking critical sections, and being faulted.
+
+use super::{Fault, Resolved};
+use crate::check::steps::Section;
+use crate::env::postgres::{Canceller, PgTarget};
+use crate::workload::{self, OpError};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+use super::observe::probe;
+use super::run::*;
+
+/// One client of a session, going through its steps.
+pub(super) struct StepClient {
+    pub(super) conn: Option<Client>,
+    /// Its Redis connection, for a session with Redis steps.
+    pub(super) redis: Option<redis::aio::MultiplexedConnection>,
+    /// Put before every key a Redis step names: the run's own keys only.
+    pub(super) key_prefix: String,
+    /// `${token}`: unique per client and round.
+    pub(super) token: String,
+    pub(super) canceller: Canceller,
+    pub(super) session: usize,
+    pub(super) client: usize,
+    pub(super) steps: Vec<Resolved>,
+    pub(super) kinds: Vec<&'static str>,
+    pub(super) after: Vec<Option<super::After>>,
+    pub(super) once: bool,
+    /// Sent before each step's SQL (through a pooler: the search path and settings).
+    pub(super) per_step: String,
+    pub(super) pos: usize,
+    pub(super) round: usize,
+    pub(super) done: bool,
+    pub(super) shared: Arc<Shared>,
+    /// The session's probe, where to run it, and in which schema.
+    pub(super) probe: Option<(String, PgTarget, String)>,
+    pub(super) probe_app: String,
+}
+
+impl StepClient {
+    /// Past the last step: another round, or done.
+    fn next_round(&mut self) {
+        self.pos = 0;
+        self.round += 1;
+        self.token = token(
+            self.kinds.first().copied().unwrap_or("s"),
+            self.client,
+            self.round,
+        );
+        if self.once {
+            self.done = true;
+        }
+    }
+
+    /// Waits for the current step's condition (first round only).
+    async fn condition(&self) {
+        let Some(Some(a)) = self.after.get(self.pos).copied() else {
+            return;
+        };
+        if self.round > 0 {
+            return;
+        }
+        let mut rx = self.shared.changed.subscribe();
+        loop {
+            let met = match a.waiting {
+                true => self.shared.waiting_seen[a.session][a.step].load(Ordering::Relaxed),
+                false => {
+                    let needed = self.shared.current[a.session].len();
+                    self.shared.completed[a.session][a.step].load(Ordering::Relaxed) >= needed
+                }
+            };
+            if met || rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Runs the sleeps and faults before the next SQL step.
+    async fn prepare_next(&mut self) {
+        loop {
+            if self.done {
+                return;
+            }
+            if self.pos >= self.steps.len() {
+                self.next_round();
+                continue;
+            }
+            self.condition().await;
+            match self.steps[self.pos].clone() {
+                Resolved::Sql(_) | Resolved::Redis { .. } => return,
+                Resolved::Critical(enter) => {
+                    self.critical(enter, None);
+                    self.complete();
+                }
+                Resolved::Sleep(d) => {
+                    tokio::time::sleep(d).await;
+                    self.complete();
+                }
+                Resolved::Fault(f) => {
+                    self.fault(f);
+                    // A step `after` the fault starts once it has struck.
+                    self.complete();
+                    self.done = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After a failed step, the rest of the round is skipped: counted as skipped (not stuck),
+    /// each marked done for the steps that wait on it, and a critical section it was in left
+    /// (the error path gives up what it believed it held).
+    fn skip_rest(&mut self) {
+        while self.pos < self.steps.len() {
+            if let Ok(mut skipped) = self.shared.skipped.lock()
+                && let Some(kind) = self.kinds.get(self.pos)
+            {
+                *skipped.entry(kind.to_string()).or_insert(0) += 1;
+            }
+            self.complete();
+        }
+        self.critical(false, None);
+    }
+
+    fn complete(&mut self) {
+        if self.round == 0
+            && let Some(c) = self.shared.completed[self.session].get(self.pos)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+            self.shared.bump();
+        }
+        self.pos += 1;
+    }
+
+    /// Marks entering (or leaving) a critical section, now or `at_ms`.
+    fn critical(&self, enter: bool, at_ms: Option<f64>) {
+        let Some(window) = self.shared.window.get() else {
+            return;
+        };
+        let at = at_ms.unwrap_or_else(|| window.clock.now_ms());
+        let who = format!("{}-{}", self.session, self.client);
+        let Ok(mut sections) = self.shared.sections.lock() else {
+            return;
+        };
+        match enter {
+            true => sections.push(Section {
+                who,
+                enter_ms: at,
+                leave_ms: None,
+            }),
+            false => {
+                if let Some(open) = sections
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.who == who && s.leave_ms.is_none())
+                {
+                    open.leave_ms = Some(at);
+                }
+            }
+        }
+    }
+
+    /// A Redis step: the command with the run's prefix on its keys and this round's token,
+    /// retried while the reply is not the one wanted, where the step says so.
+    async fn redis_step(
+        &mut self,
+        (words, keys, want, retry_after): (
+            Vec<String>,
+            Vec<usize>,
+            Option<String>,
+            Option<Duration>,
+        ),
+    ) -> Result<(), OpError> {
+        let Some(con) = self.redis.as_mut() else {
+            return Err(OpError::new(crate::history::class::CONNECTION_CLOSED));
+        };
+        let mut cmd = redis::cmd(&words[0]);
+        for (i, w) in words.iter().enumerate().skip(1) {
+            let w = w.replace("${token}", &self.token);
+            match keys.contains(&i) {
+                true => cmd.arg(format!("{}{w}", self.key_prefix)),
+                false => cmd.arg(w),
+            };
+        }
+        loop {
+            let reply: redis::Value = cmd.query_async(con).await?;
+            let got = reply_text(&reply);
+            match (&want, retry_after) {
+                (None, _) => return Ok(()),
+                (Some(w), _) if w.eq_ignore_ascii_case(&got) => return Ok(()),
+                (Some(_), Some(pause)) => tokio::time::sleep(pause).await,
+                (Some(_), None) => return Err(OpError::new("redis-unwanted-reply")),
+            }
+        }
+    }
+
+    fn fault(&mut self, fault: Fault) {
+        let conn = self.conn.take();
+        match fault {
+            Fault::Freeze => {
+                if let (Some(c), Ok(mut frozen)) = (conn, self.shared.frozen.lock()) {
+                    frozen.push(c);
+                }
+            }
+            // Dropping the last handle closes the socket: the server ends the session. A
+            // dead client believes nothing any more: its critical section ends here.
+            Fault::Kill => {
+                drop(conn);
+                self.redis = None;
+                self.critical(false, None);
+            }
+        }
+        let Some(window) = self.shared.window.get().copied() else {
+            return;
+        };
+        if let Ok(mut seen) = self.shared.seen.lock()
+            && let Some(s) = seen.get_mut(self.session)
+            && s.fault_ms.is_none()
+        {
+            s.fault_ms = Some(window.clock.now_ms());
+            if let Some((sql, target, schema)) = self.probe.clone() {
+                let task = tokio::spawn(probe(
+                    (target, self.probe_app.clone(), schema),
+                    sql,
+                    window,
+                    self.shared.clone(),
+                    self.session,
+                ));
+                if let Ok(mut p) = self.shared.probes.lock() {
+                    p.push(task);
+                }
+            }
+        }
+    }
+}
+
+impl workload::Client for StepClient {
+    fn kind(&self) -> &'static str {
+        self.kinds.get(self.pos).copied().unwrap_or("step")
+    }
+
+    fn ready(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.prepare_next())
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(async move {
+            let sql = match self.steps.get(self.pos).cloned() {
+                Some(Resolved::Sql(sql)) => sql,
+                Some(Resolved::Redis {
+                    words,
+                    keys,
+                    want,
+                    retry_after,
+                }) => {
+                    let result = self.redis_step((words, keys, want, retry_after)).await;
+                    self.complete();
+                    if result.is_err() {
+                        self.skip_rest();
+                    }
+                    return result;
+                }
+                _ => return Ok(()),
+            };
+            let sql = sql.replace("${token}", &self.token);
+            let Some(conn) = &self.conn else {
+                return Err(OpError::new(crate::history::class::CONNECTION_CLOSED));
+            };
+            self.shared.current[self.session][self.client].store(self.pos, Ordering::Relaxed);
+            let result = conn.batch_execute(&format!("{}{sql}", self.per_step)).await;
+            self.shared.current[self.session][self.client].store(IDLE, Ordering::Relaxed);
+            match result {
+                Ok(()) => {
+                    self.complete();
+                    Ok(())
+                }
+                Err(e) => {
+                    // The rest of the round is skipped: a transaction it was in is rolled
+                    // back, as an application's error path would.
+                    let e = OpError::from(e);
+                    let _ = conn.batch_execute("ROLLBACK").await;
+                    self.complete();
+                    self.skip_rest();
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn canceller(&self) -> Option<Canceller> {
+        Some(self.canceller.clone())
+    }
+}
+
+/// `${token}` of a client's round: unique in the run.
+pub(super) fn token(session: &str, client: usize, round: usize) -> String {
+    format!("{session}-{client}-{round}-{:08x}", rand::random::<u32>())
+}
+
+/// A Redis reply as text to compare with `want`: `OK`, `nil`, an integer, a string.
+pub(super) fn reply_text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::Nil => "nil".into(),
+        redis::Value::Okay => "OK".into(),
+        redis::Value::Int(n) => n.to_string(),
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Boolean(b) => i32::from(*b).to_string(),
+        redis::Value::Double(d) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
