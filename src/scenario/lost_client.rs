@@ -18,7 +18,9 @@ use anyhow::Context;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
-use super::booking::{Booking, HolderConfig, Prober, connect_bookers, spawn_holder};
+use super::booking::{
+    Booking, HolderConfig, Prober, book_behind_the_probe, connect_bookers, spawn_holder,
+};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun, Window};
 use crate::check::lost_client::{Backend, Keepalive, METRICS, ServerSide};
@@ -30,7 +32,6 @@ use crate::env::postgres::{PgServer, Sql as _};
 use crate::error::UsageError;
 use crate::history::Clock;
 use crate::observe::Observer;
-use crate::workload::Plan;
 
 pub struct LostClient {
     clients: usize,
@@ -277,19 +278,15 @@ async fn partition(
         window.deadline,
         ctx.cancel.clone(),
     ));
-    let queued = prober
-        .queue_first(admin, window.deadline, ctx.cancel.clone(), clock)
-        .await;
-    let plan = Plan::UntilOk {
-        retry_after: cfg.retry_after,
-        stop_on: &[],
-    };
-    let label = format!(" of {} booked", cfg.clients);
-    let driven = ctx.drive(bookers, plan, &window, label).await;
-    let probe = Probe {
+    let (driven, probe) = book_behind_the_probe(
+        ctx,
+        (prober, admin),
+        bookers,
+        &window,
+        cfg.retry_after,
         locked_before_fault,
-        free_at_epoch: queued.free_at_epoch().await?,
-    };
+    )
+    .await?;
     let gone = watch.await.context("the backend watcher failed")?;
     let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;
     Ok(Partitioned {

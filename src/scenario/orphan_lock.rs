@@ -23,7 +23,7 @@ use crate::error::UsageError;
 use crate::fault::{Fault, Victim};
 use crate::history::Clock;
 use crate::observe::Observer;
-use crate::workload::{self, Plan};
+use crate::workload;
 
 /// orphan-lock's configuration: its parameters, parsed once.
 pub struct OrphanLock {
@@ -277,19 +277,15 @@ async fn fault(
             Some(pool) => Some(next_user_in_leaked_tx(pool).await?),
             None => None,
         };
-        let queued = prober
-            .queue_first(admin, window.deadline, ctx.cancel.clone(), clock)
-            .await;
-        let plan = Plan::UntilOk {
-            retry_after: cfg.retry_after,
-            stop_on: &[],
-        };
-        let label = format!(" of {} booked", cfg.clients);
-        let driven = ctx.drive(bookers, plan, &window, label).await;
-        let probe = Probe {
+        let (driven, probe) = book_behind_the_probe(
+            ctx,
+            (prober, admin),
+            bookers,
+            &window,
+            cfg.retry_after,
             locked_before_fault,
-            free_at_epoch: queued.free_at_epoch().await?,
-        };
+        )
+        .await?;
         let waited_ms = reported.elapsed().as_secs_f64() * 1000.0;
         if cfg.reconcile {
             // The reconciler runs once the payment call's own time is up, while the holder is

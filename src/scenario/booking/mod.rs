@@ -20,7 +20,7 @@ use crate::history::class;
 use crate::workload::{self, OpError};
 
 pub(crate) use holder::{HolderConfig, HolderEvent, spawn_holder};
-pub(crate) use prober::Prober;
+pub(crate) use prober::{Prober, book_behind_the_probe};
 
 pub(crate) const FLIGHT: &str = "LL-101";
 pub(crate) const FARE: &str = "Y";

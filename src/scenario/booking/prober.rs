@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 use crate::env::postgres::{Canceller, PgTarget};
 
 use crate::history::Clock;
+use crate::workload;
 
 use super::{Booking, FARE, FLIGHT, begin_unlimited, server_epoch};
 
@@ -161,4 +162,31 @@ async fn wait_until_queued(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// After the fault: the probe queues first on the row, then `bookers` book until the window's
+/// cut-off, each retrying after `retry_after`. Returns their history and what the probe found
+/// (`locked_before_fault` as looked just before the fault).
+pub(crate) async fn book_behind_the_probe(
+    ctx: &crate::scenario::VariantCtx<'_>,
+    (prober, admin): (Prober, &Client),
+    bookers: Vec<Box<dyn workload::Client>>,
+    window: &crate::scenario::Window,
+    retry_after: Duration,
+    locked_before_fault: bool,
+) -> anyhow::Result<(workload::Driven, crate::check::orphan_lock::Probe)> {
+    let queued = prober
+        .queue_first(admin, window.deadline, ctx.cancel.clone(), window.clock)
+        .await;
+    let plan = workload::Plan::UntilOk {
+        retry_after,
+        stop_on: &[],
+    };
+    let label = format!(" of {} booked", bookers.len());
+    let driven = ctx.drive(bookers, plan, window, label).await;
+    let probe = crate::check::orphan_lock::Probe {
+        locked_before_fault,
+        free_at_epoch: queued.free_at_epoch().await?,
+    };
+    Ok((driven, probe))
 }
