@@ -339,3 +339,68 @@ fn on_a_users_server_a_files_sql_leaves_nothing_outside_its_schema() {
     });
     assert_eq!(left, (0, 0), "(schemas, tables) left on the user's server");
 }
+
+#[test]
+fn a_step_file_holds_on_a_small_server_as_a_plain_role_and_through_pgbouncer() {
+    let tmp = tempdir();
+    let env = EnvUp::start(tmp.path(), &["--pg-setting", "max_connections=40"]);
+    use locklab::env::postgres::Sql as _;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&env.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        c.batch_execute(
+            "CREATE ROLE app_user LOGIN PASSWORD 'app-pw'; GRANT CREATE ON DATABASE postgres TO app_user",
+        )
+        .await
+        .expect("a plain role");
+        let _: bool = c
+            .one("SELECT NOT rolsuper FROM pg_roles WHERE rolname = 'app_user'", &[])
+            .await
+            .expect("role")
+            .get(0);
+    });
+    let plain = env.url.replace("locklab:locklab@", "app_user:app-pw@");
+    let (code, report, err) = run_json(tmp.path(), &[EXAMPLE, "--pg-url", &plain]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    // Through the transaction pooler in front of it, the readers' session included.
+    let pooled = write(
+        tmp.path(),
+        "pooled.toml",
+        &std::fs::read_to_string(EXAMPLE).expect("example").replacen(
+            "name = \"app\"\n",
+            "name = \"app\"\nconnect = \"pooler\"\n",
+            1,
+        ),
+    );
+    let (code, report, err) = run_json(
+        tmp.path(),
+        &[
+            &pooled,
+            "--pg-url",
+            &env.url,
+            "--pooler-url",
+            &env.pooler_url,
+        ],
+    );
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    assert!(metric(variant(&report, "baseline"), "app.read.p99_ms") >= 1900.0);
+    // More readers than the server has slots for this role: refused up front, saying so.
+    let o = locklab(tmp.path())
+        .args([
+            "run",
+            EXAMPLE,
+            "--no-results",
+            "--param",
+            "readers=60",
+            "--pg-url",
+            &plain,
+        ])
+        .output()
+        .expect("run");
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{said}");
+    assert!(said.contains("max_connections 40"), "{said}");
+}

@@ -265,7 +265,13 @@ pub(super) fn kind(
             .iter()
             .flat_map(|s| &s.steps)
             .any(|t| matches!(t.action, Action::Redis(_))),
-        sized_by: "",
+        // The parameter a session's clients come from, for "lower it" in a too-small
+        // server's message.
+        sized_by: spec
+            .sessions
+            .iter()
+            .find_map(|s| s.clients.trim().strip_prefix("${")?.strip_suffix('}'))
+            .map_or("", |p| leak(p.to_string())),
         prepare: super::prepare,
         worker: crate::scenario::no_worker,
         steps: Some(spec),
