@@ -106,6 +106,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
         repeat: u32,
     },
+    /// Parameter points drawn at random (seeded) from what each scenario declares, each run as
+    /// a user would: every expectation must hold, or the point be refused up front (exit 2). A
+    /// point that fails is shrunk toward the defaults and printed as the command to reproduce.
+    Claims {
+        /// How many points, round-robin over the scenarios.
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        samples: u32,
+        /// The seed: the same seed draws the same points.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Only this scenario (repeatable) [default: every built-in one].
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
+    },
     /// The workload driver against pgbench: one hot-row UPDATE, the same clients, the same
     /// throwaway server; transactions a second of each and their ratio.
     Driver {

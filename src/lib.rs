@@ -17,6 +17,7 @@ macro_rules! say {
 pub mod app;
 pub mod bench;
 pub mod check;
+pub mod claims;
 pub mod cli;
 pub mod env;
 pub mod error;

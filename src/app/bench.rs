@@ -223,3 +223,90 @@ fn verdicts(report: &RunReport) -> Vec<(String, String, Option<&'static str>)> {
         })
         .collect()
 }
+
+/// `bench claims`: `samples` parameter points, drawn with `seed` from what the scenarios
+/// declare, each run as a user would; any that fails is shrunk toward the defaults and
+/// printed as the command that reproduces it.
+pub(super) fn claims(samples: usize, seed: u64, names: &[String]) -> anyhow::Result<i32> {
+    use crate::claims::{Sampler, Verdict, shrink};
+    let names: Vec<String> = match names.is_empty() {
+        true => vec!["all".into()],
+        false => names.to_vec(),
+    };
+    let (scenarios, _) = resolve_scenarios(&names, &[])?;
+    let exe = exe()?;
+    let mut sampler = Sampler::new(seed);
+    out!(
+        "{samples} parameter points, seed {seed}, over {} scenario(s):",
+        scenarios.len()
+    );
+    let (mut held, mut refused, mut failing) = (0, 0, Vec::new());
+    for i in 0..samples {
+        let point = sampler.draw(&scenarios[i % scenarios.len()]);
+        let verdict = run_point(&exe, &point);
+        let said = match &verdict {
+            Verdict::Held => {
+                held += 1;
+                "held".to_string()
+            }
+            Verdict::Refused(why) => {
+                refused += 1;
+                format!("refused: {why}")
+            }
+            Verdict::Failed(130, _) => return Ok(exit::INTERRUPTED),
+            Verdict::Failed(code, why) => {
+                failing.push(point.clone());
+                format!("FAILED (exit {code}): {why}")
+            }
+        };
+        out!("  {:>4}  {}  -> {said}", i + 1, point.command());
+    }
+    out!(
+        "{held} held, {refused} refused up front, {} failed",
+        failing.len()
+    );
+    for p in &failing {
+        let small = shrink(p, |q| run_point(&exe, q), 8);
+        out!("reproduce: {}", small.command());
+    }
+    Ok(match failing.is_empty() {
+        true => exit::OK,
+        false => exit::EXPECTATION_FAILED,
+    })
+}
+
+/// Runs one point as its own `locklab run`, and reads its verdict off its exit code.
+fn run_point(exe: &std::path::Path, p: &crate::claims::Point) -> crate::claims::Verdict {
+    use crate::claims::Verdict;
+    let out = std::process::Command::new(exe)
+        .args(p.args())
+        .args(["--no-results", "--no-progress", "--format", "json"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => return Verdict::Failed(3, format!("could not start it: {e}")),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = |pick: &dyn Fn(&str) -> bool| {
+        stderr
+            .lines()
+            .find(|l| pick(l))
+            .unwrap_or_else(|| stderr.lines().last().unwrap_or(""))
+            .trim()
+            .chars()
+            .take(200)
+            .collect::<String>()
+    };
+    match out.status.code() {
+        Some(0) => Verdict::Held,
+        Some(2) => Verdict::Refused(first(&|l| l.starts_with("Error:"))),
+        Some(code) => Verdict::Failed(
+            code,
+            first(&|l| {
+                l.contains("REGRESSED") || l.contains("NO LONGER") || l.starts_with("Error:")
+            }),
+        ),
+        None => Verdict::Failed(-1, "killed by a signal".into()),
+    }
+}

@@ -109,6 +109,14 @@ async fn dispatch(work: Work) -> anyhow::Result<i32> {
             watch,
         }) => env::env_up(pg_settings, pooler_settings, watch).await,
         Work::Env(EnvCommand::Time { runs }) => env::env_time(runs).await,
+        Work::Bench(BenchCommand::Claims {
+            samples,
+            seed,
+            scenarios,
+        }) => {
+            tokio::task::spawn_blocking(move || bench::claims(samples as usize, seed, &scenarios))
+                .await?
+        }
         Work::Bench(BenchCommand::Jobs { jobs, repeat }) => {
             bench::jobs(jobs.map_or_else(runner::default_jobs, usize::from), repeat).await
         }

@@ -91,10 +91,43 @@ impl Code for CheckThenAct {
                 "withdrawals serialised by the locking read could not all finish before it",
             )?;
         }
+        // The harm needs something to lose: more asked for than the balance holds (else no
+        // check can pass wrongly), and room for two withdrawals (else the first to commit is
+        // the only valid one, and no error can cost a valid withdrawal).
+        let (balance, amount) = (p.count("balance")?, p.count("amount")?);
+        if withdrawers * amount <= balance {
+            return Err(UsageError(format!(
+                "withdrawers × amount ({withdrawers} × {amount}) fits in the balance ({balance}): \
+                 nothing can be overdrawn. Raise withdrawers or amount, or lower balance, so \
+                 that withdrawers × amount > balance"
+            )));
+        }
+        if balance < 2 * amount {
+            return Err(UsageError(format!(
+                "the balance ({balance}) holds one withdrawal of {amount}: the first to commit \
+                 is the only valid one, so no error can cost a valid withdrawal. Raise balance \
+                 to at least 2 × amount ({}) or lower amount",
+                2 * amount
+            )));
+        }
+        // Instances with a queue each withdraw side by side, one withdrawal each a round: the
+        // balance falls by instances × amount a round, and only a round that starts with room
+        // for one withdrawal but not for all of them overdraws.
+        let instances = p.count("queue_instances")?;
+        if instances >= 2 && balance % (instances * amount) < amount {
+            return Err(UsageError(format!(
+                "with {instances} instances withdrawing {amount} side by side, the balance \
+                 ({balance}) falls by {} a round and ends at {}, below one withdrawal: no \
+                 round overdraws. Pick balance and amount so that balance mod (instances × \
+                 amount) ≥ amount (the defaults: 100 mod 60 = 40 ≥ 30)",
+                instances * amount,
+                balance % (instances * amount)
+            )));
+        }
         Ok(CheckThenAct {
             withdrawers,
-            balance: p.count("balance")? as i64,
-            amount: p.count("amount")? as i64,
+            balance: balance as i64,
+            amount: amount as i64,
             level: p.parse("isolation")?,
             for_update,
             update: p.parse("update")?,
