@@ -75,6 +75,19 @@ impl Code for SetnxRace {
         // A lock with a TTL is judged on a crashed holder's lock freeing within 1.5 TTLs.
         if expires {
             p.deadline_outlasts(2, "ttl", ttl, "an expiring lock could not show before it")?;
+            // Behind an expiring lock the sales take turns: the first holder's TTL runs out,
+            // then each item is one buyer's payment (and a retry's pause) inside the lock.
+            // Sized for one item, the cut-off would judge five on a queue it did not allow
+            // for (found by sampling: stock=5 cut off both setnx-ttl and mitigated).
+            let stock = p.count("stock")?;
+            let turn = p.duration("payment")? + p.duration("retry_after")?;
+            let sales = ttl + turn * stock as u32;
+            p.deadline_outlasts(
+                1,
+                "1.5 × (ttl + stock × (payment + retry_after))",
+                sales.mul_f64(1.5),
+                "the items could not all be sold, one holder at a time, before it",
+            )?;
         }
         Ok(SetnxRace {
             buyers: p.count("buyers")?,
