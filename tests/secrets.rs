@@ -76,12 +76,8 @@ fn assert_files_clean(dir: &Path) {
 
 fn prepare_servers(env: &EnvUp) {
     use locklab::env::postgres::Sql as _;
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (rt, c) = common::connect(&env.url);
     rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&env.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
         c.batch_execute(&format!(
             "CREATE ROLE {ROLE} LOGIN PASSWORD '{SECRET}'; \
              GRANT CREATE ON DATABASE postgres TO {ROLE}"

@@ -321,22 +321,15 @@ fn on_a_users_server_a_files_sql_leaves_nothing_outside_its_schema() {
     let (code, report, err) = run_json(tmp.path(), &[EXAMPLE, "--pg-url", &env.url]);
     assert_eq!(code, 0, "{err}\n{report:#}");
     use locklab::env::postgres::Sql as _;
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let left: (i64, i64) = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&env.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        let row = c
-            .one(
-                "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'locklab%'), \
-                        (SELECT count(*) FROM pg_class WHERE relname = 'orders')",
-                &[],
-            )
-            .await
-            .expect("look");
-        (row.get(0), row.get(1))
-    });
+    let (rt, c) = common::connect(&env.url);
+    let row = rt
+        .block_on(c.one(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'locklab%'), \
+                    (SELECT count(*) FROM pg_class WHERE relname = 'orders')",
+            &[],
+        ))
+        .expect("look");
+    let left: (i64, i64) = (row.get(0), row.get(1));
     assert_eq!(left, (0, 0), "(schemas, tables) left on the user's server");
 }
 
@@ -345,23 +338,22 @@ fn a_step_file_holds_on_a_small_server_as_a_plain_role_and_through_pgbouncer() {
     let tmp = tempdir();
     let env = EnvUp::start(tmp.path(), &["--pg-setting", "max_connections=40"]);
     use locklab::env::postgres::Sql as _;
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&env.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        c.batch_execute(
-            "CREATE ROLE app_user LOGIN PASSWORD 'app-pw'; GRANT CREATE ON DATABASE postgres TO app_user",
-        )
-        .await
-        .expect("a plain role");
-        let _: bool = c
-            .one("SELECT NOT rolsuper FROM pg_roles WHERE rolname = 'app_user'", &[])
-            .await
-            .expect("role")
-            .get(0);
-    });
+    let (rt, c) = common::connect(&env.url);
+    rt.block_on(c.batch_execute(
+        "CREATE ROLE app_user LOGIN PASSWORD 'app-pw'; GRANT CREATE ON DATABASE postgres TO app_user",
+    ))
+    .expect("a plain role");
+    let plain_role: bool = rt
+        .block_on(c.one(
+            "SELECT NOT rolsuper AND NOT rolbypassrls FROM pg_roles WHERE rolname = 'app_user'",
+            &[],
+        ))
+        .expect("role")
+        .get(0);
+    assert!(
+        plain_role,
+        "the run must meet the server as a non-superuser"
+    );
     let plain = env.url.replace("locklab:locklab@", "app_user:app-pw@");
     let (code, report, err) = run_json(tmp.path(), &[EXAMPLE, "--pg-url", &plain]);
     assert_eq!(code, 0, "{err}\n{report:#}");

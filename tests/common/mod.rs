@@ -144,6 +144,19 @@ pub fn signal(child: &Child, sig: i32) {
     }
 }
 
+/// A session on a test's server, and the runtime to drive it with `block_on`.
+pub fn connect(url: &str) -> (tokio::runtime::Runtime, tokio_postgres::Client) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let c = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test's server");
+        tokio::spawn(conn);
+        c
+    });
+    (rt, c)
+}
+
 /// `locklab env up` in the background; its URL; stopped with Ctrl-C (SIGINT) on drop.
 pub struct EnvUp {
     pub child: Child,
