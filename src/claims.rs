@@ -7,8 +7,8 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::scenario::Scenario;
 use crate::scenario::spec::{Accepts, Param};
-use crate::scenario::{Kind, Scenario};
 
 /// Time scales a point may run at: the default, faster and slower.
 pub const SCALES: &[f64] = &[0.05, 0.1, 0.2];
@@ -147,15 +147,6 @@ pub fn shrink(failing: &Point, mut check: impl FnMut(&Point) -> Verdict, budget:
         }
     }
     best
-}
-
-/// The parameters of `kind` a sampler varies, for `--help`-style listings.
-pub fn varied(kind: &Kind) -> Vec<&'static str> {
-    kind.params
-        .iter()
-        .filter(|p| !matches!(p.accepts, Accepts::Any))
-        .map(|p| p.name)
-        .collect()
 }
 
 #[cfg(test)]

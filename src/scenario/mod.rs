@@ -125,12 +125,20 @@ impl Cpu {
 }
 
 /// A scenario's configuration, ready to run a variant.
+/// The defaults are [`Code`]'s: a step file's variant ([`steps`]) takes them as they are.
 pub trait Prepared: Send + Sync {
     fn run<'a>(&'a self, ctx: &'a VariantCtx<'a>) -> BoxFuture<'a, anyhow::Result<VariantRun>>;
     fn sessions(&self) -> usize;
-    fn weight(&self) -> usize;
-    fn cpu(&self) -> Cpu;
-    fn unavailable(&self, env: &Env) -> Option<String>;
+    fn weight(&self) -> usize {
+        self.sessions()
+    }
+    fn cpu(&self) -> Cpu {
+        Cpu::Timed
+    }
+    fn unavailable(&self, env: &Env) -> Option<String> {
+        let _ = env;
+        None
+    }
 }
 
 impl<C: Code> Prepared for C {

@@ -19,9 +19,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::spec::{Param, Params};
-use super::{Cpu, Kind, Prepared, VariantCtx, VariantRun};
+use super::{Kind, Prepared, VariantCtx, VariantRun};
 use crate::check::steps::Layout;
-use crate::env::Env;
 use crate::error::UsageError;
 
 pub use file::{is_step_file, parse};
@@ -331,18 +330,5 @@ impl Prepared for StepVariant {
         // of the server's view, and a probe per faulted session.
         let probes = self.sessions.iter().filter(|s| s.probe.is_some()).count();
         self.sessions.iter().map(|s| s.clients).sum::<usize>() + 2 + probes
-    }
-
-    fn weight(&self) -> usize {
-        self.sessions()
-    }
-
-    fn cpu(&self) -> Cpu {
-        Cpu::Timed
-    }
-
-    fn unavailable(&self, env: &Env) -> Option<String> {
-        let _ = env;
-        None
     }
 }
