@@ -322,9 +322,7 @@ impl Drawn {
             Input::PoolBooking(_)
             | Input::PoolDeadlock(_)
             | Input::Account(_)
-            | Input::Reports(_)
-            | Input::Rota(_)
-            | Input::Transfers(_) => {}
+            | Input::Reports(_) => {}
         }
         d
     }

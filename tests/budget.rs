@@ -40,7 +40,7 @@ fn each_scenario_fits_in_exactly_the_connections_it_says_it_needs() {
         "CREATE ROLE app LOGIN PASSWORD 'app'; GRANT CREATE ON DATABASE postgres TO app;",
     );
     let app_url = env.url.replace("locklab:locklab@", "app:app@");
-    for kind in locklab::scenario::KINDS {
+    for kind in locklab::scenario::kinds() {
         let name = kind.name;
         let args = [
             name,

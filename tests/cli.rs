@@ -509,7 +509,7 @@ fn every_builtin_scenario_refuses_bad_input_before_anything_starts() {
     let tmp = tempdir();
     let out = tmp.path().join("results");
     let mut cases: Vec<(String, Vec<String>, String)> = Vec::new();
-    for kind in locklab::scenario::KINDS {
+    for kind in locklab::scenario::kinds() {
         let name = kind.name.to_string();
         for p in kind.params {
             for v in bad_values(&p.accepts) {

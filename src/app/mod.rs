@@ -15,7 +15,7 @@ use crate::report::{
     Exporter, RunReport, html::Html, json::Json, junit::Junit, markdown::Markdown, table::Tables,
 };
 use crate::runner::{self, RunOptions};
-use crate::scenario::{self, KINDS, spec};
+use crate::scenario::{self, kinds, spec};
 
 /// `println!` that does not panic when stdout is closed (`locklab run … | head`): a reader
 /// that went away wants no more output, and the run's exit code still stands.
@@ -209,7 +209,7 @@ pub(crate) fn resolve_scenarios(
     let mut out = Vec::new();
     for name in names {
         if name == "all" {
-            for k in KINDS {
+            for k in kinds() {
                 out.push(scenario::load(k.name)?);
             }
         } else if std::path::Path::new(name).is_dir() {

@@ -285,6 +285,39 @@ fn collect_idents<'a>(e: &'a Expr, out: &mut Vec<&'a str>) {
     }
 }
 
+/// Arithmetic over numbers, durations and names, as an expectation's operand is: a step file's
+/// derived metric (`{ of = "a.ok + b.ok" }`) or a count (`${pairs} * 2`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Formula(Expr);
+
+impl Formula {
+    pub fn parse(text: &str) -> Result<Formula, String> {
+        let mut p = Parser {
+            tokens: tokenize(text)?,
+            pos: 0,
+        };
+        let e = p.sum()?;
+        match p.tokens.get(p.pos) {
+            None => Ok(Formula(e)),
+            Some(t) => Err(format!("`{t}` after the value in `{}`", text.trim())),
+        }
+    }
+
+    pub fn idents(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        collect_idents(&self.0, &mut out);
+        out
+    }
+
+    /// Its value; an error when a name is unknown or unmeasured, or the value is no number.
+    pub fn eval(&self, scope: &dyn Scope, time_scale: f64) -> Result<f64, String> {
+        match eval(&self.0, scope, time_scale)? {
+            Val::Num(n) => Ok(n),
+            Val::Bool(b) => Err(format!("{b} is no number")),
+        }
+    }
+}
+
 fn eval(e: &Expr, scope: &dyn Scope, time_scale: f64) -> Result<Val, String> {
     match e {
         Expr::Lit(v) => Ok(*v),

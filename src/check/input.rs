@@ -33,8 +33,6 @@ pub enum Input {
     Pooler(pooler::PoolerObservations),
     Account(isolation::AccountObservations),
     Reports(isolation::ReportObservations),
-    Rota(isolation::RotaObservations),
-    Transfers(isolation::TransferObservations),
     /// A step file's sessions and steps.
     Steps(Box<steps::Observations>),
 }
@@ -53,8 +51,6 @@ impl Input {
             Input::Pooler(o) => pooler::evaluate(h, o),
             Input::Account(o) => isolation::evaluate_account(h, o),
             Input::Reports(o) => isolation::evaluate_reports(h, o),
-            Input::Rota(o) => isolation::evaluate_rota(h, o),
-            Input::Transfers(o) => isolation::evaluate_transfers(h, o),
             Input::Steps(o) => steps::evaluate(h, o),
         }
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Evaluation;
+use super::expect::{Expectation, Formula, MapScope, Verdict};
 use super::stats::{p50, p99, round1};
 use crate::history::{History, Outcome};
 
@@ -21,10 +22,27 @@ pub mod outcome {
     pub const CLEAN: &str = "clean";
 }
 
-/// The statistics every SQL step gets, as `session.step.stat`.
-pub const STEP_STATS: &[&str] = &["ok", "failed", "stuck", "p50_ms", "p99_ms", "waited_ms"];
-/// The statistics every session gets, as `session.stat`.
-pub const SESSION_STATS: &[&str] = &["lock_waiters_max", "idle_in_tx_max_ms"];
+/// The statistics every SQL step gets, as `session.step.stat`. `failed` counts the attempts
+/// that failed for good (a retried one is not), `failed_p50_ms` how long every failed attempt
+/// took (a deadlock's victim: about deadlock_timeout).
+pub const STEP_STATS: &[&str] = &[
+    "ok",
+    "failed",
+    "stuck",
+    "p50_ms",
+    "p99_ms",
+    "failed_p50_ms",
+    "waited_ms",
+];
+/// The statistics every session gets, as `session.stat`: `ok` and `failed` count its rounds
+/// (a round fails at its first failed step, after any retries), `retries` the rounds run again.
+pub const SESSION_STATS: &[&str] = &[
+    "ok",
+    "failed",
+    "retries",
+    "lock_waiters_max",
+    "idle_in_tx_max_ms",
+];
 
 /// What the file declares that the metrics follow from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -35,6 +53,15 @@ pub struct Layout {
     /// Some step marks a critical section: `max_holders` is measured.
     #[serde(default)]
     pub critical: bool,
+    /// SQLSTATEs counted over every step as `errors_CODE`.
+    #[serde(default)]
+    pub codes: Vec<String>,
+    /// `[metrics]` computed from the others (`{ of = "EXPR" }`), in the file's order.
+    #[serde(default)]
+    pub derived: Vec<(String, String)>,
+    /// Outcome words and the conditions over metrics that give each, first match wins.
+    #[serde(default)]
+    pub outcomes: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -55,7 +82,14 @@ pub struct SessionLayout {
 impl Layout {
     /// Every metric a run of this layout emits.
     pub fn metrics(&self) -> Vec<String> {
-        let mut out = vec!["cut_off".into(), "p50_ms".into(), "p99_ms".into()];
+        let mut out = vec![
+            "cut_off".into(),
+            "p50_ms".into(),
+            "p99_ms".into(),
+            "stuck".into(),
+            "retries".into(),
+        ];
+        out.extend(self.codes.iter().map(|c| format!("errors_{c}")));
         for s in &self.sessions {
             for t in &s.steps {
                 out.extend(
@@ -80,6 +114,7 @@ impl Layout {
             out.push("max_holders".into());
         }
         out.extend(self.queries.iter().cloned());
+        out.extend(self.derived.iter().map(|(n, _)| n.clone()));
         out
     }
 }
@@ -115,6 +150,20 @@ pub struct Observations {
     /// Per `session.step`: clients that skipped it because an earlier step of theirs failed.
     #[serde(default)]
     pub skipped: BTreeMap<String, usize>,
+    /// Per `session.step`: failed attempts whose round was run again (`retry`).
+    #[serde(default)]
+    pub retried: BTreeMap<String, usize>,
+    /// Per session, in the layout's order: rounds completed, and rounds that failed for good.
+    #[serde(default)]
+    pub rounds: Vec<Rounds>,
+}
+
+/// A session's rounds: all steps done, ended by a failure (after retries), and run again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rounds {
+    pub ok: usize,
+    pub failed: usize,
+    pub retries: usize,
 }
 
 /// One client's critical section: it believed it held the lock from `enter_ms` to `leave_ms`
@@ -142,6 +191,36 @@ pub fn max_holders(sections: &[Section], end_ms: f64) -> usize {
     most.max(0) as usize
 }
 
+/// A number as JSON: whole ones as integers (a count reads `5`, not `5.0`).
+fn number(x: f64) -> Value {
+    match x.fract() == 0.0 && x.abs() < 1e15 {
+        true => json!(x as i64),
+        false => json!(x),
+    }
+}
+
+/// The file's first outcome whose conditions all hold over the metrics.
+fn declared_outcome<'a>(
+    outcomes: &'a [(String, Vec<String>)],
+    metrics: &[(String, Value)],
+) -> Option<&'a str> {
+    let known: BTreeMap<String, Value> = metrics.iter().cloned().collect();
+    let none = BTreeMap::new();
+    let scope = MapScope {
+        params: &none,
+        metrics: &known,
+    };
+    outcomes
+        .iter()
+        .find(|(_, when)| {
+            when.iter().all(|c| {
+                Expectation::parse(c)
+                    .is_ok_and(|e| e.evaluate(&scope, 1.0).verdict == Verdict::Held)
+            })
+        })
+        .map(|(word, _)| word.as_str())
+}
+
 pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
     // Every SQL step's latency together, for the table's p50 and p99 columns.
     let all: Vec<f64> = h.ops.iter().filter_map(|o| o.latency_ms()).collect();
@@ -151,6 +230,7 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
         ("p99_ms".into(), p99(&all)),
     ];
     let (mut stuck_any, mut failed_any) = (false, false);
+    let mut stuck_total = 0;
     let mut lower = Vec::new();
     for (si, s) in obs.layout.sessions.iter().enumerate() {
         for t in &s.steps {
@@ -175,12 +255,20 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
             stuck_any |= stuck > 0;
             failed_any |= failed > 0;
             let latencies: Vec<f64> = ops.iter().filter_map(|o| o.latency_ms()).collect();
+            let failed_latencies: Vec<f64> = ops
+                .iter()
+                .filter(|o| matches!(o.outcome, Outcome::Error { .. }))
+                .filter_map(|o| o.latency_ms())
+                .collect();
+            let retried = obs.retried.get(&kind).copied().unwrap_or(0);
+            stuck_total += stuck;
             let m = |stat: &str| format!("{kind}.{stat}");
             metrics.push((m("ok"), json!(ok)));
-            metrics.push((m("failed"), json!(failed)));
+            metrics.push((m("failed"), json!(failed.saturating_sub(retried))));
             metrics.push((m("stuck"), json!(stuck)));
             metrics.push((m("p50_ms"), p50(&latencies)));
             metrics.push((m("p99_ms"), p99(&latencies)));
+            metrics.push((m("failed_p50_ms"), p50(&failed_latencies)));
             let waited = obs.waited_ms.get(&kind).copied().unwrap_or(0.0);
             metrics.push((m("waited_ms"), json!(round1(waited))));
         }
@@ -189,6 +277,10 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
             metrics.push((format!("{kind}.errors_{code}"), json!(h.count(&kind, code))));
         }
         let seen = obs.seen.get(si).cloned().unwrap_or_default();
+        let rounds = obs.rounds.get(si).copied().unwrap_or_default();
+        metrics.push((format!("{}.ok", s.name), json!(rounds.ok)));
+        metrics.push((format!("{}.failed", s.name), json!(rounds.failed)));
+        metrics.push((format!("{}.retries", s.name), json!(rounds.retries)));
         metrics.push((
             format!("{}.lock_waiters_max", s.name),
             json!(seen.lock_waiters_max),
@@ -219,13 +311,40 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
     }
     for q in &obs.layout.queries {
         let v = obs.queries.get(q).copied().flatten();
-        metrics.push((q.clone(), v.map_or(Value::Null, |x| json!(x))));
+        metrics.push((q.clone(), v.map_or(Value::Null, number)));
     }
-    let outcome = match (stuck_any, failed_any) {
+    metrics.push(("stuck".into(), json!(stuck_total)));
+    metrics.push((
+        "retries".into(),
+        json!(obs.rounds.iter().map(|r| r.retries).sum::<usize>()),
+    ));
+    for code in &obs.layout.codes {
+        let n = h
+            .ops
+            .iter()
+            .filter(|o| matches!(&o.outcome, Outcome::Error { class } if class == code))
+            .count();
+        metrics.push((format!("errors_{code}"), json!(n)));
+    }
+    // Derived metrics last, each over those before it; one that cannot be computed (a metric
+    // it reads was not measured) is null.
+    for (name, text) in &obs.layout.derived {
+        let known: BTreeMap<String, Value> = metrics.iter().cloned().collect();
+        let none = BTreeMap::new();
+        let scope = MapScope {
+            params: &none,
+            metrics: &known,
+        };
+        let v = Formula::parse(text).and_then(|f| f.eval(&scope, 1.0));
+        let v = v.map_or(Value::Null, |x| number(round1(x)));
+        metrics.push((name.clone(), v));
+    }
+    let default = match (stuck_any, failed_any) {
         (true, _) => outcome::STUCK,
         (false, true) => outcome::ERRORS,
         (false, false) => outcome::CLEAN,
     };
+    let outcome = declared_outcome(&obs.layout.outcomes, &metrics).unwrap_or(default);
     let mut e = Evaluation::new(
         outcome,
         metrics.iter().map(|(k, v)| (k.as_str(), v.clone())),
@@ -263,6 +382,18 @@ mod tests {
             ],
             queries: vec!["rows".into()],
             critical: true,
+            codes: vec!["55P03".into()],
+            derived: vec![
+                ("gave_up".into(), "errors_55P03".into()),
+                ("per_read".into(), "rows / 2".into()),
+            ],
+            outcomes: vec![
+                (
+                    "gave-up".into(),
+                    vec!["gave_up >= 1".into(), "stuck == 0".into()],
+                ),
+                ("calm".into(), vec!["rows == 0".into()]),
+            ],
         }
     }
 
@@ -351,6 +482,68 @@ mod tests {
         assert_eq!(e.metrics["app.lock_waiters_max"], json!(2));
         assert_eq!(e.metrics["app.lock_held_ms"], json!(490.0));
         assert!(e.lower_bounds.contains("app.lock_held_ms"));
-        assert_eq!(e.metrics["rows"], json!(3.0));
+        assert_eq!(e.metrics["rows"], json!(3), "a whole number reads as one");
+        assert_eq!(e.metrics["gave_up"], json!(1));
+        assert_eq!(e.metrics["per_read"], json!(1.5));
+        assert_eq!(e.metrics["errors_55P03"], json!(1));
+        assert_eq!(e.metrics["stuck"], json!(1));
+    }
+
+    #[test]
+    fn a_retried_failure_is_not_a_failure_and_the_first_matching_outcome_wins() {
+        let err = || Outcome::Error {
+            class: "55P03".into(),
+        };
+        let h = History {
+            ops: vec![
+                op(0, "migration.alter", Some(100.0), err()),
+                op(0, "migration.alter", Some(30.0), Outcome::Ok),
+                op(0, "app.read", Some(20.0), Outcome::Ok),
+                op(1, "app.read", Some(20.0), Outcome::Ok),
+            ],
+            lost_clients: Vec::new(),
+        };
+        let obs = Observations {
+            layout: layout(),
+            seen: vec![SessionSeen::default(); 2],
+            retried: BTreeMap::from([("migration.alter".to_string(), 1)]),
+            rounds: vec![
+                Rounds {
+                    ok: 1,
+                    failed: 0,
+                    retries: 1,
+                },
+                Rounds {
+                    ok: 2,
+                    ..Rounds::default()
+                },
+            ],
+            queries: BTreeMap::from([("rows".to_string(), Some(0.0))]),
+            ..Default::default()
+        };
+        let e = evaluate(&h, &obs);
+        assert_eq!(
+            e.metrics["migration.alter.failed"],
+            json!(0),
+            "it was retried"
+        );
+        assert_eq!(e.metrics["migration.alter.failed_p50_ms"], json!(100.0));
+        assert_eq!(e.metrics["migration.retries"], json!(1));
+        assert_eq!(e.metrics["retries"], json!(1));
+        assert_eq!(e.metrics["app.ok"], json!(2));
+        assert_eq!(
+            e.outcome, "gave-up",
+            "the first outcome whose conditions all hold"
+        );
+        let none_gave_up = History {
+            ops: h.ops[1..].to_vec(),
+            lost_clients: Vec::new(),
+        };
+        assert_eq!(evaluate(&none_gave_up, &obs).outcome, "calm");
+        let other = Observations {
+            queries: BTreeMap::from([("rows".to_string(), Some(4.0))]),
+            ..obs
+        };
+        assert_eq!(evaluate(&none_gave_up, &other).outcome, outcome::CLEAN);
     }
 }

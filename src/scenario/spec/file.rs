@@ -98,7 +98,7 @@ impl Scenario {
                 &format!(
                     "no built-in scenario code named `{}` (set `kind` to one of: {})",
                     kind_name.get_ref(),
-                    crate::scenario::KINDS
+                    crate::scenario::kinds()
                         .iter()
                         .map(|k| k.name)
                         .collect::<Vec<_>>()

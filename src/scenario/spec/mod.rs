@@ -326,6 +326,11 @@ impl Params {
         self.in_settings.iter().any(|n| n == name)
     }
 
+    /// Replaces a parameter's value (a step file's choice by the text its word stands for).
+    pub fn set(&mut self, name: &str, value: Param) {
+        self.values.insert(name.to_string(), value);
+    }
+
     pub fn vals(&self) -> BTreeMap<String, Val> {
         self.values
             .iter()

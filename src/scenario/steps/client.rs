@@ -28,7 +28,18 @@ pub(super) struct StepClient {
     pub(super) client: usize,
     pub(super) steps: Vec<Resolved>,
     pub(super) kinds: Vec<&'static str>,
-    pub(super) after: Vec<Option<super::After>>,
+    /// Per step: the conditions of which the first to come true starts it (none: at once).
+    pub(super) after: Vec<Vec<super::After>>,
+    /// Per step: this client's completion of it in its first round is counted (once, even
+    /// when a retry runs it again).
+    pub(super) counted: Vec<bool>,
+    /// SQLSTATEs a round is run again on, and how many times at most.
+    pub(super) retry: Option<(Vec<String>, usize)>,
+    pub(super) retries_left: usize,
+    /// This round is a retry: it waits for no condition (they came true the first time).
+    pub(super) retrying: bool,
+    /// This round ended with a failure (counted already; not a completed round).
+    pub(super) failed_round: bool,
     pub(super) once: bool,
     /// Sent before each step's SQL (through a pooler: the search path and settings).
     pub(super) per_step: String,
@@ -44,8 +55,13 @@ pub(super) struct StepClient {
 impl StepClient {
     /// Past the last step: another round, or done.
     fn next_round(&mut self) {
+        if !std::mem::take(&mut self.failed_round) {
+            self.count_round(|r| r.ok += 1);
+        }
         self.pos = 0;
         self.round += 1;
+        self.retrying = false;
+        self.retries_left = self.retry.as_ref().map_or(0, |r| r.1);
         self.token = token(
             self.kinds.first().copied().unwrap_or("s"),
             self.client,
@@ -56,27 +72,71 @@ impl StepClient {
         }
     }
 
-    /// Waits for the current step's condition (first round only).
+    fn count_round(&self, f: impl FnOnce(&mut crate::check::steps::Rounds)) {
+        if let Ok(mut rounds) = self.shared.rounds.lock()
+            && let Some(r) = rounds.get_mut(self.session)
+        {
+            f(r);
+        }
+    }
+
+    /// Waits for the current step's conditions, the first to come true (first round only, and
+    /// not again in a retry of it).
     async fn condition(&self) {
-        let Some(Some(a)) = self.after.get(self.pos).copied() else {
+        let Some(conds) = self.after.get(self.pos) else {
             return;
         };
-        if self.round > 0 {
+        if conds.is_empty() || self.round > 0 || self.retrying {
             return;
         }
         let mut rx = self.shared.changed.subscribe();
         loop {
-            let met = match a.waiting {
+            let met = conds.iter().any(|a| match a.waiting {
                 true => self.shared.waiting_seen[a.session][a.step].load(Ordering::Relaxed),
                 false => {
                     let needed = self.shared.current[a.session].len();
                     self.shared.completed[a.session][a.step].load(Ordering::Relaxed) >= needed
                 }
-            };
+            });
             if met || rx.changed().await.is_err() {
                 return;
             }
         }
+    }
+
+    /// `${token}` and `${client}` filled in.
+    fn fill(&self, text: &str) -> String {
+        text.replace("${token}", &self.token)
+            .replace("${client}", &self.client.to_string())
+    }
+
+    /// After a failed step: the round is rolled back and run again when its error is one the
+    /// session retries and retries are left (true); else the rest of the round is skipped.
+    async fn after_failure(&mut self, e: &OpError) -> bool {
+        let kind = self.kinds.get(self.pos).copied().unwrap_or("step");
+        let retry = match &self.retry {
+            Some((on, _)) => on.contains(&e.class) && self.retries_left > 0,
+            None => false,
+        };
+        if let Some(conn) = &self.conn {
+            let _ = conn.batch_execute("ROLLBACK").await;
+        }
+        if !retry {
+            self.complete();
+            self.count_round(|r| r.failed += 1);
+            self.failed_round = true;
+            self.skip_rest();
+            return false;
+        }
+        if let Ok(mut r) = self.shared.retried.lock() {
+            *r.entry(kind.to_string()).or_insert(0) += 1;
+        }
+        self.count_round(|r| r.retries += 1);
+        self.retries_left -= 1;
+        self.retrying = true;
+        self.critical(false, None);
+        self.pos = 0;
+        true
     }
 
     /// Runs the sleeps and faults before the next SQL step.
@@ -128,8 +188,10 @@ impl StepClient {
 
     fn complete(&mut self) {
         if self.round == 0
+            && self.counted.get(self.pos) == Some(&false)
             && let Some(c) = self.shared.completed[self.session].get(self.pos)
         {
+            self.counted[self.pos] = true;
             c.fetch_add(1, Ordering::Relaxed);
             self.shared.bump();
         }
@@ -180,7 +242,9 @@ impl StepClient {
         };
         let mut cmd = redis::cmd(&words[0]);
         for (i, w) in words.iter().enumerate().skip(1) {
-            let w = w.replace("${token}", &self.token);
+            let w = w
+                .replace("${token}", &self.token)
+                .replace("${client}", &self.client.to_string());
             match keys.contains(&i) {
                 true => cmd.arg(format!("{}{w}", self.key_prefix)),
                 false => cmd.arg(w),
@@ -262,15 +326,18 @@ impl workload::Client for StepClient {
                     retry_after,
                 }) => {
                     let result = self.redis_step((words, keys, want, retry_after)).await;
-                    self.complete();
-                    if result.is_err() {
-                        self.skip_rest();
+                    match &result {
+                        Ok(()) => self.complete(),
+                        Err(e) => {
+                            let e = e.clone();
+                            self.after_failure(&e).await;
+                        }
                     }
                     return result;
                 }
                 _ => return Ok(()),
             };
-            let sql = sql.replace("${token}", &self.token);
+            let sql = self.fill(&sql);
             let Some(conn) = &self.conn else {
                 return Err(OpError::new(crate::history::class::CONNECTION_CLOSED));
             };
@@ -283,12 +350,10 @@ impl workload::Client for StepClient {
                     Ok(())
                 }
                 Err(e) => {
-                    // The rest of the round is skipped: a transaction it was in is rolled
-                    // back, as an application's error path would.
+                    // A transaction it was in is rolled back, as an application's error path
+                    // would; then the round is run again, or the rest of it skipped.
                     let e = OpError::from(e);
-                    let _ = conn.batch_execute("ROLLBACK").await;
-                    self.complete();
-                    self.skip_rest();
+                    self.after_failure(&e).await;
                     Err(e)
                 }
             }

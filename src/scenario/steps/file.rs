@@ -13,7 +13,7 @@ use crate::check::expect::Expectation;
 use crate::check::steps::{Layout, SessionLayout};
 use crate::error::UsageError;
 use crate::scenario::spec::{Accepts, Param, ParamSpec, Scenario, Variant, line_col};
-use crate::scenario::{KINDS, Kind};
+use crate::scenario::{Kind, kinds};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,9 +31,26 @@ pub(super) struct FileSpec {
     pub(super) params: BTreeMap<String, Spanned<toml::Value>>,
     pub(super) setup: Option<SetupSpec>,
     pub(super) sessions: Vec<SessionSpec>,
+    /// `{ of = "EXPR" }` is arithmetic over the other metrics, else SQL.
     #[serde(default)]
-    pub(super) metrics: BTreeMap<String, Spanned<String>>,
+    pub(super) metrics: BTreeMap<String, Spanned<toml::Value>>,
+    /// Relations between parameters a run needs (`deadline >= 3 * step`): a point where one
+    /// fails is refused before anything starts.
+    #[serde(default)]
+    pub(super) requires: Vec<Spanned<String>>,
+    /// The table's outcome word: the first whose `when` holds (none: stuck, errors or clean).
+    #[serde(default)]
+    pub(super) outcomes: Vec<OutcomeSpec>,
     pub(super) variants: Vec<VariantSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OutcomeSpec {
+    pub(super) is: Spanned<String>,
+    /// Conditions over metrics, all of which must hold (a string is one); none: always.
+    #[serde(default)]
+    pub(super) when: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,7 +76,21 @@ pub(super) struct SessionSpec {
     pub(super) settings: BTreeMap<String, Spanned<toml::Value>>,
     pub(super) repeat: Option<Spanned<String>>,
     pub(super) probe: Option<String>,
+    /// Settings applied where the role may set them (a superuser setting such as
+    /// deadlock_timeout); elsewhere the server's value stands.
+    #[serde(default)]
+    pub(super) try_settings: BTreeMap<String, Spanned<toml::Value>>,
+    /// A round that fails with one of these SQLSTATEs is rolled back and run again.
+    pub(super) retry: Option<RetrySpec>,
     pub(super) steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetrySpec {
+    pub(super) on: Vec<Spanned<String>>,
+    /// Retries per round: a count or `${param}`.
+    pub(super) max: Spanned<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,7 +115,8 @@ pub(super) struct StepSpec {
     pub(super) otherwise: Option<Spanned<String>>,
     pub(super) retry_after: Option<Spanned<String>>,
     pub(super) critical: Option<Spanned<String>>,
-    pub(super) after: Option<Spanned<String>>,
+    /// A condition, or a list of them of which the first to come true starts the step.
+    pub(super) after: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +125,12 @@ pub(super) struct VariantSpec {
     pub(super) name: Spanned<String>,
     #[serde(default)]
     pub(super) mitigated: bool,
+    /// Runs only when named (`--variant`): a check of the user's own server.
+    #[serde(default)]
+    pub(super) opt_in: bool,
+    /// Server settings the table shows for this variant (as the server has them).
+    #[serde(default)]
+    pub(super) show_settings: Vec<String>,
     #[serde(default)]
     pub(super) shows: String,
     #[serde(default)]
@@ -139,8 +177,28 @@ pub(super) fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
+/// Metrics every step file has (besides `errors_CODE`): a `[metrics]` entry may not take
+/// their names.
+const EVERY_FILE: &[&str] = &[
+    "cut_off",
+    "p50_ms",
+    "p99_ms",
+    "max_holders",
+    "stuck",
+    "retries",
+];
+
 /// Parses a step file into a scenario whose code is the step runner.
 pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
+    parse_as(text, origin, false)
+}
+
+/// Parses one of locklab's own step files (which may take a built-in's name).
+pub fn parse_builtin(text: &str, origin: &str) -> Result<Scenario, UsageError> {
+    parse_as(text, origin, true)
+}
+
+fn parse_as(text: &str, origin: &str, builtin: bool) -> Result<Scenario, UsageError> {
     let at = At { text, origin };
     let file: FileSpec = toml::from_str(text).map_err(|e| {
         let msg = e.message().trim().to_string();
@@ -150,7 +208,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
         }
     })?;
     let name = file.name.get_ref().clone();
-    if KINDS.iter().any(|k| k.name == name) {
+    if !builtin && kinds().iter().any(|k| k.name == name) {
         return Err(at.err(
             file.name.span(),
             &format!("`{name}` is a built-in scenario's name: give yours another"),
@@ -161,32 +219,60 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
     {
         return Err(at.err(scale.span(), "time_scale must be a positive number"));
     }
-    let params = params(&at, &file.params)?;
+    let decls = params(&at, &file.params)?;
+    let params = &decls.values;
     if !params.contains_key("deadline") {
         return Err(UsageError(format!(
             "{origin}: [params] must set `deadline`, the cut-off (e.g. deadline = \"10s\")"
         )));
     }
-    let sessions = sessions(&at, &file, &params)?;
+    let mut requires = Vec::new();
+    for r in &file.requires {
+        let e = Expectation::parse(r.get_ref()).map_err(|m| at.err(r.span(), &m))?;
+        if let Some(bad) = e.idents().into_iter().find(|i| !params.contains_key(*i)) {
+            return Err(at.err(
+                r.span(),
+                &format!("requires: `{bad}` is no parameter (a relation is between parameters)"),
+            ));
+        }
+        requires.push(e);
+    }
+    let sessions = sessions(&at, &file, params)?;
     check_cycles(&at, &file, &sessions)?;
-    let queries: Vec<(String, String)> = file
-        .metrics
-        .iter()
-        .map(|(k, v)| (k.clone(), v.get_ref().clone()))
-        .collect();
+    let mut queries: Vec<(String, String)> = Vec::new();
+    let mut derived: Vec<(String, String)> = Vec::new();
     for (k, v) in &file.metrics {
-        check_refs(&at, v.span(), v.get_ref(), &params)?;
         if !plain_name(k) {
             return Err(at.err(
                 v.span(),
                 &format!("`{k}`: a metric's name is letters, digits and _"),
             ));
         }
-        if ["cut_off", "p50_ms", "p99_ms", "max_holders"].contains(&k.as_str()) {
+        if EVERY_FILE.contains(&k.as_str()) || k.starts_with("errors_") {
             return Err(at.err(
                 v.span(),
                 &format!("`{k}` is a metric every step file has: name yours otherwise"),
             ));
+        }
+        match v.get_ref() {
+            toml::Value::String(sql) => {
+                check_refs(&at, v.span(), sql, params)?;
+                queries.push((k.clone(), sql.clone()));
+            }
+            toml::Value::Table(t) if t.len() == 1 && t.get("of").is_some_and(|o| o.is_str()) => {
+                let text = t.get("of").and_then(|o| o.as_str()).unwrap_or_default();
+                crate::check::expect::Formula::parse(text)
+                    .map_err(|m| at.err(v.span(), &format!("`{k}`: {m}")))?;
+                derived.push((k.clone(), text.to_string()));
+            }
+            _ => {
+                return Err(at.err(
+                    v.span(),
+                    &format!(
+                        "`{k}`: a metric is SQL (\"SELECT …\") or {{ of = \"EXPR\" }} over other metrics"
+                    ),
+                ));
+            }
         }
     }
     let setup = file
@@ -194,10 +280,64 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
         .as_ref()
         .map(|s| s.sql.clone())
         .unwrap_or_default();
-    check_refs(&at, file.name.span(), &setup, &params)?;
-    let layout = layout(&file, &sessions, &queries);
+    check_refs(&at, file.name.span(), &setup, params)?;
+    let layout = layout(&file, &sessions, &queries, &derived);
     let metrics = layout.metrics();
-    let variants = variants(&at, &file, &params, &metrics)?;
+    // A derived metric reads metrics that exist, each defined before it.
+    for (i, (k, text)) in derived.iter().enumerate() {
+        let span = file.metrics.get(k).map(|v| v.span()).unwrap_or(0..0);
+        let f = crate::check::expect::Formula::parse(text).map_err(|m| at.err(span.clone(), &m))?;
+        let known =
+            |m: &str| metrics.iter().any(|x| x == m) && !derived[i..].iter().any(|(d, _)| d == m);
+        if let Some(bad) = f.idents().into_iter().find(|m| !known(m)) {
+            let hint = crate::text::nearest(bad, metrics.iter().map(String::as_str))
+                .map(|n| format!("; did you mean `{n}`?"))
+                .unwrap_or_default();
+            return Err(at.err(
+                span,
+                &format!("`{k}`: `{bad}` is no metric defined before it{hint}"),
+            ));
+        }
+    }
+    let mut outcomes = Vec::new();
+    for o in &file.outcomes {
+        let word = o.is.get_ref();
+        if word.is_empty()
+            || !word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(at.err(
+                o.is.span(),
+                "an outcome is a word (letters, digits, - and _)",
+            ));
+        }
+        let conds: Vec<String> = match o.when.as_ref().map(|w| (w.get_ref(), w.span())) {
+            None => Vec::new(),
+            Some((toml::Value::String(x), _)) => vec![x.clone()],
+            Some((toml::Value::Array(xs), span)) => xs
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| at.err(span, "when lists conditions as text"))?,
+            Some((_, span)) => return Err(at.err(span, "when is a condition, or a list of them")),
+        };
+        for c in &conds {
+            let span = o.when.as_ref().map_or(o.is.span(), |w| w.span());
+            let e = Expectation::parse(c).map_err(|m| at.err(span.clone(), &m))?;
+            if let Some(bad) = e
+                .idents()
+                .into_iter()
+                .find(|i| !metrics.iter().any(|m| m == i))
+            {
+                return Err(at.err(span, &format!("`{bad}` is no metric of this file")));
+            }
+        }
+        outcomes.push((word.clone(), conds));
+    }
+    let mut layout = layout;
+    layout.outcomes = outcomes;
+    let variants = variants(&at, &file, &decls, &metrics)?;
     for c in std::iter::once(&file.harm).chain(&file.columns) {
         if !metrics.contains(c.metric.get_ref()) {
             return Err(at.err(
@@ -215,8 +355,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
         sessions,
         queries,
         layout,
+        choices: decls.choices.clone(),
+        requires,
     };
-    let kind = kind(&name, text, &params, metrics, spec);
+    let kind = kind(&name, text, &decls, metrics, spec);
     Ok(Scenario {
         name,
         kind,
@@ -229,7 +371,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
             .iter()
             .map(|c| (c.metric.get_ref().clone(), c.label.clone()))
             .collect(),
-        params,
+        params: decls.values,
         variants,
         source: origin.to_string(),
         swept: Vec::new(),
@@ -242,16 +384,17 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, UsageError> {
 pub(super) fn kind(
     name: &str,
     text: &str,
-    params: &BTreeMap<String, Param>,
+    decls: &Decls,
     metrics: Vec<String>,
     spec: Spec,
 ) -> &'static Kind {
     let spec: &'static Spec = Box::leak(Box::new(spec));
-    let param_specs: Vec<ParamSpec> = params
+    let param_specs: Vec<ParamSpec> = decls
+        .values
         .keys()
         .map(|k| ParamSpec {
             name: leak(k.clone()),
-            accepts: Accepts::Any,
+            accepts: decls.accepts.get(k).copied().unwrap_or(Accepts::Any),
         })
         .collect();
     let metric_names: Vec<&'static str> = metrics.into_iter().map(leak).collect();
@@ -270,7 +413,10 @@ pub(super) fn kind(
         sized_by: spec
             .sessions
             .iter()
-            .find_map(|s| s.clients.trim().strip_prefix("${")?.strip_suffix('}'))
+            .find_map(|s| {
+                let rest = &s.clients[s.clients.find("${")? + 2..];
+                Some(&rest[..rest.find('}')?])
+            })
             .map_or("", |p| leak(p.to_string())),
         prepare: super::prepare,
         worker: crate::scenario::no_worker,
@@ -278,11 +424,23 @@ pub(super) fn kind(
     }))
 }
 
+/// A file's `[params]`: their defaults, what each accepts (a table form declares it), and the
+/// text a choice's words stand for in `${name}`.
+#[derive(Debug, Default)]
+pub(super) struct Decls {
+    pub(super) values: BTreeMap<String, Param>,
+    pub(super) accepts: BTreeMap<String, Accepts>,
+    pub(super) choices: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// `name = value`, or `name = { default = …, one_of = [words] or { word = "text" }, min = …,
+/// max = … }`: a choice validated like a built-in's words, or a count or duration in a range
+/// (which `bench claims` samples).
 pub(super) fn params(
     at: &At<'_>,
     raw: &BTreeMap<String, Spanned<toml::Value>>,
-) -> Result<BTreeMap<String, Param>, UsageError> {
-    let mut out = BTreeMap::new();
+) -> Result<Decls, UsageError> {
+    let mut out = Decls::default();
     for (k, v) in raw {
         if !plain_name(k) {
             return Err(at.err(
@@ -290,13 +448,101 @@ pub(super) fn params(
                 &format!("`{k}`: a parameter's name is letters, digits and _"),
             ));
         }
-        out.insert(
-            k.clone(),
-            Param::from_toml(v.get_ref()).map_err(|m| at.err(v.span(), &m))?,
-        );
+        let bad = |m: &str| at.err(v.span(), &format!("`{k}`: {m}"));
+        let toml::Value::Table(t) = v.get_ref() else {
+            out.values.insert(
+                k.clone(),
+                Param::from_toml(v.get_ref()).map_err(|m| at.err(v.span(), &m))?,
+            );
+            continue;
+        };
+        if let Some(other) = t
+            .keys()
+            .find(|x| !["default", "one_of", "min", "max"].contains(&x.as_str()))
+        {
+            return Err(bad(&format!(
+                "unknown key `{other}` (a declared parameter has default, one_of, min and max)"
+            )));
+        }
+        let default = t
+            .get("default")
+            .ok_or_else(|| bad("a declared parameter needs its `default`"))?;
+        let value = Param::from_toml(default).map_err(|m| bad(&m))?;
+        let accepts = match (t.get("one_of"), t.get("min"), t.get("max")) {
+            (Some(words), None, None) => {
+                let pairs: Vec<(String, String)> = match words {
+                    toml::Value::Array(a) => a
+                        .iter()
+                        .map(|w| w.as_str().map(|w| (w.to_string(), w.to_string())))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| bad("one_of lists words"))?,
+                    toml::Value::Table(m) => m
+                        .iter()
+                        .map(|(w, text)| text.as_str().map(|t| (w.clone(), t.to_string())))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| bad("one_of maps each word to the text it stands for"))?,
+                    _ => return Err(bad("one_of is a list of words, or a table of word = text")),
+                };
+                if pairs.is_empty() {
+                    return Err(bad("one_of needs at least one word"));
+                }
+                let words: Vec<&'static str> = pairs.iter().map(|(w, _)| leak(w.clone())).collect();
+                if pairs.iter().any(|(w, t)| w != t) {
+                    out.choices.insert(k.clone(), pairs);
+                }
+                Accepts::Words(Box::leak(words.into_boxed_slice()))
+            }
+            (None, min, max) if min.is_some() || max.is_some() => {
+                let bound = |b: Option<&toml::Value>| -> Result<Option<Param>, UsageError> {
+                    b.map(|b| Param::from_toml(b).map_err(|m| bad(&m)))
+                        .transpose()
+                };
+                match (&value, bound(min)?, bound(max)?) {
+                    (Param::Int(_), lo, hi) => Accepts::Count {
+                        min: match lo {
+                            Some(Param::Int(i)) => i,
+                            None => 0,
+                            _ => return Err(bad("min of a count is a whole number")),
+                        },
+                        max: match hi {
+                            Some(Param::Int(i)) => i,
+                            None => i64::MAX,
+                            _ => return Err(bad("max of a count is a whole number")),
+                        },
+                    },
+                    (Param::Duration(_), lo, hi) => Accepts::Duration {
+                        min: match lo {
+                            Some(Param::Duration(d)) => d,
+                            Some(Param::Int(0)) | None => std::time::Duration::ZERO,
+                            _ => return Err(bad("min of a duration is a duration")),
+                        },
+                        max: match hi {
+                            Some(Param::Duration(d)) => d,
+                            None => std::time::Duration::from_secs(86_400 * 365),
+                            _ => return Err(bad("max of a duration is a duration")),
+                        },
+                    },
+                    _ => return Err(bad("min and max bound a count or a duration")),
+                }
+            }
+            (None, None, None) => Accepts::Any,
+            _ => return Err(bad("one_of, or min and max: not both")),
+        };
+        let spec = ParamSpec {
+            name: leak(k.clone()),
+            accepts,
+        };
+        spec.check(&value)
+            .map_err(|m| bad(&format!("its default: {m}")))?;
+        out.values.insert(k.clone(), value);
+        out.accepts.insert(k.clone(), accepts);
     }
     Ok(out)
 }
+
+/// `${…}` filled in as a step runs: unique per client and round, and the client's number in
+/// its session (0, 1, …).
+pub(super) const RUN_TIME: &[&str] = &["token", "client"];
 
 /// Every `${name}` in `text` names a parameter.
 pub(super) fn check_refs(
@@ -312,7 +558,7 @@ pub(super) fn check_refs(
         };
         let inner = &rest[i + 2..i + end];
         let name = inner.split_once(':').map_or(inner, |(n, _)| n);
-        if name != "token" && !params.contains_key(name) {
+        if !RUN_TIME.contains(&name) && !params.contains_key(name) {
             return Err(at.err(
                 span,
                 &format!(
@@ -391,15 +637,42 @@ pub(super) fn sessions(
             None => "1".into(),
         };
         let (connect, once) = modes(at, s)?;
-        let mut settings = Vec::new();
-        for (k, v) in &s.settings {
-            if !setting_name(k) {
-                return Err(at.err(v.span(), &format!("`{k}` is not a setting's name")));
+        let settings_of = |map: &BTreeMap<String, Spanned<toml::Value>>| {
+            let mut out = Vec::new();
+            for (k, v) in map {
+                if !setting_name(k) {
+                    return Err(at.err(v.span(), &format!("`{k}` is not a setting's name")));
+                }
+                let text = as_text(v.get_ref());
+                check_refs(at, v.span(), &text, params)?;
+                out.push((k.clone(), text));
             }
-            let text = as_text(v.get_ref());
-            check_refs(at, v.span(), &text, params)?;
-            settings.push((k.clone(), text));
-        }
+            Ok(out)
+        };
+        let settings = settings_of(&s.settings)?;
+        let try_settings = settings_of(&s.try_settings)?;
+        let retry = match &s.retry {
+            None => None,
+            Some(r) => {
+                let mut on = Vec::new();
+                for c in &r.on {
+                    let code = c.get_ref().to_ascii_uppercase();
+                    if code.len() != 5 || !code.chars().all(|x| x.is_ascii_alphanumeric()) {
+                        return Err(at.err(
+                            c.span(),
+                            &format!("retry.on lists SQLSTATEs (five characters: 40001, 40P01), not `{}`", c.get_ref()),
+                        ));
+                    }
+                    on.push(code);
+                }
+                if on.is_empty() {
+                    return Err(at.err(r.max.span(), "retry.on needs at least one SQLSTATE"));
+                }
+                let max = as_text(r.max.get_ref());
+                check_refs(at, r.max.span(), &max, params)?;
+                Some(super::RetryDef { on, max })
+            }
+        };
         if let Some(p) = &s.probe {
             check_refs(at, s.name.span(), p, params)?;
         }
@@ -428,6 +701,8 @@ pub(super) fn sessions(
             settings,
             once,
             probe: s.probe.clone(),
+            try_settings,
+            retry,
             steps,
         });
     }
@@ -435,8 +710,25 @@ pub(super) fn sessions(
     for (si, s) in file.sessions.iter().enumerate() {
         for (ti, t) in s.steps.iter().enumerate() {
             if let Some(a) = &t.after {
-                let after = resolve_after(at, a, &out)?;
-                out[si].steps[ti].after = Some(after);
+                let conds: Vec<Spanned<String>> = match a.get_ref() {
+                    toml::Value::String(x) => vec![Spanned::new(a.span(), x.clone())],
+                    toml::Value::Array(xs) if !xs.is_empty() => xs
+                        .iter()
+                        .map(|x| x.as_str().map(|x| Spanned::new(a.span(), x.to_string())))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| at.err(a.span(), "after lists conditions as text"))?,
+                    _ => {
+                        return Err(at.err(
+                            a.span(),
+                            "after is \"S.step\", \"S.step:waiting\", or a list of them (the first to come true starts the step)",
+                        ));
+                    }
+                };
+                let mut after = Vec::new();
+                for c in &conds {
+                    after.push(resolve_after(at, c, &out)?);
+                }
+                out[si].steps[ti].after = after;
             }
         }
     }
@@ -449,6 +741,7 @@ pub(super) fn layout(
     file: &FileSpec,
     sessions: &[SessionDef],
     queries: &[(String, String)],
+    derived: &[(String, String)],
 ) -> Layout {
     let mentioned: Vec<&str> = file
         .variants
@@ -456,7 +749,31 @@ pub(super) fn layout(
         .flat_map(|v| v.expect.iter().map(|e| e.get_ref().as_str()))
         .chain(std::iter::once(file.harm.metric.get_ref().as_str()))
         .chain(file.columns.iter().map(|c| c.metric.get_ref().as_str()))
+        .chain(derived.iter().map(|(_, f)| f.as_str()))
         .collect();
+    // `errors_CODE` on its own (not after `session.step.`): the file's steps together.
+    let mut codes_all: Vec<String> = Vec::new();
+    for text in &mentioned {
+        for (i, _) in text.match_indices("errors_") {
+            let standalone = i == 0
+                || !text[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            let code: String = text[i + 7..]
+                .chars()
+                .take(5)
+                .collect::<String>()
+                .to_ascii_uppercase();
+            let whole = !text[i + 7..]
+                .chars()
+                .nth(5)
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            if standalone && whole && code.len() == 5 && !codes_all.contains(&code) {
+                codes_all.push(code);
+            }
+        }
+    }
     Layout {
         sessions: sessions
             .iter()
@@ -495,15 +812,19 @@ pub(super) fn layout(
             .iter()
             .flat_map(|s| &s.steps)
             .any(|t| matches!(t.action, Action::Critical(_))),
+        codes: codes_all,
+        derived: derived.to_vec(),
+        outcomes: Vec::new(),
     }
 }
 
 pub(super) fn variants(
     at: &At<'_>,
     file: &FileSpec,
-    params: &BTreeMap<String, Param>,
+    decls: &Decls,
     metrics: &[String],
 ) -> Result<Vec<Variant>, UsageError> {
+    let params = &decls.values;
     if file.variants.is_empty() {
         return Err(UsageError(format!(
             "{}: a scenario needs at least one [[variants]]",
@@ -521,10 +842,15 @@ pub(super) fn variants(
             if !params.contains_key(k) {
                 return Err(at.err(p.span(), &format!("`{k}` is not in [params]")));
             }
-            overrides.insert(
-                k.clone(),
-                Param::from_toml(p.get_ref()).map_err(|m| at.err(p.span(), &m))?,
-            );
+            let value = Param::from_toml(p.get_ref()).map_err(|m| at.err(p.span(), &m))?;
+            if let Some(accepts) = decls.accepts.get(k) {
+                let spec = ParamSpec {
+                    name: leak(k.clone()),
+                    accepts: *accepts,
+                };
+                spec.check(&value).map_err(|m| at.err(p.span(), &m))?;
+            }
+            overrides.insert(k.clone(), value);
         }
         let mut settings = Vec::new();
         for (k, s) in &v.settings {
@@ -558,8 +884,8 @@ pub(super) fn variants(
         out.push(Variant {
             name: name.clone(),
             mitigated: v.mitigated,
-            opt_in: false,
-            show_settings: Vec::new(),
+            opt_in: v.opt_in,
+            show_settings: v.show_settings.clone(),
             shows: v.shows.trim().to_string(),
             settings,
             through_pooler: false,

@@ -14,16 +14,18 @@ mod run;
 mod sql;
 mod step_def;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use super::spec::{Param, Params};
 use super::{Kind, Prepared, VariantCtx, VariantRun};
+use crate::check::expect::{Expectation, Formula, MapScope};
 use crate::check::steps::Layout;
 use crate::error::UsageError;
 
-pub use file::{is_step_file, parse};
+pub use file::{is_step_file, parse, parse_builtin};
 
 /// What `locklab new` writes: a step file that runs as it is.
 pub const TEMPLATE: &str = include_str!("../../../examples/scenarios/migration-queue.toml");
@@ -39,6 +41,10 @@ pub struct Spec {
     pub queries: Vec<(String, String)>,
     /// The metrics layout; per-variant client counts are filled in when a variant is prepared.
     pub layout: Layout,
+    /// Choice parameters whose words stand for other text in `${name}`.
+    pub choices: BTreeMap<String, Vec<(String, String)>>,
+    /// Relations between parameters every point must satisfy (`requires`).
+    pub requires: Vec<Expectation>,
 }
 
 #[derive(Debug)]
@@ -54,7 +60,18 @@ pub struct SessionDef {
     /// For a session with a fault: SQL that succeeds once what the faulted session held is free
     /// (e.g. `SELECT … FOR UPDATE NOWAIT`), run from a session of locklab's own.
     pub probe: Option<String>,
+    /// Settings applied where the role may set them; elsewhere the server's value stands.
+    pub try_settings: Vec<(String, String)>,
+    pub retry: Option<RetryDef>,
     pub steps: Vec<StepDef>,
+}
+
+/// A round that fails with one of `on` is rolled back and run again, at most `max` times
+/// (a count or `${param}`).
+#[derive(Debug)]
+pub struct RetryDef {
+    pub on: Vec<String>,
+    pub max: String,
 }
 
 /// Where a session's connection goes.
@@ -72,8 +89,9 @@ pub struct StepDef {
     /// `session.step`, as the history and the metrics name it.
     pub kind: &'static str,
     pub action: Action,
-    /// Starts only after this step of this session: completed, or seen waiting on a lock.
-    pub after: Option<After>,
+    /// Starts once any of these has come true: a step of a session completed by every client,
+    /// or seen waiting on a lock. None: at once.
+    pub after: Vec<After>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +148,9 @@ pub struct StepVariant {
 struct ResolvedSession {
     clients: usize,
     settings: Vec<(String, String)>,
+    try_settings: Vec<(String, String)>,
+    /// SQLSTATEs a round is retried on, and how many times at most.
+    retry: Option<(Vec<String>, usize)>,
     /// Per step: the SQL or the sleep's length (faults carry no text).
     steps: Vec<Resolved>,
     probe: Option<String>,
@@ -162,9 +183,9 @@ pub fn substitute(text: &str, params: &Params) -> Result<String, String> {
         };
         let inner = &rest[i + 2..i + end];
         rest = &rest[i + end + 1..];
-        // Unique per client and round: filled in as the step runs.
-        if inner == "token" {
-            out.push_str("${token}");
+        // Filled in as the step runs: unique per client and round, the client's number.
+        if file::RUN_TIME.contains(&inner) {
+            out.push_str(&format!("${{{inner}}}"));
             continue;
         }
         let (name, unit) = inner.split_once(':').unwrap_or((inner, ""));
@@ -233,34 +254,108 @@ fn scaled_setting(raw: &str, params: &Params) -> Result<String, String> {
     }
 }
 
+/// A count as a file writes it: a number, `${param}`, or arithmetic over them
+/// (`${pairs} * 2`), at least `min`.
+fn count(raw: &str, params: &Params, min: usize) -> Result<usize, String> {
+    let text = substitute(raw, params)?;
+    let none = BTreeMap::new();
+    let vals = BTreeMap::new();
+    let scope = MapScope {
+        params: &vals,
+        metrics: &none,
+    };
+    let v = Formula::parse(&text)
+        .and_then(|f| f.eval(&scope, params.time_scale))
+        .map_err(|e| format!("`{text}`: {e}"))?;
+    match v {
+        x if x.fract() == 0.0 && x >= min as f64 && x <= usize::MAX as f64 => Ok(x as usize),
+        x => Err(format!(
+            "`{text}` is {x}, not a whole number of at least {min}"
+        )),
+    }
+}
+
+/// Refuses a point where a relation the file `requires` does not hold, naming the values.
+fn requires(name: &str, spec: &Spec, params: &Params) -> Result<(), UsageError> {
+    let vals = params.vals();
+    let none = BTreeMap::new();
+    let scope = MapScope {
+        params: &vals,
+        metrics: &none,
+    };
+    for r in &spec.requires {
+        let result = r.evaluate(&scope, params.time_scale);
+        if !result.held {
+            let values: Vec<String> = r
+                .idents()
+                .iter()
+                .filter_map(|i| Some(format!("{i} = {}", as_written(params, i)?)))
+                .collect();
+            return Err(UsageError(format!(
+                "{name} requires `{}`, which this point breaks ({}): change the parameters with --param",
+                r.text,
+                values.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A parameter's value as the user wrote it (durations before --time-scale).
+fn as_written(params: &Params, name: &str) -> Option<String> {
+    Some(match params.get(name).ok()? {
+        Param::Duration(d) => params.as_written(*d),
+        other => other.to_string(),
+    })
+}
+
 /// The registry's `prepare` for step files: resolves the variant's `${param}`s.
 pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>, UsageError> {
     let spec = kind
         .steps
         .ok_or_else(|| UsageError(format!("{} is not a step scenario", kind.name)))?;
     let bad = |what: &str, e: String| UsageError(format!("{}: {what}: {e}", kind.name));
+    requires(kind.name, spec, params)?;
+    // A choice's word stands for its text in `${name}`.
+    let mut mapped = params.clone();
+    for (name, words) in &spec.choices {
+        if let Ok(Param::Text(word)) = params.get(name)
+            && let Some((_, text)) = words.iter().find(|(w, _)| w == word)
+        {
+            mapped.set(name, Param::Text(text.clone()));
+        }
+    }
+    let params = &mapped;
     let mut layout = spec.layout.clone();
     let mut sessions = Vec::new();
     for (s, l) in spec.sessions.iter().zip(layout.sessions.iter_mut()) {
-        let raw = substitute(&s.clients, params).map_err(|e| bad(&s.name, e))?;
-        let clients = raw
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=10_000).contains(n))
-            .ok_or_else(|| {
+        let clients = count(&s.clients, params, 1)
+            .and_then(|n| match n <= 10_000 {
+                true => Ok(n),
+                false => Err(format!("{n} is more than 10000")),
+            })
+            .map_err(|e| {
                 bad(
                     &s.name,
-                    format!("`clients` must be a whole number from 1 to 10000, not `{raw}`"),
+                    format!("`clients` must be a whole number from 1 to 10000: {e}"),
                 )
             })?;
         l.clients = clients;
-        let settings = s
-            .settings
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), scaled_setting(v, params)?)))
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|e| bad(&s.name, e))?;
+        let settings_of = |list: &[(String, String)]| {
+            list.iter()
+                .map(|(k, v)| Ok((k.clone(), scaled_setting(v, params)?)))
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|e| bad(&s.name, e))
+        };
+        let settings = settings_of(&s.settings)?;
+        let try_settings = settings_of(&s.try_settings)?;
+        let retry = match &s.retry {
+            Some(r) => Some((
+                r.on.clone(),
+                count(&r.max, params, 0).map_err(|e| bad(&s.name, format!("retry.max: {e}")))?,
+            )),
+            None => None,
+        };
         let mut steps = Vec::new();
         for t in &s.steps {
             let what = format!("{}.{}", s.name, t.name);
@@ -300,6 +395,8 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
         sessions.push(ResolvedSession {
             clients,
             settings,
+            try_settings,
+            retry,
             steps,
             probe,
         });

@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio_postgres::Client;
 
 use super::{Connect, StepVariant};
-use crate::check::steps::{Observations, Section, SessionSeen};
+use crate::check::steps::{Observations, Rounds, Section, SessionSeen};
 use crate::env::postgres::{Canceller, PgTarget};
 use crate::scenario::{VariantCtx, VariantRun, Window};
 use crate::workload::{self, Plan};
@@ -45,6 +45,10 @@ pub(super) struct Shared {
     pub(super) cancel: tokio_util::sync::CancellationToken,
     /// Per `session.step`: clients that skipped it, after an earlier step of theirs failed.
     pub(super) skipped: Mutex<BTreeMap<String, usize>>,
+    /// Per `session.step`: failed attempts whose round was run again.
+    pub(super) retried: Mutex<BTreeMap<String, usize>>,
+    /// Per session: rounds completed, failed for good, and run again.
+    pub(super) rounds: Mutex<Vec<Rounds>>,
 }
 
 impl Shared {
@@ -156,6 +160,8 @@ pub(super) async fn run_in(
             .map(|s| s.clone())
             .unwrap_or_default(),
         skipped: shared.skipped.lock().map(|s| s.clone()).unwrap_or_default(),
+        retried: shared.retried.lock().map(|s| s.clone()).unwrap_or_default(),
+        rounds: shared.rounds.lock().map(|s| s.clone()).unwrap_or_default(),
     };
     Ok(VariantRun::checked(
         &window.clock,
@@ -190,6 +196,8 @@ pub(super) fn shared(v: &StepVariant) -> Shared {
         sections: Mutex::new(Vec::new()),
         cancel: tokio_util::sync::CancellationToken::new(),
         skipped: Mutex::new(BTreeMap::new()),
+        retried: Mutex::new(BTreeMap::new()),
+        rounds: Mutex::new(vec![Rounds::default(); v.sessions.len()]),
     }
 }
 
@@ -212,7 +220,23 @@ pub(super) async fn connect(
         let mut prefix = format!("SET search_path TO \"{schema}\"; ");
         for (k, val) in &settings {
             let val = super::substitute(val, &ctx.variant.params).map_err(anyhow::Error::msg)?;
-            prefix.push_str(&format!("SET {k} = '{}'; ", val.replace('\'', "''")));
+            prefix.push_str(&set(k, &val));
+        }
+        // Settings the role may not set (a superuser one, say) leave the server's value.
+        if !s.try_settings.is_empty() {
+            let probe = ctx.env.direct.connect(&ctx.app("try-settings")).await?;
+            for (k, val) in &s.try_settings {
+                let sql = format!(
+                    "BEGIN; {}ROLLBACK",
+                    set(k, val).replacen("SET ", "SET LOCAL ", 1)
+                );
+                match probe.batch_execute(&sql).await {
+                    Ok(()) => prefix.push_str(&set(k, val)),
+                    Err(_) => {
+                        let _ = probe.batch_execute("ROLLBACK").await;
+                    }
+                }
+            }
         }
         let redis = match ctx.env.redis.as_ref() {
             Some(r)
@@ -259,7 +283,12 @@ pub(super) async fn connect(
                 client: i,
                 steps: s.steps.clone(),
                 kinds: def.steps.iter().map(|t| t.kind).collect(),
-                after: def.steps.iter().map(|t| t.after).collect(),
+                after: def.steps.iter().map(|t| t.after.clone()).collect(),
+                counted: vec![false; def.steps.len()],
+                retry: s.retry.clone(),
+                retries_left: s.retry.as_ref().map_or(0, |r| r.1),
+                retrying: false,
+                failed_round: false,
                 once: def.once,
                 per_step,
                 pos: 0,
@@ -275,6 +304,11 @@ pub(super) async fn connect(
         }
     }
     Ok(clients)
+}
+
+/// `SET name = 'value'; `, the value quoted.
+fn set(name: &str, value: &str) -> String {
+    format!("SET {name} = '{}'; ", value.replace('\'', "''"))
 }
 
 impl PgTarget {

@@ -86,7 +86,7 @@ pub(super) fn step(
         name: name.clone(),
         kind: leak(format!("{session}.{name}")),
         action,
-        after: None,
+        after: Vec::new(),
     })
 }
 
@@ -339,7 +339,9 @@ pub(super) fn check_cycles(
         if t > 0 {
             d.push((s, t - 1));
         }
-        if let Some(a) = sessions[s].steps[t].after {
+        // Waiting on any of several conditions, a step is in a loop only if it is through
+        // each of them; one loop through any is refused, the strict (simpler) rule.
+        for a in &sessions[s].steps[t].after {
             d.push((a.session, a.step));
         }
         d
