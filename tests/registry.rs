@@ -24,8 +24,9 @@ fn every_scenario_file_is_registered() {
         let text = read(&path);
         assert!(
             kinds().iter().any(|k| k.file == text),
-            "{} is no registered scenario's FILE: give its code `const FILE: &str = \
-             include_str!(\"../../{}\")` and add `kind::<…>()` to KINDS in src/scenario/mod.rs",
+            "{} is no registered scenario's file: add it to STEP_FILES in src/scenario/mod.rs \
+             (a step file), or give its code `const FILE: &str = include_str!(\"../../{}\")` \
+             and add `kind::<…>()` to CODE there",
             path.display(),
             path.display()
         );

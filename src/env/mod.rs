@@ -340,6 +340,12 @@ impl Env {
         })
     }
 
+    /// `direct` is itself a transaction-mode pooler (`--pg-url` names one): a session-level
+    /// `SET` on it would not stay with the session, and would leak to the pooler's next client.
+    pub fn direct_is_pooled(&self) -> bool {
+        self.no_direct_path
+    }
+
     /// Why a scenario that compares the pooler's path with one straight to the server cannot
     /// run here: --pg-url is itself a pooler.
     pub fn direct_path_missing(&self) -> Option<String> {

@@ -28,14 +28,12 @@ pub(super) async fn probe(
     let Ok(c) = target.connect(&app).await else {
         return;
     };
-    // A probe that waits (no NOWAIT) gives up on each try within 20 ms: it never hangs.
-    let setup = format!(
-        "SET search_path TO \"{schema}\"; SET lock_timeout = '20ms'; SET statement_timeout = '2s'"
+    // A probe that waits (no NOWAIT) gives up on each try within 20 ms: it never hangs. Its
+    // settings are local to each try, so they hold through a pooler and leak to nobody.
+    let attempt = format!(
+        "BEGIN; SET LOCAL search_path TO \"{schema}\"; SET LOCAL lock_timeout = '20ms'; \
+         SET LOCAL statement_timeout = '2s'; {sql}"
     );
-    if c.batch_execute(&setup).await.is_err() {
-        return;
-    }
-    let attempt = format!("BEGIN; {sql}");
     while Instant::now() < window.deadline && !shared.cancel.is_cancelled() {
         let got = tokio::select! {
             r = c.batch_execute(&attempt) => r.is_ok(),

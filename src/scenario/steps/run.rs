@@ -64,10 +64,18 @@ pub(super) async fn run(v: &StepVariant, ctx: &VariantCtx<'_>) -> anyhow::Result
         rand::random::<u32>() & 0xff_ffff
     );
     let admin = ctx.env.direct.connect(&ctx.app("admin")).await?;
+    // Straight to the server, the admin session keeps its search_path; through a pooler each
+    // statement carries it, for its own transaction only.
+    let scope = match ctx.env.direct_is_pooled() {
+        false => Scope::Session,
+        true => Scope::Each(format!("SET LOCAL search_path TO \"{schema}\"; ")),
+    };
+    let keep = match scope {
+        Scope::Session => format!("SET search_path TO \"{schema}\""),
+        Scope::Each(_) => String::new(),
+    };
     admin
-        .batch_execute(&format!(
-            "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\""
-        ))
+        .batch_execute(&format!("CREATE SCHEMA \"{schema}\"; {keep}"))
         .await
         .context("could not create the variant's schema")?;
     // A key a killed holder left in an earlier repeat must not block this one.
@@ -80,7 +88,7 @@ pub(super) async fn run(v: &StepVariant, ctx: &VariantCtx<'_>) -> anyhow::Result
     if redis {
         ctx.remove_redis_keys().await?;
     }
-    let result = run_in(v, ctx, &admin, &schema).await;
+    let result = run_in(v, ctx, (&admin, &scope), &schema).await;
     if redis {
         let _ = ctx.remove_redis_keys().await;
     }
@@ -96,17 +104,20 @@ pub(super) async fn run(v: &StepVariant, ctx: &VariantCtx<'_>) -> anyhow::Result
 pub(super) async fn run_in(
     v: &StepVariant,
     ctx: &VariantCtx<'_>,
-    admin: &Client,
+    (admin, scope): (&Client, &Scope),
     schema: &str,
 ) -> anyhow::Result<VariantRun> {
     for (i, stmt) in statements(&v.setup).iter().enumerate() {
-        admin.batch_execute(stmt).await.with_context(|| {
-            format!(
-                "[setup] statement {} (`{}`) failed",
-                i + 1,
-                stmt.trim().chars().take(60).collect::<String>()
-            )
-        })?;
+        admin
+            .batch_execute(&scope.wrap(stmt))
+            .await
+            .with_context(|| {
+                format!(
+                    "[setup] statement {} (`{}`) failed",
+                    i + 1,
+                    stmt.trim().chars().take(60).collect::<String>()
+                )
+            })?;
     }
     let shared = Arc::new(Shared {
         cancel: ctx.cancel.clone(),
@@ -138,7 +149,7 @@ pub(super) async fn run_in(
     for (name, sql) in &v.queries {
         queries.insert(
             name.clone(),
-            query_number(admin, sql)
+            query_number(admin, &scope.wrap(sql))
                 .await
                 .with_context(|| format!("[metrics] `{name}` failed"))?,
         );
@@ -217,10 +228,26 @@ pub(super) async fn connect(
         // The variant's settings, then the session's own (which win).
         let mut settings = ctx.variant.settings.clone();
         settings.extend(s.settings.iter().cloned());
-        let mut prefix = format!("SET search_path TO \"{schema}\"; ");
+        // Straight to the server, a session's settings are set once; through a pooler, with
+        // every step as SET LOCAL, on whichever server connection runs it, and for that
+        // transaction only (a session-level SET would stay with the server connection and
+        // reach the pooler's next client). `connect = "pooler"` on a run without one is
+        // straight to the server too.
+        let pooled = match def.connect {
+            Connect::Direct => ctx.env.direct_is_pooled(),
+            Connect::Pooler => ctx.env.pooler.is_some() || ctx.env.direct_is_pooled(),
+        };
+        let set_for = |k: &str, val: &str| match pooled {
+            false => set(k, val),
+            true => set(k, val).replacen("SET ", "SET LOCAL ", 1),
+        };
+        let mut prefix = match pooled {
+            false => format!("SET search_path TO \"{schema}\"; "),
+            true => format!("SET LOCAL search_path TO \"{schema}\"; "),
+        };
         for (k, val) in &settings {
             let val = super::substitute(val, &ctx.variant.params).map_err(anyhow::Error::msg)?;
-            prefix.push_str(&set(k, &val));
+            prefix.push_str(&set_for(k, &val));
         }
         // Settings the role may not set (a superuser one, say) leave the server's value.
         if !s.try_settings.is_empty() {
@@ -231,7 +258,7 @@ pub(super) async fn connect(
                     set(k, val).replacen("SET ", "SET LOCAL ", 1)
                 );
                 match probe.batch_execute(&sql).await {
-                    Ok(()) => prefix.push_str(&set(k, val)),
+                    Ok(()) => prefix.push_str(&set_for(k, val)),
                     Err(_) => {
                         let _ = probe.batch_execute("ROLLBACK").await;
                     }
@@ -256,10 +283,6 @@ pub(super) async fn connect(
             .enumerate()
         {
             let conn = c.with_context(|| format!("could not connect session {}", def.name))?;
-            // Straight to the server, a session's settings are set once; through a pooler,
-            // with every step, on whichever server connection runs it.
-            // (`connect = "pooler"` on a run without one is straight to the server too.)
-            let pooled = def.connect == Connect::Pooler && ctx.env.pooler.is_some();
             let per_step = match pooled {
                 false => {
                     conn.batch_execute(&prefix)
@@ -307,6 +330,23 @@ pub(super) async fn connect(
 }
 
 /// `SET name = 'value'; `, the value quoted.
+/// How the admin session's search_path reaches its statements.
+pub(super) enum Scope {
+    /// Set once for the session (a connection straight to the server).
+    Session,
+    /// This prefix on every statement (through a transaction-mode pooler).
+    Each(String),
+}
+
+impl Scope {
+    fn wrap(&self, sql: &str) -> String {
+        match self {
+            Scope::Session => sql.to_string(),
+            Scope::Each(prefix) => format!("{prefix}{sql}"),
+        }
+    }
+}
+
 fn set(name: &str, value: &str) -> String {
     format!("SET {name} = '{}'; ", value.replace('\'', "''"))
 }
