@@ -252,7 +252,55 @@ fn bad_files_are_refused_with_file_line_and_column_before_anything_starts() {
             "`vv` is neither a parameter nor a metric",
         ),
     ];
-    for (what, text, message) in cases {
+    // The keys a built-in step file uses, each broken in turn.
+    let deadlock = std::fs::read_to_string("scenarios/deadlock.toml")
+        .expect("scenarios/deadlock.toml")
+        .replacen("name = \"deadlock\"", "name = \"mine\"", 1);
+    let broken = |from: &str, to: &str| {
+        assert!(deadlock.contains(from), "deadlock.toml has `{from}`");
+        deadlock.replacen(from, to, 1)
+    };
+    let more = [
+        (
+            "requires",
+            broken(
+                "deadline >= deadlock_timeout * 3",
+                "deadline >= deadlok_timeout * 3",
+            ),
+            "`deadlok_timeout` is no parameter",
+        ),
+        (
+            "one-of-default",
+            broken("default = \"opposite\"", "default = \"oposite\""),
+            "must be one of opposite, ordered, not oposite",
+        ),
+        (
+            "of",
+            broken("of = \"errors_40P01\"", "of = \"transfer.okk\""),
+            "did you mean `transfer.ok`?",
+        ),
+        (
+            "retry-on",
+            broken("on = [\"40P01\"]", "on = [\"4OP01x\"]"),
+            "retry.on lists SQLSTATEs",
+        ),
+        (
+            "outcome-metric",
+            broken("when = \"deadlocks >= 1\"", "when = \"deadlockz >= 1\""),
+            "did you mean `deadlocks`?",
+        ),
+        (
+            "patience-without-after",
+            broken("sql = \"COMMIT\"", "sql = \"COMMIT\", patience = \"1s\""),
+            "patience bounds the wait for `after`",
+        ),
+        (
+            "patience-not-a-duration",
+            broken("patience = \"${step}\"", "patience = \"soon\""),
+            "patience: expected number",
+        ),
+    ];
+    for (what, text, message) in cases.into_iter().chain(more) {
         let file = write(tmp.path(), &format!("{what}.toml"), &text);
         let o = locklab(tmp.path())
             .args(["run", &file, "--no-results"])
@@ -357,6 +405,19 @@ fn a_step_file_holds_on_a_small_server_as_a_plain_role_and_through_pgbouncer() {
     let plain = env.url.replace("locklab:locklab@", "app_user:app-pw@");
     let (code, report, err) = run_json(tmp.path(), &[EXAMPLE, "--pg-url", &plain]);
     assert_eq!(code, 0, "{err}\n{report:#}");
+    // The built-in step files too, at more clients than their defaults: as the plain role
+    // (which may not set deadlock_timeout: the server's 1 s applies), then through PgBouncer.
+    for builtin in [["deadlock", "pairs=12"], ["write-skew", "shifts=12"]] {
+        let [name, more] = builtin;
+        for through in [
+            vec!["--pg-url", plain.as_str()],
+            vec!["--pg-url", &env.url, "--pooler-url", &env.pooler_url],
+        ] {
+            let args = [vec![name, "--param", more], through].concat();
+            let (code, report, err) = run_json(tmp.path(), &args);
+            assert_eq!(code, 0, "{args:?}\n{err}\n{report:#}");
+        }
+    }
     // Through the transaction pooler in front of it, the readers' session included.
     let pooled = write(
         tmp.path(),

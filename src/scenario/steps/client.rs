@@ -30,6 +30,8 @@ pub(super) struct StepClient {
     pub(super) kinds: Vec<&'static str>,
     /// Per step: the conditions of which the first to come true starts it (none: at once).
     pub(super) after: Vec<Vec<super::After>>,
+    /// Per step: how long to wait for `after` at most.
+    pub(super) patience: Vec<Option<std::time::Duration>>,
     /// Per step: this client's completion of it in its first round is counted (once, even
     /// when a retry runs it again).
     pub(super) counted: Vec<bool>,
@@ -89,6 +91,14 @@ impl StepClient {
         if conds.is_empty() || self.round > 0 || self.retrying {
             return;
         }
+        let patience = self.patience.get(self.pos).copied().flatten();
+        let give_up = async {
+            match patience {
+                Some(p) => tokio::time::sleep(p).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(give_up);
         let mut rx = self.shared.changed.subscribe();
         loop {
             let met = conds.iter().any(|a| match a.waiting {
@@ -98,8 +108,12 @@ impl StepClient {
                     self.shared.completed[a.session][a.step].load(Ordering::Relaxed) >= needed
                 }
             });
-            if met || rx.changed().await.is_err() {
+            if met {
                 return;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = &mut give_up => return,
             }
         }
     }

@@ -117,6 +117,8 @@ pub(super) struct StepSpec {
     pub(super) critical: Option<Spanned<String>>,
     /// A condition, or a list of them of which the first to come true starts the step.
     pub(super) after: Option<Spanned<toml::Value>>,
+    /// With `after`: start anyway once the client has waited this long for it.
+    pub(super) patience: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,7 +332,10 @@ fn parse_as(text: &str, origin: &str, builtin: bool) -> Result<Scenario, UsageEr
                 .into_iter()
                 .find(|i| !metrics.iter().any(|m| m == i))
             {
-                return Err(at.err(span, &format!("`{bad}` is no metric of this file")));
+                let hint = crate::text::nearest(bad, metrics.iter().map(String::as_str))
+                    .map(|n| format!("; did you mean `{n}`?"))
+                    .unwrap_or_default();
+                return Err(at.err(span, &format!("`{bad}` is no metric of this file{hint}")));
             }
         }
         outcomes.push((word.clone(), conds));

@@ -92,6 +92,8 @@ pub struct StepDef {
     /// Starts once any of these has come true: a step of a session completed by every client,
     /// or seen waiting on a lock. None: at once.
     pub after: Vec<After>,
+    /// Starts anyway once its client has waited this long for `after` (`${param}` allowed).
+    pub patience: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +155,8 @@ struct ResolvedSession {
     retry: Option<(Vec<String>, usize)>,
     /// Per step: the SQL or the sleep's length (faults carry no text).
     steps: Vec<Resolved>,
+    /// Per step: how long its client waits for its `after` at most.
+    patience: Vec<Option<Duration>>,
     probe: Option<String>,
 }
 
@@ -388,6 +392,15 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
                 }
             });
         }
+        let mut patience = Vec::new();
+        for t in &s.steps {
+            patience.push(match &t.patience {
+                Some(raw) => Some(
+                    duration(raw, params).map_err(|e| bad(&format!("{}.{}", s.name, t.name), e))?,
+                ),
+                None => None,
+            });
+        }
         let probe = match &s.probe {
             Some(p) => Some(substitute(p, params).map_err(|e| bad(&s.name, e))?),
             None => None,
@@ -398,6 +411,7 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
             try_settings,
             retry,
             steps,
+            patience,
             probe,
         });
     }

@@ -307,6 +307,7 @@ pub(super) async fn connect(
                 steps: s.steps.clone(),
                 kinds: def.steps.iter().map(|t| t.kind).collect(),
                 after: def.steps.iter().map(|t| t.after.clone()).collect(),
+                patience: s.patience.clone(),
                 counted: vec![false; def.steps.len()],
                 retry: s.retry.clone(),
                 retries_left: s.retry.as_ref().map_or(0, |r| r.1),

@@ -41,6 +41,19 @@ pub(super) fn step(
             "`want`, `else` and `retry_after` go with a `redis` or `redis_eval` step",
         ));
     }
+    if let Some(p) = &t.patience {
+        if t.after.is_none() {
+            return Err(at.err(
+                p.span(),
+                "patience bounds the wait for `after`: give the step an `after`",
+            ));
+        }
+        check_refs(at, p.span(), p.get_ref(), params)?;
+        if !p.get_ref().contains("${") {
+            humantime::parse_duration(p.get_ref().trim())
+                .map_err(|e| at.err(p.span(), &format!("patience: {e}")))?;
+        }
+    }
     let action = if let Some(sql) = &t.sql {
         check_refs(at, t.name.span(), sql, params)?;
         Action::Sql(sql.clone())
@@ -87,6 +100,7 @@ pub(super) fn step(
         kind: leak(format!("{session}.{name}")),
         action,
         after: Vec::new(),
+        patience: t.patience.as_ref().map(|p| p.get_ref().clone()),
     })
 }
 
