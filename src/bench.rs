@@ -117,6 +117,70 @@ pub fn parse_tps(report: &str) -> Option<f64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The same UPDATE as a step file (one session of `clients`, looping until its cut-off), run
+/// through the whole runner on the same server as `--pg-url`: what a user's own file gets.
+async fn step_file_tps(
+    env: &Env,
+    clients: usize,
+    seconds: f64,
+    exe: std::path::PathBuf,
+    cancel: &CancellationToken,
+) -> anyhow::Result<f64> {
+    let text = format!(
+        "name = \"bench-step-file\"\n\
+         summary = \"bench driver's UPDATE as a step file\"\n\
+         harm = {{ metric = \"w.update.ok\", label = \"updates\" }}\n\
+         time_scale = 1\n\
+         [params]\n\
+         deadline = \"{ms}ms\"\n\
+         [setup]\n\
+         sql = \"CREATE TABLE counter (id int PRIMARY KEY, n bigint NOT NULL); \
+         INSERT INTO counter VALUES (1, 0)\"\n\
+         [[sessions]]\n\
+         name = \"w\"\n\
+         clients = {clients}\n\
+         repeat = \"until-deadline\"\n\
+         steps = [{{ name = \"update\", sql = \"UPDATE counter SET n = n + 1 WHERE id = 1\" }}]\n\
+         [[variants]]\n\
+         name = \"baseline\"\n\
+         expect = [\"w.update.ok >= 1\"]\n",
+        ms = (seconds * 1000.0).round() as u64,
+    );
+    let scenario = crate::scenario::steps::parse(&text, "bench driver's step file")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = crate::runner::RunOptions {
+        scenarios: vec![scenario],
+        variants: Vec::new(),
+        time_scale: 1.0,
+        time_scale_given: false,
+        env: EnvOptions {
+            pg_url: Some(env.pg.conninfo().to_string()),
+            exe,
+            ..EnvOptions::default()
+        },
+        out_dir: None,
+        estimates: Default::default(),
+        progress: false,
+        repeat: 1,
+        jobs: 1,
+    };
+    let report = crate::runner::run(opts, cancel.clone()).await?.report;
+    let v = report
+        .scenarios
+        .first()
+        .and_then(|s| s.variants.first())
+        .context("the step file's run reported no variant")?;
+    if let Some(e) = &v.error {
+        anyhow::bail!("the step file's run failed: {e}");
+    }
+    let ok = v
+        .metrics
+        .get("w.update.ok")
+        .and_then(serde_json::Value::as_f64)
+        .context("the step file's run reported no w.update.ok")?;
+    Ok(ok / seconds)
+}
+
 /// Removed when dropped.
 struct TempDir(std::path::PathBuf);
 
@@ -126,16 +190,25 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs both, `rounds` times each alternately, and prints the best of each and their ratio.
+/// Transactions a second each way, the best of the rounds.
+pub struct Tps {
+    /// locklab's workload driver, as the built-in scenarios use it.
+    pub driver: f64,
+    /// The same through a step file and the whole runner.
+    pub step_file: f64,
+    pub pgbench: f64,
+}
+
+/// Runs the three, `rounds` times each alternately, and prints the best of each and their ratio.
 pub async fn driver(
     clients: usize,
     seconds: f64,
     rounds: usize,
     exe: std::path::PathBuf,
     cancel: CancellationToken,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Tps> {
     let env = Env::setup(&EnvOptions {
-        exe,
+        exe: exe.clone(),
         ..EnvOptions::default()
     })
     .await?;
@@ -154,15 +227,20 @@ pub async fn driver(
             crate::env::process::make_temp_dir("locklab-bench")
                 .context("could not make a temp dir")?,
         );
-        let (mut ours, mut theirs) = (0f64, 0f64);
+        let (mut ours, mut file, mut theirs) = (0f64, 0f64, 0f64);
         for _ in 0..rounds {
             ours = ours.max(driver_tps(&env, clients, seconds, &sql, &cancel).await?);
+            file = file.max(step_file_tps(&env, clients, seconds, exe.clone(), &cancel).await?);
             theirs = theirs.max(pgbench_tps(&env, clients, seconds, &sql, &dir.0).await?);
             if cancel.is_cancelled() {
                 break;
             }
         }
-        anyhow::Ok((ours, theirs))
+        anyhow::Ok(Tps {
+            driver: ours,
+            step_file: file,
+            pgbench: theirs,
+        })
     }
     .await;
     env.teardown().await;

@@ -44,7 +44,6 @@ pub(super) struct StepClient {
     pub(super) failed_round: bool,
     pub(super) once: bool,
     /// Sent before each step's SQL (through a pooler: the search path and settings).
-    pub(super) per_step: String,
     pub(super) pos: usize,
     pub(super) round: usize,
     pub(super) done: bool,
@@ -116,12 +115,6 @@ impl StepClient {
                 _ = &mut give_up => return,
             }
         }
-    }
-
-    /// `${token}` and `${client}` filled in.
-    fn fill(&self, text: &str) -> String {
-        text.replace("${token}", &self.token)
-            .replace("${client}", &self.client.to_string())
     }
 
     /// After a failed step: the round is rolled back and run again when its error is one the
@@ -331,15 +324,16 @@ impl workload::Client for StepClient {
 
     fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
         Box::pin(async move {
-            let sql = match self.steps.get(self.pos).cloned() {
-                Some(Resolved::Sql(sql)) => sql,
+            let sql = match self.steps.get(self.pos) {
+                Some(Resolved::Sql(sql)) => sql.clone(),
                 Some(Resolved::Redis {
                     words,
                     keys,
                     want,
                     retry_after,
                 }) => {
-                    let result = self.redis_step((words, keys, want, retry_after)).await;
+                    let step = (words.clone(), keys.clone(), want.clone(), *retry_after);
+                    let result = self.redis_step(step).await;
                     match &result {
                         Ok(()) => self.complete(),
                         Err(e) => {
@@ -351,12 +345,17 @@ impl workload::Client for StepClient {
                 }
                 _ => return Ok(()),
             };
-            let sql = self.fill(&sql);
+            // `${client}` and the settings a pooler needs with every step are in it already
+            // (see `for_client`); only `${token}` changes from round to round.
+            let sql = match sql.contains("${token}") {
+                true => std::borrow::Cow::Owned(sql.replace("${token}", &self.token)),
+                false => std::borrow::Cow::Borrowed(&*sql),
+            };
             let Some(conn) = &self.conn else {
                 return Err(OpError::new(crate::history::class::CONNECTION_CLOSED));
             };
             self.shared.current[self.session][self.client].store(self.pos, Ordering::Relaxed);
-            let result = conn.batch_execute(&format!("{}{sql}", self.per_step)).await;
+            let result = conn.batch_execute(&sql).await;
             self.shared.current[self.session][self.client].store(IDLE, Ordering::Relaxed);
             match result {
                 Ok(()) => {

@@ -162,7 +162,8 @@ struct ResolvedSession {
 
 #[derive(Clone)]
 enum Resolved {
-    Sql(String),
+    /// Shared, so a client's loop takes it without copying the text.
+    Sql(std::sync::Arc<str>),
     Sleep(Duration),
     Fault(Fault),
     Redis {
@@ -365,7 +366,7 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
             let what = format!("{}.{}", s.name, t.name);
             steps.push(match &t.action {
                 Action::Sql(sql) => {
-                    Resolved::Sql(substitute(sql, params).map_err(|e| bad(&what, e))?)
+                    Resolved::Sql(substitute(sql, params).map_err(|e| bad(&what, e))?.into())
                 }
                 Action::Sleep(raw) => {
                     Resolved::Sleep(duration(raw, params).map_err(|e| bad(&what, e))?)

@@ -304,7 +304,7 @@ pub(super) async fn connect(
                 conn: Some(conn),
                 session: si,
                 client: i,
-                steps: s.steps.clone(),
+                steps: for_client(&s.steps, i, &per_step),
                 kinds: def.steps.iter().map(|t| t.kind).collect(),
                 after: def.steps.iter().map(|t| t.after.clone()).collect(),
                 patience: s.patience.clone(),
@@ -314,7 +314,6 @@ pub(super) async fn connect(
                 retrying: false,
                 failed_round: false,
                 once: def.once,
-                per_step,
                 pos: 0,
                 round: 0,
                 done: false,
@@ -331,6 +330,20 @@ pub(super) async fn connect(
 }
 
 /// `SET name = 'value'; `, the value quoted.
+/// A session's steps as client `i` runs them: `${client}` filled in, and each SQL step led by
+/// what must go with every step (the settings, through a pooler).
+fn for_client(steps: &[super::Resolved], i: usize, per_step: &str) -> Vec<super::Resolved> {
+    steps
+        .iter()
+        .map(|t| match t {
+            super::Resolved::Sql(sql) => super::Resolved::Sql(
+                format!("{per_step}{}", sql.replace("${client}", &i.to_string())).into(),
+            ),
+            other => other.clone(),
+        })
+        .collect()
+}
+
 /// How the admin session's search_path reaches its statements.
 pub(super) enum Scope {
     /// Set once for the session (a connection straight to the server).
