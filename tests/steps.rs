@@ -93,6 +93,75 @@ fn after_and_waiting_order_the_steps_from_what_the_server_shows() {
     }
 }
 
+const PERMUTED: &str = r#"
+name = "permuted"
+summary = "one file, three orders of the same steps"
+harm = { metric = "b.update.waited_ms", label = "b waited" }
+[params]
+deadline = "3s"
+[setup]
+sql = "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0);"
+[[sessions]]
+name = "a"
+steps = [
+  { name = "begin", sql = "BEGIN" },
+  { name = "update", sql = "UPDATE t SET v = v + 1 WHERE id = 1" },
+  { name = "commit", sql = "COMMIT" },
+]
+[[sessions]]
+name = "b"
+steps = [
+  { name = "begin", sql = "BEGIN" },
+  { name = "update", sql = "UPDATE t SET v = v * 10 WHERE id = 1" },
+  { name = "commit", sql = "COMMIT" },
+]
+[metrics]
+v = "SELECT v FROM t WHERE id = 1"
+[[variants]]
+name = "a-then-b"
+mitigated = true
+order = ["a.begin", "a.update", "a.commit", "b.begin", "b.update", "b.commit"]
+expect = ["v == 10", "b.update.waited_ms == 0"]
+[[variants]]
+name = "b-then-a"
+mitigated = true
+order = ["b.begin", "b.update", "b.commit", "a.begin", "a.update", "a.commit"]
+expect = ["v == 1", "a.update.waited_ms == 0"]
+[[variants]]
+name = "b-waits-for-a"
+mitigated = true
+order = ["a.begin", "a.update", "b.begin", "b.update", "a.commit", "b.commit"]
+expect = ["v == 10", "b.update.waited_ms > 0", "b.update.ok == 1"]
+"#;
+
+#[test]
+fn a_variants_order_runs_the_steps_as_that_permutation() {
+    let tmp = tempdir();
+    let file = write(tmp.path(), "permuted.toml", PERMUTED);
+    for _ in 0..3 {
+        let (code, report, err) = run_json(tmp.path(), &[&file]);
+        assert_eq!(code, 0, "{err}\n{report:#}");
+    }
+    // An order against a session's own order is a loop, refused at the `order` line.
+    let bad = PERMUTED.replacen(
+        "order = [\"a.begin\", \"a.update\", \"a.commit\", \"b.begin\"",
+        "order = [\"a.update\", \"a.begin\", \"a.commit\", \"b.begin\"",
+        1,
+    );
+    let file = write(tmp.path(), "loop.toml", &bad);
+    let o = locklab(tmp.path())
+        .args(["run", &file, "--no-results"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("wait on each other in a loop"), "{err}");
+    assert!(
+        err.contains("loop.toml:28:"),
+        "names the order's line: {err}"
+    );
+}
+
 const FAULTED: &str = r#"
 name = "faulted"
 summary = "a holder faults mid-transaction"

@@ -226,6 +226,8 @@ pub struct Params {
     pub time_scale: f64,
     /// Parameters the variant's session settings name (e.g. `idle_timeout`).
     in_settings: Vec<String>,
+    /// The variant these are the parameters of.
+    pub variant: String,
 }
 
 impl Params {
@@ -466,6 +468,7 @@ impl Scenario {
             values,
             time_scale,
             in_settings,
+            variant: variant.name.clone(),
         };
         let settings = variant
             .settings

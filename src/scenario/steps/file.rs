@@ -7,6 +7,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::After;
 use super::step_def::{check_cycles, resolve_after, step};
 use super::{Action, Connect, SessionDef, Spec, StepDef};
 use crate::check::expect::Expectation;
@@ -142,6 +143,68 @@ pub(super) struct VariantSpec {
     pub(super) settings: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     pub(super) expect: Vec<Spanned<String>>,
+    /// Steps across sessions in the order they run: each starts once the one before it has
+    /// completed or is seen waiting on a lock (an isolationtester permutation).
+    pub(super) order: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// Each variant's `order`, as the conditions it puts on the steps it lists (which replace
+/// their own `after`): a step starts once the one before it in the order has completed, or
+/// (running SQL) is seen waiting on a lock.
+fn orders(
+    at: &At<'_>,
+    file: &FileSpec,
+    sessions: &[SessionDef],
+) -> Result<BTreeMap<String, super::Order>, UsageError> {
+    let mut out = BTreeMap::new();
+    for v in &file.variants {
+        let Some(order) = &v.order else { continue };
+        if order.get_ref().len() < 2 {
+            return Err(at.err(order.span(), "an order lists two steps or more"));
+        }
+        let mut steps: Vec<After> = Vec::new();
+        for entry in order.get_ref() {
+            if entry.get_ref().ends_with(":waiting") {
+                return Err(at.err(
+                    entry.span(),
+                    "an order lists steps (\"S.step\"); each waits for the one before it to \
+                     complete or to wait on a lock",
+                ));
+            }
+            let a = resolve_after(at, entry, sessions)?;
+            if steps
+                .iter()
+                .any(|s| (s.session, s.step) == (a.session, a.step))
+            {
+                return Err(at.err(
+                    entry.span(),
+                    &format!("`{}` is in the order twice", entry.get_ref()),
+                ));
+            }
+            steps.push(a);
+        }
+        let mut after = BTreeMap::new();
+        for pair in steps.windows(2) {
+            let (prev, this) = (pair[0], pair[1]);
+            let mut conds = vec![After {
+                waiting: false,
+                ..prev
+            }];
+            if matches!(
+                sessions[prev.session].steps[prev.step].action,
+                super::Action::Sql(_)
+            ) {
+                conds.push(After {
+                    waiting: true,
+                    ..prev
+                });
+            }
+            after.insert((this.session, this.step), conds);
+        }
+        check_cycles(at, file, sessions, (&after, Some(order.span())))?;
+        out.insert(v.name.get_ref().clone(), super::Order { after });
+    }
+    Ok(out)
 }
 
 /// Whether a scenario file is a step file: it has `[[sessions]]`.
@@ -240,7 +303,8 @@ fn parse_as(text: &str, origin: &str, builtin: bool) -> Result<Scenario, UsageEr
         requires.push(e);
     }
     let sessions = sessions(&at, &file, params)?;
-    check_cycles(&at, &file, &sessions)?;
+    check_cycles(&at, &file, &sessions, (&BTreeMap::new(), None))?;
+    let orders = orders(&at, &file, &sessions)?;
     let mut queries: Vec<(String, String)> = Vec::new();
     let mut derived: Vec<(String, String)> = Vec::new();
     for (k, v) in &file.metrics {
@@ -362,6 +426,7 @@ fn parse_as(text: &str, origin: &str, builtin: bool) -> Result<Scenario, UsageEr
         layout,
         choices: decls.choices.clone(),
         requires,
+        orders,
     };
     let kind = kind(&name, text, &decls, metrics, spec);
     Ok(Scenario {

@@ -45,6 +45,15 @@ pub struct Spec {
     pub choices: BTreeMap<String, Vec<(String, String)>>,
     /// Relations between parameters every point must satisfy (`requires`).
     pub requires: Vec<Expectation>,
+    /// Per variant with an `order`: what it puts on the steps it lists.
+    pub orders: BTreeMap<String, Order>,
+}
+
+/// A variant's `order`: per (session, step) it lists after the first, the conditions that
+/// replace the step's own `after`.
+#[derive(Debug, Default)]
+pub struct Order {
+    pub after: BTreeMap<(usize, usize), Vec<After>>,
 }
 
 #[derive(Debug)]
@@ -157,6 +166,8 @@ struct ResolvedSession {
     steps: Vec<Resolved>,
     /// Per step: how long its client waits for its `after` at most.
     patience: Vec<Option<Duration>>,
+    /// Per step: what starts it, the file's `after` or the variant's `order`.
+    after: Vec<Vec<After>>,
     probe: Option<String>,
 }
 
@@ -333,7 +344,13 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
     let params = &mapped;
     let mut layout = spec.layout.clone();
     let mut sessions = Vec::new();
-    for (s, l) in spec.sessions.iter().zip(layout.sessions.iter_mut()) {
+    let order = spec.orders.get(&params.variant);
+    for (si, (s, l)) in spec
+        .sessions
+        .iter()
+        .zip(layout.sessions.iter_mut())
+        .enumerate()
+    {
         let clients = count(&s.clients, params, 1)
             .and_then(|n| match n <= 10_000 {
                 true => Ok(n),
@@ -393,6 +410,17 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
                 }
             });
         }
+        let after = s
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(ti, t)| {
+                order
+                    .and_then(|o| o.after.get(&(si, ti)))
+                    .unwrap_or(&t.after)
+                    .clone()
+            })
+            .collect();
         let mut patience = Vec::new();
         for t in &s.steps {
             patience.push(match &t.patience {
@@ -413,6 +441,7 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
             retry,
             steps,
             patience,
+            after,
             probe,
         });
     }

@@ -306,7 +306,7 @@ pub(super) async fn connect(
                 client: i,
                 steps: for_client(&s.steps, i, &per_step),
                 kinds: def.steps.iter().map(|t| t.kind).collect(),
-                after: def.steps.iter().map(|t| t.after.clone()).collect(),
+                after: s.after.clone(),
                 patience: s.patience.clone(),
                 counted: vec![false; def.steps.len()],
                 retry: s.retry.clone(),

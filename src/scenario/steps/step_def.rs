@@ -341,12 +341,16 @@ pub(super) fn resolve_after(
     })
 }
 
+/// Per (session, step): conditions that replace the step's own `after` (a variant's `order`).
+pub(super) type Conditions = BTreeMap<(usize, usize), Vec<After>>;
+
 /// Steps wait on the step before them in their session and on what they name `after`: a loop
 /// of waits would only end at the cut-off, so it is refused.
 pub(super) fn check_cycles(
     at: &At<'_>,
     file: &FileSpec,
     sessions: &[SessionDef],
+    (overrides, span): (&Conditions, Option<std::ops::Range<usize>>),
 ) -> Result<(), UsageError> {
     let deps = |s: usize, t: usize| {
         let mut d = Vec::new();
@@ -355,7 +359,10 @@ pub(super) fn check_cycles(
         }
         // Waiting on any of several conditions, a step is in a loop only if it is through
         // each of them; one loop through any is refused, the strict (simpler) rule.
-        for a in &sessions[s].steps[t].after {
+        for a in overrides
+            .get(&(s, t))
+            .unwrap_or(&sessions[s].steps[t].after)
+        {
             d.push((a.session, a.step));
         }
         d
@@ -396,7 +403,9 @@ pub(super) fn check_cycles(
                     .map(|(s, t)| sessions[*s].steps[*t].kind)
                     .collect();
                 let (cs, ct) = cycle[0];
-                let span = file.sessions[cs].steps[ct].name.span();
+                let span = span
+                    .clone()
+                    .unwrap_or_else(|| file.sessions[cs].steps[ct].name.span());
                 return Err(at.err(
                     span,
                     &format!(
