@@ -219,6 +219,40 @@ fn a_frozen_session_holds_its_lock_until_a_timeout_and_a_killed_one_does_not() {
 }
 
 #[test]
+fn a_connection_leaked_back_to_a_pool_keeps_its_transaction_for_the_next_client() {
+    let tmp = tempdir();
+    // FAULTED on a pool of one: the holder's BEGIN and FOR UPDATE each check the pool's only
+    // connection out and back; then the client ends, and its transaction stays in the pool
+    // with the row locked, after the last client of the pool has gone, until the server's
+    // idle timeout ends it.
+    let leaked = FAULTED
+        .replacen(
+            "name = \"holder\"\n",
+            "name = \"holder\"\nconnect = \"pool\"\npool_size = 1\n",
+            1,
+        )
+        .replace("fault = \"freeze\" }", "fault = \"leak\" }");
+    let file = write(tmp.path(), "leaked.toml", &leaked);
+    let (code, report, err) = run_json(tmp.path(), &[&file, "--time-scale", "1"]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    let held = variant(&report, "frozen");
+    assert!(metric(held, "holder.lock_held_ms") >= 1200.0, "{held:#}");
+    assert!(metric(held, "holder.idle_in_tx_max_ms") > 500.0, "{held:#}");
+    let timed_out = metric(variant(&report, "idle-timeout"), "holder.lock_held_ms");
+    assert!((250.0..700.0).contains(&timed_out), "{timed_out}");
+    // The pool is what the server sees: one connection, not one per client.
+    let bad = leaked.replace("fault = \"leak\" }", "fault = \"freeze\" }");
+    let file = write(tmp.path(), "frozen-pool.toml", &bad);
+    let o = locklab(tmp.path())
+        .args(["run", &file, "--no-results"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("holds no connection between steps"), "{err}");
+}
+
+#[test]
 fn a_redis_lock_recipe_overlaps_exactly_when_its_ttl_is_shorter_than_the_work() {
     let tmp = tempdir();
     let file = "examples/scenarios/redis-lock.toml";

@@ -23,7 +23,10 @@ pub(super) struct StepClient {
     pub(super) key_prefix: String,
     /// `${token}`: unique per client and round.
     pub(super) token: String,
-    pub(super) canceller: Canceller,
+    /// None for a pool session's client: it holds no connection between steps.
+    pub(super) canceller: Option<Canceller>,
+    /// A pool session's pool, from which every step checks out a connection.
+    pub(super) pool: Option<deadpool_postgres::Pool>,
     pub(super) session: usize,
     pub(super) client: usize,
     pub(super) steps: Vec<Resolved>,
@@ -284,6 +287,13 @@ impl StepClient {
                 self.redis = None;
                 self.critical(false, None);
             }
+            // The client is gone; the connection of its last step is back in the pool as it
+            // was, inside the transaction it began, for whoever checks it out next.
+            Fault::Leak => {
+                self.pool = None;
+                self.redis = None;
+                self.critical(false, None);
+            }
         }
         let Some(window) = self.shared.window.get().copied() else {
             return;
@@ -351,11 +361,23 @@ impl workload::Client for StepClient {
                 true => std::borrow::Cow::Owned(sql.replace("${token}", &self.token)),
                 false => std::borrow::Cow::Borrowed(&*sql),
             };
-            let Some(conn) = &self.conn else {
-                return Err(OpError::new(crate::history::class::CONNECTION_CLOSED));
-            };
             self.shared.current[self.session][self.client].store(self.pos, Ordering::Relaxed);
-            let result = conn.batch_execute(&sql).await;
+            let result = match (&self.conn, &self.pool) {
+                (Some(conn), _) => conn.batch_execute(&sql).await.map_err(OpError::from),
+                // A checkout per step, given back as it is when the step ends, as an
+                // application's pool does; a failed step's transaction is rolled back first.
+                (None, Some(pool)) => match pool.get().await {
+                    Ok(c) => {
+                        let r = c.batch_execute(&sql).await.map_err(OpError::from);
+                        if r.is_err() {
+                            let _ = c.batch_execute("ROLLBACK").await;
+                        }
+                        r
+                    }
+                    Err(e) => Err(OpError::from(e)),
+                },
+                (None, None) => Err(OpError::new(crate::history::class::CONNECTION_CLOSED)),
+            };
             self.shared.current[self.session][self.client].store(IDLE, Ordering::Relaxed);
             match result {
                 Ok(()) => {
@@ -365,7 +387,6 @@ impl workload::Client for StepClient {
                 Err(e) => {
                     // A transaction it was in is rolled back, as an application's error path
                     // would; then the round is run again, or the rest of it skipped.
-                    let e = OpError::from(e);
                     self.after_failure(&e).await;
                     Err(e)
                 }
@@ -374,7 +395,7 @@ impl workload::Client for StepClient {
     }
 
     fn canceller(&self) -> Option<Canceller> {
-        Some(self.canceller.clone())
+        self.canceller.clone()
     }
 }
 

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::After;
 use super::step_def::{check_cycles, resolve_after, step};
-use super::{Action, Connect, SessionDef, Spec, StepDef};
+use super::{Action, Connect, Fault, SessionDef, Spec, StepDef};
 use crate::check::expect::Expectation;
 use crate::check::steps::{Layout, SessionLayout};
 use crate::error::UsageError;
@@ -73,6 +73,10 @@ pub(super) struct SessionSpec {
     pub(super) name: Spanned<String>,
     pub(super) clients: Option<Spanned<toml::Value>>,
     pub(super) connect: Option<Spanned<String>>,
+    /// With connect = "pool": the pool's connections (a count or `${param}`).
+    pub(super) pool_size: Option<Spanned<toml::Value>>,
+    /// With connect = "pool": how long a checkout waits at most (none: for ever).
+    pub(super) pool_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) settings: BTreeMap<String, Spanned<toml::Value>>,
     pub(super) repeat: Option<Spanned<String>>,
@@ -193,7 +197,8 @@ fn orders(
             if matches!(
                 sessions[prev.session].steps[prev.step].action,
                 super::Action::Sql(_)
-            ) {
+            ) && sessions[prev.session].connect != Connect::Pool
+            {
                 conds.push(After {
                     waiting: true,
                     ..prev
@@ -650,19 +655,64 @@ pub(super) fn as_text(v: &toml::Value) -> String {
     }
 }
 
+/// A pool session's size and checkout bound; keys a non-pool session may not give.
+fn pool_of(
+    at: &At<'_>,
+    s: &SessionSpec,
+    connect: Connect,
+    params: &BTreeMap<String, Param>,
+) -> Result<Option<super::PoolDef>, UsageError> {
+    if connect != Connect::Pool {
+        if let Some(span) = s
+            .pool_size
+            .as_ref()
+            .map(|p| p.span())
+            .or_else(|| s.pool_timeout.as_ref().map(|p| p.span()))
+        {
+            return Err(at.err(
+                span,
+                "pool_size and pool_timeout go with connect = \"pool\"",
+            ));
+        }
+        return Ok(None);
+    }
+    let size = s.pool_size.as_ref().ok_or_else(|| {
+        at.err(
+            s.name.span(),
+            "connect = \"pool\" needs pool_size (10 is node-postgres's default, 10 HikariCP's, \
+             5 SQLAlchemy's)",
+        )
+    })?;
+    let size_text = as_text(size.get_ref());
+    check_refs(at, size.span(), &size_text, params)?;
+    let timeout = match &s.pool_timeout {
+        Some(t) => {
+            check_refs(at, t.span(), t.get_ref(), params)?;
+            if !t.get_ref().contains("${") {
+                humantime::parse_duration(t.get_ref().trim())
+                    .map_err(|e| at.err(t.span(), &format!("pool_timeout: {e}")))?;
+            }
+            Some(t.get_ref().clone())
+        }
+        None => None,
+    };
+    Ok(Some(super::PoolDef {
+        size: size_text,
+        timeout,
+    }))
+}
+
 /// Where a session connects, and whether it runs its steps once.
 fn modes(at: &At<'_>, s: &SessionSpec) -> Result<(Connect, bool), UsageError> {
     let connect = match s.connect.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
         None | Some(("direct", _)) => Connect::Direct,
         Some(("pooler", _)) => Connect::Pooler,
-        Some(("pool", span)) => {
+        Some(("pool", _)) => Connect::Pool,
+        Some((other, span)) => {
             return Err(at.err(
                 span,
-                "connect = \"pool\" (a client pool) is not supported yet: use direct or pooler",
+                &format!("connect is direct, pooler or pool, not `{other}`"),
             ));
-        }
-        Some((other, span)) => {
-            return Err(at.err(span, &format!("connect is direct or pooler, not `{other}`")));
         }
     };
     let once = match s.repeat.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
@@ -707,6 +757,7 @@ pub(super) fn sessions(
             None => "1".into(),
         };
         let (connect, once) = modes(at, s)?;
+        let pool = pool_of(at, s, connect, params)?;
         let settings_of = |map: &BTreeMap<String, Spanned<toml::Value>>| {
             let mut out = Vec::new();
             for (k, v) in map {
@@ -760,6 +811,27 @@ pub(super) fn sessions(
         if steps.is_empty() {
             return Err(at.err(s.name.span(), "a session needs at least one step"));
         }
+        for (t, def) in s.steps.iter().zip(&steps) {
+            let pooled = connect == Connect::Pool;
+            match def.action {
+                Action::Fault(Fault::Leak) if !pooled => {
+                    return Err(at.err(
+                        t.name.span(),
+                        "fault = \"leak\" hands a connection back to a pool mid-transaction: \
+                         it needs connect = \"pool\"",
+                    ));
+                }
+                Action::Fault(Fault::Freeze | Fault::Kill) if pooled => {
+                    return Err(at.err(
+                        t.name.span(),
+                        "a pool session holds no connection between steps, so there is none \
+                         to freeze or kill: use fault = \"leak\" (the client ends, its last \
+                         connection goes back to the pool as it is)",
+                    ));
+                }
+                _ => {}
+            }
+        }
         let faulted = steps.iter().any(|t| matches!(t.action, Action::Fault(_)));
         if s.probe.is_some() && !faulted {
             return Err(at.err(s.name.span(), "`probe` measures how long a fault's locks outlive it: this session has no fault step"));
@@ -768,6 +840,7 @@ pub(super) fn sessions(
             name: name.clone(),
             clients,
             connect,
+            pool,
             settings,
             once,
             probe: s.probe.clone(),

@@ -62,6 +62,8 @@ pub struct SessionDef {
     /// A count, or `${param}`.
     pub clients: String,
     pub connect: Connect,
+    /// With connect = "pool": the client pool the session's clients share.
+    pub pool: Option<PoolDef>,
     /// Session settings, `SET` before the first step; values may hold `${param}`.
     pub settings: Vec<(String, String)>,
     /// Runs its steps once, or loops them until the cut-off.
@@ -73,6 +75,14 @@ pub struct SessionDef {
     pub try_settings: Vec<(String, String)>,
     pub retry: Option<RetryDef>,
     pub steps: Vec<StepDef>,
+}
+
+/// A client pool (deadpool-postgres, connections returned as they are, as most application
+/// pools do): its size, and how long a checkout waits (none: for ever). Each may be `${param}`.
+#[derive(Debug)]
+pub struct PoolDef {
+    pub size: String,
+    pub timeout: Option<String>,
 }
 
 /// A round that fails with one of `on` is rolled back and run again, at most `max` times
@@ -90,6 +100,9 @@ pub enum Connect {
     Direct,
     /// The run's path to the server: through the pooler when the run has one.
     Pooler,
+    /// A client pool of `pool_size` connections on the run's path, shared by the session's
+    /// clients: every step checks one out and gives it back.
+    Pool,
 }
 
 #[derive(Debug)]
@@ -143,6 +156,9 @@ pub enum Fault {
     Freeze,
     /// The connection is closed: the server ends the session and frees what it held.
     Kill,
+    /// In a pool session: the client ends, and the connection of its last step stays in the
+    /// pool as it is, mid-transaction, for the next client that checks it out.
+    Leak,
 }
 
 /// A variant's view of a step file: every `${param}` resolved.
@@ -168,6 +184,8 @@ struct ResolvedSession {
     patience: Vec<Option<Duration>>,
     /// Per step: what starts it, the file's `after` or the variant's `order`.
     after: Vec<Vec<After>>,
+    /// connect = "pool": the pool's size and checkout bound.
+    pool: Option<(usize, Option<Duration>)>,
     probe: Option<String>,
 }
 
@@ -421,6 +439,19 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
                     .clone()
             })
             .collect();
+        let pool = match &s.pool {
+            Some(p) => Some((
+                count(&p.size, params, 1).map_err(|e| bad(&s.name, format!("pool_size: {e}")))?,
+                match &p.timeout {
+                    Some(t) => Some(
+                        duration(t, params)
+                            .map_err(|e| bad(&s.name, format!("pool_timeout: {e}")))?,
+                    ),
+                    None => None,
+                },
+            )),
+            None => None,
+        };
         let mut patience = Vec::new();
         for t in &s.steps {
             patience.push(match &t.patience {
@@ -442,6 +473,7 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
             steps,
             patience,
             after,
+            pool,
             probe,
         });
     }
@@ -470,6 +502,8 @@ impl Prepared for StepVariant {
         // Every client, the setup session (which reads the [metrics] at the end), the sampler
         // of the server's view, and a probe per faulted session.
         let probes = self.sessions.iter().filter(|s| s.probe.is_some()).count();
-        self.sessions.iter().map(|s| s.clients).sum::<usize>() + 2 + probes
+        // A pool session opens its pool's connections, not one per client.
+        let each = |s: &ResolvedSession| s.pool.map_or(s.clients, |(size, _)| size);
+        self.sessions.iter().map(each).sum::<usize>() + 2 + probes
     }
 }

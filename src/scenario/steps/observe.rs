@@ -131,15 +131,29 @@ fn tally(
     let mut bumped = false;
     for row in rows {
         let app: String = row.get(0);
+        // A client's own connection (`…/w/SESSION-CLIENT`), or one of a pool session's
+        // (`…/w/SESSION-pool`), which serve its clients in turn: counted for the session,
+        // never for a client's step.
         let Some((session, client)) = names.iter().find_map(|(p, i)| {
-            app.strip_prefix(p.as_str())
-                .and_then(|n| n.parse::<usize>().ok())
-                .map(|c| (*i, c))
+            app.strip_prefix(p.as_str()).and_then(|n| match n {
+                "pool" => Some((*i, None)),
+                n => n.parse::<usize>().ok().map(|c| (*i, Some(c))),
+            })
         }) else {
             continue;
         };
         let (waiting, idle_tx): (bool, Option<bool>) = (row.get(1), row.get(2));
         let idle_ms: Option<f64> = row.get(3);
+        if idle_tx == Some(true)
+            && let (Some(ms), Ok(mut seen)) = (idle_ms, shared.seen.lock())
+            && let Some(s) = seen.get_mut(session)
+        {
+            s.idle_in_tx_max_ms = s.idle_in_tx_max_ms.max(ms);
+        }
+        let Some(client) = client else {
+            waiters[session] += i64::from(waiting);
+            continue;
+        };
         let now_in = shared
             .current
             .get(session)
@@ -164,12 +178,6 @@ fn tally(
                     *w.entry(kinds[session][step].to_string()).or_insert(0.0) += dt;
                 }
             }
-        }
-        if idle_tx == Some(true)
-            && let (Some(ms), Ok(mut seen)) = (idle_ms, shared.seen.lock())
-            && let Some(s) = seen.get_mut(session)
-        {
-            s.idle_in_tx_max_ms = s.idle_in_tx_max_ms.max(ms);
         }
     }
     (waiters, bumped)

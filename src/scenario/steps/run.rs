@@ -35,6 +35,9 @@ pub(super) struct Shared {
     pub(super) changed: tokio::sync::watch::Sender<u64>,
     /// Connections of frozen sessions, kept open until the run ends.
     pub(super) frozen: Mutex<Vec<Client>>,
+    /// Pool sessions' pools, kept until the run ends: a connection leaked back into one stays
+    /// open (and in its transaction) after every client of the pool has ended.
+    pub(super) pools: Mutex<Vec<deadpool_postgres::Pool>>,
     pub(super) seen: Mutex<Vec<SessionSeen>>,
     pub(super) waited_ms: Mutex<BTreeMap<String, f64>>,
     pub(super) probes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -145,6 +148,9 @@ pub(super) async fn run_in(
     if let Ok(mut f) = shared.frozen.lock() {
         f.clear();
     }
+    if let Ok(mut p) = shared.pools.lock() {
+        p.clear();
+    }
     let mut queries = BTreeMap::new();
     for (name, sql) in &v.queries {
         queries.insert(
@@ -200,6 +206,7 @@ pub(super) fn shared(v: &StepVariant) -> Shared {
             .collect(),
         changed: tokio::sync::watch::Sender::new(0),
         frozen: Mutex::new(Vec::new()),
+        pools: Mutex::new(Vec::new()),
         seen: Mutex::new(vec![SessionSeen::default(); v.sessions.len()]),
         waited_ms: Mutex::new(BTreeMap::new()),
         probes: Mutex::new(Vec::new()),
@@ -223,7 +230,7 @@ pub(super) async fn connect(
     for (si, (s, def)) in v.sessions.iter().zip(&v.spec.sessions).enumerate() {
         let target = match def.connect {
             Connect::Direct => &ctx.env.direct,
-            Connect::Pooler => ctx.pg(),
+            Connect::Pooler | Connect::Pool => ctx.pg(),
         };
         // The variant's settings, then the session's own (which win).
         let mut settings = ctx.variant.settings.clone();
@@ -236,6 +243,8 @@ pub(super) async fn connect(
         let pooled = match def.connect {
             Connect::Direct => ctx.env.direct_is_pooled(),
             Connect::Pooler => ctx.env.pooler.is_some() || ctx.env.direct_is_pooled(),
+            // A pool's connections serve every client of the session in turn.
+            Connect::Pool => true,
         };
         let set_for = |k: &str, val: &str| match pooled {
             false => set(k, val),
@@ -276,21 +285,45 @@ pub(super) async fn connect(
             }
             _ => None,
         };
-        let connects = (0..s.clients).map(|i| target.connect_named(ctx, si, i));
-        for (i, c) in futures::future::join_all(connects)
-            .await
-            .into_iter()
-            .enumerate()
-        {
-            let conn = c.with_context(|| format!("could not connect session {}", def.name))?;
-            let per_step = match pooled {
-                false => {
+        // A pool session's clients share a pool, open and idle before the clock starts as a
+        // running service's is; the others have a connection each.
+        let pool = match s.pool {
+            Some((size, timeout)) => {
+                let app = ctx.app(&format!("w/{si}-pool"));
+                let pool = target.pool(&app, size, timeout, deadpool_postgres::QueueMode::Fifo)?;
+                PgTarget::warm(&pool)
+                    .await
+                    .with_context(|| format!("could not open session {}'s pool", def.name))?;
+                if let Ok(mut pools) = shared.pools.lock() {
+                    pools.push(pool.clone());
+                }
+                Some(pool)
+            }
+            None => None,
+        };
+        let conns: Vec<Option<Client>> = match pool {
+            Some(_) => (0..s.clients).map(|_| None).collect(),
+            None => {
+                let connects = (0..s.clients).map(|i| target.connect_named(ctx, si, i));
+                futures::future::join_all(connects)
+                    .await
+                    .into_iter()
+                    .map(|c| {
+                        c.map(Some)
+                            .with_context(|| format!("could not connect session {}", def.name))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+        };
+        for (i, conn) in conns.into_iter().enumerate() {
+            let per_step = match (pooled, &conn) {
+                (false, Some(conn)) => {
                     conn.batch_execute(&prefix)
                         .await
                         .with_context(|| format!("session {}'s settings were refused", def.name))?;
                     String::new()
                 }
-                true => prefix.clone(),
+                _ => prefix.clone(),
             };
             let redis = match redis {
                 Some(r) => Some(r.connect().await?),
@@ -300,8 +333,9 @@ pub(super) async fn connect(
                 redis,
                 key_prefix: ctx.redis_key("").unwrap_or_default(),
                 token: token(&def.name, i, 0),
-                canceller: Canceller::new(&conn, target),
-                conn: Some(conn),
+                canceller: conn.as_ref().map(|c| Canceller::new(c, target)),
+                conn,
+                pool: pool.clone(),
                 session: si,
                 client: i,
                 steps: for_client(&s.steps, i, &per_step),
@@ -329,7 +363,6 @@ pub(super) async fn connect(
     Ok(clients)
 }
 
-/// `SET name = 'value'; `, the value quoted.
 /// A session's steps as client `i` runs them: `${client}` filled in, and each SQL step led by
 /// what must go with every step (the settings, through a pooler).
 fn for_client(steps: &[super::Resolved], i: usize, per_step: &str) -> Vec<super::Resolved> {
@@ -361,6 +394,7 @@ impl Scope {
     }
 }
 
+/// `SET name = 'value'; `, the value quoted.
 fn set(name: &str, value: &str) -> String {
     format!("SET {name} = '{}'; ", value.replace('\'', "''"))
 }

@@ -68,16 +68,11 @@ pub(super) fn step(
         Action::Fault(match fault.get_ref().as_str() {
             "freeze" => Fault::Freeze,
             "kill" => Fault::Kill,
-            "leak" => {
-                return Err(at.err(
-                    fault.span(),
-                    "fault = \"leak\" needs a client pool (connect = \"pool\"), not supported yet: use freeze or kill",
-                ));
-            }
+            "leak" => Fault::Leak,
             other => {
                 return Err(at.err(
                     fault.span(),
-                    &format!("fault is freeze or kill, not `{other}`"),
+                    &format!("fault is freeze, kill or leak, not `{other}`"),
                 ));
             }
         })
@@ -328,6 +323,16 @@ pub(super) fn resolve_after(
         .iter()
         .position(|x| x.name == t)
         .ok_or_else(|| at.err(a.span(), &format!("after: no step `{target}`{}", hint())))?;
+    if waiting && sessions[session].connect == super::Connect::Pool {
+        return Err(at.err(
+            a.span(),
+            &format!(
+                "after: `{target}` is a pool session's step, whose connections serve its \
+                 clients in turn: the server's view cannot tell which client waits; wait for \
+                 the step to complete instead"
+            ),
+        ));
+    }
     if waiting && !matches!(sessions[session].steps[step].action, Action::Sql(_)) {
         return Err(at.err(
             a.span(),
