@@ -58,10 +58,10 @@ fn storm_sizes_that_cannot_work_are_refused_before_anything_starts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("cap 50 leaves the other endpoints no connection slots"),
+        err.contains("cap 50 leaves the other endpoints too few connection slots"),
         "{err}"
     );
-    assert!(err.contains("lower --param cap to 27 or less"), "{err}");
+    assert!(err.contains("lower --param cap to 20 or less"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
     let out = locklab(tmp.path())

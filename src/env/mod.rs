@@ -340,6 +340,11 @@ impl Env {
         })
     }
 
+    /// The run is on the user's server (`--pg-url`), not one locklab started.
+    pub fn on_users_server(&self) -> bool {
+        self.pg_server.is_none()
+    }
+
     /// `direct` is itself a transaction-mode pooler (`--pg-url` names one): a session-level
     /// `SET` on it would not stay with the session, and would leak to the pooler's next client.
     pub fn direct_is_pooled(&self) -> bool {

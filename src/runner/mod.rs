@@ -91,6 +91,10 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
     // while it already runs. Every lane has the same shape: the first stands for all in
     // headers and skips.
     let first = Env::setup(&env_opts).await?;
+    if let Err(e) = fits(&opts, &plans, &first).await {
+        first.teardown().await;
+        return Err(e);
+    }
     let lanes = lanes_for(&env_opts, opts.jobs.max(1));
     let (progress, skipped) = heading(&opts, &plans, &first);
     let units: VecDeque<Unit> = queue::order(&plans, opts.repeat)
@@ -118,6 +122,43 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
     shared.run(lanes, &first, &env_opts).await;
     first.teardown().await;
     shared.finish()
+}
+
+/// On a user's server, every variant that will run fits the slots it has free (see
+/// `Code::fits`), or the run is refused before anything starts.
+async fn fits(opts: &RunOptions, plans: &Plans, env: &Env) -> anyhow::Result<()> {
+    if !env.on_users_server() || env.direct_is_pooled() {
+        return Ok(());
+    }
+    let mut capacity = None;
+    for (si, scenario) in opts.scenarios.iter().enumerate() {
+        for vi in 0..scenario.variants.len() {
+            let Some(plan) = plans.get(si, vi) else {
+                continue;
+            };
+            let v = &plan.resolved;
+            let skipped = env
+                .cannot_run(v.through_pooler, !v.pooler_settings.is_empty())
+                .or_else(|| plan.code.unavailable(env))
+                .is_some();
+            if skipped {
+                continue;
+            }
+            let c = match capacity.take() {
+                Some(c) => c,
+                None => env.direct.capacity(&env.app("capacity")).await?,
+            };
+            if let Err(e) = plan.code.fits(&c) {
+                return Err(crate::error::UsageError(format!(
+                    "{}/{}: {}",
+                    scenario.name, v.name, e.0
+                ))
+                .into());
+            }
+            capacity = Some(c);
+        }
+    }
+    Ok(())
 }
 
 /// The report's scenario headers, a slot per variant (skipped ones already filled with the

@@ -81,6 +81,14 @@ pub trait Code: Send + Sync + Sized + 'static {
         None
     }
 
+    /// Against a user's server (`--pg-url`), whether this configuration fits the connection
+    /// slots it has free, read once before any variant runs: a point that cannot show the harm
+    /// there is refused (exit 2) up front, never found out mid-run.
+    fn fits(&self, capacity: &crate::env::postgres::Capacity) -> Result<(), UsageError> {
+        let _ = capacity;
+        Ok(())
+    }
+
     /// Runs one variant with this configuration.
     fn run<'a>(
         &'a self,
@@ -137,6 +145,10 @@ pub trait Prepared: Send + Sync {
         let _ = env;
         None
     }
+    fn fits(&self, capacity: &crate::env::postgres::Capacity) -> Result<(), UsageError> {
+        let _ = capacity;
+        Ok(())
+    }
 }
 
 impl<C: Code> Prepared for C {
@@ -154,6 +166,9 @@ impl<C: Code> Prepared for C {
     }
     fn unavailable(&self, env: &Env) -> Option<String> {
         Code::unavailable(self, env)
+    }
+    fn fits(&self, capacity: &crate::env::postgres::Capacity) -> Result<(), UsageError> {
+        Code::fits(self, capacity)
     }
 }
 

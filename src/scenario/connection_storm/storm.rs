@@ -45,10 +45,14 @@ pub(super) async fn size(
     let share = cfg.cap.map(|cap| cap as f64 / cfg.workload_slots() as f64);
     let cap = share.map(|share| match servers.own {
         Some(_) => cfg.cap.unwrap_or(1),
-        None => ((share * workload_slots as f64) as usize).max(1),
+        // The same share of what is free, lowered where it would leave less than its
+        // headroom (the other endpoints' slots, and backends still exiting).
+        None => ((share * workload_slots as f64) as usize)
+            .min(super::most_cap(workload_slots))
+            .max(1),
     });
     if let Some(cap) = cap
-        && cap + OTHERS_SLOTS > workload_slots
+        && cap + super::headroom(cap) > workload_slots
     {
         return Err(UsageError(format!(
             "a cap of {cap} leaves the other endpoints no connection slots at {}: the workload \
