@@ -130,10 +130,15 @@ fn connection_storm_holds_at_40_and_100_slots() {
 }
 
 #[test]
+#[cfg_attr(
+    not(locklab_root),
+    ignore = "needs root: a network namespace and an nftables rule"
+)]
 fn lost_client_verdicts_hold_for_one_holder_queue_and_for_twenty() {
-    if !can_make_namespaces() {
-        return; // skipped by locklab with the reason: tests/lifecycle.rs checks that
-    }
+    assert!(
+        can_make_namespaces(),
+        "needs root (built as root, run as another user?)"
+    );
     grid(&["lost-client", "--sweep", "clients=1,20"], 2);
 }
 

@@ -154,10 +154,15 @@ fn start_partitioned_run(tmp: &std::path::Path) -> std::process::Child {
 }
 
 #[test]
+#[cfg_attr(
+    not(locklab_root),
+    ignore = "needs root: a network namespace and an nftables rule"
+)]
 fn sigkill_mid_partition_leaves_no_namespace_server_or_temp_dir() {
-    if !can_make_namespaces() {
-        return;
-    }
+    assert!(
+        can_make_namespaces(),
+        "needs root (built as root, run as another user?)"
+    );
     let tmp = tempdir();
     let mut child = start_partitioned_run(tmp.path());
     let pid = child.id();
@@ -168,10 +173,15 @@ fn sigkill_mid_partition_leaves_no_namespace_server_or_temp_dir() {
 }
 
 #[test]
+#[cfg_attr(
+    not(locklab_root),
+    ignore = "needs root: a network namespace and an nftables rule"
+)]
 fn ctrl_c_mid_partition_leaves_no_namespace() {
-    if !can_make_namespaces() {
-        return;
-    }
+    assert!(
+        can_make_namespaces(),
+        "needs root (built as root, run as another user?)"
+    );
     let tmp = tempdir();
     let mut child = start_partitioned_run(tmp.path());
     let pid = child.id();
