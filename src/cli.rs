@@ -80,6 +80,10 @@ pub enum EnvCommand {
         /// A pgbouncer.ini setting for the throwaway PgBouncer, NAME=VALUE (repeatable).
         #[arg(long = "pooler-setting", value_name = "NAME=VALUE")]
         pooler_settings: Vec<String>,
+        /// The throwaway PostgreSQL's binaries: a bin directory with initdb and postgres, of
+        /// PostgreSQL 14 to 18 (or set LOCKLAB_PG_BIN).
+        #[arg(long = "pg-bin", value_name = "DIR")]
+        pg_bin: Option<std::path::PathBuf>,
         /// Show the server's sessions live (waiting on a lock, idle in transaction,
         /// connections, the oldest idle transaction) while anything runs against it.
         #[arg(long)]
@@ -171,6 +175,10 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub pg_url: Option<String>,
+    /// The throwaway PostgreSQL's binaries: a bin directory with initdb and postgres, of
+    /// PostgreSQL 14 to 18 (or set LOCKLAB_PG_BIN). The table's header names the release.
+    #[arg(long = "pg-bin", value_name = "DIR", conflicts_with = "pg_url")]
+    pub pg_bin: Option<std::path::PathBuf>,
     /// Use your own Redis instead of a throwaway one (redis://[:PASSWORD@]HOST:PORT/DB).
     /// locklab touches only keys under its own `locklab_<id>:` prefix and deletes them
     /// afterwards; it never runs FLUSHDB, FLUSHALL or CONFIG SET.

@@ -120,6 +120,55 @@ fn unreachable_server_exits_3_with_the_url_but_not_the_password() {
 }
 
 #[test]
+fn pg_bin_names_the_release_in_the_header_and_refuses_a_major_too_old_or_no_server() {
+    let tmp = tempdir();
+    // A bin directory whose postgres says it is 13: refused before anything starts.
+    let old = tmp.path().join("pg13");
+    std::fs::create_dir(&old).expect("dir");
+    for name in ["postgres", "initdb"] {
+        let path = old.join(name);
+        std::fs::write(&path, "#!/bin/sh\necho 'postgres (PostgreSQL) 13.2'\n").expect("write");
+        let mut perms = std::fs::metadata(&path).expect("meta").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms).expect("chmod");
+    }
+    let old = old.to_string_lossy().to_string();
+    let o = run(
+        tmp.path(),
+        &["run", "deadlock", "--no-results", "--pg-bin", &old],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("PostgreSQL 13.2"), "{err}");
+    assert!(err.contains("PostgreSQL 14 to 18"), "{err}");
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "deadlock",
+            "--no-results",
+            "--pg-bin",
+            "/nonexistent/bin",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no postgres and initdb in --pg-bin"));
+    // The machine's own server, given by its directory: the header names its release.
+    let bins = locklab::env::postgres::find_binaries().expect("a PostgreSQL server");
+    let dir = bins.dir.to_string_lossy().to_string();
+    let o = run(
+        tmp.path(),
+        &["run", "deadlock", "--no-results", "--pg-bin", &dir],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("throwaway PostgreSQL {}", bins.release)),
+        "{out}"
+    );
+}
+
+#[test]
 fn missing_server_binaries_name_the_packages_to_install() {
     let tmp = tempdir();
     let o = locklab(tmp.path())

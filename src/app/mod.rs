@@ -106,8 +106,14 @@ async fn dispatch(work: Work) -> anyhow::Result<i32> {
         Work::Env(EnvCommand::Up {
             pg_settings,
             pooler_settings,
+            pg_bin,
             watch,
-        }) => env::env_up(pg_settings, pooler_settings, watch).await,
+        }) => {
+            if let Some(dir) = pg_bin {
+                crate::env::postgres::use_bin_dir(dir);
+            }
+            env::env_up(pg_settings, pooler_settings, watch).await
+        }
         Work::Env(EnvCommand::Time { runs }) => env::env_time(runs).await,
         Work::Bench(BenchCommand::Claims {
             samples,
@@ -392,6 +398,9 @@ pub(crate) fn exe() -> anyhow::Result<std::path::PathBuf> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    if let Some(dir) = &args.pg_bin {
+        crate::env::postgres::use_bin_dir(dir.clone());
+    }
     let (scenarios, mut notes) = resolve_scenarios(&args.scenarios, &args.params)?;
     let scenarios = sweep(scenarios, &args.sweeps, &args.params, &mut notes)?;
     let need_redis = scenarios.iter().any(|s| s.kind.needs_redis);

@@ -125,6 +125,8 @@ pub struct Env {
     /// server.
     no_direct_path: bool,
     guardian: Option<Arc<Guardian>>,
+    /// The server's release (`server_version`, e.g. `15.8`), read as the run's schema is made.
+    pub pg_release: Option<String>,
 }
 
 /// The run's guardian, started on first need.
@@ -208,6 +210,7 @@ impl Env {
             pooler_server: None,
             no_direct_path: pooled_url,
             guardian,
+            pg_release: None,
         };
         if let Err(e) = env.setup_pooler(opts, pooled_url).await {
             env.teardown().await;
@@ -222,9 +225,12 @@ impl Env {
         if opts.servers_only {
             return Ok(env);
         }
-        if let Err(e) = env.create_schema().await {
-            env.teardown().await;
-            return Err(e);
+        match env.create_schema().await {
+            Ok(release) => env.pg_release = release,
+            Err(e) => {
+                env.teardown().await;
+                return Err(e);
+            }
         }
         Ok(env)
     }
@@ -499,7 +505,9 @@ impl Env {
         self.redis_server.as_ref().map(RedisServer::url)
     }
 
-    async fn create_schema(&self) -> anyhow::Result<()> {
+    /// The run's schema, and the server's release (for every table's header).
+    async fn create_schema(&self) -> anyhow::Result<Option<String>> {
+        use postgres::Sql as _;
         let admin = self.direct.connect(&self.app("admin")).await?;
         admin
             .batch_execute(&format!("CREATE SCHEMA \"{}\"", self.pg.schema))
@@ -510,7 +518,14 @@ impl Env {
                     self.pg.schema, self.pg.display
                 )
             })?;
-        Ok(())
+        let release = admin
+            .one("SELECT current_setting('server_version')", &[])
+            .await
+            .ok()
+            .and_then(|row| row.try_get::<_, String>(0).ok())
+            // `15.8 (Debian 15.8-0+deb12u1)`: the release alone.
+            .and_then(|v| v.split_whitespace().next().map(str::to_string));
+        Ok(release)
     }
 
     /// An application_name of this run, e.g. `locklab_1a2b3c4d/booker`.

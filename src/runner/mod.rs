@@ -222,9 +222,14 @@ fn scenario_header(
     scenario: &Scenario,
     env: &Env,
 ) -> ScenarioReport {
+    let release = env
+        .pg_release
+        .as_ref()
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default();
     let mut target = match env.pg_url() {
-        Some(_) => "throwaway PostgreSQL".to_string(),
-        None => format!("PostgreSQL at {}", env.direct.display),
+        Some(_) => format!("throwaway PostgreSQL{release}"),
+        None => format!("PostgreSQL{release} at {}", env.direct.display),
     };
     if let Some(pooler) = &env.pooler {
         target = format!("{target} {}", pooler.describe);

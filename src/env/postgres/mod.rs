@@ -7,6 +7,8 @@ pub mod sql;
 mod target;
 
 pub use cancel::Canceller;
-pub use server::{Binaries, PgServer, data_version, find_binaries, time_initdb};
+pub use server::{
+    Binaries, PgServer, SUPPORTED_MAJORS, data_version, find_binaries, time_initdb, use_bin_dir,
+};
 pub use sql::{Param, Sql, begin, end_sessions_named, like_prefix};
 pub use target::{Capacity, PgTarget, external, parse_url, redact};

@@ -25,6 +25,46 @@ pub struct Binaries {
     pub dir: PathBuf,
     /// Identifies the build: the template cache is kept per build.
     pub version: String,
+    /// What `postgres --version` says, e.g. `15.8`.
+    pub release: String,
+}
+
+/// The oldest and newest PostgreSQL majors locklab runs a throwaway server of.
+pub const SUPPORTED_MAJORS: (u32, u32) = (14, 18);
+
+/// `--pg-bin`: the throwaway server's binaries, for the whole process.
+static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Takes the throwaway server's binaries from `dir` (`--pg-bin`), before any server starts.
+pub fn use_bin_dir(dir: PathBuf) {
+    let _ = BIN_DIR.set(dir);
+}
+
+/// `postgres --version` of the binaries in `dir`: its release (`15.8`) and major (15).
+fn release_of(dir: &Path) -> anyhow::Result<(String, u32)> {
+    let out = std::process::Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .with_context(|| format!("could not run {}/postgres --version", dir.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `postgres (PostgreSQL) 15.8 (Debian 15.8-0+deb12u1)`
+    let release = text
+        .split_whitespace()
+        .nth(2)
+        .map(str::to_string)
+        .with_context(|| {
+            format!(
+                "{}/postgres --version said `{}`",
+                dir.display(),
+                text.trim()
+            )
+        })?;
+    let major = release
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .with_context(|| format!("no major version in `{release}`"))?;
+    Ok((release, major))
 }
 
 /// The major version a data directory was made with (its PG_VERSION file).
@@ -34,17 +74,25 @@ pub fn data_version(data: &Path) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// `LOCKLAB_PG_BIN` if set (and then only there), else PATH, else the newest
-/// `/usr/lib/postgresql/*/bin` (Debian and Ubuntu keep the server there, off PATH).
+/// `--pg-bin` or `LOCKLAB_PG_BIN` if given (and then only there), else PATH, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian and Ubuntu keep the server there, off PATH). A major
+/// older than the oldest supported is refused (exit 2), naming the supported ones.
 pub fn find_binaries() -> anyhow::Result<Binaries> {
     let has = |d: &Path| d.join("postgres").is_file() && d.join("initdb").is_file();
-    let dir = if let Some(d) = std::env::var_os("LOCKLAB_PG_BIN") {
-        let d = PathBuf::from(d);
+    let given = BIN_DIR
+        .get()
+        .map(|d| ("--pg-bin", d.clone()))
+        .or_else(|| std::env::var_os("LOCKLAB_PG_BIN").map(|d| ("LOCKLAB_PG_BIN", d.into())));
+    let dir = if let Some((from, d)) = given {
         if !has(&d) {
-            bail!(
-                "no postgres and initdb in LOCKLAB_PG_BIN={}: {INSTALL_HINT}",
-                d.display()
-            );
+            return Err(crate::error::UsageError(format!(
+                "no postgres and initdb in {from} {}: give the bin directory of a PostgreSQL \
+                 {} to {} server (the one with initdb, pg_ctl and postgres)",
+                d.display(),
+                SUPPORTED_MAJORS.0,
+                SUPPORTED_MAJORS.1
+            ))
+            .into());
         }
         d
     } else {
@@ -87,7 +135,21 @@ pub fn find_binaries() -> anyhow::Result<Binaries> {
         &mut h,
     );
     let version = format!("{:016x}", std::hash::Hasher::finish(&h));
-    Ok(Binaries { dir, version })
+    let (release, major) = release_of(&dir)?;
+    let (oldest, newest) = SUPPORTED_MAJORS;
+    if major < oldest {
+        return Err(crate::error::UsageError(format!(
+            "PostgreSQL {release} in {} is older than locklab supports: it runs PostgreSQL \
+             {oldest} to {newest} (give another with --pg-bin DIR)",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok(Binaries {
+        dir,
+        version,
+        release,
+    })
 }
 
 fn cache_dir() -> PathBuf {
