@@ -84,6 +84,9 @@ pub fn find_binaries() -> anyhow::Result<Binaries> {
         .map(|d| ("--pg-bin", d.clone()))
         .or_else(|| std::env::var_os("LOCKLAB_PG_BIN").map(|d| ("LOCKLAB_PG_BIN", d.into())));
     let dir = if let Some((from, d)) = given {
+        // Resolved here (as the user who runs locklab): the server's own account may not
+        // reach the path as given (a link out of a directory only its owner can enter).
+        let d = d.canonicalize().unwrap_or(d);
         if !has(&d) {
             return Err(crate::error::UsageError(format!(
                 "no postgres and initdb in {from} {}: give the bin directory of a PostgreSQL \
