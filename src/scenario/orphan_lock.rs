@@ -38,6 +38,11 @@ pub struct OrphanLock {
     booker_payment: Duration,
     retry_after: Duration,
     deadline: Duration,
+    /// `holder = polling`: the holder asks after its payment this often, inside the
+    /// transaction, and no fault hits it: it is alive and talking the whole time.
+    poll_every: Option<Duration>,
+    /// The variant sets `transaction_timeout` (PostgreSQL 17 and newer).
+    transaction_timeout: bool,
 }
 
 impl Code for OrphanLock {
@@ -55,6 +60,9 @@ impl Code for OrphanLock {
         ParamSpec::duration("idle_timeout", 1, HOUR_MS),
         ParamSpec::duration("lock_timeout", 1, HOUR_MS),
         ParamSpec::duration("statement_timeout", 1, HOUR_MS),
+        ParamSpec::words("holder", &["quiet", "polling"]),
+        ParamSpec::duration("poll_every", 1, HOUR_MS),
+        ParamSpec::duration("transaction_timeout", 1, HOUR_MS),
         ParamSpec::duration("deadline", 100, DAY_MS),
     ];
     const METRICS: &'static [&'static str] = METRICS;
@@ -93,7 +101,40 @@ impl Code for OrphanLock {
                 )));
             }
         }
+        let polling = p.switch("holder", "polling", "quiet")?;
+        let poll_every = p.duration("poll_every")?;
+        if polling
+            && p.in_settings("idle_timeout")
+            && poll_every * 2 > p.duration("idle_timeout")?
+        {
+            return Err(UsageError(format!(
+                "poll_every ({}) must be under half of idle_timeout ({}): a holder that polls \
+                 less often sits idle long enough for the idle timeout, which is not the \
+                 failure holder=polling shows (lower --param poll_every)",
+                p.as_written(poll_every),
+                p.as_written(p.duration("idle_timeout")?)
+            )));
+        }
+        if polling && p.get("fault")? == &crate::scenario::spec::Param::Text("leak".into()) {
+            return Err(UsageError(
+                "holder=polling is a live holder in a process of its own, never faulted: \
+                 fault=leak does not apply (leave fault out)"
+                    .into(),
+            ));
+        }
+        let transaction_timeout = p.in_settings("transaction_timeout");
+        if transaction_timeout {
+            let why = "the transaction timeout could not free the row before the cut-off";
+            p.deadline_outlasts(
+                2,
+                "transaction_timeout",
+                p.duration("transaction_timeout")?,
+                why,
+            )?;
+        }
         Ok(OrphanLock {
+            poll_every: polling.then_some(poll_every),
+            transaction_timeout,
             clients: p.count("clients")?,
             fault: p.parse("fault")?,
             payment_inside,
@@ -103,6 +144,17 @@ impl Code for OrphanLock {
             booker_payment: p.duration("booker_payment")?,
             retry_after: p.duration("retry_after")?,
             deadline: p.duration("deadline")?,
+        })
+    }
+
+    fn unavailable(&self, env: &crate::env::Env) -> Option<String> {
+        let release = env.pg_release.as_deref()?;
+        let major: u32 = release.split('.').next()?.parse().ok()?;
+        (self.transaction_timeout && major < 17).then(|| {
+            format!(
+                "transaction_timeout came with PostgreSQL 17; this server is {release} \
+                 (run it on 17 or newer, e.g. --pg-bin with a PostgreSQL 17 or 18)"
+            )
         })
     }
 
@@ -153,7 +205,7 @@ async fn start_holder(
                 return;
             };
             let how = (HOLDER, inside, payment_call);
-            let _ = hold(&conn, &provider, &booking, how, |at| {
+            let _ = hold(&conn, &provider, &booking, how, None, |at| {
                 let _ = tx.send(at);
             })
             .await;
@@ -167,6 +219,7 @@ async fn start_holder(
 
     let config = HolderConfig {
         payment_inside: inside,
+        poll_every: cfg.poll_every,
         ..HolderConfig::new(
             ctx.pg().clone(),
             provider_target(env).clone(),
@@ -268,7 +321,10 @@ async fn fault(
         let prober = Prober::connect(&ctx.env.direct, &ctx.app("probe"), booking).await?;
         // Looked at just before the fault: a row the holder never locked reads free here.
         let locked_before_fault = prober.try_now().await?.is_none();
-        victim.inject(cfg.fault)?;
+        // A polling holder is not faulted: it goes on talking through its whole payment call.
+        if cfg.poll_every.is_none() {
+            victim.inject(cfg.fault)?;
+        }
         let window = Window {
             clock,
             deadline: Instant::now() + cfg.deadline,
