@@ -122,6 +122,15 @@ impl Code for OrphanLock {
                     .into(),
             ));
         }
+        if polling && p.duration("payment_call")? <= p.duration("deadline")? {
+            return Err(UsageError(format!(
+                "payment_call ({}) must outlast the deadline ({}) with holder=polling: a holder \
+                 that is never faulted commits when its call ends, and the row it held would \
+                 read as freed by a timeout (lower --param deadline below it)",
+                p.as_written(p.duration("payment_call")?),
+                p.as_written(p.duration("deadline")?)
+            )));
+        }
         let transaction_timeout = p.in_settings("transaction_timeout");
         if transaction_timeout {
             let why = "the transaction timeout could not free the row before the cut-off";
