@@ -83,10 +83,11 @@ impl Code for OrphanLock {
         if payment_inside {
             let clients = p.count("clients")?;
             let turn = p.duration("booker_payment")?;
-            let freed = match p.in_settings("idle_timeout") {
-                true => p.duration("idle_timeout")?,
-                false => Duration::ZERO,
+            let timeout = |name: &str| match p.in_settings(name) {
+                true => p.duration(name),
+                false => Ok(Duration::ZERO),
             };
+            let freed = timeout("idle_timeout")?.max(timeout("transaction_timeout")?);
             let need = freed + turn * (3 * clients as u32);
             let deadline = p.duration("deadline")?;
             if deadline < need {
@@ -114,13 +115,6 @@ impl Code for OrphanLock {
                 p.as_written(poll_every),
                 p.as_written(p.duration("idle_timeout")?)
             )));
-        }
-        if polling && p.get("fault")? == &crate::scenario::spec::Param::Text("leak".into()) {
-            return Err(UsageError(
-                "holder=polling is a live holder in a process of its own, never faulted: \
-                 fault=leak does not apply (leave fault out)"
-                    .into(),
-            ));
         }
         if polling && p.duration("payment_call")? <= p.duration("deadline")? {
             return Err(UsageError(format!(
@@ -195,7 +189,8 @@ async fn start_holder(
     let app = ctx.app("w/holder");
     let settings = &ctx.variant.settings;
     let (inside, payment_call) = (cfg.payment_inside, cfg.payment_call);
-    if cfg.fault == Fault::Leak {
+    // A polling holder is never faulted: whatever the run's fault, it is a process of its own.
+    if cfg.fault == Fault::Leak && cfg.poll_every.is_none() {
         // One application pool of one connection, as in a service with a small pool.
         let pool = ctx
             .pg()

@@ -87,6 +87,12 @@ pub fn find_binaries() -> anyhow::Result<Binaries> {
         // Resolved here (as the user who runs locklab): the server's own account may not
         // reach the path as given (a link out of a directory only its owner can enter).
         let d = d.canonicalize().unwrap_or(d);
+        if !has(&d) && from == "LOCKLAB_PG_BIN" {
+            bail!(
+                "no postgres and initdb in LOCKLAB_PG_BIN={}: {INSTALL_HINT}",
+                d.display()
+            );
+        }
         if !has(&d) {
             return Err(crate::error::UsageError(format!(
                 "no postgres and initdb in {from} {}: give the bin directory of a PostgreSQL \
