@@ -87,8 +87,13 @@ fn a_saved_run_re_derives_its_verdicts_and_draws_in_a_browser() {
         .expect("report");
     let err = String::from_utf8_lossy(&again.stderr);
     assert_eq!(again.status.code(), Some(0), "{err}");
+    // Skipped variants (transaction-timeout before PostgreSQL 17) have no verdict to re-derive.
+    let judged = variants
+        .iter()
+        .filter(|v| v["outcome"] != "skipped")
+        .count();
     assert!(
-        err.contains(&format!("re-derived {} verdicts", variants.len())),
+        err.contains(&format!("re-derived {judged} verdicts")),
         "{err}"
     );
 

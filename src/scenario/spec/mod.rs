@@ -529,6 +529,9 @@ retry_after = "1s"
 idle_timeout = "10s"
 lock_timeout = "500ms"
 statement_timeout = "5s"
+holder = "quiet"
+poll_every = "1s"
+transaction_timeout = "10s"
 deadline = "30s"
 
 [[variants]]
@@ -586,7 +589,7 @@ expect = ["lock_held_ms < 100"]
     fn unknown_metric_in_expectation_points_at_it() {
         let bad = MINIMAL.replace("lock_held_ms <= idle", "lock_hold_ms <= idle");
         let e = Scenario::parse(&bad, "my.toml").unwrap_err().0;
-        assert!(e.starts_with("my.toml:26:"), "{e}");
+        assert!(e.starts_with("my.toml:29:"), "{e}");
         assert!(e.contains("lock_hold_ms"), "{e}");
     }
 
