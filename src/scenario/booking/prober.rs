@@ -44,16 +44,27 @@ impl Prober {
         })
     }
 
+    /// The lock as one statement that returns the server's clock once it holds the row: the
+    /// outer projection runs only after the locking subquery returned its row, so the time is
+    /// the server's, not the probe's next round trip (which a loaded harness may delay).
+    fn locked_at(&self, nowait: bool) -> String {
+        let nowait = if nowait { " NOWAIT" } else { "" };
+        format!(
+            "SELECT extract(epoch FROM clock_timestamp())::float8 FROM ({}{nowait}) AS locked",
+            self.lock
+        )
+    }
+
     /// Locks the row without waiting; on success returns the server clock then.
     pub(crate) async fn try_now(&self) -> anyhow::Result<Option<f64>> {
         let c = &self.client;
         c.batch_execute(&begin_unlimited()).await?;
-        match c
-            .rows(&format!("{} NOWAIT", self.lock), &[&FLIGHT, &FARE])
-            .await
-        {
-            Ok(_) => {
-                let at = server_epoch(c).await?;
+        match c.rows(&self.locked_at(true), &[&FLIGHT, &FARE]).await {
+            Ok(rows) => {
+                let at = match rows.first() {
+                    Some(r) => r.try_get(0)?,
+                    None => server_epoch(c).await?,
+                };
                 c.batch_execute("ROLLBACK").await?;
                 Ok(Some(at))
             }
@@ -77,15 +88,19 @@ impl Prober {
         }
         let c = &self.client;
         c.batch_execute(&begin_unlimited()).await?;
+        let lock = self.locked_at(false);
         let waited = tokio::select! {
-            r = c.rows(&self.lock, &[&FLIGHT, &FARE]) => Some(r),
+            r = c.rows(&lock, &[&FLIGHT, &FARE]) => Some(r),
             _ = tokio::time::sleep_until(deadline) => None,
             _ = cancel.cancelled() => None,
         };
         match waited {
             Some(r) => {
-                r.context("the probe's wait for the row failed")?;
-                let at = server_epoch(c).await?;
+                let rows = r.context("the probe's wait for the row failed")?;
+                let at = match rows.first() {
+                    Some(r) => r.try_get(0)?,
+                    None => server_epoch(c).await?,
+                };
                 c.batch_execute("ROLLBACK").await?;
                 Ok(Some(at))
             }

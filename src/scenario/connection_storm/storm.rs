@@ -226,7 +226,8 @@ pub(super) async fn unleash(
     cap: Option<usize>,
 ) -> anyhow::Result<Stormed> {
     let workload = servers.workload.clone();
-    let (ghost, _) = spawn_holder(ctx.env, None, holder(cfg, ctx, servers, "w/holder")).await?;
+    let (ghost, paying_epoch) =
+        spawn_holder(ctx.env, None, holder(cfg, ctx, servers, "w/holder")).await?;
     let locked_before_fault = prober.try_now().await?.is_none();
     frozen.freeze(ghost)?;
     let fault_ms = clock.now_ms();
@@ -281,12 +282,16 @@ pub(super) async fn unleash(
     cpu.close();
     let restart = restart?;
     let freed = queued.free_at_epoch().await;
-    if restart.is_none() {
-        freed?;
-    }
+    let seen_by_probe = released.lock().ok().and_then(|r| *r);
+    let released_ms = match restart {
+        // Without a restart the row is freed by the server (a timeout ending the holder): how
+        // long it was held is read from the server's clock, from the holder's payment call to
+        // the probe's lock, so a harness slowed by the storm does not lengthen it.
+        None => freed?.map(|at| fault_ms + ((at - paying_epoch) * 1000.0).max(0.0)),
+        Some(_) => seen_by_probe,
+    };
     let end_ms = clock.now_ms();
     let history = fleet.record.history();
-    let released_ms = released.lock().ok().and_then(|r| *r);
     Ok(Stormed {
         cut_off: history.ops.iter().any(|o| o.outcome == Outcome::Unknown) || released_ms.is_none(),
         fleet,
