@@ -177,8 +177,10 @@ pub struct RunArgs {
     pub pg_url: Option<String>,
     /// The throwaway PostgreSQL's binaries: a bin directory with initdb and postgres, of
     /// PostgreSQL 14 to 18 (or set LOCKLAB_PG_BIN). The table's header names the release.
+    /// Given more than once, the run is repeated on each and the versions are compared side by
+    /// side (e.g. --pg-bin /usr/lib/postgresql/15/bin --pg-bin .cache/pg/18/bin).
     #[arg(long = "pg-bin", value_name = "DIR", conflicts_with = "pg_url")]
-    pub pg_bin: Option<std::path::PathBuf>,
+    pub pg_bin: Vec<std::path::PathBuf>,
     /// Use your own Redis instead of a throwaway one (redis://[:PASSWORD@]HOST:PORT/DB).
     /// locklab touches only keys under its own `locklab_<id>:` prefix and deletes them
     /// afterwards; it never runs FLUSHDB, FLUSHALL or CONFIG SET.

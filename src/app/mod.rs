@@ -398,9 +398,7 @@ pub(crate) fn exe() -> anyhow::Result<std::path::PathBuf> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    if let Some(dir) = &args.pg_bin {
-        crate::env::postgres::use_bin_dir(dir.clone());
-    }
+    let versions = pg_versions(&args.pg_bin)?;
     let (scenarios, mut notes) = resolve_scenarios(&args.scenarios, &args.params)?;
     let scenarios = sweep(scenarios, &args.sweeps, &args.params, &mut notes)?;
     let need_redis = scenarios.iter().any(|s| s.kind.needs_redis);
@@ -444,7 +442,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             && args.format == Format::Table
             && std::io::stderr().is_terminal(),
     };
-    let finished = runner::run(opts, cancel).await?;
+    let finished = match versions.len() {
+        0 | 1 => runner::run(opts, cancel).await?,
+        _ => runner::run_matrix(opts, versions, cancel).await?,
+    };
     let code = print_report(
         &finished.report,
         args.format,
@@ -457,6 +458,28 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         crate::say!("results: {}", path.display());
     }
     Ok(code)
+}
+
+/// The `--pg-bin` directories, each checked (server binaries there, a supported major) before
+/// anything starts, with its release; the last one given stays in use. Two directories of the
+/// same release would compare a server with itself: refused.
+fn pg_versions(dirs: &[std::path::PathBuf]) -> anyhow::Result<Vec<(std::path::PathBuf, String)>> {
+    let mut out: Vec<(std::path::PathBuf, String)> = Vec::new();
+    for dir in dirs {
+        crate::env::postgres::use_bin_dir(dir.clone());
+        let bins = crate::env::postgres::find_binaries()?;
+        if let Some((other, _)) = out.iter().find(|(_, r)| *r == bins.release) {
+            return Err(UsageError(format!(
+                "--pg-bin {} and --pg-bin {} are both PostgreSQL {}: give each release once",
+                other.display(),
+                dir.display(),
+                bins.release
+            ))
+            .into());
+        }
+        out.push((dir.clone(), bins.release));
+    }
+    Ok(out)
 }
 
 /// Prints a report in the chosen format, writes JUnit if asked, lists what failed and why,

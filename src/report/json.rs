@@ -6,8 +6,21 @@ pub struct Json;
 
 impl Exporter for Json {
     fn render(&self, report: &RunReport) -> String {
-        // Serialising plain data with string keys cannot fail.
-        serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        // Serialising plain data with string keys cannot fail. A run on several releases
+        // carries their comparison too (ignored when the file is read back: it is derived).
+        let text = match super::matrix::matrix(report) {
+            None => serde_json::to_string_pretty(report),
+            Some(m) => {
+                #[derive(serde::Serialize)]
+                struct WithMatrix<'a> {
+                    #[serde(flatten)]
+                    report: &'a RunReport,
+                    matrix: super::matrix::Matrix,
+                }
+                serde_json::to_string_pretty(&WithMatrix { report, matrix: m })
+            }
+        };
+        text.unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 }
 

@@ -37,7 +37,8 @@ fn sweep(points: &[&super::ScenarioReport]) -> String {
     }
     out.push_str(&format!(
         "{} · time scale {} · * = mitigated variant\n\n",
-        s.target, s.time_scale
+        super::targets(points),
+        s.time_scale
     ));
     for p in points {
         for line in super::notes(p) {
@@ -118,6 +119,18 @@ impl Exporter for Markdown {
             ));
             out.push_str(&chart(s));
             for line in super::notes(s) {
+                out.push_str(&format!("{}\n\n", escape(&line)));
+            }
+        }
+        if let Some(m) = super::matrix::matrix(report) {
+            let (headers, rows) = m.table(report);
+            out.push_str(
+                "### PostgreSQL side by side\n\nVerdict · harm per release; ≠ marks a verdict \
+                 that differs between releases.\n\n",
+            );
+            out.push_str(&table(&headers, rows.into_iter()));
+            out.push('\n');
+            for line in m.findings() {
                 out.push_str(&format!("{}\n\n", escape(&line)));
             }
         }

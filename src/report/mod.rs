@@ -4,6 +4,7 @@ pub mod html;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod matrix;
 pub mod recheck;
 pub mod table;
 
@@ -411,6 +412,17 @@ pub fn fmt_metric(name: &str, v: Option<&serde_json::Value>) -> String {
         },
         Some(other) => other.to_string(),
     }
+}
+
+/// Where a sweep's points ran: one target, or each distinct one (a version matrix's releases).
+pub fn targets(points: &[&ScenarioReport]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for p in points {
+        if !seen.contains(&p.target.as_str()) {
+            seen.push(&p.target);
+        }
+    }
+    seen.join(", ")
 }
 
 /// What an exporter prints, in order: a scenario's table, or a sweep's tables (consecutive

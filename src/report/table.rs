@@ -92,7 +92,7 @@ impl Exporter for Tables {
                         s.name,
                         s.summary,
                         points.len(),
-                        s.target,
+                        super::targets(&points),
                         s.time_scale
                     ));
                     for t in super::sweep_tables(&points) {
@@ -108,6 +108,16 @@ impl Exporter for Tables {
                         }
                     }
                 }
+            }
+        }
+        if let Some(m) = super::matrix::matrix(report) {
+            let (headers, rows) = m.table(report);
+            out.push_str(
+                "PostgreSQL side by side — verdict · harm per release · ≠ = the verdict differs\n",
+            );
+            out.push_str(&format!("{}\n", table(&headers, &rows, width)));
+            for line in m.findings() {
+                out.push_str(&format!("{line}\n"));
             }
         }
         let verdict = if report.interrupted {

@@ -35,6 +35,7 @@ pub fn estimates(
     results::learnt(dir, time_scale)
 }
 
+#[derive(Clone)]
 pub struct RunOptions {
     pub scenarios: Vec<Scenario>,
     /// Run only these variants (all when empty).
@@ -122,6 +123,58 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
     shared.run(lanes, &first, &env_opts).await;
     first.teardown().await;
     shared.finish()
+}
+
+/// `--pg-bin` given more than once: the same plan on each release in turn (`bins`: each bin
+/// directory with its release), merged into one report where every scenario's releases read
+/// as the points of a sweep (see [`crate::report::matrix`]). The results file is rewritten
+/// after each release; an interrupt ends the matrix after the release it cut short.
+pub async fn run_matrix(
+    opts: RunOptions,
+    bins: Vec<(PathBuf, String)>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Finished> {
+    use crate::report::matrix;
+    let results_file = opts
+        .out_dir
+        .as_ref()
+        .map(|d| results::results_path(d, &opts.scenarios))
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().to_string());
+            let name = name.unwrap_or_default().replace(".json", "-versions.json");
+            p.with_file_name(name)
+        });
+    let estimates = match (&opts.estimates, opts.out_dir.as_deref()) {
+        (e, _) if !e.is_empty() => e.clone(),
+        (_, Some(dir)) => results::learnt(dir, opts.time_scale),
+        (_, None) => BTreeMap::new(),
+    };
+    let mut runs: Vec<(String, RunReport)> = Vec::new();
+    let mut write_error = None;
+    for (dir, release) in bins {
+        if cancel.is_cancelled() {
+            break;
+        }
+        crate::say!("PostgreSQL {release} ({})", dir.display());
+        crate::env::postgres::use_bin_dir(dir);
+        let one = RunOptions {
+            out_dir: None,
+            estimates: estimates.clone(),
+            ..opts.clone()
+        };
+        let finished = run(one, cancel.clone()).await?;
+        runs.push((release, finished.report));
+        if let Some(path) = &results_file {
+            write_error = results::write_results(path, &matrix::merge(runs.clone()))
+                .err()
+                .map(|e| format!("{e:#}"));
+        }
+    }
+    Ok(Finished {
+        report: matrix::merge(runs),
+        results_file,
+        write_error,
+    })
 }
 
 /// On a user's server, every variant that will run fits the slots it has free (see

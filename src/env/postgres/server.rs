@@ -33,11 +33,22 @@ pub struct Binaries {
 pub const SUPPORTED_MAJORS: (u32, u32) = (14, 18);
 
 /// `--pg-bin`: the throwaway server's binaries, for the whole process.
-static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+static BIN_DIR: std::sync::RwLock<Option<PathBuf>> = std::sync::RwLock::new(None);
 
 /// Takes the throwaway server's binaries from `dir` (`--pg-bin`), before any server starts.
+/// A version matrix sets it again between its runs, never while servers start.
 pub fn use_bin_dir(dir: PathBuf) {
-    let _ = BIN_DIR.set(dir);
+    match BIN_DIR.write() {
+        Ok(mut d) => *d = Some(dir),
+        Err(poisoned) => *poisoned.into_inner() = Some(dir),
+    }
+}
+
+fn bin_dir() -> Option<PathBuf> {
+    match BIN_DIR.read() {
+        Ok(d) => d.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
 }
 
 /// `postgres --version` of the binaries in `dir`: its release (`15.8`) and major (15).
@@ -79,9 +90,8 @@ pub fn data_version(data: &Path) -> String {
 /// older than the oldest supported is refused (exit 2), naming the supported ones.
 pub fn find_binaries() -> anyhow::Result<Binaries> {
     let has = |d: &Path| d.join("postgres").is_file() && d.join("initdb").is_file();
-    let given = BIN_DIR
-        .get()
-        .map(|d| ("--pg-bin", d.clone()))
+    let given = bin_dir()
+        .map(|d| ("--pg-bin", d))
         .or_else(|| std::env::var_os("LOCKLAB_PG_BIN").map(|d| ("LOCKLAB_PG_BIN", d.into())));
     let dir = if let Some((from, d)) = given {
         // Resolved here (as the user who runs locklab): the server's own account may not

@@ -44,6 +44,8 @@ svg text{font:11px system-ui,'DejaVu Sans',sans-serif;fill:#57606a}
 .legend span{display:inline-block;margin-right:12px;font-size:12px}
 .legend i{display:inline-block;width:12px;height:10px;margin-right:4px;vertical-align:middle}
 .note{color:#57606a;font-size:12px}
+table.matrix{border-collapse:collapse;margin:6px 0}table.matrix td,table.matrix th{border:1px solid #d0d7de;padding:2px 8px;text-align:left;font-size:13px}
+table.matrix td.differs{color:#cf222e;font-weight:600}
 ";
 
 /// Colours of the states a lane shows.
@@ -78,6 +80,9 @@ impl Exporter for Html {
             esc(&verdict),
             report.wall_ms as f64 / 1000.0
         );
+        if let Some(m) = super::matrix::matrix(report) {
+            matrix(&mut out, report, &m);
+        }
         for s in &report.scenarios {
             scenario(&mut out, s);
         }
@@ -96,6 +101,31 @@ b.dataset.lanes=document.querySelectorAll('g.lane').length;\
 b.dataset.faults=document.querySelectorAll('line.mark-fault').length;\
 b.dataset.releases=document.querySelectorAll('line.mark-release').length;\
 b.dataset.check='ok';})();</script>";
+
+/// A run on several releases: verdict and harm per release, the differing rows marked.
+fn matrix(out: &mut String, report: &RunReport, m: &super::matrix::Matrix) {
+    let (headers, rows) = m.table(report);
+    out.push_str("<h2>PostgreSQL side by side</h2><table class=\"matrix\"><tr>");
+    for h in &headers {
+        let _ = write!(out, "<th>{}</th>", esc(h));
+    }
+    out.push_str("</tr>");
+    for row in rows {
+        out.push_str("<tr>");
+        for (i, cell) in row.iter().enumerate() {
+            let class = match i == 1 && cell.starts_with('≠') {
+                true => " class=\"differs\"",
+                false => "",
+            };
+            let _ = write!(out, "<td{class}>{}</td>", esc(cell));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+    for line in m.findings() {
+        let _ = write!(out, "<p class=\"note\">{}</p>", esc(&line));
+    }
+}
 
 fn names(report: &RunReport) -> String {
     let mut n: Vec<&str> = report.scenarios.iter().map(|s| s.name.as_str()).collect();
