@@ -166,6 +166,113 @@ fn pg_bin_names_the_release_in_the_header_and_refuses_a_major_too_old_or_no_serv
         out.contains(&format!("throwaway PostgreSQL {}", bins.release)),
         "{out}"
     );
+    // The same release twice would compare a server with itself.
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "deadlock",
+            "--no-results",
+            "--pg-bin",
+            &dir,
+            "--pg-bin",
+            &dir,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("are both PostgreSQL {}", bins.release)),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `--pg-bin` twice: the machine's PostgreSQL and 18 from the project's cache, compared.
+#[test]
+#[cfg_attr(
+    not(locklab_pg18),
+    ignore = "needs PostgreSQL 18 in .cache/pg/18 (scripts/setup --pg-major 18)"
+)]
+fn a_version_matrix_compares_releases_side_by_side() {
+    let tmp = tempdir();
+    let own = locklab::env::postgres::find_binaries().expect("a PostgreSQL server");
+    let newest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/pg/18/bin");
+    let (own_dir, newest_dir) = (
+        own.dir.to_string_lossy().to_string(),
+        newest.to_string_lossy().to_string(),
+    );
+    let out_dir = tmp.path().join("results");
+    let junit = tmp.path().join("junit.xml");
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "orphan-lock",
+            "--variant",
+            "polling-idle-timeout",
+            "--variant",
+            "transaction-timeout",
+            "--pg-bin",
+            &own_dir,
+            "--pg-bin",
+            &newest_dir,
+            "--out",
+            &out_dir.to_string_lossy(),
+            "--junit",
+            &junit.to_string_lossy(),
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains("PostgreSQL side by side"), "{out}");
+    assert!(
+        out.contains(&format!("PostgreSQL {}", own.release)),
+        "{out}"
+    );
+    assert!(out.contains("PostgreSQL 18."), "{out}");
+    // transaction_timeout is 17+: held on 18, skipped with the reason on an older server.
+    let own_major = own
+        .release
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    if own_major.is_some_and(|m| m < 17) {
+        assert!(
+            out.contains(&format!("skipped on {} (transaction_timeout", own.release)),
+            "{out}"
+        );
+    }
+    let junit = std::fs::read_to_string(&junit).expect("junit written");
+    assert!(junit.contains("orphan-lock[postgres=18."), "{junit}");
+    // One results file for the matrix; read back, it compares the releases again, as JSON too.
+    let file = std::fs::read_dir(&out_dir)
+        .expect("results dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-versions.json"))
+        .expect("a -versions.json results file");
+    let o = run(
+        tmp.path(),
+        &["report", &file.to_string_lossy(), "--format", "json"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let versions = doc["matrix"]["versions"].as_array().expect("versions");
+    assert_eq!(versions.len(), 2, "{doc}");
+    let rows = doc["matrix"]["variants"].as_array().expect("rows");
+    let polling = rows
+        .iter()
+        .find(|r| r["variant"] == "polling-idle-timeout")
+        .expect("polling row");
+    assert_eq!(polling["differs"], false, "{polling}");
+    assert!(
+        polling["by_version"]
+            .as_array()
+            .expect("cells")
+            .iter()
+            .all(|c| c["verdict"] == "held"),
+        "{polling}"
+    );
 }
 
 #[test]
