@@ -320,10 +320,20 @@ impl Matrix {
                     .map(|(v, _)| v.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-                skipped[0].1
+                shared_reason(&skipped)
             ));
         }
         out
+    }
+}
+
+/// The reason a variant was skipped on several releases: as given when they agree, else the
+/// cause they share (a reason names the release it was skipped on after its first `;`).
+fn shared_reason(skipped: &[(&String, &str)]) -> String {
+    let first = skipped.first().map_or("", |(_, why)| *why);
+    match skipped.iter().all(|(_, why)| *why == first) {
+        true => first.to_string(),
+        false => first.split(';').next().unwrap_or(first).trim().to_string(),
     }
 }
 
@@ -336,6 +346,18 @@ mod tests {
         let mut r = fixtures::report();
         f(&mut r);
         (release.to_string(), r)
+    }
+
+    #[test]
+    fn a_skip_reason_naming_each_release_is_cut_to_the_shared_cause() {
+        let (a, b) = ("14.23".to_string(), "16.14".to_string());
+        let same = [(&a, "needs 17"), (&b, "needs 17")];
+        assert_eq!(shared_reason(&same), "needs 17");
+        let naming = [
+            (&a, "came with PostgreSQL 17; this server is 14.23"),
+            (&b, "came with PostgreSQL 17; this server is 16.14"),
+        ];
+        assert_eq!(shared_reason(&naming), "came with PostgreSQL 17");
     }
 
     #[test]

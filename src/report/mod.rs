@@ -392,8 +392,10 @@ pub trait Exporter {
 pub fn fmt_ms(v: Option<&serde_json::Value>) -> String {
     match v.and_then(serde_json::Value::as_f64) {
         None => "—".into(),
-        Some(ms) if ms >= 1000.0 => format!("{:.2} s", ms / 1000.0),
-        Some(ms) if ms >= 10.0 => format!("{ms:.0} ms"),
+        // The thresholds are where the rounding of the shorter form would carry over
+        // (999.7 ms is "1.00 s", never "1000 ms").
+        Some(ms) if ms >= 999.5 => format!("{:.2} s", ms / 1000.0),
+        Some(ms) if ms >= 9.95 => format!("{ms:.0} ms"),
         Some(ms) => format!("{ms:.1} ms"),
     }
 }

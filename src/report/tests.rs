@@ -57,3 +57,13 @@ fn failure_lines_name_the_kind_the_expectation_and_the_figure() {
     );
     assert_eq!(r.scenarios[0].variants[1].failure_kind(), None);
 }
+
+#[test]
+fn durations_never_round_up_into_a_longer_form() {
+    let ms = |v: f64| fmt_ms(Some(&serde_json::json!(v)));
+    assert_eq!(ms(999.7), "1.00 s");
+    assert_eq!(ms(999.4), "999 ms");
+    assert_eq!(ms(9.97), "10 ms");
+    assert_eq!(ms(9.94), "9.9 ms");
+    assert_eq!(ms(1500.0), "1.50 s");
+}

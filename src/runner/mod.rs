@@ -163,6 +163,10 @@ pub async fn run_matrix(
             ..opts.clone()
         };
         let finished = run(one, cancel.clone()).await?;
+        crate::say!(
+            "PostgreSQL {release}: wall time {:.1} s",
+            finished.report.wall_ms as f64 / 1000.0
+        );
         runs.push((release, finished.report));
         if let Some(path) = &results_file {
             write_error = results::write_results(path, &matrix::merge(runs.clone()))
