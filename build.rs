@@ -9,10 +9,17 @@
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(locklab_root)");
     println!("cargo:rustc-check-cfg=cfg(locklab_pg18)");
-    // Rebuilt when a major is fetched or removed (a path that does not exist yet is checked
-    // again on every build).
-    println!("cargo:rerun-if-changed=.cache/pg/18/bin/postgres");
-    if std::path::Path::new(".cache/pg/18/bin/postgres").is_file() {
+    // Rebuilt when 18 is fetched or removed. Cargo reruns a build script on every build while a
+    // path it watches does not exist (and then recompiles the crate), so the watch is on the
+    // nearest of these that does: the server itself, else the cache a fetch adds it to
+    // (`scripts/setup` creates `.cache/pg` whatever it fetches).
+    let server = ".cache/pg/18/bin/postgres";
+    let watched = [server, ".cache/pg", ".cache"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or(".cache");
+    println!("cargo:rerun-if-changed={watched}");
+    if std::path::Path::new(server).is_file() {
         println!("cargo:rustc-cfg=locklab_pg18");
     }
     println!("cargo:rerun-if-changed=build.rs");
