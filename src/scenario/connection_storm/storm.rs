@@ -228,9 +228,12 @@ pub(super) async fn unleash(
     let workload = servers.workload.clone();
     let (ghost, paying_epoch) =
         spawn_holder(ctx.env, None, holder(cfg, ctx, servers, "w/holder")).await?;
+    // The fault is the holder going silent on the row, in its payment call: on the variant's
+    // clock here, on the server's as `paying_epoch`, so the release read from the server's
+    // clock (below) lands on this clock as the same span.
+    let fault_ms = clock.now_ms();
     let locked_before_fault = prober.try_now().await?.is_none();
     frozen.freeze(ghost)?;
-    let fault_ms = clock.now_ms();
     let cpu = CpuWindow::start(servers.own.as_ref().map(PgServer::pid));
     let deadline = Instant::now() + cfg.deadline;
     let hard_end = deadline + cfg.deadline / 5;
@@ -286,7 +289,8 @@ pub(super) async fn unleash(
     let released_ms = match restart {
         // Without a restart the row is freed by the server (a timeout ending the holder): how
         // long it was held is read from the server's clock, from the holder's payment call to
-        // the probe's lock, so a harness slowed by the storm does not lengthen it.
+        // the probe's lock, so a harness slowed by the storm lengthens neither it nor the
+        // outage that ends with it.
         None => freed?.map(|at| fault_ms + ((at - paying_epoch) * 1000.0).max(0.0)),
         Some(_) => seen_by_probe,
     };
