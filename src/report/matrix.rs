@@ -12,6 +12,9 @@ use super::{RunReport, ScenarioReport, VariantReport, fmt_metric, plain};
 /// The swept parameter that names a run's PostgreSQL release.
 pub const VERSION_KEY: &str = "postgres";
 
+/// A cell's verdict where the interrupt came before the variant had one on that release.
+const CUT_SHORT_VERDICT: &str = "cut short";
+
 /// The runs of one plan, one per release in the order given, as one report: each scenario's
 /// runs next to each other, so a scenario's versions read as one sweep.
 pub fn merge(runs: Vec<(String, RunReport)>) -> RunReport {
@@ -97,7 +100,8 @@ pub struct MatrixRow {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Cell {
-    /// `held`, `not reproduced`, `regressed`, `inconsistent`, `error` or `skipped`.
+    /// `held`, `not reproduced`, `regressed`, `inconsistent`, `error`, `skipped` or
+    /// `cut short` (by the interrupt: no verdict there).
     pub verdict: String,
     pub outcome: String,
     /// The scenario's harm metric, as measured.
@@ -113,7 +117,9 @@ pub struct Cell {
 impl Cell {
     fn of(s: &ScenarioReport, v: &VariantReport) -> Cell {
         use super::Failure;
-        let verdict = if v.skipped.is_some() {
+        let verdict = if v.cut_short() {
+            CUT_SHORT_VERDICT
+        } else if v.skipped.is_some() {
             "skipped"
         } else if v.error.is_some() {
             "error"
@@ -135,14 +141,20 @@ impl Cell {
                 .cloned()
                 .unwrap_or(serde_json::Value::Null),
             harm_at_least: v.lower_bounds.contains(&s.harm.metric),
-            skipped: v.skipped.clone(),
+            skipped: v.skipped.clone().filter(|_| !v.cut_short()),
         }
+    }
+
+    /// The release gave this variant a verdict (it was neither skipped nor cut short).
+    fn judged(&self) -> bool {
+        self.verdict != "skipped" && self.verdict != CUT_SHORT_VERDICT
     }
 
     /// `held · 12.0 s`: the verdict and the harm, for a table cell.
     pub fn show(&self, harm_metric: &str) -> String {
         match self.verdict.as_str() {
             "skipped" => "skipped".into(),
+            CUT_SHORT_VERDICT => CUT_SHORT_VERDICT.into(),
             "error" => "ERROR".into(),
             v => {
                 let verdict = match v {
@@ -204,14 +216,36 @@ pub fn matrix(report: &RunReport) -> Option<Matrix> {
             .by_version
             .iter()
             .flatten()
+            .filter(|c| c.judged())
             .map(|c| c.verdict.as_str())
-            .filter(|v| *v != "skipped")
             .collect();
         seen.sort_unstable();
         seen.dedup();
         row.differs = seen.len() > 1;
     }
     Some(Matrix { versions, variants })
+}
+
+impl MatrixRow {
+    /// The releases that ran this variant, grouped by what `key` reads off each one's cell
+    /// (in the order first seen); cells for which it gives `None` are left out.
+    fn on<'a, K: PartialEq + 'a>(
+        &'a self,
+        versions: &'a [String],
+        key: impl Fn(&'a Cell) -> Option<K>,
+    ) -> Vec<(K, Vec<&'a str>)> {
+        let mut by: Vec<(K, Vec<&str>)> = Vec::new();
+        for (c, v) in self.by_version.iter().zip(versions) {
+            let Some(k) = c.as_ref().and_then(&key) else {
+                continue;
+            };
+            match by.iter_mut().find(|(seen, _)| *seen == k) {
+                Some((_, vs)) => vs.push(v),
+                None => by.push((k, vec![v])),
+            }
+        }
+        by
+    }
 }
 
 impl Matrix {
@@ -271,18 +305,24 @@ impl Matrix {
                 differ.len()
             )),
         }
+        let cut: usize = self
+            .variants
+            .iter()
+            .map(|r| {
+                r.on(&self.versions, |c| {
+                    (c.verdict == CUT_SHORT_VERDICT).then_some(())
+                })
+            })
+            .map(|by| by.first().map_or(0, |(_, vs)| vs.len()))
+            .sum();
+        if cut > 0 {
+            out.push(format!(
+                "{cut} variant run(s) cut short by the interrupt: no verdict there to compare"
+            ));
+        }
         for row in &differ {
-            let mut by: Vec<(String, Vec<&str>)> = Vec::new();
-            for (c, v) in row.by_version.iter().zip(&self.versions) {
-                let Some(c) = c.as_ref().filter(|c| c.verdict != "skipped") else {
-                    continue;
-                };
-                match by.iter_mut().find(|(verdict, _)| *verdict == c.verdict) {
-                    Some((_, vs)) => vs.push(v),
-                    None => by.push((c.verdict.clone(), vec![v])),
-                }
-            }
-            let parts: Vec<String> = by
+            let ran = row.on(&self.versions, |c| c.judged().then_some(&c.verdict));
+            let parts: Vec<String> = ran
                 .iter()
                 .map(|(verdict, vs)| format!("{verdict} on {}", vs.join(", ")))
                 .collect();
@@ -294,70 +334,39 @@ impl Matrix {
             ));
         }
         for row in &self.variants {
-            let skipped: Vec<(&String, &str)> = row
-                .by_version
-                .iter()
-                .zip(&self.versions)
-                .filter_map(|(c, v)| Some((v, c.as_ref()?.skipped.as_deref()?)))
-                .collect();
-            if skipped.is_empty() || skipped.len() == self.versions.len() {
+            let skipped = row.on(&self.versions, |c| c.skipped.as_ref());
+            let ran = row.on(&self.versions, |c| c.judged().then_some(()));
+            let [(_, ran)] = ran.as_slice() else {
+                continue;
+            };
+            if skipped.is_empty() {
                 continue;
             }
-            let ran: Vec<&str> = row
-                .by_version
+            let why: Vec<String> = skipped
                 .iter()
-                .zip(&self.versions)
-                .filter(|(c, _)| c.as_ref().is_some_and(|c| c.skipped.is_none()))
-                .map(|(_, v)| v.as_str())
+                .map(|(why, vs)| format!("skipped on {} ({why})", vs.join(", ")))
                 .collect();
             out.push(format!(
-                "{}/{} ran on {} only; skipped on {} ({})",
+                "{}/{} ran on {} only; {}",
                 row.scenario,
                 row.variant,
                 ran.join(", "),
-                skipped
-                    .iter()
-                    .map(|(v, _)| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                shared_reason(&skipped)
+                why.join("; ")
             ));
         }
         out
     }
 }
 
-/// The reason a variant was skipped on several releases: as given when they agree, else the
-/// cause they share (a reason names the release it was skipped on after its first `;`).
-fn shared_reason(skipped: &[(&String, &str)]) -> String {
-    let first = skipped.first().map_or("", |(_, why)| *why);
-    match skipped.iter().all(|(_, why)| *why == first) {
-        true => first.to_string(),
-        false => first.split(';').next().unwrap_or(first).trim().to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures;
+    use crate::report::{CUT_SHORT, fixtures};
 
     fn on(release: &str, f: impl Fn(&mut RunReport)) -> (String, RunReport) {
         let mut r = fixtures::report();
         f(&mut r);
         (release.to_string(), r)
-    }
-
-    #[test]
-    fn a_skip_reason_naming_each_release_is_cut_to_the_shared_cause() {
-        let (a, b) = ("14.23".to_string(), "16.14".to_string());
-        let same = [(&a, "needs 17"), (&b, "needs 17")];
-        assert_eq!(shared_reason(&same), "needs 17");
-        let naming = [
-            (&a, "came with PostgreSQL 17; this server is 14.23"),
-            (&b, "came with PostgreSQL 17; this server is 16.14"),
-        ];
-        assert_eq!(shared_reason(&naming), "came with PostgreSQL 17");
     }
 
     #[test]
@@ -447,6 +456,63 @@ mod tests {
             findings
                 .iter()
                 .any(|f| f.contains("ran on 18.1 only; skipped on 15.18 (needs PostgreSQL 17)")),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn a_variant_cut_short_on_one_release_is_no_verdict_and_no_skip() {
+        let merged = merge(vec![
+            on("15.18", |_| {}),
+            on("18.1", |r| {
+                let v = &mut r.scenarios[0].variants[1];
+                *v = VariantReport::skipped(&v.name, v.mitigated, &v.shows, CUT_SHORT.into());
+                // Held on 15.18 but no verdict on 18.1: not a difference.
+                r.scenarios[0].variants[0].expectations_held = false;
+                r.scenarios[0].variants[0].failure =
+                    Some(crate::report::Failure::BaselineNoLongerReproduces);
+            }),
+        ]);
+        let m = matrix(&merged).unwrap();
+        let cell = m.variants[1].by_version[1].as_ref().unwrap();
+        assert_eq!(cell.verdict, "cut short");
+        assert_eq!(cell.skipped, None);
+        assert!(!m.variants[1].differs);
+        assert!(m.variants[0].differs, "a real difference is still one");
+        let findings = m.findings();
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.starts_with("1 variant run(s) cut short")),
+            "{findings:?}"
+        );
+        assert!(
+            !findings
+                .iter()
+                .any(|f| f.contains("ran on") || f.contains("skipped on")),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn skips_for_different_reasons_are_each_named_with_their_releases() {
+        let skip = |why: &'static str| {
+            move |r: &mut RunReport| {
+                let v = &mut r.scenarios[0].variants[1];
+                *v = VariantReport::skipped(&v.name, v.mitigated, &v.shows, why.into());
+            }
+        };
+        let merged = merge(vec![
+            on("14.23", skip("needs 17")),
+            on("15.18", skip("needs 17")),
+            on("16.14", skip("needs a pooler")),
+            on("18.1", |_| {}),
+        ]);
+        let findings = matrix(&merged).unwrap().findings();
+        assert!(
+            findings.iter().any(|f| f.ends_with(
+                "ran on 18.1 only; skipped on 14.23, 15.18 (needs 17); skipped on 16.14 (needs a pooler)"
+            )),
             "{findings:?}"
         );
     }

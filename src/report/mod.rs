@@ -127,7 +127,15 @@ pub struct VariantReport {
     pub trace: Option<crate::trace::Trace>,
 }
 
+/// Why a run in flight at Ctrl-C has no verdict (it reads as a skip, with this reason).
+pub const CUT_SHORT: &str = "cut short by the interrupt: no verdict";
+
 impl VariantReport {
+    /// The interrupt came before this variant had a verdict.
+    pub fn cut_short(&self) -> bool {
+        self.skipped.as_deref() == Some(CUT_SHORT)
+    }
+
     /// A variant this environment cannot run, and why.
     pub fn skipped(name: &str, mitigated: bool, shows: &str, why: String) -> VariantReport {
         VariantReport {

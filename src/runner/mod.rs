@@ -516,8 +516,7 @@ fn aggregate(opts: &RunOptions, si: usize, vi: usize, mut runs: Runs) -> Variant
     results::aggregate(runs.into_iter().map(|(_, r)| r).collect(), mitigated)
 }
 
-/// Why a run in flight at Ctrl-C has no verdict.
-pub(crate) const CUT_SHORT: &str = "cut short by the interrupt: no verdict";
+pub(crate) use crate::report::CUT_SHORT;
 
 /// How many lanes a run gets: one, or with `--jobs N` on throwaway servers, N, each with
 /// servers of its own. Isolation by separate servers is what keeps verdicts exact side by
