@@ -243,7 +243,14 @@ fn a_version_matrix_compares_releases_side_by_side() {
         );
     }
     let junit = std::fs::read_to_string(&junit).expect("junit written");
-    assert!(junit.contains("orphan-lock[postgres=18."), "{junit}");
+    assert!(
+        junit.contains("<testsuite name=\"orphan-lock[postgres=18."),
+        "{junit}"
+    );
+    assert!(
+        junit.contains("<testcase classname=\"orphan-lock[postgres=18_"),
+        "{junit}"
+    );
     // One results file for the matrix; read back, it compares the releases again, as JSON too.
     let file = std::fs::read_dir(&out_dir)
         .expect("results dir")

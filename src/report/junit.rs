@@ -51,10 +51,14 @@ impl Exporter for Junit {
                 escape(&s.label()),
                 s.variants.len()
             ));
+            // CI tools read a classname's dots as package separators (Jenkins would file
+            // `orphan-lock[postgres=18.1]` as class `1]` of package `orphan-lock[postgres=18`):
+            // the classname has none, the suite's name keeps the label as it is.
+            let classname = s.label().replace('.', "_");
             for v in &s.variants {
                 out.push_str(&format!(
                     "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\">\n",
-                    escape(&s.label()),
+                    escape(&classname),
                     escape(&v.name),
                     v.wall_ms as f64 / 1000.0
                 ));
@@ -114,6 +118,21 @@ mod tests {
             "{xml}"
         );
         assert!(!xml.contains("<failure message=\"MITIGATION REGRESSED orphan-lock/mitigated"));
+    }
+
+    #[test]
+    fn a_point_with_dots_keeps_them_in_the_suite_name_not_the_classname() {
+        let mut report = fixtures::report();
+        report.scenarios[0].swept = vec![("postgres".into(), serde_json::json!("18.1"))];
+        let xml = Junit.render(&report);
+        assert!(
+            xml.contains("<testsuite name=\"orphan-lock[postgres=18.1]\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<testcase classname=\"orphan-lock[postgres=18_1]\" name=\"baseline\""),
+            "{xml}"
+        );
     }
 
     #[test]
