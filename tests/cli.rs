@@ -201,6 +201,16 @@ fn a_version_matrix_compares_releases_side_by_side() {
         own.dir.to_string_lossy().to_string(),
         newest.to_string_lossy().to_string(),
     );
+    // A machine whose own server is already 18 has nothing to compare it with.
+    if own.release.split('.').next() == Some("18") {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: the machine's own PostgreSQL is {}, the same major as the cached 18",
+            own.release
+        );
+        return;
+    }
     let out_dir = tmp.path().join("results");
     let junit = tmp.path().join("junit.xml");
     let o = run(

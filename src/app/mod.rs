@@ -457,7 +457,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     } else if let Some(path) = &finished.results_file {
         crate::say!("results: {}", path.display());
     }
-    Ok(code)
+    match finished.stopped {
+        Some(e) => Err(e),
+        None => Ok(code),
+    }
 }
 
 /// The `--pg-bin` directories, each checked (server binaries there, a supported major) before

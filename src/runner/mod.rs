@@ -73,6 +73,9 @@ pub struct Finished {
     /// Where the results were written, if they were.
     pub results_file: Option<PathBuf>,
     pub write_error: Option<String>,
+    /// A version matrix stopped by an error after some releases ran: they are reported, and
+    /// the error ends the run after them.
+    pub stopped: Option<anyhow::Error>,
 }
 
 pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<Finished> {
@@ -140,9 +143,8 @@ pub async fn run_matrix(
         .as_ref()
         .map(|d| results::results_path(d, &opts.scenarios))
         .map(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().to_string());
-            let name = name.unwrap_or_default().replace(".json", "-versions.json");
-            p.with_file_name(name)
+            let stem = p.file_stem().map(|n| n.to_string_lossy().to_string());
+            p.with_file_name(format!("{}-versions.json", stem.unwrap_or_default()))
         });
     let estimates = match (&opts.estimates, opts.out_dir.as_deref()) {
         (e, _) if !e.is_empty() => e.clone(),
@@ -150,9 +152,11 @@ pub async fn run_matrix(
         (_, None) => BTreeMap::new(),
     };
     let mut runs: Vec<(String, RunReport)> = Vec::new();
-    let mut write_error = None;
-    for (dir, release) in bins {
+    let (mut write_error, mut stopped) = (None, None);
+    let count = bins.len();
+    for (i, (dir, release)) in bins.into_iter().enumerate() {
         if cancel.is_cancelled() {
+            crate::say!("interrupted: {} release(s) not run", count - i);
             break;
         }
         crate::say!("PostgreSQL {release} ({})", dir.display());
@@ -162,7 +166,15 @@ pub async fn run_matrix(
             estimates: estimates.clone(),
             ..opts.clone()
         };
-        let finished = run(one, cancel.clone()).await?;
+        let finished = match run(one, cancel.clone()).await {
+            Ok(f) => f,
+            // The releases already run keep their results; the error still ends the run.
+            Err(e) if !runs.is_empty() => {
+                stopped = Some(e.context(format!("PostgreSQL {release}")));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         crate::say!(
             "PostgreSQL {release}: wall time {:.1} s",
             finished.report.wall_ms as f64 / 1000.0
@@ -176,8 +188,9 @@ pub async fn run_matrix(
     }
     Ok(Finished {
         report: matrix::merge(runs),
-        results_file,
+        results_file: results_file.filter(|_| write_error.is_none()),
         write_error,
+        stopped,
     })
 }
 
@@ -498,6 +511,7 @@ impl Lanes<'_> {
             report,
             results_file: results_file.filter(|_| write_error.is_none()),
             write_error,
+            stopped: None,
         })
     }
 }
