@@ -69,6 +69,7 @@ impl Sampler {
     /// one of [`SCALES`]. Words and flags, and whatever a variant sets itself, say which
     /// variant a run is (`order=ordered` is the mitigation), so they are left as they are.
     pub fn draw(&mut self, s: &Scenario) -> Point {
+        let time_scale = SCALES[self.rng.random_range(0..SCALES.len())];
         let mut params = Vec::new();
         for spec in s.kind.params {
             let Some(default) = s.params.get(spec.name) else {
@@ -81,16 +82,21 @@ impl Sampler {
             if !sized || s.variants.iter().any(|v| v.params.contains_key(spec.name)) {
                 continue;
             }
-            if !self.rng.random_bool(0.5) {
-                continue;
+            let drawn = match self.rng.random_bool(0.5) {
+                true => self.value(spec.accepts, default),
+                false => None,
+            };
+            let mut v = drawn.unwrap_or_else(|| default.clone());
+            // A value the kernel takes in whole seconds, default or drawn, is put on the
+            // nearest whole second after the time scale: any other is refused up front, and
+            // a sample that is always refused tests nothing.
+            if spec.whole_seconds {
+                v = whole_seconds(&v, time_scale, spec.accepts);
             }
-            if let Some(v) = self.value(spec.accepts, default)
-                && v != *default
-            {
+            if v != *default {
                 params.push((spec.name.to_string(), v));
             }
         }
-        let time_scale = SCALES[self.rng.random_range(0..SCALES.len())];
         Point {
             scenario: s.name.clone(),
             params,
@@ -118,6 +124,17 @@ impl Sampler {
             _ => None,
         }
     }
+}
+
+/// `v` on the nearest whole second (at least one) after `time_scale`, written back at the
+/// write-up's speed and kept within what the parameter accepts.
+fn whole_seconds(v: &Param, time_scale: f64, accepts: Accepts) -> Param {
+    let (Param::Duration(d), Accepts::Duration { min, max }) = (v, accepts) else {
+        return v.clone();
+    };
+    let secs = (d.as_secs_f64() * time_scale).round().max(1.0);
+    let ms = (secs * 1000.0 / time_scale).round() as u64;
+    Param::Duration(std::time::Duration::from_millis(ms).clamp(min, max))
 }
 
 /// The smallest change from the defaults that still fails: each parameter put back to its
@@ -168,6 +185,27 @@ mod tests {
                     spec.check(v),
                     Ok(()),
                     "{k}={v} drawn outside what it accepts"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keepalives_are_drawn_on_whole_seconds_at_every_time_scale() {
+        let s = crate::scenario::load("lost-client").expect("built-in");
+        let mut sampler = Sampler::new(3);
+        for _ in 0..60 {
+            let p = sampler.draw(&s);
+            for name in ["keepalives_idle", "keepalives_interval"] {
+                let set = p.params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+                let Some(Param::Duration(d)) = set.or_else(|| s.params.get(name)) else {
+                    panic!("{name} is a duration");
+                };
+                let secs = d.as_secs_f64() * p.time_scale;
+                assert!(
+                    secs >= 0.999 && (secs - secs.round()).abs() < 1e-6,
+                    "{} gives {name} {secs} s",
+                    p.command()
                 );
             }
         }

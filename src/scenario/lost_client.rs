@@ -59,8 +59,8 @@ impl Code for LostClient {
         ParamSpec::duration("booker_payment", 0, HOUR_MS),
         ParamSpec::duration("retry_after", 1, HOUR_MS),
         ParamSpec::duration("partition_after", 0, HOUR_MS),
-        ParamSpec::duration("keepalives_idle", 1, DAY_MS),
-        ParamSpec::duration("keepalives_interval", 1, DAY_MS),
+        ParamSpec::seconds("keepalives_idle", 1, DAY_MS),
+        ParamSpec::seconds("keepalives_interval", 1, DAY_MS),
         ParamSpec::count("keepalives_count", 1, 100),
         ParamSpec::flag("client_keepalives"),
         ParamSpec::duration("user_timeout", 1, DAY_MS),
@@ -161,7 +161,9 @@ impl Code for LostClient {
 /// rather than rounded: PostgreSQL would round 300ms to 0, which means the kernel's 2 hours.
 fn whole_seconds(p: &Params, name: &str) -> Result<u64, UsageError> {
     let d = p.duration(name)?;
-    if d.subsec_millis() != 0 || d.as_secs() == 0 {
+    // On the nearest millisecond first: a scaled 3 s may come out a nanosecond short.
+    let ms = (d.as_secs_f64() * 1000.0).round() as u64;
+    if !ms.is_multiple_of(1000) || ms == 0 {
         return Err(UsageError(format!(
             "{name} is {} at time scale {}, but TCP keepalive settings are whole seconds (at \
              least 1 s): choose a value or --time-scale that gives whole seconds",
@@ -169,7 +171,7 @@ fn whole_seconds(p: &Params, name: &str) -> Result<u64, UsageError> {
             p.time_scale
         )));
     }
-    Ok(d.as_secs())
+    Ok(ms / 1000)
 }
 
 impl LostClient {

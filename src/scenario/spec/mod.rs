@@ -21,6 +21,9 @@ pub const DAY_MS: u64 = 24 * HOUR_MS;
 pub struct ParamSpec {
     pub name: &'static str,
     pub accepts: Accepts,
+    /// A duration the kernel takes in whole seconds (TCP keepalives): after --time-scale it
+    /// must come to a whole number of seconds, so the sampler draws only such values.
+    pub whole_seconds: bool,
 }
 
 /// The values a parameter accepts. Duration bounds are as written (at the write-up's real
@@ -46,6 +49,7 @@ impl ParamSpec {
         ParamSpec {
             name,
             accepts: Accepts::Count { min, max },
+            whole_seconds: false,
         }
     }
 
@@ -57,6 +61,15 @@ impl ParamSpec {
                 min: Duration::from_millis(min_ms),
                 max: Duration::from_millis(max_ms),
             },
+            whole_seconds: false,
+        }
+    }
+
+    /// A duration the kernel takes in whole seconds, from `min_ms` to `max_ms` as written.
+    pub const fn seconds(name: &'static str, min_ms: u64, max_ms: u64) -> ParamSpec {
+        ParamSpec {
+            whole_seconds: true,
+            ..ParamSpec::duration(name, min_ms, max_ms)
         }
     }
 
@@ -64,6 +77,7 @@ impl ParamSpec {
         ParamSpec {
             name,
             accepts: Accepts::Words(words),
+            whole_seconds: false,
         }
     }
 
@@ -71,6 +85,7 @@ impl ParamSpec {
         ParamSpec {
             name,
             accepts: Accepts::Flag,
+            whole_seconds: false,
         }
     }
 

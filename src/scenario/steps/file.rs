@@ -470,6 +470,7 @@ pub(super) fn kind(
         .map(|k| ParamSpec {
             name: leak(k.clone()),
             accepts: decls.accepts.get(k).copied().unwrap_or(Accepts::Any),
+            whole_seconds: false,
         })
         .collect();
     let metric_names: Vec<&'static str> = metrics.into_iter().map(leak).collect();
@@ -606,6 +607,7 @@ pub(super) fn params(
         let spec = ParamSpec {
             name: leak(k.clone()),
             accepts,
+            whole_seconds: false,
         };
         spec.check(&value)
             .map_err(|m| bad(&format!("its default: {m}")))?;
@@ -990,6 +992,7 @@ pub(super) fn variants(
                 let spec = ParamSpec {
                     name: leak(k.clone()),
                     accepts: *accepts,
+                    whole_seconds: false,
                 };
                 spec.check(&value).map_err(|m| at.err(p.span(), &m))?;
             }
