@@ -250,7 +250,7 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
                     .clients
                     .saturating_sub(ok + failed + skipped)
                     .max(in_flight),
-                false => in_flight,
+                false => looped_stuck(&ops, obs.end_ms),
             };
             stuck_any |= stuck > 0;
             failed_any |= failed > 0;
@@ -355,6 +355,20 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
     e
 }
 
+/// A looping session is always in the middle of a round at the cut-off: a step in flight then
+/// is stuck only when it had run longer than any of its runs that finished (or none finished),
+/// not because the cut-off happened to fall inside it.
+fn looped_stuck(ops: &[&crate::history::Op], end_ms: f64) -> usize {
+    let slowest = ops
+        .iter()
+        .filter_map(|o| o.latency_ms())
+        .fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
+    ops.iter()
+        .filter(|o| o.outcome == Outcome::Unknown)
+        .filter(|o| slowest.is_none_or(|s| end_ms - o.start_ms > s))
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +434,27 @@ mod tests {
             end_ms: end,
             outcome,
         }
+    }
+
+    #[test]
+    fn a_looping_step_cut_mid_run_is_not_stuck_but_one_slower_than_all_others_is() {
+        let at = |start: f64, end: Option<f64>| Op {
+            start_ms: start,
+            ..op(
+                0,
+                "app.read",
+                end,
+                match end {
+                    Some(_) => Outcome::Ok,
+                    None => Outcome::Unknown,
+                },
+            )
+        };
+        let (done, cut) = (at(0.0, Some(40.0)), at(480.0, None));
+        assert_eq!(looped_stuck(&[&done, &cut], 500.0), 0, "20 ms in, under 40");
+        let slow = at(300.0, None);
+        assert_eq!(looped_stuck(&[&done, &slow], 500.0), 1, "200 ms in, over 40");
+        assert_eq!(looped_stuck(&[&cut], 500.0), 1, "nothing ever finished");
     }
 
     #[test]
