@@ -205,6 +205,28 @@ pub struct RunArgs {
         requires = "pg_url"
     )]
     pub pooler_url: Option<String>,
+    /// Your PgBouncer's admin console (its `pgbouncer` database, as a user in admin_users or
+    /// stats_users), read for the pooler's own figures (SHOW POOLS); without it they are
+    /// reported as unknown.
+    #[arg(
+        long,
+        env = "LOCKLAB_POOLER_ADMIN_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        requires = "pooler_url"
+    )]
+    pub pooler_admin_url: Option<String>,
+    /// A second pool on your pooler (another database alias or user of the same server), for
+    /// traffic kept apart from the workload's pool: connection-storm's other endpoints in its
+    /// separate-pool variants.
+    #[arg(
+        long,
+        env = "LOCKLAB_POOLER_OTHERS_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        requires = "pooler_url"
+    )]
+    pub pooler_others_url: Option<String>,
     /// A pgbouncer.ini setting for the throwaway PgBouncer, NAME=VALUE (repeatable; implies
     /// --pooler), e.g. --pooler-setting default_pool_size=5.
     #[arg(

@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 pub const WAITING_ON_LOCK: &str = "waiting on lock";
 pub const IDLE_IN_TRANSACTION: &str = "idle in transaction";
 pub const CONNECTIONS: &str = "connections";
+/// Through a pooler: the pool's server connections, and clients queued for one.
+pub const POOL_SERVER_CONNS: &str = "pool's server conns";
+pub const POOL_WAITING: &str = "waiting in pooler";
 pub const HOLDER_IDLE_S: &str = "holder idle in tx, s";
 pub const LOCK_KEY: &str = "lock key set";
 pub const CLIENTS_OK: &str = "ok";
@@ -25,6 +28,8 @@ pub const ORDER: &[&str] = &[
     WAITING_ON_LOCK,
     IDLE_IN_TRANSACTION,
     CONNECTIONS,
+    POOL_SERVER_CONNS,
+    POOL_WAITING,
     HOLDER_IDLE_S,
     OLDEST_IDLE_TX_S,
     LOCK_KEY,

@@ -31,6 +31,9 @@ pub mod class {
     pub const POOL_TIMEOUT: &str = "pool-timeout";
     pub const POOL: &str = "pool";
     pub const CONNECTION_CLOSED: &str = "connection-closed";
+    /// A pooler gave up on finding the client a server connection (PgBouncer's
+    /// query_wait_timeout, sent as 08P01 with that message).
+    pub const QUERY_WAIT_TIMEOUT: &str = "query_wait_timeout";
     /// A connect the server's listen queue had no room for (EAGAIN on its socket): it is
     /// forking backends slower than connections arrive.
     pub const LISTEN_QUEUE_FULL: &str = "listen-queue-full";

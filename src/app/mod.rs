@@ -431,6 +431,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             need_redis,
             exe: exe()?,
             pooler,
+            pooler_admin_url: args.pooler_admin_url,
+            pooler_others_url: args.pooler_others_url,
             ..EnvOptions::default()
         },
         // The queue's order learns from the last run here, whether or not this one writes.
@@ -623,8 +625,17 @@ fn reprint(args: ReportArgs) -> anyhow::Result<i32> {
 /// checked for shape before anything starts.
 fn pooler_choice(args: &RunArgs) -> Result<PoolerChoice, UsageError> {
     if let Some(url) = &args.pooler_url {
-        crate::env::postgres::parse_url(url)
-            .map_err(|e| UsageError(format!("--pooler-url: {}", e.0)))?;
+        let given = [
+            ("--pooler-url", Some(url)),
+            ("--pooler-admin-url", args.pooler_admin_url.as_ref()),
+            ("--pooler-others-url", args.pooler_others_url.as_ref()),
+        ];
+        for (flag, url) in given {
+            if let Some(url) = url {
+                crate::env::postgres::parse_url(url)
+                    .map_err(|e| UsageError(format!("{flag}: {}", e.0)))?;
+            }
+        }
         return Ok(PoolerChoice::Url(url.clone()));
     }
     if !args.pooler && args.pooler_settings.is_empty() {

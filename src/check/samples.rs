@@ -33,6 +33,28 @@ pub struct SlotSample {
     pub idle_in_transaction: i64,
 }
 
+/// A pooler's own view at one moment (PgBouncer's SHOW POOLS), over the pools a variant uses.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Deserialize)]
+pub struct PoolerSample {
+    pub at_ms: f64,
+    /// Clients waiting in the pooler's queue for a server connection (cl_waiting), all pools.
+    pub waiting: i64,
+    /// The workload's pool's server connections, in any state (sv_*).
+    pub server_conns: i64,
+    /// How long the longest-waiting client has waited (maxwait), ms.
+    pub maxwait_ms: f64,
+}
+
+impl crate::gauge::Gauged for PoolerSample {
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        use crate::gauge::*;
+        vec![
+            (POOL_SERVER_CONNS, self.server_conns as f64),
+            (POOL_WAITING, self.waiting as f64),
+        ]
+    }
+}
+
 /// The pool's counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolState {

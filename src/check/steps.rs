@@ -453,7 +453,11 @@ mod tests {
         let (done, cut) = (at(0.0, Some(40.0)), at(480.0, None));
         assert_eq!(looped_stuck(&[&done, &cut], 500.0), 0, "20 ms in, under 40");
         let slow = at(300.0, None);
-        assert_eq!(looped_stuck(&[&done, &slow], 500.0), 1, "200 ms in, over 40");
+        assert_eq!(
+            looped_stuck(&[&done, &slow], 500.0),
+            1,
+            "200 ms in, over 40"
+        );
         assert_eq!(looped_stuck(&[&cut], 500.0), 1, "nothing ever finished");
     }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
-use super::samples::SlotSample;
+use super::samples::{PoolerSample, SlotSample};
 use super::stats::{json_ms, p50, p99, round1};
 use crate::history::{History, Outcome, class};
 
@@ -63,6 +63,15 @@ pub struct Observations {
     pub restart: Option<Restart>,
     /// The runtime's concurrency cap on bookings, when on.
     pub runtime_cap: Option<usize>,
+    /// The workload went through a pooler (the through-pooler variants).
+    #[serde(default)]
+    pub through_pooler: bool,
+    /// The pooler's own view over the run; empty when it could not be read.
+    #[serde(default)]
+    pub pooler_samples: Vec<PoolerSample>,
+    /// Why the pooler's own figures are unknown (no admin console), when they are.
+    #[serde(default)]
+    pub pooler_unknown: Option<String>,
 }
 
 pub const METRICS: &[&str] = &[
@@ -99,6 +108,10 @@ pub const METRICS: &[&str] = &[
     "recovered_ms",
     "relapse_ms",
     "booked_after_relapse",
+    "pool_server_conns_max",
+    "pooler_clients_waiting_max",
+    "pooler_wait_ms_max",
+    "query_wait_timeouts",
 ];
 
 fn is_other(kind: &str) -> bool {
@@ -191,6 +204,14 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
         (Some(_), None) => outcome::RELEASED,
     };
     let pct = |x: Option<f64>| x.map_or(json!(null), |v| json!(round1(v)));
+    // The pooler's own figures: only through one, and only where its console was read (never
+    // guessed: unknown otherwise).
+    let pooler = |f: fn(&[PoolerSample]) -> Option<serde_json::Value>| match obs.through_pooler
+        && obs.pooler_unknown.is_none()
+    {
+        true => f(&obs.pooler_samples).unwrap_or(json!(null)),
+        false => json!(null),
+    };
     let metrics = [
         (
             "lock_held_ms",
@@ -252,6 +273,27 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
         ("recovered_ms", json_ms(recovered_ms)),
         ("relapse_ms", json_ms(relapse_ms)),
         ("booked_after_relapse", json!(booked_after_relapse)),
+        (
+            "pool_server_conns_max",
+            pooler(|s| s.iter().map(|p| p.server_conns).max().map(|m| json!(m))),
+        ),
+        (
+            "pooler_clients_waiting_max",
+            pooler(|s| s.iter().map(|p| p.waiting).max().map(|m| json!(m))),
+        ),
+        (
+            "pooler_wait_ms_max",
+            pooler(|s| {
+                s.iter()
+                    .map(|p| p.maxwait_ms)
+                    .max_by(f64::total_cmp)
+                    .map(|m| json!(round1(m)))
+            }),
+        ),
+        (
+            "query_wait_timeouts",
+            json!(count_class(class::QUERY_WAIT_TIMEOUT)),
+        ),
     ];
     Evaluation::new(outcome, metrics)
         .lower_bound("lock_held_ms", lock_held_ms.is_none())
@@ -398,5 +440,48 @@ mod tests {
         assert_eq!(m("other_ok_ratio"), Value::Null);
         assert_eq!(m("db_cpu_pct"), Value::from(3.0));
         assert!(e.lower_bounds.is_empty());
+    }
+
+    #[test]
+    fn the_poolers_figures_are_read_from_its_samples_and_unknown_without_its_console() {
+        let h = History {
+            ops: vec![
+                op(
+                    kind::SEARCH,
+                    200.0,
+                    Some(900.0),
+                    err(class::QUERY_WAIT_TIMEOUT),
+                ),
+                op(kind::CHECK_IN, 300.0, None, Outcome::Unknown),
+            ],
+            lost_clients: Vec::new(),
+        };
+        let sample = |waiting, server_conns, maxwait_ms| PoolerSample {
+            at_ms: 0.0,
+            waiting,
+            server_conns,
+            maxwait_ms,
+        };
+        let mut o = Observations {
+            through_pooler: true,
+            pooler_samples: vec![sample(3, 20, 120.0), sample(41, 20, 700.5)],
+            ..obs()
+        };
+        let e = evaluate(&h, &o);
+        assert_eq!(e.metrics["pooler_clients_waiting_max"], json!(41));
+        assert_eq!(e.metrics["pool_server_conns_max"], json!(20));
+        assert_eq!(e.metrics["pooler_wait_ms_max"], json!(700.5));
+        assert_eq!(e.metrics["query_wait_timeouts"], json!(1));
+        assert_eq!(e.metrics["other_ok_ratio"], json!(0.0));
+        o.pooler_unknown = Some("no admin console".into());
+        let e = evaluate(&h, &o);
+        assert_eq!(e.metrics["pooler_clients_waiting_max"], Value::Null);
+        assert_eq!(
+            e.metrics["query_wait_timeouts"],
+            json!(1),
+            "seen by the clients"
+        );
+        let direct = evaluate(&h, &obs());
+        assert_eq!(direct.metrics["pool_server_conns_max"], Value::Null);
     }
 }

@@ -43,6 +43,10 @@ pub struct EnvOptions {
     pub budget: Option<Budget>,
     /// A connection pooler between the workload and the server, if any.
     pub pooler: PoolerChoice,
+    /// The user's pooler's admin console (`--pooler-admin-url`), for its own figures.
+    pub pooler_admin_url: Option<String>,
+    /// A second pool on the user's pooler (`--pooler-others-url`).
+    pub pooler_others_url: Option<String>,
     /// Some variant runs its workload through a pooler: without one for the whole run, a
     /// throwaway PgBouncer is started for those variants alone.
     pub need_pooler: bool,
@@ -113,6 +117,11 @@ pub struct Env {
     /// The path through a transaction-mode pooler, for variants that run through one: the
     /// run's own pooler, or a throwaway PgBouncer started for them.
     pub pooled: Option<PgTarget>,
+    /// A second pool of that pooler, apart from `pooled`'s (see [`pgbouncer::OTHERS_DATABASE`]).
+    pub pooled_others: Option<PgTarget>,
+    /// The user's pooler's admin console, when given (locklab's own PgBouncer's is
+    /// [`Self::pooler_admin`]).
+    pub users_pooler_admin: Option<PgTarget>,
     /// Present when the run needs Redis.
     pub redis: Option<RedisTarget>,
     /// Prefix of every application_name and of the schema: tells our sessions from others'.
@@ -202,6 +211,8 @@ impl Env {
             pg,
             pooler: None,
             pooled: None,
+            pooled_others: None,
+            users_pooler_admin: None,
             redis: None,
             run_tag,
             exe: opts.exe.clone(),
@@ -240,6 +251,7 @@ impl Env {
             PoolerChoice::None if opts.need_pooler && self.pg_server.is_some() => {
                 let server = self.start_pgbouncer(opts, &[]).await?;
                 self.pooled = Some(server.target(&self.pg.schema));
+                self.pooled_others = Some(server.others_target(&self.pg.schema));
                 self.pooler_server = Some(server);
                 return Ok(());
             }
@@ -260,12 +272,32 @@ impl Env {
                     describe: format!("through the pooler at {}", target.display),
                 });
                 self.pg = target;
+                if let Some(url) = &opts.pooler_others_url {
+                    let others = postgres::external(url, &self.run_tag).await?;
+                    others
+                        .connect(&self.app("pooler-check"))
+                        .await
+                        .context("--pooler-others-url: could not connect to the second pool")?;
+                    self.pooled_others = Some(others);
+                }
+                if let Some(url) = &opts.pooler_admin_url {
+                    let admin = postgres::external(url, "pgbouncer").await?;
+                    let c = admin.connect(&self.app("pooler-check")).await.context(
+                        "--pooler-admin-url: could not connect to the pooler's admin console",
+                    )?;
+                    c.simple_query("SHOW POOLS").await.context(
+                        "--pooler-admin-url: the admin console did not answer SHOW POOLS (is \
+                         the user in PgBouncer's admin_users or stats_users?)",
+                    )?;
+                    self.users_pooler_admin = Some(admin);
+                }
             }
             PoolerChoice::Throwaway(settings) => {
                 // (app.rs refuses `--pooler --pg-url` with the reason; start_pgbouncer says it
                 // again for any other caller.)
                 let server = self.start_pgbouncer(opts, settings).await?;
                 self.pg = server.target(&self.pg.schema);
+                self.pooled_others = Some(server.others_target(&self.pg.schema));
                 self.pooler = Some(Pooler {
                     describe: "through a throwaway PgBouncer (transaction pooling)".into(),
                 });
@@ -309,6 +341,22 @@ impl Env {
                 .await
                 .context("could not start a throwaway PostgreSQL"),
         )
+    }
+
+    /// A throwaway PgBouncer of the caller's own in front of `backend` (a server from
+    /// [`Self::start_own_pg`]), guarded like it; the caller stops it when done.
+    pub async fn start_own_pooler(
+        &self,
+        backend: &PgServer,
+        max_client_conn: usize,
+        settings: &[(String, String)],
+    ) -> anyhow::Result<PoolerServer> {
+        let Some(guardian) = self.guardian.clone() else {
+            anyhow::bail!("a PgBouncer of a variant's own needs a server locklab started");
+        };
+        PoolerServer::start(guardian, backend, max_client_conn, settings)
+            .await
+            .context("could not start a throwaway PgBouncer")
     }
 
     /// As [`Self::start_own_pg`], inside a network namespace of the run's own (created here,

@@ -17,8 +17,12 @@ use super::server::{GuardedDir, ServerProcess, on_a_free_port};
 /// What clients log in as, and the password (also the admin console's user).
 const USER: &str = "locklab";
 const PASSWORD: &str = "locklab";
-/// The one database it serves, named as the server's.
+/// The database it serves, named as the server's.
 const DATABASE: &str = "postgres";
+/// The same database under another name: a pool of its own (PgBouncer pools per database
+/// name and user), for clients kept apart from the first pool's (connection-storm's other
+/// endpoints).
+pub const OTHERS_DATABASE: &str = "others";
 
 /// Why a throwaway PgBouncer cannot front the user's server.
 pub const FRONTS_OWN_SERVER: &str = "--pooler starts a PgBouncer in front of locklab's own \
@@ -32,6 +36,10 @@ pub const DEFAULT_POOL_SIZE: usize = 20;
 fn defaults(max_client_conn: usize) -> Vec<(String, String)> {
     [
         ("pool_mode", "transaction".to_string()),
+        // As a managed pooler asks. A caller whose clients connect hundreds of times a second
+        // sets md5 (connection-storm): SCRAM's key stretching costs the pooler's one thread
+        // milliseconds a connection, and the storm would measure that instead.
+        ("auth_type", "scram-sha-256".to_string()),
         ("default_pool_size", DEFAULT_POOL_SIZE.to_string()),
         ("max_client_conn", max_client_conn.to_string()),
         // Waiting for a server connection is part of what a run measures: no early give-up.
@@ -169,6 +177,15 @@ impl PoolerServer {
         PgTarget::new(self.url(), self.url(), schema)
     }
 
+    /// The second pool's path: the same server and database through [`OTHERS_DATABASE`].
+    pub fn others_target(&self, schema: &str) -> PgTarget {
+        let url = format!(
+            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{OTHERS_DATABASE}",
+            self.port
+        );
+        PgTarget::new(url.clone(), url, schema)
+    }
+
     /// PgBouncer's admin console (simple protocol only: SHOW, SET, RELOAD, …).
     pub fn admin_target(&self) -> PgTarget {
         let url = format!(
@@ -188,12 +205,12 @@ impl PoolerServer {
 fn config(dir: &Path, backend: &PgServer, port: u16, settings: &[(String, String)]) -> String {
     let mut ini = format!(
         "[databases]\n\
-         {DATABASE} = host={socket} port={pg_port} dbname={DATABASE} user={USER}\n\n\
+         {DATABASE} = host={socket} port={pg_port} dbname={DATABASE} user={USER}\n\
+         {OTHERS_DATABASE} = host={socket} port={pg_port} dbname={DATABASE} user={USER}\n\n\
          [pgbouncer]\n\
          listen_addr = 127.0.0.1\n\
          listen_port = {port}\n\
          unix_socket_dir =\n\
-         auth_type = scram-sha-256\n\
          auth_file = {auth}\n\
          admin_users = {USER}\n\
          logfile = {log}\n\

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod pg_activity;
 pub mod pg_slots;
 pub mod pool;
+pub mod pooler;
 pub mod redis_key;
 pub mod sampler;
 

@@ -32,7 +32,11 @@ impl OpError {
 
 impl From<tokio_postgres::Error> for OpError {
     fn from(e: tokio_postgres::Error) -> OpError {
+        let pooler_gave_up = e
+            .as_db_error()
+            .is_some_and(|d| d.message().contains(class::QUERY_WAIT_TIMEOUT));
         let class = match e.code() {
+            Some(_) if pooler_gave_up => class::QUERY_WAIT_TIMEOUT.to_string(),
             Some(code) => code.code().to_string(),
             None if e.is_closed() => class::CONNECTION_CLOSED.to_string(),
             None if would_block(&e) => class::LISTEN_QUEUE_FULL.to_string(),

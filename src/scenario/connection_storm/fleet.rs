@@ -88,6 +88,8 @@ pub(super) struct Fleet {
     pub(super) booked: Arc<std::sync::atomic::AtomicUsize>,
     /// The workload's connection settings; each attempt names itself.
     pub(super) config: Config,
+    /// The other endpoints' (a pool of their own, through a pooler with separate pools).
+    pub(super) others_config: Config,
     pub(super) app_prefix: String,
     pub(super) booking: Booking,
     pub(super) flights: String,
@@ -116,7 +118,10 @@ impl Fleet {
     /// A fresh connection, as a serverless invocation opens (`max: 1`).
     pub(super) async fn connect(&self, role: &str) -> Result<Client, OpError> {
         let _door = self.door.read().await;
-        let mut config = self.config.clone();
+        let mut config = match role {
+            kind::BOOK => self.config.clone(),
+            _ => self.others_config.clone(),
+        };
         config.application_name(format!("{}{role}", self.app_prefix));
         let (client, conn) = config.connect(NoTls).await?;
         tokio::spawn(async move {

@@ -10,6 +10,12 @@
 //! so it meets the limit where an application does; locklab's own sessions (setup, observer,
 //! probe) are the superuser's, which keeps them in when the slots are full. Against a user's
 //! server (`--pg-url`), the storm fills what that server has free.
+//!
+//! Through a pooler (the `pooler-*` variants): a throwaway PgBouncer of the variant's own in
+//! front of its server (or the user's pooler), transaction pooling at PgBouncer's default pool
+//! size. The server's slots stay free; the pool's server connections are what the waiting
+//! bookings pin, and the queue in the pooler is where the others wait (read from its admin
+//! console, `SHOW POOLS`).
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -31,16 +37,24 @@ mod storm;
 use storm::*;
 
 /// New connections a second, all kinds and retries together, past which a 2-core host
-/// spends the run forking refused backends rather than showing the storm.
-const MAX_CONNECTS_PER_SECOND: f64 = 3000.0;
+/// spends the run forking backends rather than showing the storm: the backends still exiting
+/// outgrow any headroom a cap leaves. Measured on 2 cores: 1,400 a second (rate 40, 2
+/// retries, others 20, time scale 0.1) held cap-only and mitigated 3 of 3; 2,280 (found by
+/// `bench claims`) gave mitigated 53300s in 2 runs of 3.
+const MAX_CONNECTS_PER_SECOND: f64 = 1500.0;
 
 /// Sessions locklab opens on the storm's server besides the workload: setup, observer, probe,
 /// the payment provider's, and each ghost with its provider session (two ghosts at most).
 const OWN_SESSIONS: usize = 8;
 /// Of those, opened after the workload's share of the slots is known: each ghost's two.
 const OWN_SESSIONS_LATER: usize = 4;
-/// The fewest slots the other endpoints need beside a capped storm.
+/// The fewest slots the other endpoints need beside a capped storm: enough at the defaults'
+/// 100 fresh connections a second (time scale 0.1).
 const OTHERS_SLOTS: usize = 2;
+/// Fresh connections a second one slot serves for the other endpoints, each open from fork to
+/// exit: past 100 a second they need more than the two (found by `bench claims`: 440 a second
+/// at time scale 0.05 got 53300s beside a cap that left them two).
+const OTHERS_PER_SLOT: f64 = 50.0;
 /// A capped invocation's connection, closed, holds its slot until its backend has exited,
 /// while the next invocation already connects: slots in limbo beside the cap, in proportion
 /// to it. Measured at the defaults (time scale 0.1, 89 workload slots): a cap of 73 (16 left)
@@ -65,6 +79,12 @@ pub struct ConnectionStorm {
     immediate: bool,
     retry_base: Duration,
     cap: Option<usize>,
+    /// Whether the workload goes through a pooler, and the others on a pool of their own.
+    pooler: PoolerMode,
+    /// PgBouncer's query_wait_timeout on the variant's own PgBouncer, scaled.
+    query_wait_timeout: Duration,
+    /// Slots the other endpoints' fresh connections need beside a capped storm.
+    others_slots: usize,
     restart: Option<(Duration, Duration)>,
     payment_call: Duration,
     booker_payment: Duration,
@@ -91,6 +111,8 @@ impl Code for ConnectionStorm {
         ParamSpec::duration("idle_timeout", 1, HOUR_MS),
         ParamSpec::duration("lock_timeout", 1, HOUR_MS),
         ParamSpec::duration("statement_timeout", 1, HOUR_MS),
+        ParamSpec::words("pooler", &["none", "shared", "separate"]),
+        ParamSpec::duration("query_wait_timeout", 1, HOUR_MS),
         ParamSpec::duration("deadline", 100, DAY_MS),
     ];
     const METRICS: &'static [&'static str] = METRICS;
@@ -115,16 +137,18 @@ impl Code for ConnectionStorm {
         let cap = p.count("cap")?;
         // The cap leaves other endpoints their slots only below the workload's share.
         let slots = workload_slots(max_connections);
-        let headroom = headroom(cap);
+        let others_slots = others_slots(others_rate / scale);
+        let headroom = headroom(cap, others_slots);
         if capped && cap + headroom > slots {
             return Err(UsageError(format!(
                 "cap {cap} leaves the other endpoints too few connection slots: a server with \
                  max_connections {max_connections} has {slots} for the workload ({RESERVED} are \
                  reserved for superusers, {OWN_SESSIONS} are locklab's), and a capped storm \
-                 of {cap} must leave {headroom} free ({OTHERS_SLOTS} for the other endpoints, \
-                 the rest for backends still exiting); lower --param cap to {} or less, or \
-                 raise --param max_connections",
-                most_cap(slots)
+                 of {cap} must leave {headroom} free ({others_slots} for the other endpoints' \
+                 {:.0} connections a second, the rest for backends still exiting); lower \
+                 --param cap to {} or less, or raise --param max_connections",
+                others_rate / scale,
+                most_cap(slots, others_slots)
             )));
         }
         let deadline = p.duration("deadline")?;
@@ -156,6 +180,9 @@ impl Code for ConnectionStorm {
             immediate: p.switch("retry_policy", "immediate", "backoff")?,
             retry_base: p.duration("retry_base")?,
             cap: capped.then_some(cap),
+            pooler: p.parse("pooler")?,
+            query_wait_timeout: p.duration("query_wait_timeout")?,
+            others_slots,
             restart,
             payment_call: p.duration("payment_call")?,
             booker_payment: p.duration("booker_payment")?,
@@ -164,7 +191,10 @@ impl Code for ConnectionStorm {
     }
 
     fn unavailable(&self, env: &crate::env::Env) -> Option<String> {
-        env.slots_missing()
+        match self.pooler {
+            PoolerMode::None => env.slots_missing(),
+            mode => pooler_missing(mode, env),
+        }
     }
 
     /// On a user's server `storm::size` scales the cap to the slots it has free, and lowers
@@ -174,7 +204,7 @@ impl Code for ConnectionStorm {
             return Ok(());
         }
         let slots = (capacity.allows() as usize).saturating_sub(OWN_SESSIONS);
-        match most_cap(slots) > 0 {
+        match most_cap(slots, self.others_slots) > 0 {
             true => Ok(()),
             false => Err(UsageError(format!(
                 "connection-storm's capped variants need {} free connection slots or more on \
@@ -182,8 +212,8 @@ impl Code for ConnectionStorm {
                  backends still exiting, {OWN_SESSIONS} of locklab's own); it allows {} more \
                  ({}): free some slots or raise max_connections, or leave out the capped \
                  variants with --variant",
-                1 + headroom(1) + OWN_SESSIONS,
-                headroom(1),
+                1 + headroom(1, self.others_slots) + OWN_SESSIONS,
+                headroom(1, self.others_slots),
                 capacity.allows(),
                 capacity.explain()
             ))),
@@ -219,15 +249,74 @@ const RESERVED: usize = 3;
 
 /// The slots a throwaway server of `max_connections` leaves the workload.
 /// Slots a storm capped at `cap` leaves free: the other endpoints' and those in limbo.
-fn headroom(cap: usize) -> usize {
-    OTHERS_SLOTS + cap.div_ceil(LIMBO_PER_CAP)
+fn headroom(cap: usize, others_slots: usize) -> usize {
+    others_slots + cap.div_ceil(LIMBO_PER_CAP)
+}
+
+/// The other endpoints' slots at `per_second` fresh connections a second (real time).
+fn others_slots(per_second: f64) -> usize {
+    OTHERS_SLOTS.max((per_second / OTHERS_PER_SLOT).ceil() as usize)
+}
+
+/// Whether the storm runs through a pooler, and how its pools are shared.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PoolerMode {
+    /// Straight to the server: each invocation a server connection of its own.
+    None,
+    /// Through a pooler, bookings and the other endpoints on the same pool.
+    Shared,
+    /// Through a pooler, the other endpoints on a pool of their own.
+    Separate,
+}
+
+impl std::str::FromStr for PoolerMode {
+    type Err = UsageError;
+    fn from_str(s: &str) -> Result<Self, UsageError> {
+        match s {
+            "none" => Ok(PoolerMode::None),
+            "shared" => Ok(PoolerMode::Shared),
+            "separate" => Ok(PoolerMode::Separate),
+            other => Err(UsageError(format!(
+                "pooler must be none, shared or separate, not {other}"
+            ))),
+        }
+    }
+}
+
+/// Why a variant through a pooler cannot run here: a throwaway server needs pgbouncer
+/// installed; a user's server needs the user's pooler (and a second pool of it, to keep the
+/// others apart), and a path straight to the server for locklab's probe and observers.
+fn pooler_missing(mode: PoolerMode, env: &crate::env::Env) -> Option<String> {
+    if !env.on_users_server() {
+        return crate::env::pgbouncer::find_binary()
+            .err()
+            .map(|e| format!("it runs through a PgBouncer of its own: {e:#}"));
+    }
+    if let Some(why) = env.direct_path_missing() {
+        return Some(why);
+    }
+    if env.pooled.is_none() {
+        return Some(
+            "it runs the storm through a pooler: give yours with --pooler-url (and the server \
+             behind it as --pg-url), or run without --pg-url for a throwaway PgBouncer"
+                .into(),
+        );
+    }
+    if mode == PoolerMode::Separate && env.pooled_others.is_none() {
+        return Some(
+            "it puts the other endpoints on a pool of their own: give a second pool of your \
+             pooler with --pooler-others-url (another database alias or user of the same server)"
+                .into(),
+        );
+    }
+    None
 }
 
 /// The largest cap that leaves its headroom free of `slots`.
-fn most_cap(slots: usize) -> usize {
+fn most_cap(slots: usize, others_slots: usize) -> usize {
     (1..=slots)
         .rev()
-        .find(|c| c + headroom(*c) <= slots)
+        .find(|c| c + headroom(*c, others_slots) <= slots)
         .unwrap_or(0)
 }
 
@@ -239,6 +328,14 @@ impl ConnectionStorm {
     fn workload_slots(&self) -> usize {
         workload_slots(self.max_connections).max(1)
     }
+
+    /// The most clients the fleet may have open at once: every invocation that arrives before
+    /// the cut-off (each on one connection at a time), and room for locklab's own.
+    fn most_clients(&self) -> usize {
+        let arrivals =
+            |every: Duration| (self.deadline.as_secs_f64() / every.as_secs_f64()) as usize;
+        arrivals(self.arrival) + self.others_arrival.map_or(0, arrivals) + 50
+    }
 }
 
 /// Where the storm runs: a server of its own, or the user's.
@@ -246,8 +343,113 @@ struct Servers {
     own: Option<PgServer>,
     /// locklab's sessions: the superuser on a throwaway server.
     admin: PgTarget,
-    /// The workload's path.
+    /// The workload's role, straight to the server: its tables, and the slots it may take.
     workload: PgTarget,
+    /// The pooler the bookings and the others go through, for the `pooler-*` variants.
+    pooler: Option<StormPooler>,
+}
+
+impl Servers {
+    /// The bookings' path: through the pooler where there is one.
+    fn book(&self) -> &PgTarget {
+        self.pooler.as_ref().map_or(&self.workload, |p| &p.book)
+    }
+
+    /// The other endpoints' path: their own pool, the bookings' pool, or the server.
+    fn others(&self) -> &PgTarget {
+        self.pooler.as_ref().map_or(&self.workload, |p| &p.others)
+    }
+}
+
+/// A pooler in front of the storm's server.
+struct StormPooler {
+    /// A PgBouncer of the variant's own (stopped with it); `None`: the user's.
+    own: Option<crate::env::pgbouncer::PoolerServer>,
+    book: PgTarget,
+    others: PgTarget,
+    /// Its admin console, or why its own figures cannot be read.
+    admin: Result<PgTarget, String>,
+    pools: crate::observe::pooler::Pools,
+}
+
+/// The pooler for a `pooler-*` variant: a PgBouncer of its own in front of `own` (PgBouncer's
+/// default pool size, room for every client the fleet may open, `query_wait_timeout` scaled),
+/// or the user's from --pooler-url.
+async fn storm_pooler(
+    cfg: &ConnectionStorm,
+    ctx: &VariantCtx<'_>,
+    own: Option<&PgServer>,
+) -> anyhow::Result<Option<StormPooler>> {
+    use crate::env::pgbouncer::OTHERS_DATABASE;
+    use crate::observe::pooler::Pools;
+    if cfg.pooler == PoolerMode::None {
+        return Ok(None);
+    }
+    let separate = cfg.pooler == PoolerMode::Separate;
+    let schema = &ctx.env.pg.schema;
+    let Some(server) = own else {
+        let (Some(book), others) = (ctx.env.pooled.clone(), ctx.env.pooled_others.clone()) else {
+            anyhow::bail!("no pooler to run through (see --pooler-url)");
+        };
+        let others = match separate {
+            true => others.context("no second pool (see --pooler-others-url)")?,
+            false => book.clone(),
+        };
+        let db = |t: &PgTarget| -> anyhow::Result<String> {
+            Ok(t.config("")?.get_dbname().unwrap_or_default().to_string())
+        };
+        let pools = Pools {
+            workload: db(&book)?,
+            others: separate.then(|| db(&others)).transpose()?,
+        };
+        let admin = ctx.env.users_pooler_admin.clone().ok_or_else(|| {
+            "no admin console given: give it with --pooler-admin-url for the pooler's own \
+             figures"
+                .to_string()
+        });
+        return Ok(Some(StormPooler {
+            own: None,
+            book,
+            others,
+            admin,
+            pools,
+        }));
+    };
+    let clients = cfg.most_clients();
+    crate::env::process::ensure_open_files(2 * clients as u64 + 512).map_err(UsageError)?;
+    // PgBouncer's default pool size, or each pool's share of the server's slots where they
+    // would not all fit (a pool the server refuses connections would starve, not pin).
+    let pools = 1 + usize::from(separate);
+    let pool_size = crate::env::pgbouncer::DEFAULT_POOL_SIZE.min(cfg.workload_slots() / pools);
+    let settings = [
+        (
+            "default_pool_size".to_string(),
+            pool_size.max(1).to_string(),
+        ),
+        (
+            "query_wait_timeout".to_string(),
+            format!("{:.3}", cfg.query_wait_timeout.as_secs_f64()),
+        ),
+        // Hundreds of fresh connections a second: SCRAM's key stretching would make the
+        // pooler's one thread the bottleneck (see `pgbouncer::defaults`).
+        ("auth_type".to_string(), "md5".to_string()),
+    ];
+    let bouncer = ctx.env.start_own_pooler(server, clients, &settings).await?;
+    let book = bouncer.target(schema);
+    let others = match separate {
+        true => bouncer.others_target(schema),
+        false => book.clone(),
+    };
+    Ok(Some(StormPooler {
+        admin: Ok(bouncer.admin_target()),
+        own: Some(bouncer),
+        book,
+        others,
+        pools: Pools {
+            workload: "postgres".into(),
+            others: separate.then(|| OTHERS_DATABASE.to_string()),
+        },
+    }))
 }
 
 async fn servers(cfg: &ConnectionStorm, ctx: &VariantCtx<'_>) -> anyhow::Result<Servers> {
@@ -266,16 +468,26 @@ async fn servers(cfg: &ConnectionStorm, ctx: &VariantCtx<'_>) -> anyhow::Result<
                 .context("could not create the storm's role and schema")?
                 .server;
             let admin = server.target(&schema);
+            let pooler = match storm_pooler(cfg, ctx, Some(&server)).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let mut server = server;
+                    server.stop().await;
+                    return Err(e);
+                }
+            };
             Ok(Servers {
                 workload: server.target_as(WORKLOAD_ROLE, &schema),
                 admin,
                 own: Some(server),
+                pooler,
             })
         }
         None => Ok(Servers {
             own: None,
             admin: ctx.env.direct.clone(),
             workload: ctx.env.direct.clone(),
+            pooler: storm_pooler(cfg, ctx, None).await?,
         }),
     }
 }
@@ -305,6 +517,9 @@ static TOLD_SLOTS: AtomicBool = AtomicBool::new(false);
 async fn run(cfg: &ConnectionStorm, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
     let mut servers = servers(cfg, ctx).await?;
     let result = storm(cfg, ctx, &mut servers).await;
+    if let Some(bouncer) = servers.pooler.as_mut().and_then(|p| p.own.as_mut()) {
+        bouncer.stop().await;
+    }
     match servers.own.as_mut() {
         Some(server) => server.stop().await,
         // Whatever of the variant's is left (a holder's provider session, say), in one go.

@@ -48,11 +48,11 @@ pub(super) async fn size(
         // The same share of what is free, lowered where it would leave less than its
         // headroom (the other endpoints' slots, and backends still exiting).
         None => ((share * workload_slots as f64) as usize)
-            .min(super::most_cap(workload_slots))
+            .min(super::most_cap(workload_slots, cfg.others_slots))
             .max(1),
     });
     if let Some(cap) = cap
-        && cap + super::headroom(cap) > workload_slots
+        && cap + super::headroom(cap, cfg.others_slots) > workload_slots
     {
         return Err(UsageError(format!(
             "a cap of {cap} leaves the other endpoints no connection slots at {}: the workload \
@@ -64,7 +64,10 @@ pub(super) async fn size(
         .into());
     }
     crate::env::process::ensure_open_files(usable_slots as u64 + 512).map_err(UsageError)?;
-    if servers.own.is_none() && !TOLD_SLOTS.swap(true, Ordering::Relaxed) {
+    if servers.own.is_none()
+        && servers.pooler.is_none()
+        && !TOLD_SLOTS.swap(true, Ordering::Relaxed)
+    {
         crate::say!(
             "note: connection-storm fills the free connection slots of {} ({} of max_connections \
              {}) for up to {} a variant: its other clients may be refused meanwhile",
@@ -162,6 +165,29 @@ pub(super) async fn storm(
     let watcher =
         SlotWatcher::start(&admin_target, &ctx.app("observer"), clock, &ctx.app("w/")).await?;
     let prober = Prober::connect(&admin_target, &ctx.app("probe"), &booking).await?;
+    let (pooler_watch, pooler_unknown) = match servers.pooler.as_ref().map(|p| &p.admin) {
+        Some(Ok(admin)) => {
+            let pools = servers.pooler.as_ref().map(|p| p.pools.clone());
+            let pools = pools.context("a pooler without its pools")?;
+            match crate::observe::pooler::watch(admin, &ctx.app("pooler-observer"), clock, pools)
+                .await
+            {
+                Ok(w) => (Some(w), None),
+                Err(e) => (
+                    None,
+                    Some(format!("its admin console did not answer: {e:#}")),
+                ),
+            }
+        }
+        Some(Err(why)) => (None, Some(why.clone())),
+        None => (None, None),
+    };
+    if let Some(why) = &pooler_unknown {
+        crate::say!(
+            "note: connection-storm/{}: the pooler's own figures are unknown: {why}",
+            ctx.variant.name
+        );
+    }
     let sizing = match size(cfg, ctx, servers).await {
         Ok(sizing) => sizing,
         Err(e) => {
@@ -183,6 +209,10 @@ pub(super) async fn storm(
     let ended = end_sessions(&admin, &ctx.app("w/")).await;
     frozen.end().await;
     let samples = watcher.finish().await;
+    let pooler_samples = match pooler_watch {
+        Some(w) => w.finish().await,
+        None => Vec::new(),
+    };
     if servers.own.is_none() {
         ended?;
     }
@@ -211,6 +241,9 @@ pub(super) async fn storm(
             harness_cpu_pct: stormed.cpu.1,
             restart: stormed.restart,
             runtime_cap: sizing.cap,
+            through_pooler: servers.pooler.is_some(),
+            pooler_samples,
+            pooler_unknown,
         }),
     ))
 }
@@ -242,12 +275,15 @@ pub(super) async fn unleash(
         .await;
     let released = queued.released_ms.clone();
 
-    let mut config = workload.config("")?;
+    let mut config = servers.book().config("")?;
     config.connect_timeout(Duration::from_secs(5));
+    let mut others_config = servers.others().config("")?;
+    others_config.connect_timeout(Duration::from_secs(5));
     let (booked, ticker) = ctx.progress_counter(" booked".into());
     let fleet = Arc::new(Fleet {
         booked,
         config,
+        others_config,
         app_prefix: ctx.app("w/"),
         booking: Booking::new(&workload, &ctx.variant.settings),
         flights: workload.table("flights"),
@@ -318,7 +354,7 @@ pub(super) fn holder(
     app: &str,
 ) -> HolderConfig {
     HolderConfig::new(
-        servers.workload.clone(),
+        servers.book().clone(),
         servers.admin.clone(),
         ctx.app(app),
         ctx.variant.settings.clone(),
