@@ -34,6 +34,9 @@ pub mod class {
     /// A pooler gave up on finding the client a server connection (PgBouncer's
     /// query_wait_timeout, sent as 08P01 with that message).
     pub const QUERY_WAIT_TIMEOUT: &str = "query_wait_timeout";
+    /// A pooler refused the client at connect: its max_client_conn was reached (PgBouncer's
+    /// "no more connections allowed", 08P01).
+    pub const POOLER_FULL: &str = "max_client_conn";
     /// A connect the server's listen queue had no room for (EAGAIN on its socket): it is
     /// forking backends slower than connections arrive.
     pub const LISTEN_QUEUE_FULL: &str = "listen-queue-full";

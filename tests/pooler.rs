@@ -219,3 +219,87 @@ fn pooler_options_are_checked_before_anything_starts() {
     }
     assert_nothing_left(tmp.path(), Duration::from_secs(5));
 }
+
+/// connection-storm through the user's own PgBouncer (env up's, sized for a fleet: md5, room
+/// for every client): the outage moves into the pooler's queue, read from its admin console;
+/// the others on a second pool never notice; the database timeouts free the row. Without the
+/// admin console the pooler's figures are unknown, with the reason, never guessed.
+#[test]
+fn the_storm_through_your_own_pgbouncer_moves_the_outage_into_its_queue() {
+    let tmp = tempdir();
+    let env = EnvUp::start(
+        tmp.path(),
+        &[
+            "--pooler-setting",
+            "max_client_conn=3000",
+            "--pooler-setting",
+            "auth_type=md5",
+        ],
+    );
+    let base = env.pooler_url.trim_end_matches("/postgres").to_string();
+    let (others, admin) = (format!("{base}/others"), format!("{base}/pgbouncer"));
+    let run_tmp = tempdir();
+    let (code, report, stderr) = run_json(
+        run_tmp.path(),
+        &[
+            "connection-storm",
+            "--pg-url",
+            &env.url,
+            "--pooler-url",
+            &env.pooler_url,
+            "--pooler-others-url",
+            &others,
+            "--pooler-admin-url",
+            &admin,
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    // The direct variants need the server's own slots: skipped with the reason.
+    assert!(
+        variant(&report, "baseline")["skipped"]
+            .as_str()
+            .is_some_and(|w| w.contains("pooler")),
+        "{report:#}"
+    );
+    let through = variant(&report, "through-pooler");
+    assert_eq!(metric(through, "too_many_clients"), 0.0, "{through:#}");
+    assert!(metric(through, "other_ok_ratio") < 0.99, "{through:#}");
+    assert!(
+        metric(through, "pooler_clients_waiting_max") >= 20.0,
+        "{through:#}"
+    );
+    assert!(
+        metric(through, "pool_server_conns_max") >= 1.0,
+        "{through:#}"
+    );
+    let separate = variant(&report, "pooler-separate-pool");
+    assert!(metric(separate, "other_ok_ratio") >= 0.99, "{separate:#}");
+    assert_eq!(metric(separate, "bookings_ok"), 0.0, "{separate:#}");
+    assert!(metric(variant(&report, "pooler-mitigated"), "bookings_ok") >= 1.0);
+
+    let (code, report, stderr) = run_json(
+        run_tmp.path(),
+        &[
+            "connection-storm",
+            "--variant",
+            "through-pooler",
+            "--pg-url",
+            &env.url,
+            "--pooler-url",
+            &env.pooler_url,
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    let through = variant(&report, "through-pooler");
+    assert!(
+        through["metrics"]["pooler_clients_waiting_max"].is_null(),
+        "{through:#}"
+    );
+    assert!(
+        stderr.contains("the pooler's own figures are unknown")
+            && stderr.contains("--pooler-admin-url"),
+        "{stderr}"
+    );
+    assert!(env.stop().success());
+    assert_nothing_left(run_tmp.path(), Duration::from_secs(5));
+}

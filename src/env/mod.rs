@@ -122,6 +122,8 @@ pub struct Env {
     /// The user's pooler's admin console, when given (locklab's own PgBouncer's is
     /// [`Self::pooler_admin`]).
     pub users_pooler_admin: Option<PgTarget>,
+    /// The user's pooler's max_client_conn, read from its admin console when given.
+    pub users_pooler_max_clients: Option<usize>,
     /// Present when the run needs Redis.
     pub redis: Option<RedisTarget>,
     /// Prefix of every application_name and of the schema: tells our sessions from others'.
@@ -213,6 +215,7 @@ impl Env {
             pooled: None,
             pooled_others: None,
             users_pooler_admin: None,
+            users_pooler_max_clients: None,
             redis: None,
             run_tag,
             exe: opts.exe.clone(),
@@ -289,6 +292,17 @@ impl Env {
                         "--pooler-admin-url: the admin console did not answer SHOW POOLS (is \
                          the user in PgBouncer's admin_users or stats_users?)",
                     )?;
+                    // Readable to admin_users only; a stats user leaves it unknown.
+                    if let Ok(rows) = c.simple_query("SHOW CONFIG").await {
+                        self.users_pooler_max_clients = rows.iter().find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r)
+                                if r.get(0) == Some("max_client_conn") =>
+                            {
+                                r.get(1).and_then(|v| v.parse().ok())
+                            }
+                            _ => None,
+                        });
+                    }
                     self.users_pooler_admin = Some(admin);
                 }
             }

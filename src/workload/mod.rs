@@ -32,11 +32,10 @@ impl OpError {
 
 impl From<tokio_postgres::Error> for OpError {
     fn from(e: tokio_postgres::Error) -> OpError {
-        let pooler_gave_up = e
-            .as_db_error()
-            .is_some_and(|d| d.message().contains(class::QUERY_WAIT_TIMEOUT));
+        let said = |what: &str| e.as_db_error().is_some_and(|d| d.message().contains(what));
         let class = match e.code() {
-            Some(_) if pooler_gave_up => class::QUERY_WAIT_TIMEOUT.to_string(),
+            Some(_) if said(class::QUERY_WAIT_TIMEOUT) => class::QUERY_WAIT_TIMEOUT.to_string(),
+            Some(_) if said("no more connections allowed") => class::POOLER_FULL.to_string(),
             Some(code) => code.code().to_string(),
             None if e.is_closed() => class::CONNECTION_CLOSED.to_string(),
             None if would_block(&e) => class::LISTEN_QUEUE_FULL.to_string(),

@@ -193,7 +193,7 @@ impl Code for ConnectionStorm {
     fn unavailable(&self, env: &crate::env::Env) -> Option<String> {
         match self.pooler {
             PoolerMode::None => env.slots_missing(),
-            mode => pooler_missing(mode, env),
+            mode => pooler_missing(mode, self.most_clients(), env),
         }
     }
 
@@ -286,7 +286,7 @@ impl std::str::FromStr for PoolerMode {
 /// Why a variant through a pooler cannot run here: a throwaway server needs pgbouncer
 /// installed; a user's server needs the user's pooler (and a second pool of it, to keep the
 /// others apart), and a path straight to the server for locklab's probe and observers.
-fn pooler_missing(mode: PoolerMode, env: &crate::env::Env) -> Option<String> {
+fn pooler_missing(mode: PoolerMode, clients: usize, env: &crate::env::Env) -> Option<String> {
     if !env.on_users_server() {
         return crate::env::pgbouncer::find_binary()
             .err()
@@ -301,6 +301,16 @@ fn pooler_missing(mode: PoolerMode, env: &crate::env::Env) -> Option<String> {
              behind it as --pg-url), or run without --pg-url for a throwaway PgBouncer"
                 .into(),
         );
+    }
+    if let Some(max) = env.users_pooler_max_clients
+        && max < clients
+    {
+        return Some(format!(
+            "your pooler's max_client_conn ({max}) is below the clients the fleet may open at \
+             once (up to {clients}): it would refuse them at connect, for every pool alike, \
+             which these variants do not model: raise max_client_conn, or lower --param rate \
+             or --param others_rate"
+        ));
     }
     if mode == PoolerMode::Separate && env.pooled_others.is_none() {
         return Some(
