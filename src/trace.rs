@@ -223,8 +223,7 @@ impl Drawn {
             Input::ConnectionStorm(o) => {
                 d.series = series_of(&o.samples, |s| s.at_ms);
                 // Through a pooler, its queue and its server connections beside the server's.
-                d.series
-                    .extend(series_of(&o.pooler_samples, |s| s.at_ms));
+                d.series.extend(series_of(&o.pooler_samples, |s| s.at_ms));
                 d.marks
                     .push(mark(o.fault_ms, MarkKind::Fault, "ghost froze"));
                 if let Some(r) = o.released_ms {

@@ -181,7 +181,13 @@ fn no_form_of_a_password_reaches_any_output() {
         assert_clean(&format!("the wrong-password error of {url}"), &text(&o));
     }
     for url in pg_forms("127.0.0.1", "1", SECRET) {
-        for flag in [["--pg-url", url.as_str()], ["--pooler-url", url.as_str()]] {
+        let pooler = env.pooler_url.as_str();
+        for flag in [
+            vec!["--pg-url", url.as_str()],
+            vec!["--pooler-url", url.as_str()],
+            vec!["--pooler-url", pooler, "--pooler-admin-url", url.as_str()],
+            vec!["--pooler-url", pooler, "--pooler-others-url", url.as_str()],
+        ] {
             let o = locklab(tmp.path())
                 .args(["run", "orphan-lock", "--no-results"])
                 .args(flag)
