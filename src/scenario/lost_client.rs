@@ -33,6 +33,9 @@ use crate::error::UsageError;
 use crate::history::Clock;
 use crate::observe::Observer;
 
+/// How long the holder sits idle before the partition, at least, after --time-scale.
+const MIN_PARTITION_AFTER: Duration = Duration::from_millis(100);
+
 pub struct LostClient {
     clients: usize,
     payment_call: Duration,
@@ -97,12 +100,30 @@ impl Code for LostClient {
                 p.as_written(deadline)
             )));
         }
+        // The holder's last reply must be acknowledged before the network goes silent: the
+        // client's kernel may delay that ACK by 40 ms or more, and a server left with data
+        // unacknowledged retransmits instead of probing, so neither keepalives nor the lack of
+        // tcp_user_timeout would show (found by `bench claims`: 800ms at time scale 0.05, 40
+        // ms, left server-keepalives' backend alive past the cut-off once).
+        let partition_after = p.duration("partition_after")?;
+        if partition_after < MIN_PARTITION_AFTER {
+            return Err(UsageError(format!(
+                "partition_after is {} after --time-scale {}: under {} ms the holder's last \
+                 reply may be unacknowledged when the network goes silent (delayed ACKs), and \
+                 the server then retransmits instead of sending keepalives (--param \
+                 partition_after={} or more, or a larger --time-scale)",
+                humantime::format_duration(partition_after),
+                p.time_scale,
+                MIN_PARTITION_AFTER.as_millis(),
+                p.as_written(MIN_PARTITION_AFTER)
+            )));
+        }
         let cfg = LostClient {
             clients: p.count("clients")?,
             payment_call,
             booker_payment: p.duration("booker_payment")?,
             retry_after: p.duration("retry_after")?,
-            partition_after: p.duration("partition_after")?,
+            partition_after,
             deadline,
             keepalive,
             server_keepalives,

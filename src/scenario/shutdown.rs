@@ -87,6 +87,20 @@ impl Code for Shutdown {
                 "the platform's SIGKILL could not come before the cut-off",
             )?;
         }
+        // A drain waits for the booking in flight: where its payment call ends within the run
+        // (it is not a hang), the platform's grace must let it (found by `bench claims`: a
+        // grace of 12.76s against 15s of payment left killed sigterm-drain's holder).
+        let left = cfg.payment_call.saturating_sub(cfg.event_after);
+        if event == Event::Sigterm && cfg.drain && left < cfg.deadline && left >= cfg.grace {
+            return Err(UsageError(format!(
+                "grace ({}) must outlast what is left of the payment call when SIGTERM comes \
+                 (payment_call - event_after = {}): a drain that needs longer is killed like \
+                 no drain at all (--param grace={} or more)",
+                p.as_written(cfg.grace),
+                p.as_written(left),
+                p.as_written(left.mul_f64(1.5))
+            )));
+        }
         if cfg.event_after >= cfg.payment_call {
             return Err(UsageError(format!(
                 "event_after ({}) must come before the holder's payment call ends ({}): the \

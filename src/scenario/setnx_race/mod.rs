@@ -79,8 +79,23 @@ impl Code for SetnxRace {
             // then each item is one buyer's payment (and a retry's pause) inside the lock.
             // Sized for one item, the cut-off would judge five on a queue it did not allow
             // for (found by sampling: stock=5 cut off both setnx-ttl and mitigated).
+            // The write-up's premise: the lock outlives the work it guards. A TTL no longer
+            // than a payment (with a quarter for the stock read and write around it) expires
+            // under every buyer, not only the faulted one (found by `bench claims`: ttl 3.37s
+            // against a 6s payment sold the one item twice in setnx-ttl).
+            let payment = p.duration("payment")?;
+            if ttl < payment.mul_f64(1.25) {
+                return Err(UsageError(format!(
+                    "ttl ({}) must be at least 1.25 times payment ({}): a lock that expires \
+                     while its holder is still paying is lost by every buyer, not only the \
+                     faulted one (--param ttl={} or more, or a shorter --param payment)",
+                    p.as_written(ttl),
+                    p.as_written(payment),
+                    p.as_written(payment.mul_f64(1.25))
+                )));
+            }
             let stock = p.count("stock")?;
-            let turn = p.duration("payment")? + p.duration("retry_after")?;
+            let turn = payment + p.duration("retry_after")?;
             let sales = ttl + turn * stock as u32;
             p.deadline_outlasts(
                 1,
