@@ -356,11 +356,14 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
 }
 
 /// A looping session is always in the middle of a round at the cut-off: a step in flight then
-/// is stuck only when it had run longer than any of its runs that finished (or none finished),
+/// is stuck only when it had run longer than any of its runs that succeeded (or none did),
 /// not because the cut-off happened to fall inside it.
 fn looped_stuck(ops: &[&crate::history::Op], end_ms: f64) -> usize {
+    // Only runs that succeeded set the bar: one that failed on a timeout, or waited long
+    // before failing, would raise it past a real hang near the cut-off.
     let slowest = ops
         .iter()
+        .filter(|o| o.outcome == Outcome::Ok)
         .filter_map(|o| o.latency_ms())
         .fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.max(l))));
     ops.iter()

@@ -277,6 +277,25 @@ impl Env {
                 self.pg = target;
                 if let Some(url) = &opts.pooler_others_url {
                     let others = postgres::external(url, &self.run_tag).await?;
+                    // PgBouncer pools per database and user: the same pair is the same pool.
+                    let pool = |t: &PgTarget| -> anyhow::Result<_> {
+                        let c = t.config("")?;
+                        let user = c.get_user().map(str::to_string);
+                        Ok((
+                            c.get_hosts().to_vec(),
+                            c.get_ports().to_vec(),
+                            c.get_dbname().map(str::to_string).or(user.clone()),
+                            user,
+                        ))
+                    };
+                    if pool(&others)? == pool(&self.pg)? {
+                        return Err(crate::error::UsageError(
+                            "--pooler-others-url names the same pool as --pooler-url (the same \
+                             database and user): give another database alias or user"
+                                .into(),
+                        )
+                        .into());
+                    }
                     others
                         .connect(&self.app("pooler-check"))
                         .await
@@ -296,9 +315,9 @@ impl Env {
                     if let Ok(rows) = c.simple_query("SHOW CONFIG").await {
                         self.users_pooler_max_clients = rows.iter().find_map(|m| match m {
                             tokio_postgres::SimpleQueryMessage::Row(r)
-                                if r.get(0) == Some("max_client_conn") =>
+                                if r.try_get(0).ok().flatten() == Some("max_client_conn") =>
                             {
-                                r.get(1).and_then(|v| v.parse().ok())
+                                r.try_get(1).ok().flatten().and_then(|v| v.parse().ok())
                             }
                             _ => None,
                         });

@@ -12,11 +12,12 @@ use super::Watch;
 use crate::env::postgres::PgTarget;
 use crate::history::Clock;
 
-/// The pools a variant uses, by database name as the pooler lists them: the workload's first.
+/// The pools a variant uses, as the pooler lists them: (database, user), the workload's first.
+/// PgBouncer keeps a pool per database and user.
 #[derive(Debug, Clone)]
 pub struct Pools {
-    pub workload: String,
-    pub others: Option<String>,
+    pub workload: (String, String),
+    pub others: Option<(String, String)>,
 }
 
 /// Samples `SHOW POOLS` on `admin` every 10 ms until finished. Fails only if the first
@@ -47,7 +48,13 @@ pub async fn watch(
                     Err(_) => continue,
                 },
             };
-            if let Ok(msgs) = c.simple_query("SHOW POOLS").await {
+            // A console that stops answering must not hold the variant: give up on this
+            // sample after a second, or at once when told to finish.
+            let asked = tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(1), c.simple_query("SHOW POOLS")) => r.ok(),
+                _ = stopped.cancelled() => break,
+            };
+            if let Some(Ok(msgs)) = asked {
                 let rows = msgs.iter().filter_map(|m| match m {
                     SimpleQueryMessage::Row(r) => Some(r),
                     _ => None,
@@ -85,9 +92,10 @@ fn read<'a>(
         ..PoolerSample::default()
     };
     for r in rows {
-        let db = r.try_get("database").ok().flatten().unwrap_or("");
-        let workload = db == pools.workload;
-        if !workload && pools.others.as_deref() != Some(db) {
+        let col = |name: &str| r.try_get(name).ok().flatten().unwrap_or("").to_string();
+        let pool = (col("database"), col("user"));
+        let workload = pool == pools.workload;
+        if !workload && pools.others.as_ref() != Some(&pool) {
             continue;
         }
         s.waiting += num(r, "cl_waiting");

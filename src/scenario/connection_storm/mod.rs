@@ -405,13 +405,20 @@ async fn storm_pooler(
             true => others.context("no second pool (see --pooler-others-url)")?,
             false => book.clone(),
         };
-        let db = |t: &PgTarget| -> anyhow::Result<String> {
-            Ok(t.config("")?.get_dbname().unwrap_or_default().to_string())
+        // The pool PgBouncer lists: the database as connected to (the user's name where the
+        // URL names none, as libpq does), and the user.
+        let db = |t: &PgTarget| -> anyhow::Result<(String, String)> {
+            let c = t.config("")?;
+            let user = c.get_user().unwrap_or_default().to_string();
+            let db = c.get_dbname().map_or_else(|| user.clone(), str::to_string);
+            Ok((db, user))
         };
         let pools = Pools {
             workload: db(&book)?,
             others: separate.then(|| db(&others)).transpose()?,
         };
+        crate::env::process::ensure_open_files(cfg.most_clients() as u64 + 512)
+            .map_err(UsageError)?;
         let admin = ctx.env.users_pooler_admin.clone().ok_or_else(|| {
             "no admin console given: give it with --pooler-admin-url for the pooler's own \
              figures"
@@ -456,8 +463,8 @@ async fn storm_pooler(
         book,
         others,
         pools: Pools {
-            workload: "postgres".into(),
-            others: separate.then(|| OTHERS_DATABASE.to_string()),
+            workload: ("postgres".into(), "locklab".into()),
+            others: separate.then(|| (OTHERS_DATABASE.to_string(), "locklab".into())),
         },
     }))
 }
