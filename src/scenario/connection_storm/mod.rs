@@ -152,6 +152,21 @@ impl Code for ConnectionStorm {
             )));
         }
         let deadline = p.duration("deadline")?;
+        // Straight to the server and uncapped, the storm is the bookings filling every slot,
+        // each holding its own behind the row: the fleet must bring at least twice the slots'
+        // worth before the cut-off (found by `bench claims`: 6 a second for 30 s against 191
+        // slots never filled them, and the baseline's 53300 never came).
+        let pooler: PoolerMode = p.parse("pooler")?;
+        let bookings = rate * deadline.as_secs_f64() / scale;
+        if pooler == PoolerMode::None && !capped && bookings < 2.0 * slots as f64 {
+            return Err(UsageError(format!(
+                "rate × deadline ({bookings:.0} bookings) must reach twice the workload's \
+                 connection slots (2 × {slots} on a server of max_connections {max_connections}): \
+                 the fleet could not fill them before the cut-off (--param rate={} or more, a \
+                 longer --param deadline, or a smaller --param max_connections)",
+                (2.0 * slots as f64 * scale / deadline.as_secs_f64()).ceil()
+            )));
+        }
         if p.in_settings("idle_timeout") {
             let why = "the idle timeout could not free the row before the cut-off";
             p.deadline_outlasts(2, "idle_timeout", p.duration("idle_timeout")?, why)?;
@@ -180,7 +195,7 @@ impl Code for ConnectionStorm {
             immediate: p.switch("retry_policy", "immediate", "backoff")?,
             retry_base: p.duration("retry_base")?,
             cap: capped.then_some(cap),
-            pooler: p.parse("pooler")?,
+            pooler,
             query_wait_timeout: p.duration("query_wait_timeout")?,
             others_slots,
             restart,
@@ -200,10 +215,21 @@ impl Code for ConnectionStorm {
     /// On a user's server `storm::size` scales the cap to the slots it has free, and lowers
     /// it where it would not leave its headroom: refused here only when no cap at all fits.
     fn fits(&self, capacity: &crate::env::postgres::Capacity) -> Result<(), UsageError> {
+        let slots = (capacity.allows() as usize).saturating_sub(OWN_SESSIONS);
         if self.cap.is_none() {
+            // As on a throwaway server (see `config`): the fleet must be able to fill what
+            // this server has free.
+            let bookings = self.deadline.as_secs_f64() / self.arrival.as_secs_f64();
+            if self.pooler == PoolerMode::None && bookings < 2.0 * slots as f64 {
+                return Err(UsageError(format!(
+                    "the fleet brings {bookings:.0} bookings before the cut-off, under twice the \
+                     {slots} connection slots this server has free ({}): it could not fill them \
+                     (raise --param rate or --param deadline)",
+                    capacity.explain()
+                )));
+            }
             return Ok(());
         }
-        let slots = (capacity.allows() as usize).saturating_sub(OWN_SESSIONS);
         match most_cap(slots, self.others_slots) > 0 {
             true => Ok(()),
             false => Err(UsageError(format!(
