@@ -122,6 +122,8 @@ pub struct Env {
     /// The user's pooler's admin console, when given (locklab's own PgBouncer's is
     /// [`Self::pooler_admin`]).
     pub users_pooler_admin: Option<PgTarget>,
+    /// `--pooler-setting`s for locklab's own PgBouncers (the run's, and a variant's own).
+    pub pooler_settings: Vec<(String, String)>,
     /// The user's pooler's max_client_conn, read from its admin console when given.
     pub users_pooler_max_clients: Option<usize>,
     /// Present when the run needs Redis.
@@ -216,6 +218,10 @@ impl Env {
             pooled_others: None,
             users_pooler_admin: None,
             users_pooler_max_clients: None,
+            pooler_settings: match &opts.pooler {
+                PoolerChoice::Throwaway(settings) => settings.clone(),
+                _ => Vec::new(),
+            },
             redis: None,
             run_tag,
             exe: opts.exe.clone(),

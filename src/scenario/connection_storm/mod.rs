@@ -477,6 +477,12 @@ async fn storm_pooler(
         // pooler's one thread the bottleneck (see `pgbouncer::defaults`).
         ("auth_type".to_string(), "md5".to_string()),
     ];
+    // The user's --pooler-setting after locklab's: theirs win.
+    let settings: Vec<(String, String)> = settings
+        .into_iter()
+        .filter(|(k, _)| !ctx.env.pooler_settings.iter().any(|(u, _)| u == k))
+        .chain(ctx.env.pooler_settings.iter().cloned())
+        .collect();
     let bouncer = ctx.env.start_own_pooler(server, clients, &settings).await?;
     let book = bouncer.target(schema);
     let others = match separate {
