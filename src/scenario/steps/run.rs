@@ -141,7 +141,9 @@ pub(super) async fn run_in(
     for p in probes {
         let _ = p.await;
     }
-    let end_ms = window.clock.now_ms();
+    // The run's end as the checker sees it: the cut-off at the latest. Clients still in flight
+    // then are waited for a moment more, and that moment is the harness's, not theirs.
+    let end_ms = window.clock.now_ms().min(v.deadline.as_secs_f64() * 1000.0);
     sampler.finish().await;
     // Frozen sessions end with the run: what they held is freed for the next variant.
     ctx.terminate_sessions("w/").await?;
