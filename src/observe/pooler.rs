@@ -2,8 +2,6 @@
 //! queue for a server connection, how long the longest has waited, and how many server
 //! connections the workload's pool holds. Sampled every 10 ms like the server's observers.
 
-use std::time::Duration;
-
 use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
 pub use crate::check::samples::PoolerSample;
@@ -20,58 +18,26 @@ pub struct Pools {
     pub others: Option<(String, String)>,
 }
 
-/// Samples `SHOW POOLS` on `admin` every 10 ms until finished. Fails only if the first
-/// connect does.
+/// Samples `SHOW POOLS` on `admin` every 10 ms until finished (see [`super::sampler`]).
+/// Fails only if the first connect does.
 pub async fn watch(
     admin: &PgTarget,
     app: &str,
     clock: Clock,
     pools: Pools,
 ) -> anyhow::Result<Watch<Vec<PoolerSample>>> {
-    let first = admin.connect(app).await?;
-    let (admin, app) = (admin.clone(), app.to_string());
-    let board = crate::gauge::current();
-    Ok(Watch::spawn(move |stopped| async move {
-        let mut samples = Vec::new();
-        let mut client = Some(first);
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stopped.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let c = match client.take() {
-                Some(c) if !c.is_closed() => c,
-                _ => match admin.connect(&app).await {
-                    Ok(c) => c,
-                    Err(_) => continue,
-                },
-            };
-            // A console that stops answering must not hold the variant: give up on this
-            // sample after a second, or at once when told to finish.
-            let asked = tokio::select! {
-                r = tokio::time::timeout(Duration::from_secs(1), c.simple_query("SHOW POOLS")) => r.ok(),
-                _ = stopped.cancelled() => break,
-            };
-            if let Some(Ok(msgs)) = asked {
-                let rows = msgs.iter().filter_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => Some(r),
-                    _ => None,
-                });
-                let sample = read(rows, &pools, clock.now_ms());
-                if let Some(board) = &board {
-                    use crate::gauge::Gauged as _;
-                    for (name, v) in sample.gauges() {
-                        board.set(name, v);
-                    }
-                }
-                samples.push(sample);
-            }
-            client = Some(c);
-        }
-        samples
-    }))
+    Watch::poll(admin, app, move |c| {
+        let pools = pools.clone();
+        Box::pin(async move {
+            let msgs = c.simple_query("SHOW POOLS").await.ok()?;
+            let rows = msgs.iter().filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            });
+            Some(read(rows, &pools, clock.now_ms()))
+        })
+    })
+    .await
 }
 
 /// One sample from SHOW POOLS' rows (read by column name: the columns differ by release).

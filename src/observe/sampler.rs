@@ -1,10 +1,14 @@
-//! The loop every PostgreSQL observer runs: one query on a session of its own every 10 ms,
-//! each row turned into a sample stamped with the history clock, until it is told to finish.
-//! It reconnects when its session is lost (a server restart), so a gauge never stops.
+//! The loop every PostgreSQL observer runs: one look on a session of its own every 10 ms, each
+//! answer turned into a sample stamped with the history clock, until it is told to finish.
+//! It reconnects when its session is lost (a server restart), so a gauge never stops, and a
+//! look still waiting when it is told to finish is dropped, so a server (or a pooler's console)
+//! that stops answering never holds the variant.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::Row;
+use futures::future::BoxFuture;
+use tokio_postgres::{Client, Row};
 
 use crate::env::postgres::{Param, PgTarget, Sql as _};
 use crate::history::Clock;
@@ -22,11 +26,29 @@ impl<T: crate::gauge::Gauged + Send + 'static> super::Watch<Vec<T>> {
         (stmt, params): (&'static str, Vec<String>),
         read: fn(&Row, f64) -> T,
     ) -> anyhow::Result<Sampler<T>> {
+        let params = Arc::new(params);
+        Self::poll(target, app, move |c| {
+            let params = params.clone();
+            Box::pin(async move {
+                let params: Vec<&dyn Param> = params.iter().map(|p| p as &dyn Param).collect();
+                let row = c.one(stmt, &params).await.ok()?;
+                Some(read(&row, clock.now_ms()))
+            })
+        })
+        .await
+    }
+
+    /// Runs `look` every 10 ms on a session named `app` (a sample, or none this time), puts
+    /// each sample's gauges on the board in scope. Fails only if the first connect does.
+    pub async fn poll(
+        target: &PgTarget,
+        app: &str,
+        look: impl for<'c> Fn(&'c Client) -> BoxFuture<'c, Option<T>> + Send + 'static,
+    ) -> anyhow::Result<Sampler<T>> {
         let first = target.connect(app).await?;
         let (target, app) = (target.clone(), app.to_string());
         let board = crate::gauge::current();
         Ok(super::Watch::spawn(move |stopped| async move {
-            let params: Vec<&dyn Param> = params.iter().map(|p| p as &dyn Param).collect();
             let mut samples = Vec::new();
             let mut client = Some(first);
             let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -43,8 +65,11 @@ impl<T: crate::gauge::Gauged + Send + 'static> super::Watch<Vec<T>> {
                         Err(_) => continue,
                     },
                 };
-                if let Ok(row) = c.one(stmt, &params).await {
-                    let sample = read(&row, clock.now_ms());
+                let seen = tokio::select! {
+                    seen = look(&c) => seen,
+                    _ = stopped.cancelled() => break,
+                };
+                if let Some(sample) = seen {
                     if let Some(board) = &board {
                         for (name, v) in sample.gauges() {
                             board.set(name, v);
