@@ -105,19 +105,12 @@ impl Code for LostClient {
         // unacknowledged retransmits instead of probing, so neither keepalives nor the lack of
         // tcp_user_timeout would show (found by `bench claims`: 800ms at time scale 0.05, 40
         // ms, left server-keepalives' backend alive past the cut-off once).
-        let partition_after = p.duration("partition_after")?;
-        if partition_after < MIN_PARTITION_AFTER {
-            return Err(UsageError(format!(
-                "partition_after is {} after --time-scale {}: under {} ms the holder's last \
-                 reply may be unacknowledged when the network goes silent (delayed ACKs), and \
-                 the server then retransmits instead of sending keepalives (--param \
-                 partition_after={} or more, or a larger --time-scale)",
-                humantime::format_duration(partition_after),
-                p.time_scale,
-                MIN_PARTITION_AFTER.as_millis(),
-                p.as_written(MIN_PARTITION_AFTER)
-            )));
-        }
+        let partition_after = p.scaled_at_least(
+            "partition_after",
+            MIN_PARTITION_AFTER,
+            "the holder's last reply may be unacknowledged when the network goes silent \
+             (delayed ACKs), and the server then retransmits instead of sending keepalives",
+        )?;
         let cfg = LostClient {
             clients: p.count("clients")?,
             payment_call,

@@ -24,9 +24,6 @@ use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use super::spec::{DAY_MS, HOUR_MS};
-
-/// The shortest leaked statement_timeout that lets client 0's own transaction finish (scaled).
-const MIN_SET_TIMEOUT: Duration = Duration::from_millis(10);
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::pooler::{Belief, METRICS, PoolerObservations, Seen, Settings};
 use crate::env::postgres::PgTarget;
@@ -38,6 +35,9 @@ use crate::workload::{self, Plan};
 mod member;
 
 use member::{Member, Phase};
+
+/// The shortest leaked statement_timeout that lets client 0's own transaction finish (scaled).
+const MIN_SET_TIMEOUT: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pitfall {
@@ -149,16 +149,13 @@ impl Code for PoolerPitfalls {
         // Client 0 reads what its transaction shows right after its SET: a timeout shorter
         // than that query cancels it, the transaction rolls back and the SET with it, and there
         // is nothing to leak (found by `bench claims`: 57ms at time scale 0.05, 2.85 ms).
-        if pitfall == Pitfall::SessionSettings && set_timeout < MIN_SET_TIMEOUT {
-            return Err(UsageError(format!(
-                "set_timeout is {} after --time-scale {}: under {} ms it cancels the setting \
-                 client's own next query, and the SET is rolled back with it (--param \
-                 set_timeout={} or more, or a larger --time-scale)",
-                humantime::format_duration(set_timeout),
-                p.time_scale,
-                MIN_SET_TIMEOUT.as_millis(),
-                p.as_written(MIN_SET_TIMEOUT)
-            )));
+        if pitfall == Pitfall::SessionSettings {
+            p.scaled_at_least(
+                "set_timeout",
+                MIN_SET_TIMEOUT,
+                "it cancels the setting client's own next query, and the SET is rolled back \
+                 with it",
+            )?;
         }
         Ok(PoolerPitfalls {
             pitfall,

@@ -330,6 +330,28 @@ impl Params {
         }
     }
 
+    /// `name`, refused where it comes to less than `min` after --time-scale: a window below
+    /// what the server or the kernel can tell apart. `below` says what goes wrong under it.
+    pub fn scaled_at_least(
+        &self,
+        name: &str,
+        min: Duration,
+        below: &str,
+    ) -> Result<Duration, UsageError> {
+        let d = self.duration(name)?;
+        match d >= min {
+            true => Ok(d),
+            false => Err(UsageError(format!(
+                "{name} is {} after --time-scale {}: under {} ms {below} (--param {name}={} or \
+                 more, or a larger --time-scale)",
+                humantime::format_duration(d),
+                self.time_scale,
+                min.as_millis(),
+                self.as_written(min)
+            ))),
+        }
+    }
+
     /// A duration as the user writes it: at the write-ups' real speed, before --time-scale, so
     /// a refusal names the figures of the scenario file and of `--param`.
     pub fn as_written(&self, d: Duration) -> String {
