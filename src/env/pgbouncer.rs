@@ -50,7 +50,8 @@ fn defaults(max_client_conn: usize) -> Vec<(String, String)> {
     .collect()
 }
 
-/// locklab's settings with the user's in their place.
+/// locklab's settings with the given ones in their place, in order: a setting replaces any
+/// earlier one of the same name (so a caller's own layer, then the user's, go in that order).
 fn merged(max_client_conn: usize, settings: &[(String, String)]) -> Vec<(String, String)> {
     let mut all = defaults(max_client_conn);
     for (k, v) in settings {
@@ -251,6 +252,15 @@ mod tests {
             all.iter().filter(|(k, _)| k == "default_pool_size").count(),
             1
         );
+        let layered = merged(
+            500,
+            &[
+                ("auth_type".to_string(), "md5".to_string()),
+                ("auth_type".to_string(), "trust".to_string()),
+            ],
+        );
+        let auth: Vec<_> = layered.iter().filter(|(k, _)| k == "auth_type").collect();
+        assert_eq!(auth, vec![&("auth_type".to_string(), "trust".to_string())]);
         assert!(parse_setting("nonsense").is_err());
         assert!(parse_setting("a=b\nc=d").is_err());
     }

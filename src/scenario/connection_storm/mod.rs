@@ -152,21 +152,6 @@ impl Code for ConnectionStorm {
             )));
         }
         let deadline = p.duration("deadline")?;
-        // Straight to the server and uncapped, the storm is the bookings filling every slot,
-        // each holding its own behind the row: the fleet must bring at least twice the slots'
-        // worth before the cut-off (found by `bench claims`: 6 a second for 30 s against 191
-        // slots never filled them, and the baseline's 53300 never came).
-        let pooler: PoolerMode = p.parse("pooler")?;
-        let bookings = rate * deadline.as_secs_f64() / scale;
-        if pooler == PoolerMode::None && !capped && bookings < 2.0 * slots as f64 {
-            return Err(UsageError(format!(
-                "rate × deadline ({bookings:.0} bookings) must reach twice the workload's \
-                 connection slots (2 × {slots} on a server of max_connections {max_connections}): \
-                 the fleet could not fill them before the cut-off (--param rate={} or more, a \
-                 longer --param deadline, or a smaller --param max_connections)",
-                (2.0 * slots as f64 * scale / deadline.as_secs_f64()).ceil()
-            )));
-        }
         if p.in_settings("idle_timeout") {
             let why = "the idle timeout could not free the row before the cut-off";
             p.deadline_outlasts(2, "idle_timeout", p.duration("idle_timeout")?, why)?;
@@ -186,7 +171,7 @@ impl Code for ConnectionStorm {
             }
             false => None,
         };
-        Ok(ConnectionStorm {
+        let storm = ConnectionStorm {
             max_connections,
             arrival: Duration::from_secs_f64(scale / rate),
             others_arrival: (others_rate > 0.0)
@@ -195,14 +180,19 @@ impl Code for ConnectionStorm {
             immediate: p.switch("retry_policy", "immediate", "backoff")?,
             retry_base: p.duration("retry_base")?,
             cap: capped.then_some(cap),
-            pooler,
+            pooler: p.parse("pooler")?,
             query_wait_timeout: p.duration("query_wait_timeout")?,
             others_slots,
             restart,
             payment_call: p.duration("payment_call")?,
             booker_payment: p.duration("booker_payment")?,
             deadline,
-        })
+        };
+        storm.fills(
+            slots,
+            &format!("a server of max_connections {max_connections} gives the workload"),
+        )?;
+        Ok(storm)
     }
 
     fn unavailable(&self, env: &crate::env::Env) -> Option<String> {
@@ -217,18 +207,10 @@ impl Code for ConnectionStorm {
     fn fits(&self, capacity: &crate::env::postgres::Capacity) -> Result<(), UsageError> {
         let slots = (capacity.allows() as usize).saturating_sub(OWN_SESSIONS);
         if self.cap.is_none() {
-            // As on a throwaway server (see `config`): the fleet must be able to fill what
-            // this server has free.
-            let bookings = self.deadline.as_secs_f64() / self.arrival.as_secs_f64();
-            if self.pooler == PoolerMode::None && bookings < 2.0 * slots as f64 {
-                return Err(UsageError(format!(
-                    "the fleet brings {bookings:.0} bookings before the cut-off, under twice the \
-                     {slots} connection slots this server has free ({}): it could not fill them \
-                     (raise --param rate or --param deadline)",
-                    capacity.explain()
-                )));
-            }
-            return Ok(());
+            return self.fills(
+                slots,
+                &format!("this server has free ({})", capacity.explain()),
+            );
         }
         match most_cap(slots, self.others_slots) > 0 {
             true => Ok(()),
@@ -372,6 +354,22 @@ impl ConnectionStorm {
             |every: Duration| (self.deadline.as_secs_f64() / every.as_secs_f64()) as usize;
         arrivals(self.arrival) + self.others_arrival.map_or(0, arrivals) + 50
     }
+
+    /// Straight to the server and uncapped, the storm is the bookings filling every slot, each
+    /// holding its own behind the row: the fleet must bring at least twice the slots' worth
+    /// before the cut-off (found by `bench claims`: 6 a second for 30 s against 191 slots never
+    /// filled them, and the baseline's 53300 never came). `slots` is what `whose` has.
+    fn fills(&self, slots: usize, whose: &str) -> Result<(), UsageError> {
+        let bookings = self.deadline.as_secs_f64() / self.arrival.as_secs_f64();
+        if self.pooler != PoolerMode::None || self.cap.is_some() || bookings >= 2.0 * slots as f64 {
+            return Ok(());
+        }
+        Err(UsageError(format!(
+            "rate × deadline ({bookings:.0} bookings) must reach twice the {slots} connection \
+             slots {whose}: the fleet could not fill them before the cut-off (raise --param rate \
+             or --param deadline, or give the storm fewer slots)"
+        )))
+    }
 }
 
 /// Where the storm runs: a server of its own, or the user's.
@@ -423,6 +421,10 @@ async fn storm_pooler(
     }
     let separate = cfg.pooler == PoolerMode::Separate;
     let schema = &ctx.env.pg.schema;
+    // Every client the fleet may open is a socket here, and one in a PgBouncer of our own,
+    // which inherits this process's limit.
+    let clients = cfg.most_clients();
+    crate::env::process::ensure_open_files(clients as u64 + 512).map_err(UsageError)?;
     let Some(server) = own else {
         let (Some(book), others) = (ctx.env.pooled.clone(), ctx.env.pooled_others.clone()) else {
             anyhow::bail!("no pooler to run through (see --pooler-url)");
@@ -443,8 +445,6 @@ async fn storm_pooler(
             workload: db(&book)?,
             others: separate.then(|| db(&others)).transpose()?,
         };
-        crate::env::process::ensure_open_files(cfg.most_clients() as u64 + 512)
-            .map_err(UsageError)?;
         let admin = ctx.env.users_pooler_admin.clone().ok_or_else(|| {
             "no admin console given: give it with --pooler-admin-url for the pooler's own \
              figures"
@@ -458,8 +458,6 @@ async fn storm_pooler(
             pools,
         }));
     };
-    let clients = cfg.most_clients();
-    crate::env::process::ensure_open_files(2 * clients as u64 + 512).map_err(UsageError)?;
     // PgBouncer's default pool size, or each pool's share of the server's slots where they
     // would not all fit (a pool the server refuses connections would starve, not pin).
     let pools = 1 + usize::from(separate);
@@ -477,10 +475,10 @@ async fn storm_pooler(
         // pooler's one thread the bottleneck (see `pgbouncer::defaults`).
         ("auth_type".to_string(), "md5".to_string()),
     ];
-    // The user's --pooler-setting after locklab's: theirs win.
-    let settings: Vec<(String, String)> = settings
+    // The user's --pooler-setting after the storm's: a later setting replaces an earlier one
+    // of the same name (see `pgbouncer::merged`).
+    let settings: Vec<_> = settings
         .into_iter()
-        .filter(|(k, _)| !ctx.env.pooler_settings.iter().any(|(u, _)| u == k))
         .chain(ctx.env.pooler_settings.iter().cloned())
         .collect();
     let bouncer = ctx.env.start_own_pooler(server, clients, &settings).await?;
