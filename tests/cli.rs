@@ -823,3 +823,83 @@ fn completions_and_man_pages_come_from_the_command_line_definitions() {
     let run_page = std::fs::read_to_string(dir.join("locklab-run.1")).expect("locklab-run.1");
     assert!(run_page.contains("time\\-scale"), "{run_page}");
 }
+
+/// The relations the 200-point soak found (README, "The 200-point soak"): each point is
+/// refused before anything starts, exit 2, naming the parameter to change.
+#[test]
+fn points_the_soak_found_are_refused_with_their_relation() {
+    let tmp = tempdir();
+    let points: &[(&[&str], &str)] = &[
+        (
+            &[
+                "pooler-pitfalls",
+                "--param",
+                "work=370ms",
+                "--param",
+                "set_timeout=400ms",
+            ],
+            "--param set_timeout=",
+        ),
+        (
+            &[
+                "pooler-pitfalls",
+                "--param",
+                "set_timeout=57ms",
+                "--time-scale",
+                "0.05",
+            ],
+            "--param set_timeout=",
+        ),
+        (&["setnx-race", "--param", "ttl=5.01s"], "--param ttl="),
+        (&["shutdown", "--param", "grace=12.76s"], "--param grace="),
+        (
+            &[
+                "lost-client",
+                "--param",
+                "partition_after=800ms",
+                "--param",
+                "keepalives_idle=40s",
+                "--param",
+                "keepalives_interval=20s",
+                "--time-scale",
+                "0.05",
+            ],
+            "--param partition_after=",
+        ),
+        (
+            &[
+                "connection-storm",
+                "--param",
+                "max_connections=202",
+                "--param",
+                "rate=6",
+                "--time-scale",
+                "0.2",
+            ],
+            "--param rate",
+        ),
+        (
+            &[
+                "connection-storm",
+                "--param",
+                "rate=50",
+                "--time-scale",
+                "0.1",
+            ],
+            "new connections a second",
+        ),
+    ];
+    for (args, names) in points {
+        let o = locklab(tmp.path())
+            .arg("run")
+            .args(*args)
+            .arg("--no-results")
+            .env("LOCKLAB_PG_BIN", "/nonexistent-locklab-test")
+            .env("LOCKLAB_REDIS_BIN", "/nonexistent-locklab-test")
+            .output()
+            .expect("run locklab");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}:\n{err}");
+        assert!(err.contains(names), "{args:?} names {names}:\n{err}");
+    }
+}
