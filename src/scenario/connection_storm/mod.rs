@@ -111,7 +111,7 @@ impl Code for ConnectionStorm {
         ParamSpec::duration("idle_timeout", 1, HOUR_MS),
         ParamSpec::duration("lock_timeout", 1, HOUR_MS),
         ParamSpec::duration("statement_timeout", 1, HOUR_MS),
-        ParamSpec::words("pooler", &["none", "shared", "separate"]),
+        ParamSpec::words("pooler", &["none", "shared", "separate"]), // POOLER_MODES
         ParamSpec::duration("query_wait_timeout", 1, HOUR_MS),
         ParamSpec::duration("deadline", 100, DAY_MS),
     ];
@@ -180,7 +180,7 @@ impl Code for ConnectionStorm {
             immediate: p.switch("retry_policy", "immediate", "backoff")?,
             retry_base: p.duration("retry_base")?,
             cap: capped.then_some(cap),
-            pooler: p.parse("pooler")?,
+            pooler: p.one_of("pooler", POOLER_MODES)?,
             query_wait_timeout: p.duration("query_wait_timeout")?,
             others_slots,
             restart,
@@ -277,19 +277,12 @@ enum PoolerMode {
     Separate,
 }
 
-impl std::str::FromStr for PoolerMode {
-    type Err = UsageError;
-    fn from_str(s: &str) -> Result<Self, UsageError> {
-        match s {
-            "none" => Ok(PoolerMode::None),
-            "shared" => Ok(PoolerMode::Shared),
-            "separate" => Ok(PoolerMode::Separate),
-            other => Err(UsageError(format!(
-                "pooler must be none, shared or separate, not {other}"
-            ))),
-        }
-    }
-}
+/// The `pooler` parameter's words.
+const POOLER_MODES: &[(&str, PoolerMode)] = &[
+    ("none", PoolerMode::None),
+    ("shared", PoolerMode::Shared),
+    ("separate", PoolerMode::Separate),
+];
 
 /// Why a variant through a pooler cannot run here: a throwaway server needs pgbouncer
 /// installed; a user's server needs the user's pooler (and a second pool of it, to keep the

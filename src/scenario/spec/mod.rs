@@ -300,6 +300,23 @@ impl Params {
         }
     }
 
+    /// A word parameter as the value `choices` pair with it: no `FromStr` to write for a
+    /// scenario's own enum (its spec's words are checked before any config runs).
+    pub fn one_of<T: Copy>(&self, name: &str, choices: &[(&str, T)]) -> Result<T, UsageError> {
+        let word = self.text(name)?;
+        choices
+            .iter()
+            .find(|(w, _)| *w == word)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
+                UsageError(format!(
+                    "`{name}` must be one of {}, not `{word}`",
+                    words.join(", ")
+                ))
+            })
+    }
+
     /// A word parameter parsed into the scenario's own type (its `FromStr`).
     pub fn parse<T: std::str::FromStr<Err = UsageError>>(
         &self,
