@@ -321,10 +321,7 @@ impl Drawn {
                 }
                 d.end_ms = Some(o.end_ms);
             }
-            Input::PoolBooking(_)
-            | Input::PoolDeadlock(_)
-            | Input::Account(_)
-            | Input::Reports(_) => {}
+            Input::PoolBooking(_) | Input::PoolDeadlock(_) | Input::Account(_) => {}
         }
         d
     }

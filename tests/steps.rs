@@ -93,6 +93,25 @@ fn after_and_waiting_order_the_steps_from_what_the_server_shows() {
     }
 }
 
+#[test]
+fn a_pool_sessions_client_is_seen_waiting_through_the_connection_it_checked_out() {
+    let tmp = tempdir();
+    // ORDERED with b on a client pool: the server still tells which client waits (the
+    // connection carries its name for the step), so c starts once b waits, as before.
+    let pooled = ORDERED.replacen(
+        "name = \"b\"\n",
+        "name = \"b\"\nconnect = \"pool\"\npool_size = 1\n",
+        1,
+    );
+    let file = write(tmp.path(), "pooled.toml", &pooled);
+    let (code, report, err) = run_json(tmp.path(), &[&file, "--time-scale", "1"]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    let v = variant(&report, "only");
+    assert_eq!(metric(v, "v"), 10.0, "{v:#}");
+    assert_eq!(metric(v, "c.peek.errors_55P03"), 1.0, "{v:#}");
+    assert!(metric(v, "b.update.waited_ms") > 100.0, "{v:#}");
+}
+
 const PERMUTED: &str = r#"
 name = "permuted"
 summary = "one file, three orders of the same steps"
@@ -403,7 +422,51 @@ fn bad_files_are_refused_with_file_line_and_column_before_anything_starts() {
             "patience: expected number",
         ),
     ];
-    for (what, text, message) in cases.into_iter().chain(more) {
+    // And the keys read-skew uses: a choice of several texts, connect and repeat by parameter,
+    // and captures.
+    let skew = std::fs::read_to_string("scenarios/read-skew.toml")
+        .expect("scenarios/read-skew.toml")
+        .replacen("name = \"read-skew\"", "name = \"mine\"", 1);
+    let broken = |from: &str, to: &str| {
+        assert!(skew.contains(from), "read-skew.toml has `{from}`");
+        skew.replacen(from, to, 1)
+    };
+    let skewed = [
+        (
+            "connect-not-a-choice",
+            broken("connect = \"${read.connect}\"", "connect = \"${readers}\""),
+            "names a choice (one_of) whose words stand for direct, pooler or pool",
+        ),
+        (
+            "connect-word",
+            broken(
+                "connect = \"pool\", after_first",
+                "connect = \"pools\", after_first",
+            ),
+            "connect is direct, pooler or pool, not `pools`",
+        ),
+        (
+            "fields-differ",
+            broken("before_second = \"\" }", "before_secnd = \"\" }"),
+            "every word gives the same fields",
+        ),
+        (
+            "repeat",
+            broken("repeat = \"${rounds}\"", "repeat = \"twice\""),
+            "repeat is \"once\", \"until-deadline\", or a count of rounds",
+        ),
+        (
+            "capture-name",
+            broken("into = \"first\"", "into = \"readers\""),
+            "a capture's name",
+        ),
+        (
+            "capture-unknown",
+            broken("(${first}, ${second})", "(${first}, ${secnd})"),
+            "`${secnd}` names no parameter",
+        ),
+    ];
+    for (what, text, message) in cases.into_iter().chain(more).chain(skewed) {
         let file = write(tmp.path(), &format!("{what}.toml"), &text);
         let o = locklab(tmp.path())
             .args(["run", &file, "--no-results"])
@@ -510,7 +573,11 @@ fn a_step_file_holds_on_a_small_server_as_a_plain_role_and_through_pgbouncer() {
     assert_eq!(code, 0, "{err}\n{report:#}");
     // The built-in step files too, at more clients than their defaults: as the plain role
     // (which may not set deadlock_timeout: the server's 1 s applies), then through PgBouncer.
-    for builtin in [["deadlock", "pairs=12"], ["write-skew", "shifts=12"]] {
+    for builtin in [
+        ["deadlock", "pairs=12"],
+        ["write-skew", "shifts=12"],
+        ["read-skew", "readers=12"],
+    ] {
         let [name, more] = builtin;
         for through in [
             vec!["--pg-url", plain.as_str()],

@@ -32,7 +32,6 @@ pub enum Input {
     SetnxRace(setnx_race::Observations),
     Pooler(pooler::PoolerObservations),
     Account(isolation::AccountObservations),
-    Reports(isolation::ReportObservations),
     /// A step file's sessions and steps.
     Steps(Box<steps::Observations>),
 }
@@ -50,7 +49,6 @@ impl Input {
             Input::SetnxRace(o) => setnx_race::evaluate(h, o),
             Input::Pooler(o) => pooler::evaluate(h, o),
             Input::Account(o) => isolation::evaluate_account(h, o),
-            Input::Reports(o) => isolation::evaluate_reports(h, o),
             Input::Steps(o) => steps::evaluate(h, o),
         }
     }

@@ -1,6 +1,6 @@
-//! Checkers of the isolation family: check-then-act (an account's balance against the
-//! withdrawals committed), read-skew (what a report saw against the invariant), write-skew
-//! (doctors left on call) and deadlock (who was chosen as victim, and after how long).
+//! check-then-act's checker: an account's balance against the withdrawals committed. The rest
+//! of the isolation family (read-skew, write-skew, deadlock) are step files, checked by the
+//! step checker.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -11,21 +11,14 @@ use crate::history::{History, class};
 
 pub mod kind {
     pub const WITHDRAW: &str = "withdraw";
-    pub const REPORT: &str = "report";
-    pub const GO_OFF_CALL: &str = "go-off-call";
-    pub const TRANSFER: &str = "transfer";
 }
 
 pub mod outcome {
-    pub use crate::check::outcome::{DEADLOCKED, STUCK};
+    pub use crate::check::outcome::STUCK;
     pub const OVERDRAWN: &str = "overdrawn";
     pub const LOST_UPDATES: &str = "lost-updates";
     pub const ERRORS: &str = "errors";
     pub const CONSISTENT: &str = "consistent";
-    pub const SKEWED: &str = "skewed";
-    pub const NOBODY_ON_CALL: &str = "nobody-on-call";
-    /// Deadlocks happened, and every victim's retry went through.
-    pub const RETRIED: &str = "retried";
 }
 
 /// Insufficient funds: the check said no (a refusal, not an error).
@@ -104,53 +97,6 @@ pub fn evaluate_account(h: &History, obs: &AccountObservations) -> Evaluation {
         ]
         .into_iter()
         .chain(timing(h, kind::WITHDRAW, obs.cut_off)),
-    )
-}
-
-/// What the reports saw: the two figures each one read.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ReportObservations {
-    /// The figures' sum every committed state of the database keeps.
-    pub invariant_total: i64,
-    pub seen: Vec<(i64, i64)>,
-    pub cut_off: bool,
-}
-
-pub const REPORT_METRICS: &[&str] = &[
-    "reads",
-    "skewed_reads",
-    "worst_skew",
-    "stuck",
-    "p50_ms",
-    "p99_ms",
-    "cut_off",
-];
-
-pub fn evaluate_reports(h: &History, obs: &ReportObservations) -> Evaluation {
-    let skews: Vec<i64> = obs
-        .seen
-        .iter()
-        .map(|(a, b)| (a + b - obs.invariant_total).abs())
-        .collect();
-    let skewed = skews.iter().filter(|s| **s != 0).count();
-    let stuck = h.unknown(kind::REPORT);
-    let outcome = match (skewed, stuck) {
-        (s, _) if s > 0 => outcome::SKEWED,
-        (_, s) if s > 0 => outcome::STUCK,
-        _ => outcome::CONSISTENT,
-    };
-    Evaluation::new(
-        outcome,
-        [
-            ("reads", json!(obs.seen.len())),
-            ("skewed_reads", json!(skewed)),
-            (
-                "worst_skew",
-                json!(skews.iter().max().copied().unwrap_or(0)),
-            ),
-        ]
-        .into_iter()
-        .chain(timing(h, kind::REPORT, obs.cut_off)),
     )
 }
 
@@ -269,20 +215,5 @@ mod tests {
             },
         );
         assert_eq!(e.outcome, outcome::ERRORS);
-    }
-
-    #[test]
-    fn a_report_whose_figures_miss_the_total_is_skewed() {
-        let h = ops(kind::REPORT, vec![Outcome::Ok; 3]);
-        let obs = ReportObservations {
-            invariant_total: 1000,
-            seen: vec![(500, 500), (400, 500), (600, 400)],
-            cut_off: false,
-        };
-        let e = evaluate_reports(&h, &obs);
-        assert_emits_exactly(&e, REPORT_METRICS);
-        assert_eq!(e.outcome, outcome::SKEWED);
-        assert_eq!(e.metrics["skewed_reads"], 1);
-        assert_eq!(e.metrics["worst_skew"], 100);
     }
 }

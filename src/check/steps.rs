@@ -68,8 +68,12 @@ pub struct Layout {
 pub struct SessionLayout {
     pub name: String,
     pub clients: usize,
-    /// Runs its steps once (a step not reached by the cut-off is stuck), or until the cut-off.
+    /// Runs its steps a count of rounds (a step not reached by the cut-off is stuck), or
+    /// until the cut-off.
     pub once: bool,
+    /// With `once`: how many rounds (0, as in results written before counted rounds: 1).
+    #[serde(default)]
+    pub rounds: usize,
     /// Its SQL steps, by name.
     pub steps: Vec<String>,
     /// SQLSTATEs counted per step as `errors_CODE`: those the file's expectations and columns
@@ -246,8 +250,7 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
             // an earlier step failed is not: it was never going to run).
             let skipped = obs.skipped.get(&kind).copied().unwrap_or(0);
             let stuck = match s.once {
-                true => s
-                    .clients
+                true => (s.clients * s.rounds.max(1))
                     .saturating_sub(ok + failed + skipped)
                     .max(in_flight),
                 false => looped_stuck(&ops, obs.end_ms),
@@ -384,6 +387,7 @@ mod tests {
                     name: "migration".into(),
                     clients: 1,
                     once: true,
+                    rounds: 1,
                     steps: vec!["alter".into()],
                     codes: vec![("alter".into(), "55P03".into())],
                     probed: false,
@@ -392,6 +396,8 @@ mod tests {
                     name: "app".into(),
                     clients: 2,
                     once: true,
+                    // As a results file written before counted rounds has it: one round.
+                    rounds: 0,
                     steps: vec!["read".into()],
                     codes: Vec::new(),
                     probed: true,
@@ -529,6 +535,27 @@ mod tests {
         assert_eq!(e.metrics["per_read"], json!(1.5));
         assert_eq!(e.metrics["errors_55P03"], json!(1));
         assert_eq!(e.metrics["stuck"], json!(1));
+    }
+
+    #[test]
+    fn a_round_never_run_of_a_counted_session_is_stuck() {
+        let mut layout = layout();
+        layout.sessions[1].rounds = 3;
+        let ok = |c| op(c, "app.read", Some(20.0), Outcome::Ok);
+        let h = History {
+            // Two clients, three rounds: the second client's third round never came.
+            ops: vec![ok(0), ok(0), ok(0), ok(1), ok(1)],
+            lost_clients: Vec::new(),
+        };
+        let obs = Observations {
+            layout,
+            seen: vec![SessionSeen::default(); 2],
+            end_ms: 500.0,
+            ..Default::default()
+        };
+        let e = evaluate(&h, &obs);
+        assert_eq!(e.metrics["app.read.ok"], json!(5));
+        assert_eq!(e.metrics["app.read.stuck"], json!(1));
     }
 
     #[test]

@@ -11,7 +11,6 @@ pub mod orphan_lock;
 pub mod own_server;
 pub mod pool_deadlock;
 pub mod pooler_pitfalls;
-pub mod read_skew;
 pub mod setnx_race;
 pub mod shutdown;
 pub mod spec;
@@ -245,7 +244,6 @@ static CODE: &[Kind] = &[
     kind::<setnx_race::SetnxRace>(),
     kind::<pooler_pitfalls::PoolerPitfalls>(),
     kind::<check_then_act::CheckThenAct>(),
-    kind::<read_skew::ReadSkew>(),
 ];
 
 /// The built-in scenarios written as step files (no Rust of their own), after [`CODE`].
@@ -254,6 +252,7 @@ pub static STEP_FILES: &[(&str, &str)] = &[
         "write-skew",
         include_str!("../../scenarios/write-skew.toml"),
     ),
+    ("read-skew", include_str!("../../scenarios/read-skew.toml")),
     ("deadlock", include_str!("../../scenarios/deadlock.toml")),
 ];
 

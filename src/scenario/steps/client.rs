@@ -38,6 +38,10 @@ pub(super) struct StepClient {
     /// Per step: this client's completion of it in its first round is counted (once, even
     /// when a retry runs it again).
     pub(super) counted: Vec<bool>,
+    /// Per step: the capture its result goes into (`into`).
+    pub(super) into: Vec<Option<String>>,
+    /// This client's captures: `${name}` and what was captured (`NULL` for no value).
+    pub(super) vars: Vec<(String, String)>,
     /// SQLSTATEs a round is run again on, and how many times at most.
     pub(super) retry: Option<(Vec<String>, usize)>,
     pub(super) retries_left: usize,
@@ -45,7 +49,8 @@ pub(super) struct StepClient {
     pub(super) retrying: bool,
     /// This round ended with a failure (counted already; not a completed round).
     pub(super) failed_round: bool,
-    pub(super) once: bool,
+    /// Rounds it runs (usize::MAX: until the cut-off).
+    pub(super) rounds: usize,
     /// Sent before each step's SQL (through a pooler: the search path and settings).
     pub(super) pos: usize,
     pub(super) round: usize,
@@ -71,7 +76,8 @@ impl StepClient {
             self.client,
             self.round,
         );
-        if self.once {
+        self.counted.fill(false);
+        if self.round >= self.rounds {
             self.done = true;
         }
     }
@@ -84,13 +90,14 @@ impl StepClient {
         }
     }
 
-    /// Waits for the current step's conditions, the first to come true (first round only, and
-    /// not again in a retry of it).
+    /// Waits for the current step's conditions, the first to come true (not again in a retry
+    /// of the round). In round r a condition is about round r of the session it names, or its
+    /// last round if it runs fewer (a session run once: its only one).
     async fn condition(&self) {
         let Some(conds) = self.after.get(self.pos) else {
             return;
         };
-        if conds.is_empty() || self.round > 0 || self.retrying {
+        if conds.is_empty() || self.retrying {
             return;
         }
         let patience = self.patience.get(self.pos).copied().flatten();
@@ -103,11 +110,23 @@ impl StepClient {
         tokio::pin!(give_up);
         let mut rx = self.shared.changed.subscribe();
         loop {
-            let met = conds.iter().any(|a| match a.waiting {
-                true => self.shared.waiting_seen[a.session][a.step].load(Ordering::Relaxed),
-                false => {
-                    let needed = self.shared.current[a.session].len();
-                    self.shared.completed[a.session][a.step].load(Ordering::Relaxed) >= needed
+            let met = conds.iter().any(|a| {
+                let round = self
+                    .round
+                    .min(self.shared.planned[a.session].saturating_sub(1));
+                match a.waiting {
+                    true => {
+                        self.shared.waiting_seen[a.session][a.step].load(Ordering::Relaxed) > round
+                    }
+                    false => {
+                        let needed = self.shared.current[a.session].len();
+                        self.shared.completed[a.session][a.step]
+                            .as_ref()
+                            .and_then(|c| c.lock().ok().map(|per| per.get(round).copied()))
+                            .flatten()
+                            .unwrap_or(0)
+                            >= needed
+                    }
                 }
             });
             if met {
@@ -196,13 +215,19 @@ impl StepClient {
         self.critical(false, None);
     }
 
+    /// The current step is done (completed, skipped or faulted): counted once per round for
+    /// the steps that wait on it (a retry runs it again, uncounted).
     fn complete(&mut self) {
-        if self.round == 0
-            && self.counted.get(self.pos) == Some(&false)
-            && let Some(c) = self.shared.completed[self.session].get(self.pos)
+        if self.counted.get(self.pos) == Some(&false)
+            && let Some(Some(c)) = self.shared.completed[self.session].get(self.pos)
         {
             self.counted[self.pos] = true;
-            c.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut per) = c.lock() {
+                if per.len() <= self.round {
+                    per.resize(self.round + 1, 0);
+                }
+                per[self.round] += 1;
+            }
             self.shared.bump();
         }
         self.pos += 1;
@@ -356,19 +381,27 @@ impl workload::Client for StepClient {
                 _ => return Ok(()),
             };
             // `${client}` and the settings a pooler needs with every step are in it already
-            // (see `for_client`); only `${token}` changes from round to round.
-            let sql = match sql.contains("${token}") {
-                true => std::borrow::Cow::Owned(sql.replace("${token}", &self.token)),
+            // (see `for_client`); only `${token}` and the captures change from round to round.
+            let sql = match sql.contains("${") {
+                true => {
+                    let mut text = sql.replace("${token}", &self.token);
+                    for (name, value) in &self.vars {
+                        text = text.replace(&format!("${{{name}}}"), value);
+                    }
+                    std::borrow::Cow::Owned(text)
+                }
                 false => std::borrow::Cow::Borrowed(&*sql),
             };
+            let into = self.into.get(self.pos).cloned().flatten();
+            self.shared.round[self.session][self.client].store(self.round, Ordering::Relaxed);
             self.shared.current[self.session][self.client].store(self.pos, Ordering::Relaxed);
             let result = match (&self.conn, &self.pool) {
-                (Some(conn), _) => conn.batch_execute(&sql).await.map_err(OpError::from),
+                (Some(conn), _) => run_sql(conn, &sql, into.is_some()).await,
                 // A checkout per step, given back as it is when the step ends, as an
                 // application's pool does; a failed step's transaction is rolled back first.
                 (None, Some(pool)) => match pool.get().await {
                     Ok(c) => {
-                        let r = c.batch_execute(&sql).await.map_err(OpError::from);
+                        let r = run_sql(&c, &sql, into.is_some()).await;
                         if r.is_err() {
                             let _ = c.batch_execute("ROLLBACK").await;
                         }
@@ -379,6 +412,15 @@ impl workload::Client for StepClient {
                 (None, None) => Err(OpError::new(crate::history::class::CONNECTION_CLOSED)),
             };
             self.shared.current[self.session][self.client].store(IDLE, Ordering::Relaxed);
+            let result = result.map(|got| {
+                if let Some(name) = into {
+                    let value = got.unwrap_or_else(|| "NULL".into());
+                    match self.vars.iter_mut().find(|(n, _)| *n == name) {
+                        Some(v) => v.1 = value,
+                        None => self.vars.push((name, value)),
+                    }
+                }
+            });
             match result {
                 Ok(()) => {
                     self.complete();
@@ -397,6 +439,28 @@ impl workload::Client for StepClient {
     fn canceller(&self) -> Option<Canceller> {
         self.canceller.clone()
     }
+}
+
+/// A step's SQL; with a capture, the first column of the last row it returned, as SQL text
+/// (a quoted literal, or NULL).
+async fn run_sql(c: &Client, sql: &str, capture: bool) -> Result<Option<String>, OpError> {
+    if !capture {
+        return c
+            .batch_execute(sql)
+            .await
+            .map(|()| None)
+            .map_err(OpError::from);
+    }
+    let mut last = None;
+    for m in c.simple_query(sql).await.map_err(OpError::from)? {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+            last = Some(match row.get(0) {
+                Some(v) => format!("'{}'", v.replace('\'', "''")),
+                None => "NULL".into(),
+            });
+        }
+    }
+    Ok(last)
 }
 
 /// `${token}` of a client's round: unique in the run.

@@ -79,7 +79,8 @@ pub(super) struct SessionSpec {
     pub(super) pool_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) settings: BTreeMap<String, Spanned<toml::Value>>,
-    pub(super) repeat: Option<Spanned<String>>,
+    /// "once", "until-deadline", or a count of rounds (a number or `${param}`).
+    pub(super) repeat: Option<Spanned<toml::Value>>,
     pub(super) probe: Option<String>,
     /// Settings applied where the role may set them (a superuser setting such as
     /// deadlock_timeout); elsewhere the server's value stands.
@@ -124,6 +125,9 @@ pub(super) struct StepSpec {
     pub(super) after: Option<Spanned<toml::Value>>,
     /// With `after`: start anyway once the client has waited this long for it.
     pub(super) patience: Option<Spanned<String>>,
+    /// A SQL step: the first column of the last row it returns, as `${name}` in the client's
+    /// later steps (what a report saw, to record it).
+    pub(super) into: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,8 +201,7 @@ fn orders(
             if matches!(
                 sessions[prev.session].steps[prev.step].action,
                 super::Action::Sql(_)
-            ) && sessions[prev.session].connect != Connect::Pool
-            {
+            ) {
                 conds.push(After {
                     waiting: true,
                     ..prev
@@ -307,7 +310,8 @@ fn parse_as(text: &str, origin: &str, builtin: bool) -> Result<Scenario, UsageEr
         }
         requires.push(e);
     }
-    let sessions = sessions(&at, &file, params)?;
+    let known = known_refs(&decls);
+    let sessions = sessions(&at, &file, &decls, &known)?;
     check_cycles(&at, &file, &sessions, (&BTreeMap::new(), None))?;
     let orders = orders(&at, &file, &sessions)?;
     let mut queries: Vec<(String, String)> = Vec::new();
@@ -327,7 +331,7 @@ fn parse_as(text: &str, origin: &str, builtin: bool) -> Result<Scenario, UsageEr
         }
         match v.get_ref() {
             toml::Value::String(sql) => {
-                check_refs(&at, v.span(), sql, params)?;
+                check_refs(&at, v.span(), sql, &known)?;
                 queries.push((k.clone(), sql.clone()));
             }
             toml::Value::Table(t) if t.len() == 1 && t.get("of").is_some_and(|o| o.is_str()) => {
@@ -351,7 +355,7 @@ fn parse_as(text: &str, origin: &str, builtin: bool) -> Result<Scenario, UsageEr
         .as_ref()
         .map(|s| s.sql.clone())
         .unwrap_or_default();
-    check_refs(&at, file.name.span(), &setup, params)?;
+    check_refs(&at, file.name.span(), &setup, &known)?;
     let layout = layout(&file, &sessions, &queries, &derived);
     let metrics = layout.metrics();
     // A derived metric reads metrics that exist, each defined before it.
@@ -552,11 +556,18 @@ pub(super) fn params(
                         .map(|w| w.as_str().map(|w| (w.to_string(), w.to_string())))
                         .collect::<Option<_>>()
                         .ok_or_else(|| bad("one_of lists words"))?,
+                    toml::Value::Table(m) if !m.is_empty() && m.values().all(|v| v.is_table()) => {
+                        fields(k, m, &mut out.choices).map_err(|e| bad(&e))?;
+                        m.keys().map(|w| (w.clone(), w.clone())).collect()
+                    }
                     toml::Value::Table(m) => m
                         .iter()
                         .map(|(w, text)| text.as_str().map(|t| (w.clone(), t.to_string())))
                         .collect::<Option<_>>()
-                        .ok_or_else(|| bad("one_of maps each word to the text it stands for"))?,
+                        .ok_or_else(|| {
+                            bad("one_of maps each word to the text it stands for, or to a \
+                                 table of texts (`${name.field}`)")
+                        })?,
                     _ => return Err(bad("one_of is a list of words, or a table of word = text")),
                 };
                 if pairs.is_empty() {
@@ -617,6 +628,70 @@ pub(super) fn params(
     Ok(out)
 }
 
+/// A choice whose words each stand for several texts, `{ word = { field = "text", … } }`:
+/// each field is a choice of its own, `name.field`, the same fields for every word.
+fn fields(
+    name: &str,
+    words: &toml::map::Map<String, toml::Value>,
+    choices: &mut BTreeMap<String, Vec<(String, String)>>,
+) -> Result<(), String> {
+    let mut names: Option<Vec<&String>> = None;
+    for (word, table) in words {
+        let Some(t) = table.as_table() else {
+            return Err(format!(
+                "`{word}`: a word maps to text, or to a table of texts"
+            ));
+        };
+        let keys: Vec<&String> = t.keys().collect();
+        match &names {
+            None => names = Some(keys),
+            Some(first) if *first != keys => {
+                return Err(format!(
+                    "every word gives the same fields; `{word}` gives {}",
+                    keys.iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            Some(_) => {}
+        }
+        for (field, text) in t {
+            if !plain_name(field) {
+                return Err(format!(
+                    "`{word}.{field}`: a field's name is letters, digits and _"
+                ));
+            }
+            let Some(text) = text.as_str() else {
+                return Err(format!("`{word}.{field}` is text"));
+            };
+            choices
+                .entry(format!("{name}.{field}"))
+                .or_default()
+                .push((word.clone(), text.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// What `${…}` may name in a file's text: its parameters, and each field of a choice that
+/// maps its words to tables (`${read.connect}`), valued as its default word's.
+pub(super) fn known_refs(decls: &Decls) -> BTreeMap<String, Param> {
+    let mut known = decls.values.clone();
+    for (name, words) in &decls.choices {
+        if let Some((base, _)) = name.split_once('.') {
+            let default = match decls.values.get(base) {
+                Some(Param::Text(w)) => words.iter().find(|(x, _)| x == w),
+                _ => None,
+            };
+            if let Some((_, text)) = default.or(words.first()) {
+                known.insert(name.clone(), Param::Text(text.clone()));
+            }
+        }
+    }
+    known
+}
+
 /// `${…}` filled in as a step runs: unique per client and round, and the client's number in
 /// its session (0, 1, …).
 pub(super) const RUN_TIME: &[&str] = &["token", "client"];
@@ -661,10 +736,10 @@ pub(super) fn as_text(v: &toml::Value) -> String {
 fn pool_of(
     at: &At<'_>,
     s: &SessionSpec,
-    connect: Connect,
+    may_pool: bool,
     params: &BTreeMap<String, Param>,
 ) -> Result<Option<super::PoolDef>, UsageError> {
-    if connect != Connect::Pool {
+    if !may_pool {
         if let Some(span) = s
             .pool_size
             .as_ref()
@@ -704,35 +779,91 @@ fn pool_of(
     }))
 }
 
-/// Where a session connects, and whether it runs its steps once.
-fn modes(at: &At<'_>, s: &SessionSpec) -> Result<(Connect, bool), UsageError> {
-    let connect = match s.connect.as_ref().map(|c| (c.get_ref().as_str(), c.span())) {
-        None | Some(("direct", _)) => Connect::Direct,
-        Some(("pooler", _)) => Connect::Pooler,
-        Some(("pool", _)) => Connect::Pool,
-        Some((other, span)) => {
+/// Where a session connects: one way, or `${name}` of a choice whose words stand for
+/// direct, pooler or pool (the default word's, and every one the choice allows).
+fn connects(
+    at: &At<'_>,
+    s: &SessionSpec,
+    decls: &Decls,
+    known: &BTreeMap<String, Param>,
+) -> Result<(Connect, Option<String>, Vec<Connect>), UsageError> {
+    let word = |w: &str, span: Range<usize>| match w {
+        "direct" => Ok(Connect::Direct),
+        "pooler" => Ok(Connect::Pooler),
+        "pool" => Ok(Connect::Pool),
+        other => Err(at.err(
+            span,
+            &format!("connect is direct, pooler or pool, not `{other}`"),
+        )),
+    };
+    let Some(c) = &s.connect else {
+        return Ok((Connect::Direct, None, vec![Connect::Direct]));
+    };
+    let raw = c.get_ref().trim();
+    let Some(name) = raw.strip_prefix("${").and_then(|r| r.strip_suffix('}')) else {
+        let one = word(raw, c.span())?;
+        return Ok((one, None, vec![one]));
+    };
+    let texts: Vec<String> = match (decls.choices.get(name), decls.accepts.get(name)) {
+        (Some(words), _) => words.iter().map(|(_, t)| t.clone()).collect(),
+        (None, Some(Accepts::Words(words))) => words.iter().map(|w| w.to_string()).collect(),
+        _ => {
             return Err(at.err(
-                span,
-                &format!("connect is direct, pooler or pool, not `{other}`"),
+                c.span(),
+                &format!(
+                    "connect = \"${{{name}}}\" names a choice (one_of) whose words stand for \
+                     direct, pooler or pool"
+                ),
             ));
         }
     };
-    let once = match s.repeat.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
-        None | Some(("once", _)) => true,
-        Some(("until-deadline", _)) => false,
-        Some((other, span)) => {
-            return Err(at.err(
-                span,
-                &format!("repeat is \"once\" or \"until-deadline\", not `{other}`"),
-            ));
+    let mut all = Vec::new();
+    for t in &texts {
+        let one = word(t, c.span())?;
+        if !all.contains(&one) {
+            all.push(one);
         }
+    }
+    let default = match known.get(name) {
+        Some(Param::Text(t)) => word(t, c.span())?,
+        _ => all[0],
     };
-    Ok((connect, once))
+    Ok((default, Some(name.to_string()), all))
+}
+
+/// How many rounds a session runs: None until the cut-off, or a count (a number or
+/// `${param}`; "once" is 1).
+fn rounds(
+    at: &At<'_>,
+    s: &SessionSpec,
+    params: &BTreeMap<String, Param>,
+) -> Result<Option<String>, UsageError> {
+    let Some(r) = &s.repeat else {
+        return Ok(Some("1".into()));
+    };
+    match r.get_ref() {
+        toml::Value::String(w) if w == "once" => Ok(Some("1".into())),
+        toml::Value::String(w) if w == "until-deadline" => Ok(None),
+        toml::Value::String(w) if w.contains("${") => {
+            check_refs(at, r.span(), w, params)?;
+            Ok(Some(w.clone()))
+        }
+        toml::Value::Integer(n) if *n >= 1 => Ok(Some(n.to_string())),
+        other => Err(at.err(
+            r.span(),
+            &format!(
+                "repeat is \"once\", \"until-deadline\", or a count of rounds (5, \"${{rounds}}\"), \
+                 not `{}`",
+                as_text(other)
+            ),
+        )),
+    }
 }
 
 pub(super) fn sessions(
     at: &At<'_>,
     file: &FileSpec,
+    decls: &Decls,
     params: &BTreeMap<String, Param>,
 ) -> Result<Vec<SessionDef>, UsageError> {
     if file.sessions.is_empty() {
@@ -758,8 +889,10 @@ pub(super) fn sessions(
             }
             None => "1".into(),
         };
-        let (connect, once) = modes(at, s)?;
-        let pool = pool_of(at, s, connect, params)?;
+        let (connect, connect_by, connects) = connects(at, s, decls, params)?;
+        let rounds = rounds(at, s, params)?;
+        let may_pool = connects.contains(&Connect::Pool);
+        let pool = pool_of(at, s, may_pool, params)?;
         let settings_of = |map: &BTreeMap<String, Spanned<toml::Value>>| {
             let mut out = Vec::new();
             for (k, v) in map {
@@ -800,8 +933,27 @@ pub(super) fn sessions(
             check_refs(at, s.name.span(), p, params)?;
         }
         let mut steps: Vec<StepDef> = Vec::new();
+        // What the session's steps may name: the parameters, and what its earlier steps
+        // captured (`into`).
+        let mut refs = params.clone();
         for t in &s.steps {
-            let step = step(at, name, t, params)?;
+            let step = step(at, name, t, &refs)?;
+            if let Some(into) = &t.into {
+                let n = into.get_ref();
+                if step.into.is_none() {
+                    return Err(at.err(into.span(), "`into` captures what a `sql` step returns"));
+                }
+                if !plain_name(n) || refs.contains_key(n) || RUN_TIME.contains(&n.as_str()) {
+                    return Err(at.err(
+                        into.span(),
+                        &format!(
+                            "`into = \"{n}\"`: a capture's name is letters, digits and _, and \
+                             names no parameter, other capture, token or client"
+                        ),
+                    ));
+                }
+                refs.insert(n.clone(), Param::Text(String::new()));
+            }
             if steps.iter().any(|o| o.name == step.name) {
                 return Err(at.err(
                     t.name.span(),
@@ -814,9 +966,10 @@ pub(super) fn sessions(
             return Err(at.err(s.name.span(), "a session needs at least one step"));
         }
         for (t, def) in s.steps.iter().zip(&steps) {
-            let pooled = connect == Connect::Pool;
+            let pooled = may_pool;
+            let only_pool = connects.iter().all(|c| *c == Connect::Pool);
             match def.action {
-                Action::Fault(Fault::Leak) if !pooled => {
+                Action::Fault(Fault::Leak) if !only_pool => {
                     return Err(at.err(
                         t.name.span(),
                         "fault = \"leak\" hands a connection back to a pool mid-transaction: \
@@ -842,9 +995,10 @@ pub(super) fn sessions(
             name: name.clone(),
             clients,
             connect,
+            connect_by,
             pool,
             settings,
-            once,
+            rounds,
             probe: s.probe.clone(),
             try_settings,
             retry,
@@ -945,7 +1099,8 @@ pub(super) fn layout(
                 SessionLayout {
                     name: s.name.clone(),
                     clients: 1,
-                    once: s.once,
+                    once: s.rounds.is_some(),
+                    rounds: 0,
                     steps,
                     codes,
                     probed: s.probe.is_some(),

@@ -61,13 +61,18 @@ pub struct SessionDef {
     pub name: String,
     /// A count, or `${param}`.
     pub clients: String,
+    /// Where it connects (with `connect_by`, the default word's).
     pub connect: Connect,
-    /// With connect = "pool": the client pool the session's clients share.
+    /// `connect = "${name}"`: the choice that says where, per variant.
+    pub connect_by: Option<String>,
+    /// With connect = "pool" (or a choice that may say so): the client pool the session's
+    /// clients share.
     pub pool: Option<PoolDef>,
     /// Session settings, `SET` before the first step; values may hold `${param}`.
     pub settings: Vec<(String, String)>,
-    /// Runs its steps once, or loops them until the cut-off.
-    pub once: bool,
+    /// Runs its steps this many rounds (a count or `${param}`), or loops them until the
+    /// cut-off (None).
+    pub rounds: Option<String>,
     /// For a session with a fault: SQL that succeeds once what the faulted session held is free
     /// (e.g. `SELECT … FOR UPDATE NOWAIT`), run from a session of locklab's own.
     pub probe: Option<String>,
@@ -116,6 +121,9 @@ pub struct StepDef {
     pub after: Vec<After>,
     /// Starts anyway once its client has waited this long for `after` (`${param}` allowed).
     pub patience: Option<String>,
+    /// A SQL step's capture: the first column of the last row it returns, as `${name}` in its
+    /// client's later steps.
+    pub into: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +182,9 @@ pub struct StepVariant {
 
 struct ResolvedSession {
     clients: usize,
+    connect: Connect,
+    /// Rounds it runs (usize::MAX: until the cut-off).
+    rounds: usize,
     settings: Vec<(String, String)>,
     try_settings: Vec<(String, String)>,
     /// SQLSTATEs a round is retried on, and how many times at most.
@@ -208,6 +219,11 @@ enum Resolved {
 /// PostgreSQL takes for a setting or an interval), anything else as written. `${name:ms}` is a
 /// duration as a bare number of milliseconds (Redis's `PX`), `${name:s}` of seconds.
 pub fn substitute(text: &str, params: &Params) -> Result<String, String> {
+    substitute_keeping(text, params, &[])
+}
+
+/// [`substitute`], leaving `${name}` of the names in `keep` (a client's captures) in place.
+fn substitute_keeping(text: &str, params: &Params, keep: &[&str]) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
@@ -218,7 +234,7 @@ pub fn substitute(text: &str, params: &Params) -> Result<String, String> {
         let inner = &rest[i + 2..i + end];
         rest = &rest[i + end + 1..];
         // Filled in as the step runs: unique per client and round, the client's number.
-        if file::RUN_TIME.contains(&inner) {
+        if file::RUN_TIME.contains(&inner) || keep.contains(&inner) {
             out.push_str(&format!("${{{inner}}}"));
             continue;
         }
@@ -350,10 +366,12 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
         .ok_or_else(|| UsageError(format!("{} is not a step scenario", kind.name)))?;
     let bad = |what: &str, e: String| UsageError(format!("{}: {what}: {e}", kind.name));
     requires(kind.name, spec, params)?;
-    // A choice's word stands for its text in `${name}`.
+    // A choice's word stands for its text in `${name}`, and for each of its fields' in
+    // `${name.field}`.
     let mut mapped = params.clone();
     for (name, words) in &spec.choices {
-        if let Ok(Param::Text(word)) = params.get(name)
+        let base = name.split_once('.').map_or(name.as_str(), |(b, _)| b);
+        if let Ok(Param::Text(word)) = params.get(base)
             && let Some((_, text)) = words.iter().find(|(w, _)| w == word)
         {
             mapped.set(name, Param::Text(text.clone()));
@@ -381,6 +399,27 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
                 )
             })?;
         l.clients = clients;
+        let rounds = match &s.rounds {
+            Some(raw) => count(raw, params, 1)
+                .map_err(|e| bad(&s.name, format!("`repeat` is a count of rounds: {e}")))?,
+            None => usize::MAX,
+        };
+        l.rounds = if s.rounds.is_some() { rounds } else { 0 };
+        let connect = match &s.connect_by {
+            Some(name) => match params.get(name)? {
+                Param::Text(t) if t == "direct" => Connect::Direct,
+                Param::Text(t) if t == "pooler" => Connect::Pooler,
+                Param::Text(t) if t == "pool" => Connect::Pool,
+                other => {
+                    return Err(bad(
+                        &s.name,
+                        format!("connect is direct, pooler or pool, not `{other}`"),
+                    ));
+                }
+            },
+            None => s.connect,
+        };
+        let captures: Vec<&str> = s.steps.iter().filter_map(|t| t.into.as_deref()).collect();
         let settings_of = |list: &[(String, String)]| {
             list.iter()
                 .map(|(k, v)| Ok((k.clone(), scaled_setting(v, params)?)))
@@ -400,9 +439,11 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
         for t in &s.steps {
             let what = format!("{}.{}", s.name, t.name);
             steps.push(match &t.action {
-                Action::Sql(sql) => {
-                    Resolved::Sql(substitute(sql, params).map_err(|e| bad(&what, e))?.into())
-                }
+                Action::Sql(sql) => Resolved::Sql(
+                    substitute_keeping(sql, params, &captures)
+                        .map_err(|e| bad(&what, e))?
+                        .into(),
+                ),
                 Action::Sleep(raw) => {
                     Resolved::Sleep(duration(raw, params).map_err(|e| bad(&what, e))?)
                 }
@@ -439,8 +480,8 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
                     .clone()
             })
             .collect();
-        let pool = match &s.pool {
-            Some(p) => Some((
+        let pool = match (&s.pool, connect) {
+            (Some(p), Connect::Pool) => Some((
                 count(&p.size, params, 1).map_err(|e| bad(&s.name, format!("pool_size: {e}")))?,
                 match &p.timeout {
                     Some(t) => Some(
@@ -450,7 +491,7 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
                     None => None,
                 },
             )),
-            None => None,
+            _ => None,
         };
         let mut patience = Vec::new();
         for t in &s.steps {
@@ -467,6 +508,8 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
         };
         sessions.push(ResolvedSession {
             clients,
+            connect,
+            rounds,
             settings,
             try_settings,
             retry,

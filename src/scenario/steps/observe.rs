@@ -171,7 +171,14 @@ fn tally(
         if waiting {
             waiters[session] += 1;
             if step != IDLE {
-                if !shared.waiting_seen[session][step].swap(true, Ordering::Relaxed) {
+                let round = shared
+                    .round
+                    .get(session)
+                    .and_then(|rs| rs.get(client))
+                    .map_or(0, |r| r.load(Ordering::Relaxed));
+                if shared.waiting_seen[session][step].fetch_max(round + 1, Ordering::Relaxed)
+                    <= round
+                {
                     bumped = true;
                 }
                 if let Ok(mut w) = shared.waited_ms.lock() {

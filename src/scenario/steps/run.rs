@@ -4,7 +4,7 @@
 //! their probes, then the `[metrics]` queries, and the schema dropped.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -25,12 +25,18 @@ pub(super) const IDLE: usize = usize::MAX;
 
 /// What the clients, the sampler and the probes share during a run.
 pub(super) struct Shared {
-    /// Per session and step: clients that completed it in their first round.
-    pub(super) completed: Vec<Vec<AtomicUsize>>,
-    /// Per session and step: a client of the session was seen waiting on a lock in it.
-    pub(super) waiting_seen: Vec<Vec<AtomicBool>>,
+    /// Per session and step that a condition names: per round, the clients that completed
+    /// it (None for a step nothing waits for, which then costs its clients nothing).
+    pub(super) completed: Vec<Vec<Option<Mutex<Vec<usize>>>>>,
+    /// Per session and step: one past the latest round in which a client of the session was
+    /// seen waiting on a lock in it (0: never).
+    pub(super) waiting_seen: Vec<Vec<AtomicUsize>>,
     /// Per session and client: the step it is in (IDLE between steps).
     pub(super) current: Vec<Vec<AtomicUsize>>,
+    /// Per session and client: the round it is in.
+    pub(super) round: Vec<Vec<AtomicUsize>>,
+    /// Per session: the rounds it runs (usize::MAX: until the cut-off).
+    pub(super) planned: Vec<usize>,
     /// Bumped whenever a condition may have come true.
     pub(super) changed: tokio::sync::watch::Sender<u64>,
     /// Connections of frozen sessions, kept open until the run ends.
@@ -190,22 +196,42 @@ pub(super) async fn run_in(
 }
 
 pub(super) fn shared(v: &StepVariant) -> Shared {
+    // The steps some condition names: only their completions are counted per round.
+    let watched = |si: usize, ti: usize| {
+        v.sessions.iter().any(|s| {
+            s.after
+                .iter()
+                .flatten()
+                .any(|a| (a.session, a.step) == (si, ti) && !a.waiting)
+        })
+    };
     Shared {
         completed: v
             .sessions
             .iter()
-            .map(|s| s.steps.iter().map(|_| AtomicUsize::new(0)).collect())
+            .enumerate()
+            .map(|(si, s)| {
+                (0..s.steps.len())
+                    .map(|ti| watched(si, ti).then(|| Mutex::new(Vec::new())))
+                    .collect()
+            })
             .collect(),
         waiting_seen: v
             .sessions
             .iter()
-            .map(|s| s.steps.iter().map(|_| AtomicBool::new(false)).collect())
+            .map(|s| s.steps.iter().map(|_| AtomicUsize::new(0)).collect())
             .collect(),
         current: v
             .sessions
             .iter()
             .map(|s| (0..s.clients).map(|_| AtomicUsize::new(IDLE)).collect())
             .collect(),
+        round: v
+            .sessions
+            .iter()
+            .map(|s| (0..s.clients).map(|_| AtomicUsize::new(0)).collect())
+            .collect(),
+        planned: v.sessions.iter().map(|s| s.rounds).collect(),
         changed: tokio::sync::watch::Sender::new(0),
         frozen: Mutex::new(Vec::new()),
         pools: Mutex::new(Vec::new()),
@@ -230,7 +256,7 @@ pub(super) async fn connect(
 ) -> anyhow::Result<Vec<Box<dyn workload::Client>>> {
     let mut clients: Vec<Box<dyn workload::Client>> = Vec::new();
     for (si, (s, def)) in v.sessions.iter().zip(&v.spec.sessions).enumerate() {
-        let target = match def.connect {
+        let target = match s.connect {
             Connect::Direct => &ctx.env.direct,
             Connect::Pooler | Connect::Pool => ctx.pg(),
         };
@@ -242,7 +268,7 @@ pub(super) async fn connect(
         // transaction only (a session-level SET would stay with the server connection and
         // reach the pooler's next client). `connect = "pooler"` on a run without one is
         // straight to the server too.
-        let pooled = match def.connect {
+        let pooled = match s.connect {
             Connect::Direct => ctx.env.direct_is_pooled(),
             Connect::Pooler => ctx.env.pooler.is_some() || ctx.env.direct_is_pooled(),
             // A pool's connections serve every client of the session in turn.
@@ -325,6 +351,12 @@ pub(super) async fn connect(
                         .with_context(|| format!("session {}'s settings were refused", def.name))?;
                     String::new()
                 }
+                // A pool's connection carries the client's name for the step's transaction,
+                // so the server's view tells which client waits (`:waiting`, `waited_ms`).
+                (_, None) => format!(
+                    "{prefix}SET LOCAL application_name = '{}'; ",
+                    ctx.app(&format!("w/{si}-{i}")).replace('\'', "''")
+                ),
                 _ => prefix.clone(),
             };
             let redis = match redis {
@@ -345,11 +377,13 @@ pub(super) async fn connect(
                 after: s.after.clone(),
                 patience: s.patience.clone(),
                 counted: vec![false; def.steps.len()],
+                into: def.steps.iter().map(|t| t.into.clone()).collect(),
+                vars: Vec::new(),
                 retry: s.retry.clone(),
                 retries_left: s.retry.as_ref().map_or(0, |r| r.1),
                 retrying: false,
                 failed_round: false,
-                once: def.once,
+                rounds: s.rounds,
                 pos: 0,
                 round: 0,
                 done: false,

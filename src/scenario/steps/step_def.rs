@@ -96,6 +96,10 @@ pub(super) fn step(
         action,
         after: Vec::new(),
         patience: t.patience.as_ref().map(|p| p.get_ref().clone()),
+        into: match (&t.into, &t.sql) {
+            (Some(i), Some(_)) => Some(i.get_ref().clone()),
+            _ => None,
+        },
     })
 }
 
@@ -323,16 +327,6 @@ pub(super) fn resolve_after(
         .iter()
         .position(|x| x.name == t)
         .ok_or_else(|| at.err(a.span(), &format!("after: no step `{target}`{}", hint())))?;
-    if waiting && sessions[session].connect == super::Connect::Pool {
-        return Err(at.err(
-            a.span(),
-            &format!(
-                "after: `{target}` is a pool session's step, whose connections serve its \
-                 clients in turn: the server's view cannot tell which client waits; wait for \
-                 the step to complete instead"
-            ),
-        ));
-    }
     if waiting && !matches!(sessions[session].steps[step].action, Action::Sql(_)) {
         return Err(at.err(
             a.span(),
