@@ -186,7 +186,7 @@ fn judge(
         },
         expectations_held: error.is_none() && expectations.iter().all(|e| e.held),
         expectations,
-        requests: requests(&run.history),
+        requests: requests_checked(&run.history, run.input.as_ref(), &evaluation.metrics),
         warnings: warnings(&run.history),
         metrics: evaluation.metrics,
         lower_bounds: evaluation.lower_bounds.into_iter().collect(),
@@ -214,6 +214,24 @@ fn declared(scenario: &Scenario, run: VariantRun) -> anyhow::Result<VariantRun> 
         );
     }
     Ok(run)
+}
+
+/// [`requests`], with a step file's checker's word on what is stuck: in a session looping
+/// until the cut-off every client is mid-round when it comes, and a step the cut-off merely
+/// interrupts is not stuck (the step checker says which are); a step never reached is.
+fn requests_checked(
+    h: &History,
+    input: Option<&crate::check::Input>,
+    metrics: &BTreeMap<String, serde_json::Value>,
+) -> Requests {
+    let mut r = requests(h);
+    if let (Some(crate::check::Input::Steps(_)), Some(stuck)) = (
+        input,
+        metrics.get("stuck").and_then(serde_json::Value::as_u64),
+    ) {
+        r.stuck = stuck as usize;
+    }
+    r
 }
 
 fn requests(h: &History) -> Requests {
@@ -278,5 +296,24 @@ mod tests {
         );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["lost"], 1, "{json}");
+    }
+
+    #[test]
+    fn a_step_files_looping_step_cut_mid_round_is_not_counted_stuck() {
+        let h = History {
+            ops: vec![Op {
+                client: 0,
+                kind: "app.update".into(),
+                start_ms: 990.0,
+                end_ms: None,
+                outcome: Outcome::Unknown,
+            }],
+            lost_clients: Vec::new(),
+        };
+        let metrics = BTreeMap::from([("stuck".to_string(), serde_json::json!(0))]);
+        let steps = crate::check::Input::Steps(Box::default());
+        assert_eq!(requests_checked(&h, Some(&steps), &metrics).stuck, 0);
+        // Built-in checkers keep the history's count.
+        assert_eq!(requests_checked(&h, None, &metrics).stuck, 1);
     }
 }

@@ -238,6 +238,16 @@ impl ClientRun {
     /// Runs one client to its end; returns whether the deadline or a cancel cut it off.
     async fn run(self, mut client: Box<dyn Client>) -> bool {
         let (deadline, cancel) = (self.deadline, &self.cancel);
+        // The cut-off and a cancel as one future, made once: a timer registered per operation
+        // costs a tight loop more than its query's round trip does. Once it has fired the
+        // client returns, so it is never polled again.
+        let stop = async {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = cancel.cancelled() => {}
+            }
+        };
+        tokio::pin!(stop);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -246,8 +256,7 @@ impl ClientRun {
             }
             tokio::select! {
                 _ = client.ready() => {}
-                _ = tokio::time::sleep_until(deadline) => return true,
-                _ = cancel.cancelled() => return true,
+                _ = &mut stop => return true,
             }
             if client.done() {
                 return false;
@@ -267,8 +276,7 @@ impl ClientRun {
             let token = client.canceller();
             let result = tokio::select! {
                 r = client.attempt() => Some(r),
-                _ = tokio::time::sleep_until(deadline) => None,
-                _ = cancel.cancelled() => None,
+                _ = &mut stop => None,
             };
             // Cut off mid-operation: no completion, so it stays unknown.
             let Some(result) = result else {
@@ -325,8 +333,7 @@ impl ClientRun {
             let pause = retry_after.mul_f64(rand::random_range(0.5..1.5));
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = cancel.cancelled() => {}
+                _ = &mut stop => return !client.done(),
             }
         }
     }

@@ -21,8 +21,12 @@ pub(super) struct StepClient {
     pub(super) redis: Option<redis::aio::MultiplexedConnection>,
     /// Put before every key a Redis step names: the run's own keys only.
     pub(super) key_prefix: String,
-    /// `${token}`: unique per client and round.
+    /// `${token}`: unique per client and round (made only when a step uses it).
     pub(super) token: String,
+    pub(super) uses_token: bool,
+    /// Its rounds completed, failed for good and run again: added to the session's when the
+    /// client ends (a lock taken per round would slow a tight loop).
+    pub(super) tally: crate::check::steps::Rounds,
     /// None for a pool session's client: it holds no connection between steps.
     pub(super) canceller: Option<Canceller>,
     /// A pool session's pool, from which every step checks out a connection.
@@ -71,23 +75,21 @@ impl StepClient {
         self.round += 1;
         self.retrying = false;
         self.retries_left = self.retry.as_ref().map_or(0, |r| r.1);
-        self.token = token(
-            self.kinds.first().copied().unwrap_or("s"),
-            self.client,
-            self.round,
-        );
+        if self.uses_token {
+            self.token = token(
+                self.kinds.first().copied().unwrap_or("s"),
+                self.client,
+                self.round,
+            );
+        }
         self.counted.fill(false);
         if self.round >= self.rounds {
             self.done = true;
         }
     }
 
-    fn count_round(&self, f: impl FnOnce(&mut crate::check::steps::Rounds)) {
-        if let Ok(mut rounds) = self.shared.rounds.lock()
-            && let Some(r) = rounds.get_mut(self.session)
-        {
-            f(r);
-        }
+    fn count_round(&mut self, f: impl FnOnce(&mut crate::check::steps::Rounds)) {
+        f(&mut self.tally);
     }
 
     /// Waits for the current step's conditions, the first to come true (not again in a retry
@@ -340,6 +342,18 @@ impl StepClient {
                     p.push(task);
                 }
             }
+        }
+    }
+}
+
+impl Drop for StepClient {
+    fn drop(&mut self) {
+        if let Ok(mut rounds) = self.shared.rounds.lock()
+            && let Some(r) = rounds.get_mut(self.session)
+        {
+            r.ok += self.tally.ok;
+            r.failed += self.tally.failed;
+            r.retries += self.tally.retries;
         }
     }
 }

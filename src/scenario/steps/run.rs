@@ -367,6 +367,12 @@ pub(super) async fn connect(
                 redis,
                 key_prefix: ctx.redis_key("").unwrap_or_default(),
                 token: token(&def.name, i, 0),
+                uses_token: def.steps.iter().any(|t| match &t.action {
+                    super::Action::Sql(sql) => sql.contains("${token}"),
+                    super::Action::Redis(r) => r.words.iter().any(|w| w.contains("${token}")),
+                    _ => false,
+                }),
+                tally: Default::default(),
                 canceller: conn.as_ref().map(|c| Canceller::new(c, target)),
                 conn,
                 pool: pool.clone(),
