@@ -78,11 +78,25 @@ pub(super) async fn sample(
         .collect();
     let shared = shared.clone();
     let like = like_prefix(&prefix);
+    // Only the backends that wait on a lock or sit idle in a transaction: nothing else is
+    // counted, and a busy loop's look stays small. Prepared once where the connection is the
+    // server's own (a transaction pooler would lose a prepared statement): a look every 10 ms
+    // planned afresh cost a tight one-row loop 6% of its throughput.
+    let stmt = "SELECT application_name, coalesce(wait_event_type = 'Lock', false), \
+                       state = 'idle in transaction', \
+                       extract(epoch FROM clock_timestamp() - state_change)::float8 * 1000 \
+                FROM pg_stat_get_activity(NULL) \
+                WHERE application_name LIKE $1 \
+                  AND (wait_event_type = 'Lock' OR state = 'idle in transaction')";
+    #[allow(clippy::disallowed_methods)] // a named statement, only straight to the server
+    let prepared = match ctx.env.direct_is_pooled() {
+        true => None,
+        false => c
+            .prepare_typed(stmt, &[tokio_postgres::types::Type::TEXT])
+            .await
+            .ok(),
+    };
     Ok(crate::observe::Watch::spawn(move |stop| async move {
-        let stmt = "SELECT application_name, coalesce(wait_event_type = 'Lock', false), \
-                           state = 'idle in transaction', \
-                           extract(epoch FROM clock_timestamp() - state_change)::float8 * 1000 \
-                    FROM pg_stat_get_activity(NULL) WHERE application_name LIKE $1";
         let mut last = clock.now_ms();
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -98,7 +112,12 @@ pub(super) async fn sample(
                 .iter()
                 .map(|cs| cs.iter().map(|c| c.load(Ordering::Relaxed)).collect())
                 .collect();
-            let Ok(rows) = c.rows(stmt, &[&like]).await else {
+            #[allow(clippy::disallowed_methods)] // the statement prepared above
+            let rows = match &prepared {
+                Some(p) => c.query(p, &[&like]).await,
+                None => c.rows(stmt, &[&like]).await,
+            };
+            let Ok(rows) = rows else {
                 continue;
             };
             let now = clock.now_ms();
