@@ -42,7 +42,11 @@ pub struct Trace {
     pub end_ms: f64,
     /// The checker's input. Absent when the history was capped: a verdict is not re-derived
     /// from part of a history.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::check::input::or_retired"
+    )]
     pub input: Option<Input>,
     /// The parameters the expectations read, scaled as they were.
     #[serde(default)]
@@ -321,7 +325,8 @@ impl Drawn {
                 }
                 d.end_ms = Some(o.end_ms);
             }
-            Input::PoolBooking(_) | Input::PoolDeadlock(_) | Input::Account(_) => {}
+            Input::PoolBooking(_) | Input::PoolDeadlock(_) | Input::Account(_) | Input::Retired => {
+            }
         }
         d
     }

@@ -112,6 +112,58 @@ fn a_pool_sessions_client_is_seen_waiting_through_the_connection_it_checked_out(
     assert!(metric(v, "b.update.waited_ms") > 100.0, "{v:#}");
 }
 
+const COUNTED: &str = r#"
+name = "counted"
+summary = "counted rounds, a barrier in each, captures, and a fault that ends a session early"
+harm = { metric = "stuck", label = "stuck" }
+[params]
+deadline = "3s"
+[setup]
+sql = """CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0);
+CREATE TABLE seen (round int, v int);"""
+[[sessions]]
+name = "writer"
+repeat = 3
+steps = [{ name = "bump", sql = "UPDATE t SET v = v + 1 WHERE id = 1", after = "reader.read" }]
+[[sessions]]
+name = "reader"
+clients = 2
+repeat = 3
+steps = [
+  { name = "read", into = "v", sql = "SELECT v FROM t WHERE id = 1" },
+  { name = "again", into = "w", sql = "SELECT v FROM t WHERE id = 1", after = "writer.bump" },
+  { name = "record", sql = "INSERT INTO seen VALUES (${w}, ${v})" },
+]
+[[sessions]]
+name = "quitter"
+repeat = 3
+steps = [{ name = "work", sql = "SELECT 1" }, { name = "gone", fault = "kill" }]
+[[sessions]]
+name = "follower"
+repeat = 3
+steps = [{ name = "after", sql = "SELECT 1", after = "quitter.work" }]
+[metrics]
+# In every round both readers read before the bump and again after it: v then v + 1.
+rounds_seen = "SELECT count(*) FROM seen WHERE round = v + 1"
+[[variants]]
+name = "only"
+mitigated = true
+expect = ["not cut_off", "stuck == 0", "rounds_seen == 6", "reader.record.ok == 6",
+          "follower.after.ok == 3", "quitter.work.ok == 1"]
+"#;
+
+#[test]
+fn counted_rounds_hold_a_barrier_in_each_and_a_fault_ends_a_session_without_stalling_others() {
+    let tmp = tempdir();
+    let file = write(tmp.path(), "counted.toml", COUNTED);
+    let (code, report, err) = run_json(tmp.path(), &[&file, "--time-scale", "1"]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    let v = variant(&report, "only");
+    // The quitter ran one round of three, then its fault: the follower's later rounds did not
+    // wait for rounds that will never come, and they are not stuck.
+    assert!(metric(v, "p99_ms") < 1000.0, "{v:#}");
+}
+
 const PERMUTED: &str = r#"
 name = "permuted"
 summary = "one file, three orders of the same steps"

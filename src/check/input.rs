@@ -34,6 +34,11 @@ pub enum Input {
     Account(isolation::AccountObservations),
     /// A step file's sessions and steps.
     Steps(Box<steps::Observations>),
+    /// A checker this version no longer has (read-skew's `reports`, from before it became a
+    /// step file): such a results file still reads (see [`or_retired`]); its verdicts are not
+    /// re-derived. Never written.
+    #[serde(skip)]
+    Retired,
 }
 
 impl Input {
@@ -50,7 +55,26 @@ impl Input {
             Input::Pooler(o) => pooler::evaluate(h, o),
             Input::Account(o) => isolation::evaluate_account(h, o),
             Input::Steps(o) => steps::evaluate(h, o),
+            Input::Retired => Evaluation::new("retired", std::iter::empty()),
         }
+    }
+
+    /// Whether its checker is one this version no longer has.
+    pub fn retired(&self) -> bool {
+        matches!(self, Input::Retired)
+    }
+}
+
+/// Reads a saved checker input; one whose checker this version no longer has reads as
+/// [`Input::Retired`] instead of failing the whole results file.
+pub fn or_retired<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Input>, D::Error> {
+    let Some(value) = Option::<serde_json::Value>::deserialize(d)? else {
+        return Ok(None);
+    };
+    match Input::deserialize(&value) {
+        Ok(input) => Ok(Some(input)),
+        Err(e) if e.to_string().starts_with("unknown variant") => Ok(Some(Input::Retired)),
+        Err(e) => Err(serde::de::Error::custom(e)),
     }
 }
 
@@ -68,5 +92,24 @@ pub mod nan_as_null {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn a_results_file_from_a_retired_checker_still_reads() {
+        let old = r#"{"checker": "reports", "observations": {"invariant_total": 1000,
+                      "seen": [[500, 500]], "cut_off": false}}"#;
+        let mut d = serde_json::Deserializer::from_str(old);
+        let input = super::or_retired(&mut d).expect("reads").expect("an input");
+        assert!(input.retired());
+        let mut d =
+            serde_json::Deserializer::from_str(r#"{"checker": "steps", "observations": 7}"#);
+        assert!(
+            super::or_retired(&mut d).is_err(),
+            "a known checker's bad input still fails"
+        );
     }
 }

@@ -160,6 +160,11 @@ pub struct Observations {
     /// Per session, in the layout's order: rounds completed, and rounds that failed for good.
     #[serde(default)]
     pub rounds: Vec<Rounds>,
+    /// Per `session.step`: the (client, round) pairs that ran it to an end (completed, failed
+    /// for good, skipped after a failure, or left after the client's fault). None in results
+    /// written before it was kept: ok + failed + skipped stands in.
+    #[serde(default)]
+    pub settled: Option<BTreeMap<String, usize>>,
 }
 
 /// A session's rounds: all steps done, ended by a failure (after retries), and run again.
@@ -249,9 +254,15 @@ pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
             // Run once, a step no client reached by the cut-off is stuck too (one skipped after
             // an earlier step failed is not: it was never going to run).
             let skipped = obs.skipped.get(&kind).copied().unwrap_or(0);
+            let settled = match &obs.settled {
+                Some(m) => m.get(&kind).copied().unwrap_or(0),
+                None => ok + failed + skipped,
+            };
             let stuck = match s.once {
-                true => (s.clients * s.rounds.max(1))
-                    .saturating_sub(ok + failed + skipped)
+                true => s
+                    .clients
+                    .saturating_mul(s.rounds.max(1))
+                    .saturating_sub(settled)
                     .max(in_flight),
                 false => looped_stuck(&ops, obs.end_ms),
             };
@@ -556,6 +567,20 @@ mod tests {
         let e = evaluate(&h, &obs);
         assert_eq!(e.metrics["app.read.ok"], json!(5));
         assert_eq!(e.metrics["app.read.stuck"], json!(1));
+        // With the clients' own account: a retried round's extra runs do not hide a round
+        // never run, and the rounds a faulted client will not run are not stuck.
+        let retried = History {
+            ops: vec![ok(0), ok(0), ok(0), ok(0), ok(1)],
+            lost_clients: Vec::new(),
+        };
+        let settled = |n| Observations {
+            settled: Some(BTreeMap::from([("app.read".to_string(), n)])),
+            ..obs.clone()
+        };
+        let e = evaluate(&retried, &settled(4));
+        assert_eq!(e.metrics["app.read.stuck"], json!(2));
+        let e = evaluate(&retried, &settled(6));
+        assert_eq!(e.metrics["app.read.stuck"], json!(0));
     }
 
     #[test]

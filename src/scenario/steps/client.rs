@@ -39,9 +39,13 @@ pub(super) struct StepClient {
     pub(super) after: Vec<Vec<super::After>>,
     /// Per step: how long to wait for `after` at most.
     pub(super) patience: Vec<Option<std::time::Duration>>,
-    /// Per step: this client's completion of it in its first round is counted (once, even
+    /// Per step: this client's completion of it in the current round is counted (once, even
     /// when a retry runs it again).
     pub(super) counted: Vec<bool>,
+    /// Per step: the rounds in which this client settled it (completed, failed for good,
+    /// skipped after a failure, or never to run after a fault): what the checker tells stuck
+    /// steps from. Added to the session's when the client ends.
+    pub(super) settled: Vec<usize>,
     /// Per step: the capture its result goes into (`into`).
     pub(super) into: Vec<Option<String>>,
     /// This client's captures: `${name}` and what was captured (`NULL` for no value).
@@ -116,12 +120,17 @@ impl StepClient {
                 let round = self
                     .round
                     .min(self.shared.planned[a.session].saturating_sub(1));
+                // A client of that session that faulted in an earlier round runs no more: the
+                // others are all there is to wait for.
+                let gone = self.shared.faulted_in[a.session]
+                    .lock()
+                    .map_or(0, |f| f.iter().filter(|r| **r < round).count());
                 match a.waiting {
                     true => {
                         self.shared.waiting_seen[a.session][a.step].load(Ordering::Relaxed) > round
                     }
                     false => {
-                        let needed = self.shared.current[a.session].len();
+                        let needed = self.shared.current[a.session].len().saturating_sub(gone);
                         self.shared.completed[a.session][a.step]
                             .as_ref()
                             .and_then(|c| c.lock().ok().map(|per| per.get(round).copied()))
@@ -220,17 +229,18 @@ impl StepClient {
     /// The current step is done (completed, skipped or faulted): counted once per round for
     /// the steps that wait on it (a retry runs it again, uncounted).
     fn complete(&mut self) {
-        if self.counted.get(self.pos) == Some(&false)
-            && let Some(Some(c)) = self.shared.completed[self.session].get(self.pos)
-        {
+        if self.counted.get(self.pos) == Some(&false) {
             self.counted[self.pos] = true;
-            if let Ok(mut per) = c.lock() {
-                if per.len() <= self.round {
-                    per.resize(self.round + 1, 0);
+            self.settled[self.pos] += 1;
+            if let Some(Some(c)) = self.shared.completed[self.session].get(self.pos) {
+                if let Ok(mut per) = c.lock() {
+                    if per.len() <= self.round {
+                        per.resize(self.round + 1, 0);
+                    }
+                    per[self.round] += 1;
                 }
-                per[self.round] += 1;
+                self.shared.bump();
             }
-            self.shared.bump();
         }
         self.pos += 1;
     }
@@ -301,6 +311,16 @@ impl StepClient {
 
     fn fault(&mut self, fault: Fault) {
         let conn = self.conn.take();
+        // The rounds it will not run are settled: not stuck, and not waited for.
+        if self.rounds != usize::MAX {
+            let left = self.rounds.saturating_sub(self.round + 1);
+            for s in &mut self.settled {
+                *s += left;
+            }
+        }
+        if let Ok(mut f) = self.shared.faulted_in[self.session].lock() {
+            f.push(self.round);
+        }
         match fault {
             Fault::Freeze => {
                 if let (Some(c), Ok(mut frozen)) = (conn, self.shared.frozen.lock()) {
@@ -355,6 +375,11 @@ impl Drop for StepClient {
             r.failed += self.tally.failed;
             r.retries += self.tally.retries;
         }
+        if let Ok(mut settled) = self.shared.settled.lock() {
+            for (kind, n) in self.kinds.iter().zip(&self.settled) {
+                *settled.entry(kind.to_string()).or_insert(0) += n;
+            }
+        }
     }
 }
 
@@ -397,13 +422,7 @@ impl workload::Client for StepClient {
             // `${client}` and the settings a pooler needs with every step are in it already
             // (see `for_client`); only `${token}` and the captures change from round to round.
             let sql = match sql.contains("${") {
-                true => {
-                    let mut text = sql.replace("${token}", &self.token);
-                    for (name, value) in &self.vars {
-                        text = text.replace(&format!("${{{name}}}"), value);
-                    }
-                    std::borrow::Cow::Owned(text)
-                }
+                true => std::borrow::Cow::Owned(fill(&sql, &self.token, &self.vars)),
                 false => std::borrow::Cow::Borrowed(&*sql),
             };
             let into = self.into.get(self.pos).cloned().flatten();
@@ -455,6 +474,40 @@ impl workload::Client for StepClient {
     }
 }
 
+/// `${token}` and the client's captures filled in, in one pass (a captured value that holds
+/// `${…}` stays as it is).
+fn fill(sql: &str, token: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(sql.len() + 32);
+    let mut rest = sql;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[i..]);
+            return out;
+        };
+        let name = &after[..end];
+        match (name, vars.iter().find(|(n, _)| n == name)) {
+            ("token", _) => out.push_str(token),
+            (_, Some((_, value))) => out.push_str(value),
+            _ => out.push_str(&rest[i..i + 2 + end + 1]),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A value as a SQL literal whatever `standard_conforming_strings` says: quotes doubled, and
+/// with a backslash, an escape string with backslashes doubled.
+fn literal(v: &str) -> String {
+    let quoted = v.replace('\'', "''");
+    match v.contains('\\') {
+        true => format!("E'{}'", quoted.replace('\\', "\\\\")),
+        false => format!("'{quoted}'"),
+    }
+}
+
 /// A step's SQL; with a capture, the first column of the last row it returned, as SQL text
 /// (a quoted literal, or NULL).
 async fn run_sql(c: &Client, sql: &str, capture: bool) -> Result<Option<String>, OpError> {
@@ -469,7 +522,7 @@ async fn run_sql(c: &Client, sql: &str, capture: bool) -> Result<Option<String>,
     for m in c.simple_query(sql).await.map_err(OpError::from)? {
         if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
             last = Some(match row.get(0) {
-                Some(v) => format!("'{}'", v.replace('\'', "''")),
+                Some(v) => literal(v),
                 None => "NULL".into(),
             });
         }
@@ -493,5 +546,24 @@ pub(super) fn reply_text(v: &redis::Value) -> String {
         redis::Value::Boolean(b) => i32::from(*b).to_string(),
         redis::Value::Double(d) => d.to_string(),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_fill_in_one_pass_and_literals_survive_either_string_mode() {
+        let vars = vec![
+            ("a".to_string(), "'${b}'".to_string()),
+            ("b".to_string(), "'x'".to_string()),
+        ];
+        assert_eq!(
+            fill("SELECT ${a}, ${b}, ${token}, ${other}", "t1", &vars),
+            "SELECT '${b}', 'x', t1, ${other}"
+        );
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("a\\b"), "E'a\\\\b'");
     }
 }

@@ -937,7 +937,7 @@ pub(super) fn sessions(
         // captured (`into`).
         let mut refs = params.clone();
         for t in &s.steps {
-            let step = step(at, name, t, &refs)?;
+            let step = step(at, name, t, (params, &refs))?;
             if let Some(into) = &t.into {
                 let n = into.get_ref();
                 if step.into.is_none() {

@@ -105,12 +105,15 @@ pub(super) async fn sample(
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            // Which step each client was in as the query went out: a wait the server shows
-            // counts for a step only if the client is still in it when the answer is back.
-            let before: Vec<Vec<usize>> = shared
-                .current
-                .iter()
-                .map(|cs| cs.iter().map(|c| c.load(Ordering::Relaxed)).collect())
+            // Which step (and round) each client was in as the query went out: a wait the
+            // server shows counts for a step only if the client is still in it when the
+            // answer is back.
+            let before: Vec<Vec<(usize, usize)>> = (0..shared.current.len())
+                .map(|s| {
+                    (0..shared.current[s].len())
+                        .map(|c| at(&shared, s, c))
+                        .collect()
+                })
                 .collect();
             #[allow(clippy::disallowed_methods)] // the statement prepared above
             let rows = match &prepared {
@@ -143,7 +146,7 @@ fn tally(
     shared: &Shared,
     (names, kinds): (&[(String, usize)], &[Vec<&'static str>]),
     rows: Vec<tokio_postgres::Row>,
-    before: &[Vec<usize>],
+    before: &[Vec<(usize, usize)>],
     dt: f64,
 ) -> (Vec<i64>, bool) {
     let mut waiters = vec![0i64; names.len()];
@@ -173,28 +176,22 @@ fn tally(
             waiters[session] += i64::from(waiting);
             continue;
         };
-        let now_in = shared
-            .current
-            .get(session)
-            .and_then(|cs| cs.get(client))
-            .map_or(IDLE, |c| c.load(Ordering::Relaxed));
+        let now_in = match client < shared.current.get(session).map_or(0, Vec::len) {
+            true => at(shared, session, client),
+            false => (IDLE, 0),
+        };
         let was_in = before
             .get(session)
             .and_then(|cs| cs.get(client))
             .copied()
-            .unwrap_or(IDLE);
-        let step = match now_in == was_in {
+            .unwrap_or((IDLE, 0));
+        let (step, round) = match now_in == was_in {
             true => now_in,
-            false => IDLE,
+            false => (IDLE, 0),
         };
         if waiting {
             waiters[session] += 1;
             if step != IDLE {
-                let round = shared
-                    .round
-                    .get(session)
-                    .and_then(|rs| rs.get(client))
-                    .map_or(0, |r| r.load(Ordering::Relaxed));
                 if shared.waiting_seen[session][step].fetch_max(round + 1, Ordering::Relaxed)
                     <= round
                 {
@@ -207,6 +204,14 @@ fn tally(
         }
     }
     (waiters, bumped)
+}
+
+/// The step a client is in (IDLE between steps) and its round.
+fn at(shared: &Shared, session: usize, client: usize) -> (usize, usize) {
+    (
+        shared.current[session][client].load(Ordering::Relaxed),
+        shared.round[session][client].load(Ordering::Relaxed),
+    )
 }
 
 /// A query's first column of its first row as a number (true/false as 1/0; NULL as none).

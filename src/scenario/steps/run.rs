@@ -37,6 +37,10 @@ pub(super) struct Shared {
     pub(super) round: Vec<Vec<AtomicUsize>>,
     /// Per session: the rounds it runs (usize::MAX: until the cut-off).
     pub(super) planned: Vec<usize>,
+    /// Per session: the round in which each of its faulted clients struck its fault.
+    pub(super) faulted_in: Vec<Mutex<Vec<usize>>>,
+    /// Per `session.step`: (client, round) pairs settled, summed as clients end.
+    pub(super) settled: Mutex<BTreeMap<String, usize>>,
     /// Bumped whenever a condition may have come true.
     pub(super) changed: tokio::sync::watch::Sender<u64>,
     /// Connections of frozen sessions, kept open until the run ends.
@@ -187,6 +191,11 @@ pub(super) async fn run_in(
         skipped: shared.skipped.lock().map(|s| s.clone()).unwrap_or_default(),
         retried: shared.retried.lock().map(|s| s.clone()).unwrap_or_default(),
         rounds: shared.rounds.lock().map(|s| s.clone()).unwrap_or_default(),
+        settled: shared
+            .settled
+            .lock()
+            .map(|s| Some(s.clone()))
+            .unwrap_or_default(),
     };
     Ok(VariantRun::checked(
         &window.clock,
@@ -232,6 +241,8 @@ pub(super) fn shared(v: &StepVariant) -> Shared {
             .map(|s| (0..s.clients).map(|_| AtomicUsize::new(0)).collect())
             .collect(),
         planned: v.sessions.iter().map(|s| s.rounds).collect(),
+        faulted_in: v.sessions.iter().map(|_| Mutex::new(Vec::new())).collect(),
+        settled: Mutex::new(BTreeMap::new()),
         changed: tokio::sync::watch::Sender::new(0),
         frozen: Mutex::new(Vec::new()),
         pools: Mutex::new(Vec::new()),
@@ -367,9 +378,12 @@ pub(super) async fn connect(
                 redis,
                 key_prefix: ctx.redis_key("").unwrap_or_default(),
                 token: token(&def.name, i, 0),
-                uses_token: def.steps.iter().any(|t| match &t.action {
-                    super::Action::Sql(sql) => sql.contains("${token}"),
-                    super::Action::Redis(r) => r.words.iter().any(|w| w.contains("${token}")),
+                // As resolved: a choice's text may bring a ${token} the file's step lacks.
+                uses_token: s.steps.iter().any(|t| match t {
+                    super::Resolved::Sql(sql) => sql.contains("${token}"),
+                    super::Resolved::Redis { words, .. } => {
+                        words.iter().any(|w| w.contains("${token}"))
+                    }
                     _ => false,
                 }),
                 tally: Default::default(),
@@ -383,6 +397,7 @@ pub(super) async fn connect(
                 after: s.after.clone(),
                 patience: s.patience.clone(),
                 counted: vec![false; def.steps.len()],
+                settled: vec![0; def.steps.len()],
                 into: def.steps.iter().map(|t| t.into.clone()).collect(),
                 vars: Vec::new(),
                 retry: s.retry.clone(),

@@ -9,11 +9,13 @@ use toml::Spanned;
 
 use super::file::*;
 
+/// `params`: what `${…}` may name anywhere in the step; `sql_refs`: in its SQL, which may
+/// name the client's captures too.
 pub(super) fn step(
     at: &At<'_>,
     session: &str,
     t: &StepSpec,
-    params: &BTreeMap<String, Param>,
+    (params, sql_refs): (&BTreeMap<String, Param>, &BTreeMap<String, Param>),
 ) -> Result<StepDef, UsageError> {
     let name = t.name.get_ref();
     if !plain_name(name) {
@@ -55,7 +57,16 @@ pub(super) fn step(
         }
     }
     let action = if let Some(sql) = &t.sql {
-        check_refs(at, t.name.span(), sql, params)?;
+        check_refs(at, t.name.span(), sql, sql_refs)?;
+        // A capture is text from the server: no unit (`:ms`) turns it into a duration.
+        for name in sql_refs.keys().filter(|k| !params.contains_key(*k)) {
+            if sql.contains(&format!("${{{name}:")) {
+                return Err(at.err(
+                    t.name.span(),
+                    &format!("`${{{name}}}` is a capture: it takes no `:unit`"),
+                ));
+            }
+        }
         Action::Sql(sql.clone())
     } else if let Some(sleep) = &t.sleep {
         check_refs(at, sleep.span(), sleep.get_ref(), params)?;
