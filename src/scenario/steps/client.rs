@@ -77,6 +77,7 @@ impl StepClient {
         }
         self.pos = 0;
         self.round += 1;
+        self.shared.round[self.session][self.client].store(self.round, Ordering::Relaxed);
         self.retrying = false;
         self.retries_left = self.retry.as_ref().map_or(0, |r| r.1);
         if self.uses_token {
@@ -133,8 +134,7 @@ impl StepClient {
                         let needed = self.shared.current[a.session].len().saturating_sub(gone);
                         self.shared.completed[a.session][a.step]
                             .as_ref()
-                            .and_then(|c| c.lock().ok().map(|per| per.get(round).copied()))
-                            .flatten()
+                            .and_then(|c| c.lock().ok().map(|per| per.get(round)))
                             .unwrap_or(0)
                             >= needed
                     }
@@ -234,10 +234,7 @@ impl StepClient {
             self.settled[self.pos] += 1;
             if let Some(Some(c)) = self.shared.completed[self.session].get(self.pos) {
                 if let Ok(mut per) = c.lock() {
-                    if per.len() <= self.round {
-                        per.resize(self.round + 1, 0);
-                    }
-                    per[self.round] += 1;
+                    per.add(self.round, &self.shared.round);
                 }
                 self.shared.bump();
             }

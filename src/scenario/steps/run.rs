@@ -27,7 +27,7 @@ pub(super) const IDLE: usize = usize::MAX;
 pub(super) struct Shared {
     /// Per session and step that a condition names: per round, the clients that completed
     /// it (None for a step nothing waits for, which then costs its clients nothing).
-    pub(super) completed: Vec<Vec<Option<Mutex<Vec<usize>>>>>,
+    pub(super) completed: Vec<Vec<Option<Mutex<PerRound>>>>,
     /// Per session and step: one past the latest round in which a client of the session was
     /// seen waiting on a lock in it (0: never).
     pub(super) waiting_seen: Vec<Vec<AtomicUsize>>,
@@ -62,6 +62,67 @@ pub(super) struct Shared {
     pub(super) retried: Mutex<BTreeMap<String, usize>>,
     /// Per session: rounds completed, failed for good, and run again.
     pub(super) rounds: Mutex<Vec<Rounds>>,
+}
+
+/// Per round, the clients that completed a step some condition names.
+pub(super) struct PerRound {
+    counts: std::collections::VecDeque<usize>,
+    /// The round `counts[0]` counts.
+    base: usize,
+    /// The sessions that wait on the step, for a step of a session looping until the cut-off:
+    /// rounds each of their clients has passed are dropped (else one more a round, for as
+    /// long as the loop runs). None: every round is kept.
+    waiters: Option<Vec<usize>>,
+    added: usize,
+}
+
+impl PerRound {
+    fn new(waiters: Option<Vec<usize>>) -> PerRound {
+        PerRound {
+            counts: std::collections::VecDeque::new(),
+            base: 0,
+            waiters,
+            added: 0,
+        }
+    }
+
+    /// Clients that completed the step in `round`.
+    pub(super) fn get(&self, round: usize) -> usize {
+        match round.checked_sub(self.base) {
+            Some(i) => self.counts.get(i).copied().unwrap_or(0),
+            // Dropped: every waiting client had passed it.
+            None => usize::MAX,
+        }
+    }
+
+    /// One more client completed the step in `round`; now and then, the rounds every waiting
+    /// client has passed (as `rounds` shows them) are dropped.
+    pub(super) fn add(&mut self, round: usize, rounds: &[Vec<AtomicUsize>]) {
+        let Some(i) = round.checked_sub(self.base) else {
+            return;
+        };
+        if self.counts.len() <= i {
+            self.counts.resize(i + 1, 0);
+        }
+        self.counts[i] += 1;
+        self.added += 1;
+        if !self.added.is_multiple_of(256) {
+            return;
+        }
+        let Some(waiters) = &self.waiters else {
+            return;
+        };
+        let passed = waiters
+            .iter()
+            .flat_map(|w| rounds.get(*w).into_iter().flatten())
+            .map(|r| r.load(std::sync::atomic::Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        while self.base < passed && !self.counts.is_empty() {
+            self.counts.pop_front();
+            self.base += 1;
+        }
+    }
 }
 
 impl Shared {
@@ -205,14 +266,18 @@ pub(super) async fn run_in(
 }
 
 pub(super) fn shared(v: &StepVariant) -> Shared {
-    // The steps some condition names: only their completions are counted per round.
-    let watched = |si: usize, ti: usize| {
-        v.sessions.iter().any(|s| {
-            s.after
-                .iter()
-                .flatten()
-                .any(|a| (a.session, a.step) == (si, ti) && !a.waiting)
-        })
+    // The steps some condition names, and the sessions that wait on each: only their
+    // completions are counted per round.
+    let waiters = |si: usize, ti: usize| -> Vec<usize> {
+        (0..v.sessions.len())
+            .filter(|w| {
+                v.sessions[*w]
+                    .after
+                    .iter()
+                    .flatten()
+                    .any(|a| (a.session, a.step) == (si, ti) && !a.waiting)
+            })
+            .collect()
     };
     Shared {
         completed: v
@@ -221,7 +286,14 @@ pub(super) fn shared(v: &StepVariant) -> Shared {
             .enumerate()
             .map(|(si, s)| {
                 (0..s.steps.len())
-                    .map(|ti| watched(si, ti).then(|| Mutex::new(Vec::new())))
+                    .map(|ti| {
+                        let w = waiters(si, ti);
+                        (!w.is_empty()).then(|| {
+                            // A counted session's rounds are kept: a longer session's later
+                            // rounds wait on its last one.
+                            Mutex::new(PerRound::new((s.rounds == usize::MAX).then_some(w)))
+                        })
+                    })
                     .collect()
             })
             .collect(),
@@ -467,5 +539,36 @@ impl PgTarget {
         i: usize,
     ) -> anyhow::Result<Client> {
         self.connect(&ctx.app(&format!("w/{session}-{i}"))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_every_waiter_passed_are_dropped_and_the_rest_kept() {
+        // Session 1 waits on the step; its two clients are in rounds 300 and 600.
+        let rounds = vec![
+            vec![AtomicUsize::new(0)],
+            vec![AtomicUsize::new(300), AtomicUsize::new(600)],
+        ];
+        let mut looping = PerRound::new(Some(vec![1]));
+        let mut counted = PerRound::new(None);
+        for r in 0..1000 {
+            looping.add(r, &rounds);
+            counted.add(r, &rounds);
+        }
+        assert!(
+            looping.counts.len() <= 1000 - 256,
+            "{}",
+            looping.counts.len()
+        );
+        assert_eq!(looping.get(300), 1, "the slowest waiter's round is kept");
+        assert_eq!(looping.get(999), 1);
+        assert_eq!(looping.get(1000), 0);
+        assert_eq!(looping.get(0), usize::MAX, "dropped: everyone passed it");
+        assert_eq!(counted.counts.len(), 1000);
+        assert_eq!(counted.get(0), 1);
     }
 }
