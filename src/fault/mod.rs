@@ -1,10 +1,7 @@
 //! Faults: what goes wrong with a lock holder in the middle of its work.
 
-use std::str::FromStr;
-
 use crate::env::process;
 use crate::env::worker::Worker;
-use crate::error::UsageError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -17,19 +14,11 @@ pub enum Fault {
     Leak,
 }
 
-impl FromStr for Fault {
-    type Err = UsageError;
-    fn from_str(s: &str) -> Result<Fault, UsageError> {
-        match s {
-            "freeze" => Ok(Fault::Freeze),
-            "kill" => Ok(Fault::Kill),
-            "leak" => Ok(Fault::Leak),
-            _ => Err(UsageError(format!(
-                "fault must be freeze, kill or leak, not `{s}`"
-            ))),
-        }
-    }
-}
+crate::scenario::spec::words!(pub FAULTS, FAULT_OF: Fault = {
+    "freeze" => Fault::Freeze,
+    "kill" => Fault::Kill,
+    "leak" => Fault::Leak,
+});
 
 /// A lock holder a fault can be injected into.
 pub enum Victim {

@@ -13,7 +13,7 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use tokio_postgres::Client;
 
-use super::isolation::{Conflicts, LEVELS, Level};
+use super::isolation::{Conflicts, LEVEL_OF, LEVELS, Level};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::isolation::{ACCOUNT_METRICS, AccountObservations, REFUSED};
@@ -31,17 +31,11 @@ enum Update {
     Version,
 }
 
-impl std::str::FromStr for Update {
-    type Err = UsageError;
-    fn from_str(s: &str) -> Result<Update, UsageError> {
-        Ok(match s {
-            "relative" => Update::Relative,
-            "conditional" => Update::Conditional,
-            "version" => Update::Version,
-            other => return Err(UsageError(format!("unknown update `{other}`"))),
-        })
-    }
-}
+crate::scenario::spec::words!(UPDATES, UPDATE_OF: Update = {
+    "relative" => Update::Relative,
+    "conditional" => Update::Conditional,
+    "version" => Update::Version,
+});
 
 /// check-then-act's configuration: its parameters, parsed once.
 pub struct CheckThenAct {
@@ -69,7 +63,7 @@ impl Code for CheckThenAct {
         ParamSpec::count("amount", 1, 1_000_000_000),
         ParamSpec::words("isolation", LEVELS),
         ParamSpec::words("read", &["plain", "for-update"]),
-        ParamSpec::words("update", &["relative", "conditional", "version"]),
+        ParamSpec::words("update", UPDATES),
         ParamSpec::flag("retry"),
         ParamSpec::count("max_retries", 0, 1000),
         ParamSpec::count("queue_instances", 0, 16),
@@ -128,9 +122,9 @@ impl Code for CheckThenAct {
             withdrawers,
             balance: balance as i64,
             amount: amount as i64,
-            level: p.parse("isolation")?,
+            level: p.one_of("isolation", LEVEL_OF)?,
             for_update,
-            update: p.parse("update")?,
+            update: p.one_of("update", UPDATE_OF)?,
             retry: p.flag("retry")?,
             max_retries: p.count("max_retries")?,
             instances: p.count("queue_instances")?,

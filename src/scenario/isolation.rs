@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_postgres::Client;
 
-use crate::error::UsageError;
 use crate::workload::OpError;
 
 /// The isolation level a transaction asks for; `Default` asks for none (the server's, the
@@ -19,25 +18,12 @@ pub enum Level {
     Default,
 }
 
-pub const LEVELS: &[&str] = &[
-    "read-committed",
-    "repeatable-read",
-    "serializable",
-    "default",
-];
-
-impl std::str::FromStr for Level {
-    type Err = UsageError;
-    fn from_str(s: &str) -> Result<Level, UsageError> {
-        Ok(match s {
-            "read-committed" => Level::ReadCommitted,
-            "repeatable-read" => Level::RepeatableRead,
-            "serializable" => Level::Serializable,
-            "default" => Level::Default,
-            other => return Err(UsageError(format!("unknown isolation level `{other}`"))),
-        })
-    }
-}
+crate::scenario::spec::words!(pub LEVELS, LEVEL_OF: Level = {
+    "read-committed" => Level::ReadCommitted,
+    "repeatable-read" => Level::RepeatableRead,
+    "serializable" => Level::Serializable,
+    "default" => Level::Default,
+});
 
 impl Level {
     /// The statement that opens a transaction at this level.

@@ -50,7 +50,7 @@ impl Code for OrphanLock {
     const FILE: &'static str = include_str!("../../scenarios/orphan-lock.toml");
     const PARAMS: &'static [ParamSpec] = &[
         ParamSpec::count("clients", 1, 1000),
-        ParamSpec::words("fault", &["freeze", "kill", "leak"]),
+        ParamSpec::words("fault", crate::fault::FAULTS),
         ParamSpec::words("payment", &["inside", "outside"]),
         ParamSpec::flag("reconcile"),
         ParamSpec::count("seats", 1, 1_000_000),
@@ -139,7 +139,7 @@ impl Code for OrphanLock {
             poll_every: polling.then_some(poll_every),
             transaction_timeout,
             clients: p.count("clients")?,
-            fault: p.parse("fault")?,
+            fault: p.one_of("fault", crate::fault::FAULT_OF)?,
             payment_inside,
             reconcile: p.flag("reconcile")?,
             seats: p.count("seats")?,

@@ -47,18 +47,12 @@ enum Pitfall {
     ListenNotify,
 }
 
-impl std::str::FromStr for Pitfall {
-    type Err = UsageError;
-    fn from_str(s: &str) -> Result<Pitfall, UsageError> {
-        Ok(match s {
-            "prepared-statements" => Pitfall::PreparedStatements,
-            "session-settings" => Pitfall::SessionSettings,
-            "advisory-locks" => Pitfall::AdvisoryLocks,
-            "listen-notify" => Pitfall::ListenNotify,
-            other => return Err(UsageError(format!("unknown pitfall `{other}`"))),
-        })
-    }
-}
+crate::scenario::spec::words!(PITFALLS, PITFALL_OF: Pitfall = {
+    "prepared-statements" => Pitfall::PreparedStatements,
+    "session-settings" => Pitfall::SessionSettings,
+    "advisory-locks" => Pitfall::AdvisoryLocks,
+    "listen-notify" => Pitfall::ListenNotify,
+});
 
 /// The time zone client 0 sets: far from any server's default, so a stray one shows.
 const FOREIGN_TIMEZONE: &str = "Pacific/Chatham";
@@ -88,15 +82,7 @@ impl Code for PoolerPitfalls {
     const NAME: &'static str = "pooler-pitfalls";
     const FILE: &'static str = include_str!("../../../scenarios/pooler-pitfalls.toml");
     const PARAMS: &'static [ParamSpec] = &[
-        ParamSpec::words(
-            "pitfall",
-            &[
-                "prepared-statements",
-                "session-settings",
-                "advisory-locks",
-                "listen-notify",
-            ],
-        ),
+        ParamSpec::words("pitfall", PITFALLS),
         ParamSpec::words("statements", &["named", "unnamed"]),
         ParamSpec::flag("plan_cache_option"),
         ParamSpec::words("set", &["session", "local"]),
@@ -124,7 +110,7 @@ impl Code for PoolerPitfalls {
         )?;
         // Every tenant's transaction takes the same advisory lock: they take turns, so their
         // work adds up (found by `bench claims`: 45 tenants × 9 rounds cut the xact fix off).
-        let pitfall: Pitfall = p.parse("pitfall")?;
+        let pitfall = p.one_of("pitfall", PITFALL_OF)?;
         if pitfall == Pitfall::AdvisoryLocks {
             p.deadline_outlasts(
                 1,

@@ -51,8 +51,8 @@ impl Code for SetnxRace {
     const PARAMS: &'static [ParamSpec] = &[
         ParamSpec::count("buyers", 2, 1000),
         ParamSpec::count("stock", 1, 1000),
-        ParamSpec::words("lock", &["none", "setnx", "set-nx-px", "token-fenced"]),
-        ParamSpec::words("fault", &["none", "crash", "pause"]),
+        ParamSpec::words("lock", shop::LOCK_MODES),
+        ParamSpec::words("fault", HOLDER_FAULTS),
         ParamSpec::duration("ttl", 1, HOUR_MS),
         ParamSpec::duration("payment", 0, HOUR_MS),
         ParamSpec::duration("pause", 0, HOUR_MS),
@@ -65,7 +65,7 @@ impl Code for SetnxRace {
 
     fn config(p: &Params) -> Result<SetnxRace, UsageError> {
         let ttl = p.duration("ttl")?;
-        let lock: LockMode = p.parse("lock")?;
+        let lock = p.one_of("lock", shop::LOCK_MODE_OF)?;
         let expires = matches!(lock, LockMode::SetNxPx | LockMode::TokenFenced);
         if expires && ttl.as_millis() < 1 {
             return Err(UsageError(
@@ -108,7 +108,7 @@ impl Code for SetnxRace {
             buyers: p.count("buyers")?,
             stock: p.count("stock")? as i64,
             lock,
-            fault: p.parse("fault")?,
+            fault: p.one_of("fault", HOLDER_FAULT_OF)?,
             ttl,
             payment: p.duration("payment")?,
             pause: p.duration("pause")?,
@@ -144,19 +144,11 @@ enum HolderFault {
     Pause,
 }
 
-impl std::str::FromStr for HolderFault {
-    type Err = UsageError;
-    fn from_str(s: &str) -> Result<HolderFault, UsageError> {
-        match s {
-            "none" => Ok(HolderFault::None),
-            "crash" => Ok(HolderFault::Crash),
-            "pause" => Ok(HolderFault::Pause),
-            _ => Err(UsageError(format!(
-                "fault must be none, crash or pause, not `{s}`"
-            ))),
-        }
-    }
-}
+crate::scenario::spec::words!(HOLDER_FAULTS, HOLDER_FAULT_OF: HolderFault = {
+    "none" => HolderFault::None,
+    "crash" => HolderFault::Crash,
+    "pause" => HolderFault::Pause,
+});
 
 struct Buyer {
     shop: Arc<Shop>,

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use super::recorder::Flag;
-use crate::error::UsageError;
 use crate::history::{class, epoch_ms};
 use crate::workload::OpError;
 
@@ -30,20 +29,12 @@ pub enum LockMode {
     TokenFenced,
 }
 
-impl std::str::FromStr for LockMode {
-    type Err = UsageError;
-    fn from_str(s: &str) -> Result<LockMode, UsageError> {
-        match s {
-            "none" => Ok(LockMode::None),
-            "setnx" => Ok(LockMode::Setnx),
-            "set-nx-px" => Ok(LockMode::SetNxPx),
-            "token-fenced" => Ok(LockMode::TokenFenced),
-            _ => Err(UsageError(format!(
-                "lock must be none, setnx, set-nx-px or token-fenced, not `{s}`"
-            ))),
-        }
-    }
-}
+crate::scenario::spec::words!(pub LOCK_MODES, LOCK_MODE_OF: LockMode = {
+    "none" => LockMode::None,
+    "setnx" => LockMode::Setnx,
+    "set-nx-px" => LockMode::SetNxPx,
+    "token-fenced" => LockMode::TokenFenced,
+});
 
 /// Everything a buyer needs to know; sent to the holder process as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -317,14 +317,6 @@ impl Params {
             })
     }
 
-    /// A word parameter parsed into the scenario's own type (its `FromStr`).
-    pub fn parse<T: std::str::FromStr<Err = UsageError>>(
-        &self,
-        name: &str,
-    ) -> Result<T, UsageError> {
-        self.text(name)?.parse()
-    }
-
     /// Refuses a `deadline` shorter than `times` × `window` (`what` names the window): a verdict
     /// judged within that window could not show before the cut-off. `why` says which.
     pub fn deadline_outlasts(
@@ -560,6 +552,16 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
 }
+
+/// A word parameter's words and the value each stands for, written once: `$words` for its
+/// `ParamSpec::words`, `$values` for [`Params::one_of`].
+macro_rules! words {
+    ($vis:vis $words:ident, $values:ident: $t:ty = { $($w:literal => $v:expr),+ $(,)? }) => {
+        $vis const $words: &[&str] = &[$($w),+];
+        $vis const $values: &[(&str, $t)] = &[$(($w, $v)),+];
+    };
+}
+pub(crate) use words;
 
 #[cfg(test)]
 mod tests {
