@@ -44,7 +44,7 @@ pub struct Trace {
     /// from part of a history.
     #[serde(
         default,
-        skip_serializing_if = "Option::is_none",
+        skip_serializing_if = "crate::check::input::absent_or_retired",
         deserialize_with = "crate::check::input::or_retired"
     )]
     pub input: Option<Input>,

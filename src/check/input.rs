@@ -71,11 +71,23 @@ pub fn or_retired<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Input
     let Some(value) = Option::<serde_json::Value>::deserialize(d)? else {
         return Ok(None);
     };
-    match Input::deserialize(&value) {
-        Ok(input) => Ok(Some(input)),
-        Err(e) if e.to_string().starts_with("unknown variant") => Ok(Some(Input::Retired)),
-        Err(e) => Err(serde::de::Error::custom(e)),
+    let tag = value.get("checker").and_then(serde_json::Value::as_str);
+    match (Input::deserialize(&value), tag) {
+        (Ok(input), _) => Ok(Some(input)),
+        // The checker's own name unknown, not something inside a known checker's input.
+        (Err(e), Some(tag))
+            if e.to_string()
+                .starts_with(&format!("unknown variant `{tag}`")) =>
+        {
+            Ok(Some(Input::Retired))
+        }
+        (Err(e), _) => Err(serde::de::Error::custom(e)),
     }
+}
+
+/// Nothing to write: no input, or one whose checker is retired (it is never written back).
+pub fn absent_or_retired(input: &Option<Input>) -> bool {
+    input.as_ref().is_none_or(Input::retired)
 }
 
 /// Serialises a float that may be NaN (not measured) as `null`, and reads `null` back as NaN:
@@ -105,6 +117,7 @@ mod tests {
         let mut d = serde_json::Deserializer::from_str(old);
         let input = super::or_retired(&mut d).expect("reads").expect("an input");
         assert!(input.retired());
+        assert!(super::absent_or_retired(&Some(input)), "never written back");
         let mut d =
             serde_json::Deserializer::from_str(r#"{"checker": "steps", "observations": 7}"#);
         assert!(

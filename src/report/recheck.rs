@@ -34,7 +34,7 @@ impl Recheck {
         }
         if !self.without.is_empty() {
             out.push(format!(
-                "not re-derived (no complete history in the file): {}",
+                "not re-derived (no complete history in the file, or a checker this version no longer has): {}",
                 self.without.join(", ")
             ));
         }

@@ -111,7 +111,7 @@ impl Code for ConnectionStorm {
         ParamSpec::duration("idle_timeout", 1, HOUR_MS),
         ParamSpec::duration("lock_timeout", 1, HOUR_MS),
         ParamSpec::duration("statement_timeout", 1, HOUR_MS),
-        ParamSpec::words("pooler", &["none", "shared", "separate"]), // POOLER_MODES
+        ParamSpec::words("pooler", POOLERS),
         ParamSpec::duration("query_wait_timeout", 1, HOUR_MS),
         ParamSpec::duration("deadline", 100, DAY_MS),
     ];
@@ -277,12 +277,12 @@ enum PoolerMode {
     Separate,
 }
 
-/// The `pooler` parameter's words.
-const POOLER_MODES: &[(&str, PoolerMode)] = &[
-    ("none", PoolerMode::None),
-    ("shared", PoolerMode::Shared),
-    ("separate", PoolerMode::Separate),
-];
+// The `pooler` parameter's words.
+crate::scenario::spec::words!(POOLERS, POOLER_MODES: PoolerMode = {
+    "none" => PoolerMode::None,
+    "shared" => PoolerMode::Shared,
+    "separate" => PoolerMode::Separate,
+});
 
 /// Why a variant through a pooler cannot run here: a throwaway server needs pgbouncer
 /// installed; a user's server needs the user's pooler (and a second pool of it, to keep the

@@ -90,6 +90,7 @@ impl StepClient {
         self.counted.fill(false);
         if self.round >= self.rounds {
             self.done = true;
+            self.shared.ended[self.session][self.client].store(true, Ordering::Relaxed);
         }
     }
 
@@ -234,7 +235,7 @@ impl StepClient {
             self.settled[self.pos] += 1;
             if let Some(Some(c)) = self.shared.completed[self.session].get(self.pos) {
                 if let Ok(mut per) = c.lock() {
-                    per.add(self.round, &self.shared.round);
+                    per.add(self.round, (&self.shared.round, &self.shared.ended));
                 }
                 self.shared.bump();
             }
@@ -315,9 +316,17 @@ impl StepClient {
                 *s += left;
             }
         }
+        // The steps after the fault in this round will not run either: settled (not stuck),
+        // though whoever waits on them still waits (they never completed).
+        for s in self.settled.iter_mut().skip(self.pos + 1) {
+            *s += 1;
+        }
         if let Ok(mut f) = self.shared.faulted_in[self.session].lock() {
             f.push(self.round);
         }
+        self.shared.ended[self.session][self.client].store(true, Ordering::Relaxed);
+        // Waiters on this session's later rounds stop waiting for this client.
+        self.shared.bump();
         match fault {
             Fault::Freeze => {
                 if let (Some(c), Ok(mut frozen)) = (conn, self.shared.frozen.lock()) {

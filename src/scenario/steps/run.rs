@@ -4,7 +4,7 @@
 //! their probes, then the `[metrics]` queries, and the schema dropped.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -35,6 +35,8 @@ pub(super) struct Shared {
     pub(super) current: Vec<Vec<AtomicUsize>>,
     /// Per session and client: the round it is in.
     pub(super) round: Vec<Vec<AtomicUsize>>,
+    /// Per session and client: it runs no more rounds (all run, or its fault struck).
+    pub(super) ended: Vec<Vec<AtomicBool>>,
     /// Per session: the rounds it runs (usize::MAX: until the cut-off).
     pub(super) planned: Vec<usize>,
     /// Per session: the round in which each of its faulted clients struck its fault.
@@ -96,8 +98,12 @@ impl PerRound {
     }
 
     /// One more client completed the step in `round`; now and then, the rounds every waiting
-    /// client has passed (as `rounds` shows them) are dropped.
-    pub(super) fn add(&mut self, round: usize, rounds: &[Vec<AtomicUsize>]) {
+    /// client still running has passed (as `rounds` shows them) are dropped.
+    pub(super) fn add(
+        &mut self,
+        round: usize,
+        (rounds, ended): (&[Vec<AtomicUsize>], &[Vec<AtomicBool>]),
+    ) {
         let Some(i) = round.checked_sub(self.base) else {
             return;
         };
@@ -112,12 +118,15 @@ impl PerRound {
         let Some(waiters) = &self.waiters else {
             return;
         };
+        use std::sync::atomic::Ordering::Relaxed;
+        // A client that runs no more rounds asks about none: every round is passed for it.
         let passed = waiters
             .iter()
-            .flat_map(|w| rounds.get(*w).into_iter().flatten())
-            .map(|r| r.load(std::sync::atomic::Ordering::Relaxed))
+            .flat_map(|w| rounds.get(*w).into_iter().flatten().zip(&ended[*w]))
+            .filter(|(_, gone)| !gone.load(Relaxed))
+            .map(|(r, _)| r.load(Relaxed))
             .min()
-            .unwrap_or(0);
+            .unwrap_or(usize::MAX);
         while self.base < passed && !self.counts.is_empty() {
             self.counts.pop_front();
             self.base += 1;
@@ -311,6 +320,11 @@ pub(super) fn shared(v: &StepVariant) -> Shared {
             .sessions
             .iter()
             .map(|s| (0..s.clients).map(|_| AtomicUsize::new(0)).collect())
+            .collect(),
+        ended: v
+            .sessions
+            .iter()
+            .map(|s| (0..s.clients).map(|_| AtomicBool::new(false)).collect())
             .collect(),
         planned: v.sessions.iter().map(|s| s.rounds).collect(),
         faulted_in: v.sessions.iter().map(|_| Mutex::new(Vec::new())).collect(),
@@ -553,11 +567,15 @@ mod tests {
             vec![AtomicUsize::new(0)],
             vec![AtomicUsize::new(300), AtomicUsize::new(600)],
         ];
+        let ended = vec![
+            vec![AtomicBool::new(false)],
+            vec![AtomicBool::new(false), AtomicBool::new(false)],
+        ];
         let mut looping = PerRound::new(Some(vec![1]));
         let mut counted = PerRound::new(None);
         for r in 0..1000 {
-            looping.add(r, &rounds);
-            counted.add(r, &rounds);
+            looping.add(r, (&rounds, &ended));
+            counted.add(r, (&rounds, &ended));
         }
         assert!(
             looping.counts.len() <= 1000 - 256,
@@ -570,5 +588,12 @@ mod tests {
         assert_eq!(looping.get(0), usize::MAX, "dropped: everyone passed it");
         assert_eq!(counted.counts.len(), 1000);
         assert_eq!(counted.get(0), 1);
+        // A waiter that ended (stuck at round 300 for ever) no longer holds rounds back.
+        ended[1][0].store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in 1000..1256 {
+            looping.add(r, (&rounds, &ended));
+        }
+        assert_eq!(looping.get(599), usize::MAX);
+        assert_eq!(looping.get(600), 1);
     }
 }
