@@ -13,6 +13,18 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// `locklab run ARGS` where no server binary can be found: whatever it says comes before
+/// anything would start.
+fn run_without_servers(tmp: &std::path::Path, args: &[String]) -> Output {
+    locklab(tmp)
+        .arg("run")
+        .args(args)
+        .env("LOCKLAB_PG_BIN", "/nonexistent-locklab-test")
+        .env("LOCKLAB_REDIS_BIN", "/nonexistent-locklab-test")
+        .output()
+        .expect("run locklab")
+}
+
 #[test]
 fn list_and_explain_describe_the_scenarios() {
     let tmp = tempdir();
@@ -705,15 +717,12 @@ fn every_builtin_scenario_refuses_bad_input_before_anything_starts() {
     }
     assert!(cases.len() > 100, "{} cases", cases.len());
     for (scenario, args, named) in &cases {
-        let o = locklab(tmp.path())
-            .arg("run")
-            .args(args)
-            .arg("--out")
-            .arg(&out)
-            .env("LOCKLAB_PG_BIN", "/nonexistent-locklab-test")
-            .env("LOCKLAB_REDIS_BIN", "/nonexistent-locklab-test")
-            .output()
-            .expect("run locklab");
+        let with_out = [
+            args.clone(),
+            vec!["--out".into(), out.display().to_string()],
+        ]
+        .concat();
+        let o = run_without_servers(tmp.path(), &with_out);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{scenario} {args:?}:\n{err}");
         assert!(
@@ -890,14 +899,9 @@ fn points_the_soak_found_are_refused_with_their_relation() {
         ),
     ];
     for (args, names) in points {
-        let o = locklab(tmp.path())
-            .arg("run")
-            .args(*args)
-            .arg("--no-results")
-            .env("LOCKLAB_PG_BIN", "/nonexistent-locklab-test")
-            .env("LOCKLAB_REDIS_BIN", "/nonexistent-locklab-test")
-            .output()
-            .expect("run locklab");
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.push("--no-results".into());
+        let o = run_without_servers(tmp.path(), &args);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{args:?}:\n{err}");
         assert!(err.contains(names), "{args:?} names {names}:\n{err}");

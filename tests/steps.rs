@@ -392,6 +392,19 @@ fn a_fault_can_be_waited_on_skipped_steps_are_not_stuck_and_a_waiting_probe_neve
     );
 }
 
+/// A built-in step file under a name of the user's, and a way to break one of its keys: the
+/// text `from` (which must be there) replaced by `to`.
+fn breaker(builtin: &str) -> impl Fn(&str, &str) -> String {
+    let path = format!("scenarios/{builtin}.toml");
+    let text = std::fs::read_to_string(&path)
+        .expect("a built-in step file")
+        .replacen(&format!("name = \"{builtin}\""), "name = \"mine\"", 1);
+    move |from, to| {
+        assert!(text.contains(from), "{path} has `{from}`");
+        text.replacen(from, to, 1)
+    }
+}
+
 #[test]
 fn bad_files_are_refused_with_file_line_and_column_before_anything_starts() {
     let tmp = tempdir();
@@ -427,13 +440,7 @@ fn bad_files_are_refused_with_file_line_and_column_before_anything_starts() {
         ),
     ];
     // The keys a built-in step file uses, each broken in turn.
-    let deadlock = std::fs::read_to_string("scenarios/deadlock.toml")
-        .expect("scenarios/deadlock.toml")
-        .replacen("name = \"deadlock\"", "name = \"mine\"", 1);
-    let broken = |from: &str, to: &str| {
-        assert!(deadlock.contains(from), "deadlock.toml has `{from}`");
-        deadlock.replacen(from, to, 1)
-    };
+    let broken = breaker("deadlock");
     let more = [
         (
             "requires",
@@ -476,13 +483,7 @@ fn bad_files_are_refused_with_file_line_and_column_before_anything_starts() {
     ];
     // And the keys read-skew uses: a choice of several texts, connect and repeat by parameter,
     // and captures.
-    let skew = std::fs::read_to_string("scenarios/read-skew.toml")
-        .expect("scenarios/read-skew.toml")
-        .replacen("name = \"read-skew\"", "name = \"mine\"", 1);
-    let broken = |from: &str, to: &str| {
-        assert!(skew.contains(from), "read-skew.toml has `{from}`");
-        skew.replacen(from, to, 1)
-    };
+    let broken = breaker("read-skew");
     let skewed = [
         (
             "connect-not-a-choice",
