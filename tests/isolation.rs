@@ -51,6 +51,22 @@ fn read_skew_write_skew_and_deadlock_show_on_every_round() {
     assert_eq!(metric(pooled, "worst_skew"), 100.0);
     let rc = variant(&r, "read-committed-tx");
     assert_eq!(metric(rc, "skewed_reads"), 25.0, "{rc:#}");
+    // Through a pooler of 3 server connections for 10 reports: the 3 that hold them wait for
+    // the transfer (which goes straight to the server), so every round still shows the skew.
+    let r = run(&[
+        "read-skew",
+        "--pooler",
+        "--pooler-setting",
+        "default_pool_size=3",
+        "--param",
+        "readers=10",
+    ]);
+    let rc = variant(&r, "read-committed-tx");
+    assert!(
+        metric(rc, "skewed_reads") >= 5.0,
+        "one a round at least: {rc:#}"
+    );
+    assert_eq!(metric(rc, "reads"), 50.0, "{rc:#}");
 
     let r = run(&["write-skew"]);
     assert_eq!(
