@@ -44,7 +44,7 @@ pub struct Trace {
     /// from part of a history.
     #[serde(
         default,
-        skip_serializing_if = "crate::check::input::absent_or_retired",
+        skip_serializing_if = "Option::is_none",
         deserialize_with = "crate::check::input::or_retired"
     )]
     pub input: Option<Input>,
@@ -325,8 +325,7 @@ impl Drawn {
                 }
                 d.end_ms = Some(o.end_ms);
             }
-            Input::PoolBooking(_) | Input::PoolDeadlock(_) | Input::Account(_) | Input::Retired => {
-            }
+            Input::PoolBooking(_) | Input::PoolDeadlock(_) | Input::Account(_) => {}
         }
         d
     }

@@ -34,11 +34,6 @@ pub enum Input {
     Account(isolation::AccountObservations),
     /// A step file's sessions and steps.
     Steps(Box<steps::Observations>),
-    /// A checker this version no longer has (read-skew's `reports`, from before it became a
-    /// step file): such a results file still reads (see [`or_retired`]); its verdicts are not
-    /// re-derived. Never written.
-    #[serde(skip)]
-    Retired,
 }
 
 impl Input {
@@ -55,18 +50,13 @@ impl Input {
             Input::Pooler(o) => pooler::evaluate(h, o),
             Input::Account(o) => isolation::evaluate_account(h, o),
             Input::Steps(o) => steps::evaluate(h, o),
-            Input::Retired => Evaluation::new("retired", std::iter::empty()),
         }
-    }
-
-    /// Whether its checker is one this version no longer has.
-    pub fn retired(&self) -> bool {
-        matches!(self, Input::Retired)
     }
 }
 
-/// Reads a saved checker input; one whose checker this version no longer has reads as
-/// [`Input::Retired`] instead of failing the whole results file.
+/// Reads a saved checker input; one whose checker this version does not have (read-skew's
+/// `reports`, from before it became a step file) reads as none, so its verdict is not
+/// re-derived, instead of failing the whole results file.
 pub fn or_retired<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Input>, D::Error> {
     let Some(value) = Option::<serde_json::Value>::deserialize(d)? else {
         return Ok(None);
@@ -79,15 +69,10 @@ pub fn or_retired<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Input
             if e.to_string()
                 .starts_with(&format!("unknown variant `{tag}`")) =>
         {
-            Ok(Some(Input::Retired))
+            Ok(None)
         }
         (Err(e), _) => Err(serde::de::Error::custom(e)),
     }
-}
-
-/// Nothing to write: no input, or one whose checker is retired (it is never written back).
-pub fn absent_or_retired(input: &Option<Input>) -> bool {
-    input.as_ref().is_none_or(Input::retired)
 }
 
 /// Serialises a float that may be NaN (not measured) as `null`, and reads `null` back as NaN:
@@ -115,9 +100,7 @@ mod tests {
         let old = r#"{"checker": "reports", "observations": {"invariant_total": 1000,
                       "seen": [[500, 500]], "cut_off": false}}"#;
         let mut d = serde_json::Deserializer::from_str(old);
-        let input = super::or_retired(&mut d).expect("reads").expect("an input");
-        assert!(input.retired());
-        assert!(super::absent_or_retired(&Some(input)), "never written back");
+        assert!(super::or_retired(&mut d).expect("reads").is_none());
         let mut d =
             serde_json::Deserializer::from_str(r#"{"checker": "steps", "observations": 7}"#);
         assert!(

@@ -34,7 +34,7 @@ impl Recheck {
         }
         if !self.without.is_empty() {
             out.push(format!(
-                "not re-derived (no complete history in the file, or a checker this version no longer has): {}",
+                "not re-derived (no complete history in the file, or a checker this version does not have): {}",
                 self.without.join(", ")
             ));
         }
@@ -67,7 +67,7 @@ pub fn recheck(report: &RunReport) -> Recheck {
 /// when the trace cannot re-derive it.
 fn rederive(v: &VariantReport, time_scale: f64) -> Option<Vec<String>> {
     let trace = v.trace.as_ref()?;
-    let input = trace.input.as_ref().filter(|i| !i.retired())?;
+    let input = trace.input.as_ref()?;
     let history = trace.history()?;
     let e = input.evaluate(&history);
     let mut diffs = Vec::new();

@@ -141,9 +141,14 @@ fn ident(name: &str) -> String {
     }
 }
 
-/// A string literal (standard_conforming_strings is on in every supported server).
-fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+/// A string literal, whatever the session's standard_conforming_strings: quotes doubled, and
+/// a value with a backslash as an escape string with backslashes doubled.
+pub(crate) fn literal(value: &str) -> String {
+    let quoted = value.replace('\'', "''");
+    match value.contains('\\') {
+        true => format!("E'{}'", quoted.replace('\\', "\\\\")),
+        false => format!("'{quoted}'"),
+    }
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ impl StepClient {
     /// Past the last step: another round, or done.
     fn next_round(&mut self) {
         if !std::mem::take(&mut self.failed_round) {
-            self.count_round(|r| r.ok += 1);
+            self.tally.ok += 1;
         }
         self.pos = 0;
         self.round += 1;
@@ -92,10 +92,6 @@ impl StepClient {
             self.done = true;
             self.shared.ended[self.session][self.client].store(true, Ordering::Relaxed);
         }
-    }
-
-    fn count_round(&mut self, f: impl FnOnce(&mut crate::check::steps::Rounds)) {
-        f(&mut self.tally);
     }
 
     /// Waits for the current step's conditions, the first to come true (not again in a retry
@@ -122,16 +118,16 @@ impl StepClient {
                 let round = self
                     .round
                     .min(self.shared.planned[a.session].saturating_sub(1));
-                // A client of that session that faulted in an earlier round runs no more: the
-                // others are all there is to wait for.
-                let gone = self.shared.faulted_in[a.session]
-                    .lock()
-                    .map_or(0, |f| f.iter().filter(|r| **r < round).count());
                 match a.waiting {
                     true => {
                         self.shared.waiting_seen[a.session][a.step].load(Ordering::Relaxed) > round
                     }
                     false => {
+                        // A client of that session that faulted in an earlier round runs no
+                        // more: the others are all there is to wait for.
+                        let gone = self.shared.faulted_in[a.session]
+                            .lock()
+                            .map_or(0, |f| f.iter().filter(|r| **r < round).count());
                         let needed = self.shared.current[a.session].len().saturating_sub(gone);
                         self.shared.completed[a.session][a.step]
                             .as_ref()
@@ -164,7 +160,7 @@ impl StepClient {
         }
         if !retry {
             self.complete();
-            self.count_round(|r| r.failed += 1);
+            self.tally.failed += 1;
             self.failed_round = true;
             self.skip_rest();
             return false;
@@ -172,7 +168,7 @@ impl StepClient {
         if let Ok(mut r) = self.shared.retried.lock() {
             *r.entry(kind.to_string()).or_insert(0) += 1;
         }
-        self.count_round(|r| r.retries += 1);
+        self.tally.retries += 1;
         self.retries_left -= 1;
         self.retrying = true;
         self.critical(false, None);
@@ -432,7 +428,6 @@ impl workload::Client for StepClient {
                 false => std::borrow::Cow::Borrowed(&*sql),
             };
             let into = self.into.get(self.pos).cloned().flatten();
-            self.shared.round[self.session][self.client].store(self.round, Ordering::Relaxed);
             self.shared.current[self.session][self.client].store(self.pos, Ordering::Relaxed);
             let result = match (&self.conn, &self.pool) {
                 (Some(conn), _) => run_sql(conn, &sql, into.is_some()).await,
@@ -504,16 +499,6 @@ fn fill(sql: &str, token: &str, vars: &[(String, String)]) -> String {
     out
 }
 
-/// A value as a SQL literal whatever `standard_conforming_strings` says: quotes doubled, and
-/// with a backslash, an escape string with backslashes doubled.
-fn literal(v: &str) -> String {
-    let quoted = v.replace('\'', "''");
-    match v.contains('\\') {
-        true => format!("E'{}'", quoted.replace('\\', "\\\\")),
-        false => format!("'{quoted}'"),
-    }
-}
-
 /// A step's SQL; with a capture, the first column of the last row it returned, as SQL text
 /// (a quoted literal, or NULL).
 async fn run_sql(c: &Client, sql: &str, capture: bool) -> Result<Option<String>, OpError> {
@@ -528,7 +513,7 @@ async fn run_sql(c: &Client, sql: &str, capture: bool) -> Result<Option<String>,
     for m in c.simple_query(sql).await.map_err(OpError::from)? {
         if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
             last = Some(match row.get(0) {
-                Some(v) => literal(v),
+                Some(v) => crate::env::postgres::sql::literal(v),
                 None => "NULL".into(),
             });
         }
@@ -569,6 +554,7 @@ mod tests {
             fill("SELECT ${a}, ${b}, ${token}, ${other}", "t1", &vars),
             "SELECT '${b}', 'x', t1, ${other}"
         );
+        let literal = crate::env::postgres::sql::literal;
         assert_eq!(literal("it's"), "'it''s'");
         assert_eq!(literal("a\\b"), "E'a\\\\b'");
     }

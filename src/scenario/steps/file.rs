@@ -676,7 +676,7 @@ fn fields(
 
 /// What `${…}` may name in a file's text: its parameters, and each field of a choice that
 /// maps its words to tables (`${read.connect}`), valued as its default word's.
-pub(super) fn known_refs(decls: &Decls) -> BTreeMap<String, Param> {
+fn known_refs(decls: &Decls) -> BTreeMap<String, Param> {
     let mut known = decls.values.clone();
     for (name, words) in &decls.choices {
         if let Some((base, _)) = name.split_once('.') {
@@ -787,15 +787,7 @@ fn connects(
     decls: &Decls,
     known: &BTreeMap<String, Param>,
 ) -> Result<(Connect, Option<String>, Vec<Connect>), UsageError> {
-    let word = |w: &str, span: Range<usize>| match w {
-        "direct" => Ok(Connect::Direct),
-        "pooler" => Ok(Connect::Pooler),
-        "pool" => Ok(Connect::Pool),
-        other => Err(at.err(
-            span,
-            &format!("connect is direct, pooler or pool, not `{other}`"),
-        )),
-    };
+    let word = |w: &str, span: Range<usize>| super::connect_word(w).map_err(|e| at.err(span, &e));
     let Some(c) = &s.connect else {
         return Ok((Connect::Direct, None, vec![Connect::Direct]));
     };
@@ -965,9 +957,8 @@ pub(super) fn sessions(
         if steps.is_empty() {
             return Err(at.err(s.name.span(), "a session needs at least one step"));
         }
+        let only_pool = connects.iter().all(|c| *c == Connect::Pool);
         for (t, def) in s.steps.iter().zip(&steps) {
-            let pooled = may_pool;
-            let only_pool = connects.iter().all(|c| *c == Connect::Pool);
             match def.action {
                 Action::Fault(Fault::Leak) if !only_pool => {
                     return Err(at.err(
@@ -976,7 +967,7 @@ pub(super) fn sessions(
                          it needs connect = \"pool\"",
                     ));
                 }
-                Action::Fault(Fault::Freeze | Fault::Kill) if pooled => {
+                Action::Fault(Fault::Freeze | Fault::Kill) if may_pool => {
                     return Err(at.err(
                         t.name.span(),
                         "a pool session holds no connection between steps, so there is none \

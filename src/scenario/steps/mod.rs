@@ -98,6 +98,22 @@ pub struct RetryDef {
     pub max: String,
 }
 
+/// `connect`'s words and where each goes.
+const CONNECT_OF: &[(&str, Connect)] = &[
+    ("direct", Connect::Direct),
+    ("pooler", Connect::Pooler),
+    ("pool", Connect::Pool),
+];
+
+/// A `connect` word's place, or the error saying which words there are.
+fn connect_word(w: &str) -> Result<Connect, String> {
+    CONNECT_OF
+        .iter()
+        .find(|(x, _)| *x == w)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| format!("connect is direct, pooler or pool, not `{w}`"))
+}
+
 /// Where a session's connection goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connect {
@@ -406,17 +422,9 @@ pub fn prepare(kind: &'static Kind, params: &Params) -> Result<Box<dyn Prepared>
         };
         l.rounds = if s.rounds.is_some() { rounds } else { 0 };
         let connect = match &s.connect_by {
-            Some(name) => match params.get(name)? {
-                Param::Text(t) if t == "direct" => Connect::Direct,
-                Param::Text(t) if t == "pooler" => Connect::Pooler,
-                Param::Text(t) if t == "pool" => Connect::Pool,
-                other => {
-                    return Err(bad(
-                        &s.name,
-                        format!("connect is direct, pooler or pool, not `{other}`"),
-                    ));
-                }
-            },
+            Some(name) => {
+                connect_word(&params.get(name)?.to_string()).map_err(|e| bad(&s.name, e))?
+            }
             None => s.connect,
         };
         let captures: Vec<&str> = s.steps.iter().filter_map(|t| t.into.as_deref()).collect();

@@ -116,9 +116,16 @@ pub(super) async fn sample(
                 })
                 .collect();
             #[allow(clippy::disallowed_methods)] // the statement prepared above
-            let rows = match &prepared {
-                Some(p) => c.query(p, &[&like]).await,
-                None => c.rows(stmt, &[&like]).await,
+            let look = async {
+                match &prepared {
+                    Some(p) => c.query(p, &[&like]).await,
+                    None => c.rows(stmt, &[&like]).await,
+                }
+            };
+            // A server that stops answering must not hold the variant past its end.
+            let rows = tokio::select! {
+                _ = stop.cancelled() => return,
+                rows = look => rows,
             };
             let Ok(rows) = rows else {
                 continue;
@@ -153,9 +160,9 @@ fn tally(
     let mut bumped = false;
     for row in rows {
         let app: String = row.get(0);
-        // A client's own connection (`…/w/SESSION-CLIENT`), or one of a pool session's
-        // (`…/w/SESSION-pool`), which serve its clients in turn: counted for the session,
-        // never for a client's step.
+        // A client's own connection, or a pool session's connection inside a client's step
+        // (`…/w/SESSION-CLIENT`, set for that step's transaction); or a pool's connection
+        // between steps (`…/w/SESSION-pool`): counted for the session, never for a step.
         let Some((session, client)) = names.iter().find_map(|(p, i)| {
             app.strip_prefix(p.as_str()).and_then(|n| match n {
                 "pool" => Some((*i, None)),

@@ -450,10 +450,7 @@ pub(super) async fn connect(
                 }
                 // A pool's connection carries the client's name for the step's transaction,
                 // so the server's view tells which client waits (`:waiting`, `waited_ms`).
-                (_, None) => format!(
-                    "{prefix}SET LOCAL application_name = '{}'; ",
-                    ctx.app(&format!("w/{si}-{i}")).replace('\'', "''")
-                ),
+                (_, None) => prefix.clone() + &set_for("application_name", &ctx.app(&role(si, i))),
                 _ => prefix.clone(),
             };
             let redis = match redis {
@@ -552,8 +549,14 @@ impl PgTarget {
         session: usize,
         i: usize,
     ) -> anyhow::Result<Client> {
-        self.connect(&ctx.app(&format!("w/{session}-{i}"))).await
+        self.connect(&ctx.app(&role(session, i))).await
     }
+}
+
+/// Client `i` of the session numbered `session`, as its connection names it (`w/SESSION-i`):
+/// what the sampler reads back from the server.
+fn role(session: usize, i: usize) -> String {
+    format!("w/{session}-{i}")
 }
 
 #[cfg(test)]
