@@ -62,11 +62,10 @@ pub fn main() -> i32 {
         Command::Worker { scenario } => Work::Worker(scenario),
         Command::Bench { command } => Work::Bench(command),
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        runtime.worker_threads(worker_threads());
-    }
-    let rt = match runtime.enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             crate::say!("Error: could not start the async runtime: {e}");
@@ -651,13 +650,4 @@ fn pooler_choice(args: &RunArgs) -> Result<PoolerChoice, UsageError> {
         .map(|s| crate::env::pgbouncer::parse_setting(s))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(PoolerChoice::Throwaway(settings))
-}
-
-/// locklab's worker threads: half the machine's cores, at least one. It shares the machine
-/// with the servers it starts, whose backends do the work a scenario measures; on two cores a
-/// second worker thread mostly took CPU from them (`bench driver`: the driver 0.87× pgbench
-/// with two, 0.95× with one; `run all --repeat 5` 210.8 s and 210.5 s, the same verdicts).
-/// `TOKIO_WORKER_THREADS` overrides it.
-fn worker_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
