@@ -267,7 +267,7 @@ impl Drawn {
                 });
                 d.end_ms = Some(at + o.waited_ms);
             }
-            Input::SetnxRace(o) => {
+            Input::SetnxRace(o) | Input::LockWatchdog(o) => {
                 let held: Vec<[f64; 2]> = o
                     .key_samples
                     .iter()

@@ -860,6 +860,11 @@ fn points_the_soak_found_are_refused_with_their_relation() {
             "--param set_timeout=",
         ),
         (&["setnx-race", "--param", "ttl=5.01s"], "--param ttl="),
+        (&["lock-watchdog", "--param", "pause=6s"], "--param pause="),
+        (
+            &["lock-watchdog", "--param", "max_lease=2s"],
+            "--param max_lease=",
+        ),
         (&["shutdown", "--param", "grace=12.76s"], "--param grace="),
         (
             &[

@@ -96,6 +96,24 @@ fn setnx_race_holds_from_a_few_buyers_to_a_hundred() {
     grid(&["setnx-race", "--sweep", "buyers=5,20,100"], 3);
 }
 
+/// A few buyers to a hundred, and a second item in stock (the stall then oversells nothing:
+/// two holders at once is the harm it shows).
+#[test]
+fn lock_watchdog_holds_from_a_few_buyers_to_a_hundred_and_two_items() {
+    grid(
+        &[
+            "lock-watchdog",
+            "--sweep",
+            "buyers=5,100",
+            "--sweep",
+            "stock=1,2",
+            "--param",
+            "deadline=60s",
+        ],
+        4,
+    );
+}
+
 /// Fewer tenants than the pooler's server connections, as many, and twice as many (they then
 /// queue in PgBouncer): each pitfall still shows, each fix still holds.
 #[test]

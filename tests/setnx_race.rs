@@ -37,6 +37,34 @@ fn every_variant_shows_its_verdict_and_nothing_is_left_behind() {
     assert_nothing_left(tmp.path(), Duration::from_secs(5));
 }
 
+// lock-watchdog runs on setnx-race's shop: its file checks the verdicts; these check what the
+// file cannot say: the figures come from Redis's view, and no holder process outlives the run.
+#[test]
+fn lock_watchdog_shows_each_lease_story_and_nothing_is_left_behind() {
+    let tmp = tempdir();
+    let (code, report, stderr) = run_json(tmp.path(), &["lock-watchdog"]);
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    let hung = variant(&report, "hung-worker");
+    assert_eq!(hung["outcome"], "locked-out");
+    // Renewed to the end: the hold is a lower bound, and Redis saw a renewal every third of
+    // the lease (every 167 ms at the default 500 ms after --time-scale: some 24 in the 4 s
+    // cut-off; fewer allowed for a busy machine).
+    assert_eq!(hung["lower_bounds"], serde_json::json!(["lock_held_ms"]));
+    let renewals = hung["metrics"]["renewals"].as_u64().expect("renewals");
+    assert!(renewals >= 15, "{hung:#}");
+    let bounded = variant(&report, "bounded-lease");
+    assert_eq!(bounded["outcome"], "sold-exactly");
+    // Renewed past the 1 s bound's start and freed at most one lease (500 ms) after it.
+    let held = bounded["metrics"]["lock_held_ms"].as_f64().expect("held");
+    assert!((900.0..=1560.0).contains(&held), "{bounded:#}");
+    assert_eq!(variant(&report, "stalled-process")["outcome"], "oversold");
+    assert_eq!(
+        variant(&report, "stalled-fenced")["outcome"],
+        "sold-exactly"
+    );
+    assert_nothing_left(tmp.path(), Duration::from_secs(5));
+}
+
 #[test]
 fn against_a_redis_given_by_url_with_a_password_only_our_keys_are_touched() {
     let tmp = tempdir();

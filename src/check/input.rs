@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Evaluation, isolation, lost_client, orphan_lock, pool, pooler, setnx_race, shutdown, steps,
-    storm,
+    Evaluation, isolation, lock_watchdog, lost_client, orphan_lock, pool, pooler, setnx_race,
+    shutdown, steps, storm,
 };
 use crate::history::History;
 
@@ -30,6 +30,8 @@ pub enum Input {
     PoolBooking(pool::BookingObservations),
     PoolDeadlock(pool::DeadlockObservations),
     SetnxRace(setnx_race::Observations),
+    /// lock-watchdog's: setnx-race's observations, judged on the renewed lease.
+    LockWatchdog(setnx_race::Observations),
     Pooler(pooler::PoolerObservations),
     Account(isolation::AccountObservations),
     /// A step file's sessions and steps.
@@ -47,6 +49,7 @@ impl Input {
             Input::PoolBooking(o) => pool::evaluate_booking(h, o),
             Input::PoolDeadlock(o) => pool::evaluate_deadlock(h, o),
             Input::SetnxRace(o) => setnx_race::evaluate(h, o),
+            Input::LockWatchdog(o) => lock_watchdog::evaluate(h, o),
             Input::Pooler(o) => pooler::evaluate(h, o),
             Input::Account(o) => isolation::evaluate_account(h, o),
             Input::Steps(o) => steps::evaluate(h, o),

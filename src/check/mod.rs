@@ -4,6 +4,7 @@
 pub mod expect;
 pub mod input;
 pub mod isolation;
+pub mod lock_watchdog;
 pub mod lost_client;
 pub mod orphan_lock;
 pub mod outcome;

@@ -63,11 +63,15 @@ pub struct PoolState {
     pub waiting: usize,
 }
 
-/// The key's value at one moment (wall-clock epoch milliseconds).
+/// The key's value at one moment (wall-clock epoch milliseconds), and its time to live as
+/// Redis answered `PTTL` (none: no key, or no expiry; absent from results saved before it was
+/// sampled).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeySample {
     pub at_ms: f64,
     pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<i64>,
 }
 
 // What each sample shows as gauges, on the live view and the page.

@@ -223,14 +223,17 @@ mod tests {
             KeySample {
                 at_ms: 0.0,
                 value: Some("a".into()),
+                ttl_ms: None,
             },
             KeySample {
                 at_ms: 1000.0,
                 value: None,
+                ttl_ms: None,
             },
             KeySample {
                 at_ms: 1005.0,
                 value: Some("b".into()),
+                ttl_ms: None,
             },
         ];
         assert_eq!(lock_stuck_ms(&crash, &expired, 3000.0), (900.0, false));

@@ -242,6 +242,7 @@ static CODE: &[Kind] = &[
     kind::<begin_on_pool::BeginOnPool>(),
     kind::<pool_deadlock::PoolDeadlock>(),
     kind::<setnx_race::SetnxRace>(),
+    kind::<setnx_race::LockWatchdog>(),
     kind::<pooler_pitfalls::PoolerPitfalls>(),
     kind::<check_then_act::CheckThenAct>(),
 ];

@@ -1,5 +1,5 @@
-//! The first holder: a process of its own (`locklab __worker setnx-race`) so it can crash or
-//! pause for real while it holds the lock, and locklab's handle on it.
+//! The first holder: a process of its own (`locklab __worker setnx-race`, lock-watchdog's too)
+//! so it can crash, pause or hang for real while it holds the lock, and locklab's handle on it.
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -20,6 +20,10 @@ struct HolderConfig {
     redis: RedisTarget,
     app: String,
     shop: Shop,
+    /// Its work never ends (lock-watchdog's hung worker): the process lives, and so does
+    /// whatever renews its lock.
+    #[serde(default)]
+    hang: bool,
 }
 
 /// The holder process: one purchase, its events reported as they happen.
@@ -27,9 +31,12 @@ pub async fn holder_main(io: WorkerIo) -> anyhow::Result<()> {
     let cfg: HolderConfig = io.config()?;
     let pg = cfg.pg.connect(&cfg.app).await?;
     let mut con = cfg.redis.connect().await?;
+    // A hung worker waits, after its payment, for a flag nobody sets.
+    let never = super::recorder::Flag::default();
+    let hang = cfg.hang.then_some(&never);
     let result = cfg
         .shop
-        .buy(&pg, &mut con, "holder", 0.0, None, &mut |e| io.emit(&e))
+        .buy(&pg, &mut con, "holder", 0.0, hang, &mut |e| io.emit(&e))
         .await;
     io.emit(&Event::Done {
         error: result.err().map(|e| e.class),
@@ -47,6 +54,7 @@ impl Holder {
         ctx: &VariantCtx<'_>,
         shop: &Shop,
         recorder: Recorder,
+        hang: bool,
     ) -> anyhow::Result<Holder> {
         let env = ctx.env;
         let config = HolderConfig {
@@ -54,6 +62,7 @@ impl Holder {
             redis: env.redis()?.clone(),
             app: ctx.app("w/holder"),
             shop: shop.clone(),
+            hang,
         };
         let worker = env.spawn_worker(SetnxRace::NAME, &config).await?;
         Ok(Holder {

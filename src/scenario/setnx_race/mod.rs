@@ -7,6 +7,9 @@
 mod holder;
 mod recorder;
 mod shop;
+mod watchdog;
+
+pub use watchdog::LockWatchdog;
 
 use crate::env::postgres::{Canceller, Sql as _};
 use std::future::Future;
@@ -43,6 +46,8 @@ pub struct SetnxRace {
     pause: Duration,
     retry_after: Duration,
     deadline: Duration,
+    /// lock-watchdog's bound on a renewed lease (none: renewed for as long as the holder lives).
+    max_lease: Option<Duration>,
 }
 
 impl Code for SetnxRace {
@@ -114,6 +119,7 @@ impl Code for SetnxRace {
             pause: p.duration("pause")?,
             retry_after: p.duration("retry_after")?,
             deadline: p.duration("deadline")?,
+            max_lease: None,
         })
     }
 
@@ -142,6 +148,8 @@ enum HolderFault {
     Crash,
     /// SIGSTOP for `pause`, then SIGCONT: a GC pause, a frozen function.
     Pause,
+    /// Its work never ends while its process runs on (lock-watchdog).
+    Hang,
 }
 
 crate::scenario::spec::words!(HOLDER_FAULTS, HOLDER_FAULT_OF: HolderFault = {
@@ -235,6 +243,8 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
             },
         },
     });
+    // A hung holder never finishing is the fault, not the run being cut off.
+    let holder_cut_off = raced.holder_done.is_none() && cfg.fault != HolderFault::Hang;
     let row = admin
         .one(
             &format!(
@@ -250,20 +260,21 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         .lock()
         .map(|s| s.clone())
         .unwrap_or_default();
-    Ok(VariantRun::checked(
-        &clock,
-        history,
-        crate::check::Input::SetnxRace(Observations {
-            sections,
-            key_samples,
-            crash: raced.crash,
-            end_ms: raced.end_ms,
-            cut_off: raced.driven.cut_off || raced.holder_done.is_none(),
-            stock_initial: cfg.stock,
-            stock_left: row.get(0),
-            orders: row.get(1),
-        }),
-    ))
+    let observations = Observations {
+        sections,
+        key_samples,
+        crash: raced.crash,
+        end_ms: raced.end_ms,
+        cut_off: raced.driven.cut_off || holder_cut_off,
+        stock_initial: cfg.stock,
+        stock_left: row.get(0),
+        orders: row.get(1),
+    };
+    let input = match cfg.lock.watched() {
+        true => crate::check::Input::LockWatchdog(observations),
+        false => crate::check::Input::SetnxRace(observations),
+    };
+    Ok(VariantRun::checked(&clock, history, input))
 }
 
 /// The shop's tables, stocked, and its lock keys gone; the setup session stays open to count
@@ -273,6 +284,7 @@ async fn setup(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<(Arc<Sho
     let shop = Arc::new(Shop {
         lock: cfg.lock,
         ttl_ms: cfg.ttl.as_millis() as u64,
+        max_lease_ms: cfg.max_lease.map(|d| d.as_millis() as u64),
         payment_ms: cfg.payment.as_millis() as u64,
         lock_key: ctx.redis_key("lock:product:1")?,
         fence_key: ctx.redis_key("fence:product:1")?,
@@ -375,7 +387,8 @@ async fn race(
         paying: None,
     };
     let started_ms = clock.now_ms();
-    let mut holder = Holder::start(ctx, shop, recorder).await?;
+    let hang = cfg.fault == HolderFault::Hang;
+    let mut holder = Holder::start(ctx, shop, recorder, hang).await?;
     let result = async {
         wait_paying(&mut holder).await?;
         let (crash, resume) = inject(cfg, &mut holder, shared)?;
@@ -388,6 +401,8 @@ async fn race(
         let holder_done = async {
             match crash {
                 Some(_) => Some((Err(class::CRASHED.to_string()), clock.now_ms())),
+                // A hung holder is not waited for: it never finishes.
+                None if hang => None,
                 None => holder_done(ctx, &mut holder, shared, deadline, clock).await,
             }
         };
@@ -448,6 +463,11 @@ fn inject(
 )> {
     match cfg.fault {
         HolderFault::None => Ok((None, None)),
+        // The hang is in the holder's own work; the others do not wait for it to let go.
+        HolderFault::Hang => {
+            shared.holder_released.set();
+            Ok((None, None))
+        }
         HolderFault::Crash => {
             holder.victim.inject(Fault::Kill)?;
             let at_ms = epoch_ms();

@@ -27,6 +27,31 @@ pub enum LockMode {
     /// `SET key token NX PX ttl`, compare-and-delete release, and a fencing token from INCR
     /// that PostgreSQL checks on every access to the row.
     TokenFenced,
+    /// lock-watchdog: a token, compare-and-delete release, and a lease renewed every third of
+    /// it while the holder's process lives.
+    Watchdog,
+    /// The watchdog's lock with token-fenced's fencing token.
+    WatchdogFenced,
+}
+
+impl LockMode {
+    /// Its value is a random token, and only that token's owner deletes it.
+    fn tokened(self) -> bool {
+        matches!(
+            self,
+            LockMode::TokenFenced | LockMode::Watchdog | LockMode::WatchdogFenced
+        )
+    }
+
+    /// Every lock comes with a fencing token PostgreSQL checks.
+    fn fenced(self) -> bool {
+        matches!(self, LockMode::TokenFenced | LockMode::WatchdogFenced)
+    }
+
+    /// A background task renews the lease while the holder lives.
+    pub fn watched(self) -> bool {
+        matches!(self, LockMode::Watchdog | LockMode::WatchdogFenced)
+    }
 }
 
 crate::scenario::spec::words!(pub LOCK_MODES, LOCK_MODE_OF: LockMode = {
@@ -36,12 +61,21 @@ crate::scenario::spec::words!(pub LOCK_MODES, LOCK_MODE_OF: LockMode = {
     "token-fenced" => LockMode::TokenFenced,
 });
 
+crate::scenario::spec::words!(pub WATCHDOG_LOCKS, WATCHDOG_LOCK_OF: LockMode = {
+    "watchdog" => LockMode::Watchdog,
+    "watchdog-fenced" => LockMode::WatchdogFenced,
+});
+
 /// Everything a buyer needs to know; sent to the holder process as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Shop {
     pub lock: LockMode,
     pub ttl_ms: u64,
     pub payment_ms: u64,
+    /// A watchdog stops renewing once the lock has been held this long (none: for as long as
+    /// its holder's process lives).
+    #[serde(default)]
+    pub max_lease_ms: Option<u64>,
     pub lock_key: String,
     pub fence_key: String,
     pub products: String,
@@ -71,6 +105,18 @@ pub enum Event {
 /// Only deletes the key while it still holds my token.
 const COMPARE_AND_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
+/// Extends the lease only while the key still holds my token.
+const COMPARE_AND_PEXPIRE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+
+/// The renewing task, stopped when its holder lets go (or dropped with it).
+struct Watchdog(tokio::task::JoinHandle<()>);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub struct Held {
     pub value: String,
     pub fence: Option<i64>,
@@ -92,10 +138,13 @@ impl Shop {
                     .await?
                     == 1
             }
-            LockMode::SetNxPx | LockMode::TokenFenced => {
-                let value = match self.lock {
-                    LockMode::TokenFenced => format!("{me}:{:016x}", rand::random::<u64>()),
-                    _ => me.to_string(),
+            LockMode::SetNxPx
+            | LockMode::TokenFenced
+            | LockMode::Watchdog
+            | LockMode::WatchdogFenced => {
+                let value = match self.lock.tokened() {
+                    true => format!("{me}:{:016x}", rand::random::<u64>()),
+                    false => me.to_string(),
                 };
                 let ok: Option<String> = redis::cmd("SET")
                     .arg(&self.lock_key)
@@ -108,14 +157,14 @@ impl Shop {
                 if ok.is_none() {
                     return Err(OpError::new(class::DENIED));
                 }
-                let fence = match self.lock {
-                    LockMode::TokenFenced => Some(
+                let fence = match self.lock.fenced() {
+                    true => Some(
                         redis::cmd("INCR")
                             .arg(&self.fence_key)
                             .query_async::<i64>(redis)
                             .await?,
                     ),
-                    _ => None,
+                    false => None,
                 };
                 return Ok(Some(Held { value, fence }));
             }
@@ -206,7 +255,7 @@ impl Shop {
         redis: &mut MultiplexedConnection,
         held: &Held,
     ) -> Result<Option<String>, OpError> {
-        if self.lock == LockMode::TokenFenced {
+        if self.lock.tokened() {
             let n: i64 = redis::Script::new(COMPARE_AND_DELETE)
                 .key(&self.lock_key)
                 .arg(&held.value)
@@ -225,6 +274,40 @@ impl Shop {
             .query_async(redis)
             .await?;
         Ok(if n == 1 { was } else { None })
+    }
+
+    /// A watchdog's lease renewal, every third of the lease while the holder's process runs:
+    /// it stops when the key no longer holds `value` (the lease ran out, someone else has it)
+    /// or, with `max_lease_ms`, once the lock has been held that long. A stopped process
+    /// stops its renewals with it; a hung task in a live one does not.
+    fn watchdog(&self, redis: &MultiplexedConnection, value: &str) -> Option<Watchdog> {
+        if !self.lock.watched() {
+            return None;
+        }
+        let (mut redis, key, value) = (redis.clone(), self.lock_key.clone(), value.to_string());
+        let (lease, bound) = (self.ttl_ms, self.max_lease_ms.map(Duration::from_millis));
+        let every = Duration::from_millis((lease / 3).max(1));
+        let granted = tokio::time::Instant::now();
+        Some(Watchdog(tokio::spawn(async move {
+            let renew = redis::Script::new(COMPARE_AND_PEXPIRE);
+            loop {
+                tokio::time::sleep(every).await;
+                if bound.is_some_and(|b| granted.elapsed() >= b) {
+                    return;
+                }
+                let renewed = renew
+                    .key(&key)
+                    .arg(&value)
+                    .arg(lease)
+                    .invoke_async::<i64>(&mut redis)
+                    .await;
+                // A reply of 0: the key is gone or someone else's, there is nothing to renew.
+                // An error is tried again at the next turn, as the libraries do.
+                if let Ok(0) = renewed {
+                    return;
+                }
+            }
+        })))
     }
 
     /// One purchase attempt, start to finish.
@@ -246,6 +329,7 @@ impl Shop {
             });
         }
         let fence = held.as_ref().and_then(|h| h.fence);
+        let watchdog = held.as_ref().and_then(|h| self.watchdog(redis, &h.value));
         let result = async {
             if self.read_stock(pg, fence).await? <= 0 {
                 return Err(OpError::new(class::SOLD_OUT));
@@ -258,6 +342,7 @@ impl Shop {
             self.write(pg, me, fence).await
         }
         .await;
+        drop(watchdog);
         if let Some(h) = &held {
             // The holder stops counting on the lock when it sends the release (the grant is
             // counted from the reply): so a clean hand-over never reads as an overlap.
