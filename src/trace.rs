@@ -298,6 +298,41 @@ impl Drawn {
                 }
                 d.end_ms = Some(from_epoch_ms(o.end_ms));
             }
+            Input::RedisFailover(o) => {
+                // How many nodes hold some lock: a restart or a crash shows as a drop.
+                let mut times: Vec<f64> = o.nodes.iter().flatten().map(|k| k.at_ms).collect();
+                times.sort_by(f64::total_cmp);
+                let holding = |t: f64| {
+                    o.nodes
+                        .iter()
+                        .filter(|n| {
+                            n.iter()
+                                .take_while(|k| k.at_ms <= t)
+                                .last()
+                                .is_some_and(|k| k.value.is_some())
+                        })
+                        .count() as f64
+                };
+                d.series.push(Series {
+                    name: "nodes holding a lock".into(),
+                    points: times
+                        .iter()
+                        .map(|t| [from_epoch_ms(*t), holding(*t)])
+                        .collect(),
+                });
+                if let Some(at) = o.fault_ms {
+                    d.marks
+                        .push(mark(from_epoch_ms(at), MarkKind::Fault, "nodes fail"));
+                }
+                for s in &o.sections {
+                    d.spans.push(Span {
+                        who: s.buyer.clone(),
+                        from_ms: from_epoch_ms(s.granted_ms),
+                        to_ms: s.released_ms.map(from_epoch_ms),
+                    });
+                }
+                d.end_ms = Some(from_epoch_ms(o.end_ms));
+            }
             Input::Pooler(o) => {
                 for b in &o.beliefs {
                     d.spans.push(Span {

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Evaluation, isolation, lock_watchdog, lost_client, orphan_lock, pool, pooler, setnx_race,
-    shutdown, steps, storm,
+    Evaluation, isolation, lock_watchdog, lost_client, orphan_lock, pool, pooler, redis_failover,
+    setnx_race, shutdown, steps, storm,
 };
 use crate::history::History;
 
@@ -32,6 +32,7 @@ pub enum Input {
     SetnxRace(setnx_race::Observations),
     /// lock-watchdog's: setnx-race's observations, judged on the renewed lease.
     LockWatchdog(setnx_race::Observations),
+    RedisFailover(Box<redis_failover::Observations>),
     Pooler(pooler::PoolerObservations),
     Account(isolation::AccountObservations),
     /// A step file's sessions and steps.
@@ -50,6 +51,7 @@ impl Input {
             Input::PoolDeadlock(o) => pool::evaluate_deadlock(h, o),
             Input::SetnxRace(o) => setnx_race::evaluate(h, o),
             Input::LockWatchdog(o) => lock_watchdog::evaluate(h, o),
+            Input::RedisFailover(o) => redis_failover::evaluate(h, o),
             Input::Pooler(o) => pooler::evaluate(h, o),
             Input::Account(o) => isolation::evaluate_account(h, o),
             Input::Steps(o) => steps::evaluate(h, o),

@@ -10,6 +10,7 @@ pub mod orphan_lock;
 pub mod outcome;
 pub mod pool;
 pub mod pooler;
+pub mod redis_failover;
 pub mod samples;
 pub mod setnx_race;
 pub mod shutdown;

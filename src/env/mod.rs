@@ -382,6 +382,48 @@ impl Env {
         )
     }
 
+    /// Throwaway Redis servers of the caller's own (the nodes a scenario restarts, kills or
+    /// fails over), guarded like the run's: the caller stops them when done. Only on a run
+    /// whose Redis locklab started itself ([`Self::own_redis_missing`] says why not).
+    pub async fn start_own_redis(
+        &self,
+        count: usize,
+        persistence: redis::Persistence,
+    ) -> anyhow::Result<Vec<RedisServer>> {
+        let Some(guardian) = self.redis_server.as_ref().and(self.guardian.clone()) else {
+            anyhow::bail!(
+                "Redis servers of a variant's own need a run whose Redis locklab started"
+            );
+        };
+        let starts = (0..count).map(|_| RedisServer::start_with(guardian.clone(), persistence));
+        let mut servers = Vec::with_capacity(count);
+        let mut failed = None;
+        for r in futures::future::join_all(starts).await {
+            match r {
+                Ok(s) => servers.push(s),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            for s in &mut servers {
+                s.stop().await;
+            }
+            return Err(e.context("could not start a throwaway Redis"));
+        }
+        Ok(servers)
+    }
+
+    /// Why a scenario that restarts or fails over Redis servers cannot run here: the run's
+    /// Redis is the user's (`--redis-url`).
+    pub fn own_redis_missing(&self, does: &str) -> Option<String> {
+        self.redis_server.is_none().then(|| {
+            format!(
+                "it {does}, which locklab does only to Redis servers it started: run it \
+                 without --redis-url"
+            )
+        })
+    }
+
     /// A throwaway PgBouncer of the caller's own in front of `backend` (a server from
     /// [`Self::start_own_pg`]), guarded like it; the caller stops it when done.
     pub async fn start_own_pooler(

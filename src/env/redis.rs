@@ -139,50 +139,104 @@ pub fn find_binary() -> anyhow::Result<PathBuf> {
     })
 }
 
-/// A throwaway Redis: loopback only, no persistence, a password, its own temp dir.
+/// What a throwaway Redis keeps across a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing (no RDB snapshots, no append-only file): a restart starts empty.
+    None,
+    /// `appendonly yes`, `appendfsync always`: every write is on disk before its reply.
+    AofAlways,
+}
+
+/// A throwaway Redis: loopback only, a password, its own temp dir; no persistence unless asked.
 pub struct RedisServer {
     process: ServerProcess,
     pub port: u16,
+    bin: PathBuf,
+    persistence: Persistence,
 }
 
 impl RedisServer {
     pub async fn start(guardian: Arc<Guardian>) -> anyhow::Result<RedisServer> {
+        Self::start_with(guardian, Persistence::None).await
+    }
+
+    pub async fn start_with(
+        guardian: Arc<Guardian>,
+        persistence: Persistence,
+    ) -> anyhow::Result<RedisServer> {
         let bin = find_binary()?;
         on_a_free_port("redis-server", |port| {
-            Self::start_on(&bin, guardian.clone(), port)
+            Self::start_on(&bin, guardian.clone(), port, persistence)
         })
         .await
+    }
+
+    fn command(
+        bin: &Path,
+        port: u16,
+        dir: &Path,
+        persistence: Persistence,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(match persistence {
+                Persistence::None => ["--appendonly", "no", "--appendfsync", "everysec"],
+                Persistence::AofAlways => ["--appendonly", "yes", "--appendfsync", "always"],
+            })
+            .args(["--requirepass", PASSWORD])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
     }
 
     async fn start_on(
         bin: &Path,
         guardian: Arc<Guardian>,
         port: u16,
+        persistence: Persistence,
     ) -> anyhow::Result<RedisServer> {
         let dir = GuardedDir::new(guardian, "locklab-redis")?;
-        let mut cmd = tokio::process::Command::new(bin);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--requirepass", PASSWORD])
-            .args(["--daemonize", "no", "--loglevel", "warning"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(dir.path().join("redis.log"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        // No persistence, so nothing to save: SIGKILL, rather than the ~100 ms Redis takes to
-        // notice a SIGTERM in its periodic tick.
+        let cmd = Self::command(bin, port, dir.path(), persistence);
+        // No persistence, so nothing to save; with `appendfsync always` every write is on disk
+        // already: SIGKILL, rather than the ~100 ms Redis takes to notice a SIGTERM.
         let process = ServerProcess::spawn(cmd, dir, libc::SIGKILL)
             .await
             .context("could not start redis-server")?;
-        let mut server = RedisServer { process, port };
+        let mut server = RedisServer {
+            process,
+            port,
+            bin: bin.to_path_buf(),
+            persistence,
+        };
         if let Err(e) = server.wait_ready().await {
             server.stop().await;
             return Err(e);
         }
         Ok(server)
+    }
+
+    /// Crashes the server (SIGKILL): it stays down until [`Self::restart`].
+    pub fn kill(&self) {
+        super::process::signal_group(self.process.pid(), libc::SIGKILL);
+    }
+
+    /// Crashes the server (SIGKILL, if it is still up) and starts it again on the same port and
+    /// data directory: what it kept is what its persistence wrote.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let cmd = Self::command(&self.bin, self.port, self.process.dir(), self.persistence);
+        self.process
+            .respawn(libc::SIGKILL, cmd)
+            .await
+            .context("could not restart redis-server")?;
+        self.wait_ready().await
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ pub mod orphan_lock;
 pub mod own_server;
 pub mod pool_deadlock;
 pub mod pooler_pitfalls;
+pub mod redis_failover;
 pub mod setnx_race;
 pub mod shutdown;
 pub mod spec;
@@ -243,6 +244,7 @@ static CODE: &[Kind] = &[
     kind::<pool_deadlock::PoolDeadlock>(),
     kind::<setnx_race::SetnxRace>(),
     kind::<setnx_race::LockWatchdog>(),
+    kind::<redis_failover::RedisFailover>(),
     kind::<pooler_pitfalls::PoolerPitfalls>(),
     kind::<check_then_act::CheckThenAct>(),
 ];

@@ -70,7 +70,8 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     processes_mentioning_all(&[needle])
 }
 
-/// Processes whose command line or environment mentions every one of `needles`.
+/// Processes whose command line, environment or working directory mentions every one of
+/// `needles` (redis-server rewrites its command line as its title, and works in its data dir).
 pub fn processes_mentioning_all(needles: &[&str]) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -80,7 +81,10 @@ pub fn processes_mentioning_all(needles: &[&str]) -> Vec<String> {
                 .unwrap_or_default()
         };
         let cmd = read("cmdline");
-        let all = format!("{cmd} {}", read("environ"));
+        let cwd = std::fs::read_link(entry.path().join("cwd"))
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let all = format!("{cmd} {} {cwd}", read("environ"));
         if needles.iter().all(|n| all.contains(n)) {
             found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
         }

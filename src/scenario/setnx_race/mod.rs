@@ -5,8 +5,8 @@
 //! observer samples the lock key, so overlaps and stuck locks are measured, not assumed.
 
 mod holder;
-mod recorder;
-mod shop;
+pub(crate) mod recorder;
+pub(crate) mod shop;
 mod watchdog;
 
 pub use watchdog::LockWatchdog;

@@ -180,7 +180,7 @@ impl Shop {
 
     /// Reads the stock. With a fence, the read also claims the row for this token, so a holder
     /// whose lock has since passed to a newer token can no longer write.
-    async fn read_stock(&self, pg: &Client, fence: Option<i64>) -> Result<i32, OpError> {
+    pub(crate) async fn read_stock(&self, pg: &Client, fence: Option<i64>) -> Result<i32, OpError> {
         let row = match fence {
             Some(f) => pg
                 .opt(
@@ -203,7 +203,12 @@ impl Shop {
         Ok(row.get(0))
     }
 
-    async fn write(&self, pg: &Client, me: &str, fence: Option<i64>) -> Result<(), OpError> {
+    pub(crate) async fn write(
+        &self,
+        pg: &Client,
+        me: &str,
+        fence: Option<i64>,
+    ) -> Result<(), OpError> {
         match fence {
             None => {
                 // What the unfenced code does: it already checked the stock, so it just takes one.

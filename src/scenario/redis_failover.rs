@@ -1,0 +1,637 @@
+//! redis-failover: setnx-race's shop when Redis itself fails under the lock. Each variant gets
+//! Redis servers of its own (one node, or five independent masters for Redlock) that locklab
+//! crashes and restarts while the first buyer is inside its critical section. An observer
+//! reads the lock key on every node every 2 ms, so a lock Redis forgot is seen, not assumed.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::future::BoxFuture;
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+use super::setnx_race::recorder::{Flag, Recorder};
+use super::setnx_race::shop::{Event, LockMode, PRODUCT, Shop};
+use super::spec::{DAY_MS, HOUR_MS};
+use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
+use crate::check::redis_failover::{METRICS, NodeSample, Observations};
+use crate::check::setnx_race::Section;
+use crate::env::Env;
+use crate::env::postgres::{Canceller, Sql as _};
+use crate::env::redis::{Persistence, RedisServer, RedisTarget};
+use crate::error::UsageError;
+use crate::history::{Clock, Op, Outcome, class, epoch_ms};
+use crate::workload::{self, OpError, Plan};
+
+/// Redlock's independent masters, and the majority a lock needs on them.
+const REDLOCK_NODES: usize = 5;
+const REDLOCK_QUORUM: usize = 3;
+
+/// How long one node may take to answer a lock command before the client counts it as not
+/// granted (Redlock's per-node timeout, kept well under the lease).
+const NODE_TIMEOUT: Duration = Duration::from_millis(100);
+
+pub struct RedisFailover {
+    buyers: usize,
+    stock: i64,
+    redlock: bool,
+    persistence: Persistence,
+    fault: NodeFault,
+    fenced: bool,
+    ttl: Duration,
+    payment: Duration,
+    pause: Duration,
+    retry_after: Duration,
+    deadline: Duration,
+}
+
+/// What happens to the nodes while the first holder is inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NodeFault {
+    /// The node (the only one) crashes and comes back with what its persistence kept.
+    Restart,
+    /// One of Redlock's nodes dies and stays down.
+    KillOne,
+    /// Redlock's critique: two nodes are down when the first holder locks (it gets the other
+    /// three, a majority); one of those three restarts empty and the two come back.
+    RestartGranted,
+}
+
+crate::scenario::spec::words!(NODE_FAULTS, NODE_FAULT_OF: NodeFault = {
+    "restart" => NodeFault::Restart,
+    "kill-one" => NodeFault::KillOne,
+    "restart-granted" => NodeFault::RestartGranted,
+});
+
+crate::scenario::spec::words!(LOCKS, LOCK_OF: bool = {
+    "single" => false,
+    "redlock" => true,
+});
+
+crate::scenario::spec::words!(PERSISTENCES, PERSISTENCE_OF: Persistence = {
+    "none" => Persistence::None,
+    "aof-always" => Persistence::AofAlways,
+});
+
+impl Code for RedisFailover {
+    const NAME: &'static str = "redis-failover";
+    const FILE: &'static str = include_str!("../../scenarios/redis-failover.toml");
+    const PARAMS: &'static [ParamSpec] = &[
+        ParamSpec::count("buyers", 2, 1000),
+        ParamSpec::count("stock", 1, 1000),
+        ParamSpec::words("lock", LOCKS),
+        ParamSpec::words("persistence", PERSISTENCES),
+        ParamSpec::words("fault", NODE_FAULTS),
+        ParamSpec::flag("fenced"),
+        ParamSpec::duration("ttl", 1, DAY_MS),
+        ParamSpec::duration("payment", 0, HOUR_MS),
+        ParamSpec::duration("pause", 0, HOUR_MS),
+        ParamSpec::duration("retry_after", 1, HOUR_MS),
+        ParamSpec::duration("deadline", 100, DAY_MS),
+    ];
+    const METRICS: &'static [&'static str] = METRICS;
+    const SIZED_BY: &'static str = "buyers";
+    const NEEDS_REDIS: bool = true;
+
+    fn config(p: &Params) -> Result<RedisFailover, UsageError> {
+        let redlock = p.one_of("lock", LOCK_OF)?;
+        let fault = p.one_of("fault", NODE_FAULT_OF)?;
+        match (redlock, fault) {
+            (false, NodeFault::Restart)
+            | (true, NodeFault::KillOne | NodeFault::RestartGranted) => {}
+            (false, _) => {
+                return Err(UsageError(
+                    "fault kill-one and restart-granted need lock = \"redlock\" (its five \
+                     nodes); a single node's fault is restart"
+                        .into(),
+                ));
+            }
+            (true, _) => {
+                return Err(UsageError(
+                    "lock = \"redlock\" takes fault kill-one or restart-granted; restart is a \
+                     single node's"
+                        .into(),
+                ));
+            }
+        }
+        let (stock, payment) = (p.count("stock")?, p.duration("payment")?);
+        let retry_after = p.duration("retry_after")?;
+        // The first holder waits up to `pause` after the fault for a second holder: a denied
+        // buyer must have had a few tries by then.
+        let pause = p.scaled_at_least(
+            "pause",
+            Duration::from_millis(100),
+            "a second buyer may not have tried the restarted nodes before the first resumes",
+        )?;
+        if pause < retry_after * 5 {
+            return Err(UsageError(format!(
+                "pause ({}) must be at least 5 times retry_after ({}): the buyers must try the \
+                 failed nodes a few times before the first holder resumes (--param pause={} or \
+                 more, or a shorter --param retry_after)",
+                p.as_written(pause),
+                p.as_written(retry_after),
+                p.as_written(retry_after * 5)
+            )));
+        }
+        let sales = (payment + retry_after) * stock as u32;
+        p.deadline_outlasts(
+            1,
+            "1.5 × (pause + payment + stock × (payment + retry_after))",
+            (pause + payment + sales).mul_f64(1.5),
+            "the first holder and the buyers after it could not all finish before it",
+        )?;
+        // Only the fault may take a lock away: one that expired mid-run would overlap the
+        // next for a reason the variant does not show.
+        let ttl = p.duration("ttl")?;
+        let deadline = p.duration("deadline")?;
+        if ttl < deadline * 2 {
+            return Err(UsageError(format!(
+                "ttl ({}) must be at least twice the deadline ({}): a lock that expires during \
+                 the run passes on for a reason other than the fault (--param ttl={} or more)",
+                p.as_written(ttl),
+                p.as_written(deadline),
+                p.as_written(deadline * 2)
+            )));
+        }
+        Ok(RedisFailover {
+            buyers: p.count("buyers")?,
+            stock: stock as i64,
+            redlock,
+            persistence: p.one_of("persistence", PERSISTENCE_OF)?,
+            fault,
+            fenced: p.flag("fenced")?,
+            ttl,
+            payment,
+            pause,
+            retry_after,
+            deadline,
+        })
+    }
+
+    fn sessions(&self) -> usize {
+        // Every buyer, the first included, and the setup session.
+        self.buyers + 1
+    }
+
+    fn unavailable(&self, env: &Env) -> Option<String> {
+        env.own_redis_missing("crashes and restarts Redis nodes under the lock")
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a VariantCtx<'a>,
+    ) -> impl Future<Output = anyhow::Result<VariantRun>> + Send + 'a {
+        run(self, ctx)
+    }
+}
+
+/// One node as a lock client sees it: reconnected after a crash, and given up on for this
+/// command after [`NODE_TIMEOUT`].
+struct Node {
+    target: RedisTarget,
+    con: Option<MultiplexedConnection>,
+}
+
+impl Node {
+    fn new(target: RedisTarget) -> Node {
+        Node { target, con: None }
+    }
+
+    /// The command's reply, or `None` if the node did not answer in time. A connection a
+    /// crash broke is replaced and the command sent once more, as client libraries do.
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Option<T> {
+        for _ in 0..2 {
+            let had = self.con.is_some();
+            if !had {
+                self.con = tokio::time::timeout(NODE_TIMEOUT, self.target.connect())
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+            }
+            let con = self.con.as_mut()?;
+            match tokio::time::timeout(NODE_TIMEOUT, cmd.query_async::<T>(con)).await {
+                Ok(Ok(v)) => return Some(v),
+                // A reply that is an error (a script's, a wrong type) is the node's answer.
+                Ok(Err(e)) if e.kind() != redis::ErrorKind::Io && !e.is_connection_dropped() => {
+                    return None;
+                }
+                _ => self.con = None,
+            }
+            if !had {
+                return None;
+            }
+        }
+        None
+    }
+}
+
+/// Only deletes the key while it still holds my token.
+const COMPARE_AND_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+/// A lock on one node, or Redlock's on several: granted when a quorum said yes.
+struct Locker {
+    nodes: Vec<Node>,
+    quorum: usize,
+    key: String,
+    ttl_ms: u64,
+}
+
+impl Locker {
+    /// SET NX PX on every node at once; granted on a quorum within the lease, else undone.
+    async fn acquire(&mut self, value: &str) -> bool {
+        let started = Instant::now();
+        let mut set = redis::cmd("SET");
+        set.arg(&self.key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.ttl_ms);
+        let set = &set;
+        let got = futures::future::join_all(
+            self.nodes
+                .iter_mut()
+                .map(|n| async move { n.query::<Option<String>>(set).await.flatten() }),
+        )
+        .await;
+        let granted = got.iter().filter(|r| r.is_some()).count();
+        let valid = started.elapsed() < Duration::from_millis(self.ttl_ms);
+        if granted >= self.quorum && valid {
+            return true;
+        }
+        // Redlock: a failed attempt unlocks every node, the ones it did get included.
+        self.release(value).await;
+        false
+    }
+
+    /// Compare-and-delete on every node; whether any held my token.
+    async fn release(&mut self, value: &str) -> bool {
+        let mut del = redis::cmd("EVAL");
+        del.arg(COMPARE_AND_DELETE).arg(1).arg(&self.key).arg(value);
+        let del = &del;
+        let n = futures::future::join_all(
+            self.nodes
+                .iter_mut()
+                .map(|n| async move { n.query::<i64>(del).await.unwrap_or(0) }),
+        )
+        .await;
+        n.contains(&1)
+    }
+}
+
+/// The PostgreSQL side, as setnx-race's: the stock row, the orders, the fence.
+fn shop(ctx: &VariantCtx<'_>, key: &str) -> Shop {
+    Shop {
+        lock: LockMode::TokenFenced,
+        ttl_ms: 0,
+        payment_ms: 0,
+        max_lease_ms: None,
+        lock_key: key.to_string(),
+        fence_key: String::new(),
+        products: ctx.env.pg.table("products"),
+        orders: ctx.env.pg.table("orders"),
+    }
+}
+
+/// One buyer: lock, read (claiming the row with a fence if fenced), pay, write, release.
+struct Buyer {
+    name: String,
+    locker: Locker,
+    pg: Client,
+    canceller: Canceller,
+    shop: Arc<Shop>,
+    fenced: bool,
+    sequence: String,
+    payment: Duration,
+    recorder: Recorder,
+    /// Before writing, a buyer waits until this is set (the first holder's own write, or the
+    /// moment it may write).
+    write_after: Arc<Flag>,
+    first_attempt_ms: Option<f64>,
+}
+
+impl Buyer {
+    async fn buy(&mut self) -> Result<(), OpError> {
+        let now = epoch_ms();
+        let first = *self.first_attempt_ms.get_or_insert(now);
+        let value = format!("{}:{:016x}", self.name, rand::random::<u64>());
+        if !self.locker.acquire(&value).await {
+            return Err(OpError::new(class::DENIED));
+        }
+        self.recorder.on(&Event::Granted {
+            value: value.clone(),
+            at_ms: epoch_ms(),
+            waited_ms: now - first,
+        });
+        let result = async {
+            let fence = match self.fenced {
+                true => Some(
+                    self.pg
+                        .one(&format!("SELECT nextval('{}')", self.sequence), &[])
+                        .await?
+                        .get::<_, i64>(0),
+                ),
+                false => None,
+            };
+            if self.shop.read_stock(&self.pg, fence).await? <= 0 {
+                return Err(OpError::new(class::SOLD_OUT));
+            }
+            self.recorder.on(&Event::Paying);
+            tokio::time::sleep(self.payment).await;
+            self.write_after.wait().await;
+            self.shop.write(&self.pg, &self.name, fence).await
+        }
+        .await;
+        let at_ms = epoch_ms();
+        let deleted = self.locker.release(&value).await;
+        self.recorder.on(&Event::Released {
+            at_ms,
+            deleted: deleted.then_some(value),
+        });
+        result
+    }
+}
+
+impl workload::Client for Buyer {
+    fn kind(&self) -> &'static str {
+        "buy"
+    }
+    fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
+        Box::pin(self.buy())
+    }
+    fn canceller(&self) -> Option<Canceller> {
+        Some(self.canceller.clone())
+    }
+}
+
+/// Samples the key on every node every 2 ms, and whether the node answered at all.
+/// `latest` is each node's last value as the observer saw it (the fault waits on it).
+fn observe(
+    targets: Vec<RedisTarget>,
+    key: String,
+    latest: Arc<Mutex<Vec<Option<String>>>>,
+) -> crate::observe::Watch<Vec<Vec<NodeSample>>> {
+    crate::observe::Watch::spawn(move |stop| async move {
+        let mut nodes: Vec<Node> = targets.into_iter().map(Node::new).collect();
+        let mut seen: Vec<Vec<NodeSample>> = vec![Vec::new(); nodes.len()];
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        loop {
+            let got = futures::future::join_all(
+                nodes
+                    .iter_mut()
+                    .map(|n| async { n.query::<Option<String>>(&get).await }),
+            )
+            .await;
+            let at_ms = epoch_ms();
+            if let Ok(mut l) = latest.lock() {
+                *l = got.iter().map(|v| v.clone().flatten()).collect();
+            }
+            for (samples, got) in seen.iter_mut().zip(got) {
+                let (up, value) = match got {
+                    Some(v) => (true, v),
+                    None => (false, None),
+                };
+                if samples
+                    .last()
+                    .is_none_or(|s| s.value != value || s.up != up)
+                {
+                    samples.push(NodeSample { at_ms, up, value });
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                _ = stop.cancelled() => return seen,
+            }
+        }
+    })
+}
+
+async fn run(cfg: &RedisFailover, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
+    let count = match cfg.redlock {
+        true => REDLOCK_NODES,
+        false => 1,
+    };
+    let mut servers = ctx.env.start_own_redis(count, cfg.persistence).await?;
+    let result = race(cfg, ctx, &mut servers).await;
+    for s in &mut servers {
+        s.stop().await;
+    }
+    result
+}
+
+async fn race(
+    cfg: &RedisFailover,
+    ctx: &VariantCtx<'_>,
+    servers: &mut [RedisServer],
+) -> anyhow::Result<VariantRun> {
+    let prefix = ctx.env.redis()?.prefix.clone();
+    let targets: Vec<RedisTarget> = servers.iter().map(|s| s.target(&prefix)).collect();
+    let key = ctx.redis_key("lock:product:1")?;
+    let quorum = match cfg.redlock {
+        true => REDLOCK_QUORUM,
+        false => 1,
+    };
+    let shop = Arc::new(shop(ctx, &key));
+    let sequence = ctx.env.pg.table("fences");
+    let admin = ctx.env.direct.connect(&ctx.app("admin")).await?;
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {products}, {orders}; DROP SEQUENCE IF EXISTS {sequence}; \
+             CREATE TABLE {products} (id int PRIMARY KEY, stock int NOT NULL, \
+                                      fence bigint NOT NULL DEFAULT 0); \
+             CREATE TABLE {orders} (id bigserial PRIMARY KEY, product_id int, buyer text, \
+                                    fence bigint, at timestamptz DEFAULT clock_timestamp()); \
+             CREATE SEQUENCE {sequence}; \
+             INSERT INTO {products} (id, stock) VALUES ({PRODUCT}, {stock});",
+            products = shop.products,
+            orders = shop.orders,
+            stock = cfg.stock,
+        ))
+        .await
+        .context("could not create the scenario's tables")?;
+    let sections: Arc<Mutex<Vec<Section>>> = Arc::default();
+    let someone_paying = Arc::new(Flag::default());
+    let (holder_wrote, holder_may_write) = (Arc::new(Flag::default()), Arc::new(Flag::default()));
+    let locker = |targets: &[RedisTarget]| Locker {
+        nodes: targets.iter().cloned().map(Node::new).collect(),
+        quorum,
+        key: key.clone(),
+        ttl_ms: cfg.ttl.as_millis() as u64,
+    };
+    let buyer = |i: usize, pg: Client, recorder: Recorder, write_after: Arc<Flag>| Buyer {
+        name: recorder.buyer.clone(),
+        locker: locker(&targets),
+        canceller: Canceller::new(&pg, &ctx.env.pg),
+        pg,
+        shop: shop.clone(),
+        fenced: cfg.fenced,
+        sequence: sequence.clone(),
+        payment: cfg.payment,
+        recorder,
+        write_after,
+        first_attempt_ms: (i == 0).then(epoch_ms),
+    };
+    let recorder = |name: String, paying: Option<Arc<Flag>>| Recorder {
+        buyer: name,
+        sections: sections.clone(),
+        open: None,
+        paying,
+    };
+    let mut clients: Vec<Box<dyn workload::Client>> = Vec::with_capacity(cfg.buyers);
+    for i in 1..cfg.buyers {
+        let pg = ctx
+            .env
+            .pg
+            .connect(&ctx.app(&format!("w/buyer-{i}")))
+            .await?;
+        let name = format!("buyer-{}", i + 1);
+        clients.push(Box::new(buyer(
+            i,
+            pg,
+            recorder(name, Some(someone_paying.clone())),
+            holder_wrote.clone(),
+        )));
+    }
+    let pg = ctx.env.pg.connect(&ctx.app("w/holder")).await?;
+    let holder_paying = Arc::new(Flag::default());
+    let mut holder = buyer(
+        0,
+        pg,
+        recorder("holder".into(), Some(holder_paying.clone())),
+        holder_may_write.clone(),
+    );
+
+    let clock = Clock::start();
+    let started_ms = clock.now_ms();
+    let latest: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let watcher = observe(targets.clone(), key.clone(), latest.clone());
+    // Redlock's critique: two nodes are out when the first holder locks.
+    if cfg.fault == NodeFault::RestartGranted {
+        for s in &servers[REDLOCK_QUORUM..] {
+            s.kill();
+        }
+    }
+    // The first holder takes the lock (a node slow to answer can cost it a try) and reads the
+    // stock; it writes only when let.
+    let holder_run = async {
+        let mut tries = 0;
+        let result = loop {
+            tries += 1;
+            match holder.buy().await {
+                Err(e) if e.class == class::DENIED && tries < 10 => {
+                    tokio::time::sleep(NODE_TIMEOUT).await;
+                }
+                r => break r,
+            }
+        };
+        holder_wrote.set();
+        (result, clock.now_ms())
+    };
+    let fault_and_buyers = async {
+        tokio::select! {
+            () = holder_paying.wait() => {}
+            () = holder_wrote.wait() => bail!("the first holder finished without paying"),
+            () = tokio::time::sleep(Duration::from_secs(10)) => {
+                bail!("the first holder did not start paying within 10 s")
+            }
+        }
+        // The fault waits until the observer has seen the first holder's lock on a quorum of
+        // nodes: what is lost afterwards is then seen to be lost.
+        let token = sections.lock().ok().and_then(|s| {
+            s.iter()
+                .find(|s| s.buyer == "holder")
+                .map(|s| s.value.clone())
+        });
+        let seen_by = Instant::now() + Duration::from_secs(10);
+        loop {
+            let holding = latest.lock().map_or(0, |l| {
+                l.iter().filter(|v| v.is_some() && *v == &token).count()
+            });
+            if holding >= quorum {
+                break;
+            }
+            if Instant::now() > seen_by {
+                bail!(
+                    "the observer did not see the first holder's lock on {quorum} node(s) within 10 s"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let fault_ms = epoch_ms();
+        match cfg.fault {
+            NodeFault::Restart => servers[0].restart().await?,
+            NodeFault::KillOne => servers[0].kill(),
+            NodeFault::RestartGranted => {
+                // One of the three that granted it restarts empty; the two come back.
+                for s in &mut servers[REDLOCK_QUORUM - 1..] {
+                    s.restart().await?;
+                }
+            }
+        }
+        let deadline = Instant::now() + cfg.deadline;
+        // The first holder resumes once a second holder is paying, or `pause` after the
+        // fault if nobody got the lock.
+        let resume = async {
+            let _ = tokio::time::timeout(cfg.pause, someone_paying.wait()).await;
+            holder_may_write.set();
+        };
+        let (sold, ticker) = ctx.progress_counter(" bought".into());
+        let plan = Plan::UntilOk {
+            retry_after: cfg.retry_after,
+            stop_on: &[class::SOLD_OUT, class::FENCED],
+        };
+        let (driven, ()) = tokio::join!(
+            workload::drive(clients, plan, clock, deadline, &ctx.cancel, sold),
+            resume
+        );
+        drop(ticker);
+        anyhow::Ok((driven, fault_ms))
+    };
+    let (holder_done, driven) = tokio::join!(holder_run, fault_and_buyers);
+    holder_may_write.set();
+    let end_ms = epoch_ms();
+    let nodes = watcher.finish().await;
+    ctx.terminate_sessions("w/").await?;
+    let (driven, fault_ms) = driven?;
+    let mut history = driven.history;
+    history.ops.push(Op {
+        client: cfg.buyers - 1,
+        kind: "buy".into(),
+        start_ms: started_ms,
+        end_ms: Some(holder_done.1),
+        outcome: match holder_done.0 {
+            Ok(()) => Outcome::Ok,
+            Err(e) => Outcome::Error { class: e.class },
+        },
+    });
+    let row = admin
+        .one(
+            &format!(
+                "SELECT (SELECT stock FROM {} WHERE id = $1)::int8, (SELECT count(*) FROM {})",
+                shop.products, shop.orders
+            ),
+            &[&PRODUCT],
+        )
+        .await
+        .context("could not count the orders")?;
+    let sections = sections.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok(VariantRun::checked(
+        &clock,
+        history,
+        crate::check::Input::RedisFailover(Box::new(Observations {
+            sections,
+            nodes,
+            quorum,
+            fault_ms: Some(fault_ms),
+            failover_ms: None,
+            end_ms,
+            cut_off: driven.cut_off,
+            stock_initial: cfg.stock,
+            stock_left: row.get(0),
+            orders: row.get(1),
+        })),
+    ))
+}
