@@ -17,6 +17,8 @@ fn each_failure_and_each_fix_show_and_no_node_is_left_behind() {
     assert_eq!(code, 0, "{stderr}\n{report:#}");
     for (name, outcome) in [
         ("restart-no-persistence", "oversold"),
+        ("failover-async", "oversold"),
+        ("failover-wait", "sold-exactly"),
         ("restart-aof-always", "sold-exactly"),
         ("redlock-node-lost", "sold-exactly"),
         ("redlock-restart-empty", "oversold"),
@@ -28,6 +30,13 @@ fn each_failure_and_each_fix_show_and_no_node_is_left_behind() {
     let metric = |v: &str, m: &str| variant(&report, v)["metrics"][m].clone();
     assert_eq!(metric("restart-no-persistence", "lock_lost"), 1);
     assert_eq!(metric("redlock-node-lost", "lock_lost"), 0);
+    // Sentinel's own view of the failover: a promotion within seconds, after the 200 ms it
+    // waits before calling the primary down.
+    let failover = metric("failover-async", "failover_ms")
+        .as_f64()
+        .unwrap_or(-1.0);
+    assert!((200.0..30_000.0).contains(&failover), "{failover}");
+    assert!(metric("restart-no-persistence", "failover_ms").is_null());
     assert_nothing_left(tmp.path(), Duration::from_secs(5));
 }
 
@@ -71,10 +80,11 @@ fn against_a_redis_given_by_url_every_variant_is_skipped_with_the_reason() {
 }
 
 #[test]
-fn sigkill_of_locklab_leaves_no_redis_node_and_no_data_dir() {
+fn sigkill_of_locklab_leaves_no_redis_node_no_sentinel_and_no_data_dir() {
     let tmp = tempdir();
     let mut child = locklab(tmp.path())
         .args(["run", "redis-failover", "--variant", "redlock-node-lost"])
+        .args(["--variant", "failover-async"])
         .args([
             "--param",
             "deadline=600s",
@@ -88,8 +98,9 @@ fn sigkill_of_locklab_leaves_no_redis_node_and_no_data_dir() {
         .expect("spawn locklab");
     let needle = tmp.path().to_string_lossy().to_string();
     let until = Instant::now() + Duration::from_secs(30);
-    // The run's own PostgreSQL and Redis, then the variant's five nodes.
-    while processes_mentioning_all(&["redis-server", &needle]).len() < 5 {
+    // The run's own Redis, then a variant's nodes (five masters; or a primary, its replica
+    // and three Sentinels).
+    while processes_mentioning_all(&["redis-server", &needle]).len() < 6 {
         assert!(Instant::now() < until, "the variant's nodes did not start");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -413,6 +413,43 @@ impl Env {
         Ok(servers)
     }
 
+    /// A primary, its replica and three Sentinels watching it, of the caller's own (see
+    /// [`Self::start_own_redis`]). The caller stops them when done.
+    pub async fn start_own_sentinel_pair(
+        &self,
+        down_after: std::time::Duration,
+    ) -> anyhow::Result<(Vec<RedisServer>, Vec<redis::SentinelServer>)> {
+        let mut nodes = self.start_own_redis(1, redis::Persistence::None).await?;
+        let guardian = self
+            .guardian
+            .clone()
+            .context("no guardian for the run's servers")?;
+        let primary = nodes[0].port;
+        match RedisServer::start_replica(guardian.clone(), primary).await {
+            Ok(r) => nodes.push(r),
+            Err(e) => {
+                nodes[0].stop().await;
+                return Err(e.context("could not start a throwaway Redis replica"));
+            }
+        }
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            match redis::SentinelServer::start(guardian.clone(), primary, down_after).await {
+                Ok(s) => sentinels.push(s),
+                Err(e) => {
+                    for s in &mut sentinels {
+                        s.stop().await;
+                    }
+                    for n in &mut nodes {
+                        n.stop().await;
+                    }
+                    return Err(e.context("could not start a throwaway Redis Sentinel"));
+                }
+            }
+        }
+        Ok((nodes, sentinels))
+    }
+
     /// Why a scenario that restarts or fails over Redis servers cannot run here: the run's
     /// Redis is the user's (`--redis-url`).
     pub fn own_redis_missing(&self, does: &str) -> Option<String> {

@@ -154,6 +154,8 @@ pub struct RedisServer {
     pub port: u16,
     bin: PathBuf,
     persistence: Persistence,
+    /// The primary's port, for a replica.
+    replica_of: Option<u16>,
 }
 
 impl RedisServer {
@@ -167,7 +169,26 @@ impl RedisServer {
     ) -> anyhow::Result<RedisServer> {
         let bin = find_binary()?;
         on_a_free_port("redis-server", |port| {
-            Self::start_on(&bin, guardian.clone(), port, persistence)
+            Self::start_on(&bin, guardian.clone(), port, persistence, None)
+        })
+        .await
+    }
+
+    /// A replica of the throwaway primary on `primary_port` (no persistence), started and
+    /// answering; its first sync may still be under way.
+    pub async fn start_replica(
+        guardian: Arc<Guardian>,
+        primary_port: u16,
+    ) -> anyhow::Result<RedisServer> {
+        let bin = find_binary()?;
+        on_a_free_port("redis-server", |port| {
+            Self::start_on(
+                &bin,
+                guardian.clone(),
+                port,
+                Persistence::None,
+                Some(primary_port),
+            )
         })
         .await
     }
@@ -177,6 +198,7 @@ impl RedisServer {
         port: u16,
         dir: &Path,
         persistence: Persistence,
+        replica_of: Option<u16>,
     ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(bin);
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -186,8 +208,12 @@ impl RedisServer {
                 Persistence::AofAlways => ["--appendonly", "yes", "--appendfsync", "always"],
             })
             .args(["--requirepass", PASSWORD])
-            .args(["--daemonize", "no", "--loglevel", "warning"])
-            .arg("--dir")
+            .args(["--daemonize", "no", "--loglevel", "warning"]);
+        if let Some(primary) = replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()])
+                .args(["--masterauth", PASSWORD]);
+        }
+        cmd.arg("--dir")
             .arg(dir)
             .arg("--logfile")
             .arg(dir.join("redis.log"))
@@ -202,9 +228,10 @@ impl RedisServer {
         guardian: Arc<Guardian>,
         port: u16,
         persistence: Persistence,
+        replica_of: Option<u16>,
     ) -> anyhow::Result<RedisServer> {
         let dir = GuardedDir::new(guardian, "locklab-redis")?;
-        let cmd = Self::command(bin, port, dir.path(), persistence);
+        let cmd = Self::command(bin, port, dir.path(), persistence, replica_of);
         // No persistence, so nothing to save; with `appendfsync always` every write is on disk
         // already: SIGKILL, rather than the ~100 ms Redis takes to notice a SIGTERM.
         let process = ServerProcess::spawn(cmd, dir, libc::SIGKILL)
@@ -215,12 +242,22 @@ impl RedisServer {
             port,
             bin: bin.to_path_buf(),
             persistence,
+            replica_of,
         };
         if let Err(e) = server.wait_ready().await {
             server.stop().await;
             return Err(e);
         }
         Ok(server)
+    }
+
+    /// Stops the whole process (SIGSTOP): it reads nothing, answers nothing, until resumed.
+    pub fn pause(&self) {
+        super::process::signal_group(self.process.pid(), libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        super::process::signal_group(self.process.pid(), libc::SIGCONT);
     }
 
     /// Crashes the server (SIGKILL): it stays down until [`Self::restart`].
@@ -231,7 +268,13 @@ impl RedisServer {
     /// Crashes the server (SIGKILL, if it is still up) and starts it again on the same port and
     /// data directory: what it kept is what its persistence wrote.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        let cmd = Self::command(&self.bin, self.port, self.process.dir(), self.persistence);
+        let cmd = Self::command(
+            &self.bin,
+            self.port,
+            self.process.dir(),
+            self.persistence,
+            self.replica_of,
+        );
         self.process
             .respawn(libc::SIGKILL, cmd)
             .await
@@ -260,6 +303,97 @@ impl RedisServer {
 
     pub fn target(&self, prefix: &str) -> RedisTarget {
         RedisTarget::new(&self.url(), prefix)
+    }
+
+    pub async fn stop(&mut self) {
+        self.process.stop().await;
+    }
+}
+
+/// The name Sentinel monitors the throwaway primary under.
+pub const SENTINEL_MASTER: &str = "locklab";
+
+/// A throwaway Redis Sentinel (`redis-server CONF --sentinel`) watching one primary.
+pub struct SentinelServer {
+    process: ServerProcess,
+    pub port: u16,
+}
+
+impl SentinelServer {
+    /// Monitors the primary on `primary_port` (quorum 2 of three sentinels), calling it down
+    /// after `down_after` without an answer.
+    pub async fn start(
+        guardian: Arc<Guardian>,
+        primary_port: u16,
+        down_after: Duration,
+    ) -> anyhow::Result<SentinelServer> {
+        let bin = find_binary()?;
+        on_a_free_port("redis-server --sentinel", |port| {
+            Self::start_on(&bin, guardian.clone(), port, primary_port, down_after)
+        })
+        .await
+    }
+
+    async fn start_on(
+        bin: &Path,
+        guardian: Arc<Guardian>,
+        port: u16,
+        primary_port: u16,
+        down_after: Duration,
+    ) -> anyhow::Result<SentinelServer> {
+        let dir = GuardedDir::new(guardian, "locklab-sentinel")?;
+        let conf = dir.path().join("sentinel.conf");
+        // Sentinel rewrites its own config as it learns: a file of its own, in its dir.
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\nloglevel warning\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} 2\n\
+                 sentinel auth-pass {SENTINEL_MASTER} {PASSWORD}\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} {}\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
+                 sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                down_after.as_millis().max(1)
+            ),
+        )
+        .context("could not write sentinel.conf")?;
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg(&conf)
+            .arg("--sentinel")
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(dir.path().join("sentinel.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let process = ServerProcess::spawn(cmd, dir, libc::SIGKILL)
+            .await
+            .context("could not start redis-server --sentinel")?;
+        let mut sentinel = SentinelServer { process, port };
+        let target = sentinel.target();
+        let ready = sentinel
+            .process
+            .wait_ready(
+                "redis-server --sentinel",
+                Duration::from_secs(10),
+                &["sentinel.log"],
+                || {
+                    let target = target.clone();
+                    async move { target.connect().await.map(drop) }
+                },
+            )
+            .await;
+        if let Err(e) = ready {
+            sentinel.stop().await;
+            return Err(e);
+        }
+        Ok(sentinel)
+    }
+
+    /// Sentinel takes no password here, and has no keys.
+    pub fn target(&self) -> RedisTarget {
+        RedisTarget::new(&format!("redis://127.0.0.1:{}", self.port), "")
     }
 
     pub async fn stop(&mut self) {

@@ -1,6 +1,7 @@
 //! redis-failover: setnx-race's shop when Redis itself fails under the lock. Each variant gets
-//! Redis servers of its own (one node, or five independent masters for Redlock) that locklab
-//! crashes and restarts while the first buyer is inside its critical section. An observer
+//! Redis servers of its own (one node; a primary, its replica and three Sentinels; or five
+//! independent masters for Redlock) that locklab crashes, restarts or fails over while the
+//! first buyer is inside its critical section. An observer
 //! reads the lock key on every node every 2 ms, so a lock Redis forgot is seen, not assumed.
 
 use std::future::Future;
@@ -21,7 +22,7 @@ use crate::check::redis_failover::{METRICS, NodeSample, Observations};
 use crate::check::setnx_race::Section;
 use crate::env::Env;
 use crate::env::postgres::{Canceller, Sql as _};
-use crate::env::redis::{Persistence, RedisServer, RedisTarget};
+use crate::env::redis::{Persistence, RedisServer, RedisTarget, SentinelServer};
 use crate::error::UsageError;
 use crate::history::{Clock, Op, Outcome, class, epoch_ms};
 use crate::workload::{self, OpError, Plan};
@@ -37,8 +38,12 @@ const NODE_TIMEOUT: Duration = Duration::from_millis(100);
 pub struct RedisFailover {
     buyers: usize,
     stock: i64,
-    redlock: bool,
+    lock: Lock,
     persistence: Persistence,
+    /// A holder goes on only once `WAIT` says the primary's replicas have its lock.
+    wait_replica: bool,
+    /// How long the replica stops reading its primary around the first holder's SET.
+    lag: Duration,
     fault: NodeFault,
     fenced: bool,
     ttl: Duration,
@@ -58,18 +63,42 @@ enum NodeFault {
     /// Redlock's critique: two nodes are down when the first holder locks (it gets the other
     /// three, a majority); one of those three restarts empty and the two come back.
     RestartGranted,
+    /// The replica lags (stops reading for `lag`); the primary dies once the first holder is
+    /// paying; Sentinel promotes the replica.
+    Failover,
+}
+
+/// Which Redis the lock lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    Single,
+    /// Five independent masters, a majority of three.
+    Redlock,
+    /// A primary and its replica behind three Sentinels; the client asks Sentinel which node
+    /// is the primary.
+    Sentinel,
 }
 
 crate::scenario::spec::words!(NODE_FAULTS, NODE_FAULT_OF: NodeFault = {
     "restart" => NodeFault::Restart,
     "kill-one" => NodeFault::KillOne,
     "restart-granted" => NodeFault::RestartGranted,
+    "failover" => NodeFault::Failover,
 });
 
-crate::scenario::spec::words!(LOCKS, LOCK_OF: bool = {
-    "single" => false,
-    "redlock" => true,
+crate::scenario::spec::words!(LOCKS, LOCK_OF: Lock = {
+    "single" => Lock::Single,
+    "redlock" => Lock::Redlock,
+    "sentinel" => Lock::Sentinel,
 });
+
+/// How long Sentinel waits for an answer before it calls a node down.
+const DOWN_AFTER: Duration = Duration::from_millis(200);
+
+/// What the primary is given to send its stopped replica before the lock's SET: more than
+/// the loopback socket's buffers hold, so the SET waits in the primary's own memory, and dies
+/// with it.
+const BACKLOG_BYTES: usize = 40 << 20;
 
 crate::scenario::spec::words!(PERSISTENCES, PERSISTENCE_OF: Persistence = {
     "none" => Persistence::None,
@@ -86,6 +115,8 @@ impl Code for RedisFailover {
         ParamSpec::words("persistence", PERSISTENCES),
         ParamSpec::words("fault", NODE_FAULTS),
         ParamSpec::flag("fenced"),
+        ParamSpec::flag("wait_replica"),
+        ParamSpec::duration("lag", 0, HOUR_MS),
         ParamSpec::duration("ttl", 1, DAY_MS),
         ParamSpec::duration("payment", 0, HOUR_MS),
         ParamSpec::duration("pause", 0, HOUR_MS),
@@ -97,25 +128,34 @@ impl Code for RedisFailover {
     const NEEDS_REDIS: bool = true;
 
     fn config(p: &Params) -> Result<RedisFailover, UsageError> {
-        let redlock = p.one_of("lock", LOCK_OF)?;
+        let lock = p.one_of("lock", LOCK_OF)?;
         let fault = p.one_of("fault", NODE_FAULT_OF)?;
-        match (redlock, fault) {
-            (false, NodeFault::Restart)
-            | (true, NodeFault::KillOne | NodeFault::RestartGranted) => {}
-            (false, _) => {
+        match (lock, fault) {
+            (Lock::Single, NodeFault::Restart)
+            | (Lock::Redlock, NodeFault::KillOne | NodeFault::RestartGranted)
+            | (Lock::Sentinel, NodeFault::Failover) => {}
+            _ => {
                 return Err(UsageError(
-                    "fault kill-one and restart-granted need lock = \"redlock\" (its five \
-                     nodes); a single node's fault is restart"
+                    "each lock has its faults: lock = \"single\" takes fault = \"restart\", \
+                     \"redlock\" takes kill-one or restart-granted, \"sentinel\" takes failover"
                         .into(),
                 ));
             }
-            (true, _) => {
-                return Err(UsageError(
-                    "lock = \"redlock\" takes fault kill-one or restart-granted; restart is a \
-                     single node's"
-                        .into(),
-                ));
-            }
+        }
+        let wait_replica = p.flag("wait_replica")?;
+        if wait_replica && lock != Lock::Sentinel {
+            return Err(UsageError(
+                "wait_replica needs lock = \"sentinel\": only it has a replica to wait for".into(),
+            ));
+        }
+        let lag = p.duration("lag")?;
+        if lock == Lock::Sentinel && lag < Duration::from_millis(100) {
+            return Err(UsageError(format!(
+                "lag is {} after --time-scale: under 100 ms the replica may catch up before the \
+                 primary dies (--param lag={} or more, or a larger --time-scale)",
+                humantime::format_duration(lag),
+                p.as_written(Duration::from_millis(100))
+            )));
         }
         let (stock, payment) = (p.count("stock")?, p.duration("payment")?);
         let retry_after = p.duration("retry_after")?;
@@ -159,7 +199,9 @@ impl Code for RedisFailover {
         Ok(RedisFailover {
             buyers: p.count("buyers")?,
             stock: stock as i64,
-            redlock,
+            lock,
+            wait_replica,
+            lag,
             persistence: p.one_of("persistence", PERSISTENCE_OF)?,
             fault,
             fenced: p.flag("fenced")?,
@@ -231,17 +273,45 @@ impl Node {
 /// Only deletes the key while it still holds my token.
 const COMPARE_AND_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
-/// A lock on one node, or Redlock's on several: granted when a quorum said yes.
+/// A lock on one node, or Redlock's on several: granted when a quorum said yes. Behind
+/// Sentinel, the one node is whichever Sentinel names the primary at each attempt.
 struct Locker {
     nodes: Vec<Node>,
     quorum: usize,
     key: String,
     ttl_ms: u64,
+    /// Sentinel, and the nodes' ports to find its answer among them.
+    sentinel: Option<(Node, Vec<u16>)>,
+    /// After its SET, wait (at most this long) for a replica to acknowledge it.
+    wait_replica: Option<Duration>,
 }
 
 impl Locker {
+    /// The nodes a lock goes to now: all of them, or the one Sentinel names the primary.
+    async fn current(&mut self) -> std::ops::Range<usize> {
+        let Some((sentinel, ports)) = &mut self.sentinel else {
+            return 0..self.nodes.len();
+        };
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg("get-master-addr-by-name")
+            .arg(crate::env::redis::SENTINEL_MASTER);
+        let port = sentinel
+            .query::<Option<(String, u16)>>(&ask)
+            .await
+            .flatten()
+            .map(|(_, port)| port);
+        match port.and_then(|p| ports.iter().position(|x| *x == p)) {
+            Some(i) => i..i + 1,
+            None => 0..0,
+        }
+    }
+
     /// SET NX PX on every node at once; granted on a quorum within the lease, else undone.
     async fn acquire(&mut self, value: &str) -> bool {
+        let range = self.current().await;
+        if range.is_empty() {
+            return false;
+        }
         let started = Instant::now();
         let mut set = redis::cmd("SET");
         set.arg(&self.key)
@@ -251,7 +321,7 @@ impl Locker {
             .arg(self.ttl_ms);
         let set = &set;
         let got = futures::future::join_all(
-            self.nodes
+            self.nodes[range.clone()]
                 .iter_mut()
                 .map(|n| async move { n.query::<Option<String>>(set).await.flatten() }),
         )
@@ -259,20 +329,58 @@ impl Locker {
         let granted = got.iter().filter(|r| r.is_some()).count();
         let valid = started.elapsed() < Duration::from_millis(self.ttl_ms);
         if granted >= self.quorum && valid {
-            return true;
+            match self.wait_replica {
+                None => return true,
+                Some(within) => {
+                    // WAIT blocks until the replicas have processed everything so far, or the
+                    // timeout; fewer acknowledgements than asked for means the lock exists on
+                    // the primary alone. It waits for every replica the primary has connected,
+                    // as Redisson's syncSlaves does: a primary left without one (after a
+                    // failover) has nothing to wait for.
+                    let node = &mut self.nodes[range.start];
+                    let info = node
+                        .query::<String>(redis::cmd("INFO").arg("replication"))
+                        .await
+                        .unwrap_or_default();
+                    let replicas: i64 = info
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    if replicas == 0 {
+                        return true;
+                    }
+                    let mut wait = redis::cmd("WAIT");
+                    wait.arg(replicas).arg(within.as_millis() as u64);
+                    if let Some(con) = node.con.as_mut() {
+                        let acked = tokio::time::timeout(
+                            within + Duration::from_secs(1),
+                            wait.query_async::<i64>(con),
+                        )
+                        .await;
+                        if let Ok(Ok(n)) = acked
+                            && n >= replicas
+                        {
+                            return true;
+                        }
+                    }
+                }
+            }
         }
         // Redlock: a failed attempt unlocks every node, the ones it did get included.
         self.release(value).await;
         false
     }
 
-    /// Compare-and-delete on every node; whether any held my token.
+    /// Compare-and-delete on every node (the primary, behind Sentinel); whether any held my
+    /// token.
     async fn release(&mut self, value: &str) -> bool {
+        let range = self.current().await;
         let mut del = redis::cmd("EVAL");
         del.arg(COMPARE_AND_DELETE).arg(1).arg(&self.key).arg(value);
         let del = &del;
         let n = futures::future::join_all(
-            self.nodes
+            self.nodes[range]
                 .iter_mut()
                 .map(|n| async move { n.query::<i64>(del).await.unwrap_or(0) }),
         )
@@ -410,30 +518,132 @@ fn observe(
 }
 
 async fn run(cfg: &RedisFailover, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun> {
-    let count = match cfg.redlock {
-        true => REDLOCK_NODES,
-        false => 1,
+    let (mut servers, mut sentinels) = match cfg.lock {
+        Lock::Single => (
+            ctx.env.start_own_redis(1, cfg.persistence).await?,
+            Vec::new(),
+        ),
+        Lock::Redlock => (
+            ctx.env
+                .start_own_redis(REDLOCK_NODES, cfg.persistence)
+                .await?,
+            Vec::new(),
+        ),
+        Lock::Sentinel => ctx.env.start_own_sentinel_pair(DOWN_AFTER).await?,
     };
-    let mut servers = ctx.env.start_own_redis(count, cfg.persistence).await?;
-    let result = race(cfg, ctx, &mut servers).await;
+    let result = async {
+        if cfg.lock == Lock::Sentinel {
+            sentinel_ready(&servers, &sentinels).await?;
+        }
+        race(cfg, ctx, &mut servers, &sentinels).await
+    }
+    .await;
+    for s in &mut sentinels {
+        s.stop().await;
+    }
     for s in &mut servers {
         s.stop().await;
     }
     result
 }
 
+/// When (epoch ms) the replica on `port` became the primary as Sentinel tells it: the first
+/// of them to name it (Sentinel switches once the replica itself reports the role). Returns
+/// once every Sentinel names it, so that no client is sent to the dead primary after.
+async fn promoted(port: u16, sentinels: &[RedisTarget]) -> anyhow::Result<f64> {
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut watchers: Vec<Node> = sentinels.iter().cloned().map(Node::new).collect();
+    let mut named_at: Vec<Option<f64>> = vec![None; watchers.len()];
+    let mut ask = redis::cmd("SENTINEL");
+    ask.arg("get-master-addr-by-name")
+        .arg(crate::env::redis::SENTINEL_MASTER);
+    loop {
+        for (w, at) in watchers.iter_mut().zip(named_at.iter_mut()) {
+            if at.is_none() {
+                let named = w.query::<Option<(String, u16)>>(&ask).await.flatten();
+                if named.is_some_and(|(_, p)| p == port) {
+                    *at = Some(epoch_ms());
+                }
+            }
+        }
+        if named_at.iter().all(Option::is_some) {
+            return Ok(named_at
+                .iter()
+                .flatten()
+                .copied()
+                .fold(f64::INFINITY, f64::min));
+        }
+        if Instant::now() > until {
+            bail!(
+                "Sentinel did not promote the replica within 30 s of the primary's death \
+                 ({} of {} named it)",
+                named_at.iter().flatten().count(),
+                named_at.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the replica is in sync and every Sentinel knows the replica and the other two
+/// (a failover needs a majority of them to agree).
+async fn sentinel_ready(
+    servers: &[RedisServer],
+    sentinels: &[SentinelServer],
+) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(30);
+    let replica = servers[1].target("");
+    let mut replica = Node::new(replica);
+    let mut watchers: Vec<Node> = sentinels.iter().map(|s| Node::new(s.target())).collect();
+    let master = crate::env::redis::SENTINEL_MASTER;
+    loop {
+        let synced = replica
+            .query::<String>(redis::cmd("INFO").arg("replication"))
+            .await
+            .is_some_and(|i| i.contains("master_link_status:up"));
+        let mut known = synced;
+        for w in &mut watchers {
+            if !known {
+                break;
+            }
+            let others = w
+                .query::<Vec<redis::Value>>(redis::cmd("SENTINEL").arg("sentinels").arg(master))
+                .await
+                .map_or(0, |v| v.len());
+            let replicas = w
+                .query::<Vec<redis::Value>>(redis::cmd("SENTINEL").arg("replicas").arg(master))
+                .await
+                .map_or(0, |v| v.len());
+            known = others == 2 && replicas == 1;
+        }
+        if known {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!(
+                "the Sentinels did not all find the replica and each other within 30 s \
+                 (replica in sync: {synced})"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn race(
     cfg: &RedisFailover,
     ctx: &VariantCtx<'_>,
     servers: &mut [RedisServer],
+    sentinels: &[SentinelServer],
 ) -> anyhow::Result<VariantRun> {
     let prefix = ctx.env.redis()?.prefix.clone();
     let targets: Vec<RedisTarget> = servers.iter().map(|s| s.target(&prefix)).collect();
     let key = ctx.redis_key("lock:product:1")?;
-    let quorum = match cfg.redlock {
-        true => REDLOCK_QUORUM,
-        false => 1,
+    let quorum = match cfg.lock {
+        Lock::Redlock => REDLOCK_QUORUM,
+        Lock::Single | Lock::Sentinel => 1,
     };
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    let sentinel_targets: Vec<RedisTarget> = sentinels.iter().map(SentinelServer::target).collect();
     let shop = Arc::new(shop(ctx, &key));
     let sequence = ctx.env.pg.table("fences");
     let admin = ctx.env.direct.connect(&ctx.app("admin")).await?;
@@ -455,15 +665,24 @@ async fn race(
     let sections: Arc<Mutex<Vec<Section>>> = Arc::default();
     let someone_paying = Arc::new(Flag::default());
     let (holder_wrote, holder_may_write) = (Arc::new(Flag::default()), Arc::new(Flag::default()));
-    let locker = |targets: &[RedisTarget]| Locker {
+    // Each buyer asks a Sentinel of its own choosing, as clients spread over them do.
+    let locker = |targets: &[RedisTarget], i: usize| Locker {
         nodes: targets.iter().cloned().map(Node::new).collect(),
         quorum,
         key: key.clone(),
         ttl_ms: cfg.ttl.as_millis() as u64,
+        sentinel: (!sentinel_targets.is_empty()).then(|| {
+            let s = sentinel_targets[i % sentinel_targets.len()].clone();
+            (Node::new(s), ports.clone())
+        }),
+        // Long enough to outlast the replica's lag: WAIT returns as soon as it is acknowledged.
+        wait_replica: cfg
+            .wait_replica
+            .then_some(cfg.lag * 2 + Duration::from_secs(1)),
     };
     let buyer = |i: usize, pg: Client, recorder: Recorder, write_after: Arc<Flag>| Buyer {
         name: recorder.buyer.clone(),
-        locker: locker(&targets),
+        locker: locker(&targets, i),
         canceller: Canceller::new(&pg, &ctx.env.pg),
         pg,
         shop: shop.clone(),
@@ -514,6 +733,19 @@ async fn race(
             s.kill();
         }
     }
+    // The replica lags: it stops reading, and the primary is given more to send it than the
+    // socket holds, so the lock's SET (after it) stays in the primary's memory.
+    if cfg.fault == NodeFault::Failover {
+        servers[1].pause();
+        let mut con = targets[0].connect().await?;
+        let junk = vec![b'x'; BACKLOG_BYTES];
+        redis::cmd("SET")
+            .arg(ctx.redis_key("backlog")?)
+            .arg(junk)
+            .query_async::<()>(&mut con)
+            .await
+            .context("could not fill the replication stream")?;
+    }
     // The first holder takes the lock (a node slow to answer can cost it a try) and reads the
     // stock; it writes only when let.
     let holder_run = async {
@@ -531,11 +763,23 @@ async fn race(
         (result, clock.now_ms())
     };
     let fault_and_buyers = async {
+        // Behind Sentinel the replica catches up after `lag`, unless the holder is paying
+        // first (it did not wait for the replica): then the primary dies before it does.
+        let mut caught_up = false;
+        if cfg.fault == NodeFault::Failover {
+            tokio::select! {
+                () = holder_paying.wait() => {}
+                () = tokio::time::sleep(cfg.lag) => {
+                    servers[1].resume();
+                    caught_up = true;
+                }
+            }
+        }
         tokio::select! {
             () = holder_paying.wait() => {}
             () = holder_wrote.wait() => bail!("the first holder finished without paying"),
-            () = tokio::time::sleep(Duration::from_secs(10)) => {
-                bail!("the first holder did not start paying within 10 s")
+            () = tokio::time::sleep(Duration::from_secs(10) + cfg.lag * 2) => {
+                bail!("the first holder did not start paying within 10 s (and twice the lag)")
             }
         }
         // The fault waits until the observer has seen the first holder's lock on a quorum of
@@ -561,7 +805,15 @@ async fn race(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let fault_ms = epoch_ms();
+        let mut failover_ms = None;
         match cfg.fault {
+            NodeFault::Failover => {
+                servers[0].kill();
+                if !caught_up {
+                    servers[1].resume();
+                }
+                failover_ms = Some(promoted(servers[1].port, &sentinel_targets).await? - fault_ms);
+            }
             NodeFault::Restart => servers[0].restart().await?,
             NodeFault::KillOne => servers[0].kill(),
             NodeFault::RestartGranted => {
@@ -588,14 +840,14 @@ async fn race(
             resume
         );
         drop(ticker);
-        anyhow::Ok((driven, fault_ms))
+        anyhow::Ok((driven, fault_ms, failover_ms))
     };
     let (holder_done, driven) = tokio::join!(holder_run, fault_and_buyers);
     holder_may_write.set();
     let end_ms = epoch_ms();
     let nodes = watcher.finish().await;
     ctx.terminate_sessions("w/").await?;
-    let (driven, fault_ms) = driven?;
+    let (driven, fault_ms, failover_ms) = driven?;
     let mut history = driven.history;
     history.ops.push(Op {
         client: cfg.buyers - 1,
@@ -626,7 +878,7 @@ async fn race(
             nodes,
             quorum,
             fault_ms: Some(fault_ms),
-            failover_ms: None,
+            failover_ms,
             end_ms,
             cut_off: driven.cut_off,
             stock_initial: cfg.stock,
