@@ -79,12 +79,13 @@ fn against_a_redis_given_by_url_every_variant_is_skipped_with_the_reason() {
     assert!(skipped.contains("without --redis-url"), "{skipped}");
 }
 
-#[test]
-fn sigkill_of_locklab_leaves_no_redis_node_no_sentinel_and_no_data_dir() {
-    let tmp = tempdir();
-    let mut child = locklab(tmp.path())
+/// Starts a run of a Sentinel variant and a Redlock one, and waits until a variant's nodes
+/// are up (the run's own Redis, then five masters, or a primary, its replica and three
+/// Sentinels).
+fn start_nodes(tmp: &std::path::Path) -> std::process::Child {
+    let child = locklab(tmp)
         .args(["run", "redis-failover", "--variant", "redlock-node-lost"])
-        .args(["--variant", "failover-async"])
+        .args(["--variant", "failover-wait"])
         .args([
             "--param",
             "deadline=600s",
@@ -96,16 +97,32 @@ fn sigkill_of_locklab_leaves_no_redis_node_no_sentinel_and_no_data_dir() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn locklab");
-    let needle = tmp.path().to_string_lossy().to_string();
+    let needle = tmp.to_string_lossy().to_string();
     let until = Instant::now() + Duration::from_secs(30);
-    // The run's own Redis, then a variant's nodes (five masters; or a primary, its replica
-    // and three Sentinels).
     while processes_mentioning_all(&["redis-server", &needle]).len() < 6 {
         assert!(Instant::now() < until, "the variant's nodes did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
+    child
+}
+
+#[test]
+fn sigkill_of_locklab_leaves_no_redis_node_no_sentinel_and_no_data_dir() {
+    let tmp = tempdir();
+    let mut child = start_nodes(tmp.path());
     signal(&child, libc::SIGKILL);
     child.wait().expect("wait");
     assert_nothing_left(tmp.path(), Duration::from_secs(10));
+}
+
+/// A stopped replica and Sentinels mid-discovery do not hold up an interrupt.
+#[test]
+fn ctrl_c_stops_every_node_and_sentinel_at_once() {
+    let tmp = tempdir();
+    let mut child = start_nodes(tmp.path());
+    signal(&child, libc::SIGINT);
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130));
+    assert_nothing_left(tmp.path(), Duration::from_secs(3));
 }

@@ -531,13 +531,17 @@ async fn run(cfg: &RedisFailover, ctx: &VariantCtx<'_>) -> anyhow::Result<Varian
         ),
         Lock::Sentinel => ctx.env.start_own_sentinel_pair(DOWN_AFTER).await?,
     };
-    let result = async {
-        if cfg.lock == Lock::Sentinel {
-            sentinel_ready(&servers, &sentinels).await?;
-        }
-        race(cfg, ctx, &mut servers, &sentinels).await
-    }
-    .await;
+    // An interrupt drops the race where it is (its observer stops with it): the nodes, a
+    // stopped replica included, are killed below at once, not after the variant's waits.
+    let result = tokio::select! {
+        r = async {
+            if cfg.lock == Lock::Sentinel {
+                sentinel_ready(&servers, &sentinels).await?;
+            }
+            race(cfg, ctx, &mut servers, &sentinels).await
+        } => r,
+        () = ctx.cancel.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
     for s in &mut sentinels {
         s.stop().await;
     }
