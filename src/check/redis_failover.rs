@@ -27,8 +27,8 @@ pub struct Observations {
     pub quorum: usize,
     /// When the fault hit (epoch ms).
     pub fault_ms: Option<f64>,
-    /// From the primary's death to a replica answering as the new primary, where a failover
-    /// happened.
+    /// From the primary's death to the first Sentinel naming the replica as the primary,
+    /// where a failover happened.
     pub failover_ms: Option<f64>,
     pub end_ms: f64,
     pub cut_off: bool,

@@ -351,7 +351,7 @@ impl SentinelServer {
                  sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} 2\n\
                  sentinel auth-pass {SENTINEL_MASTER} {PASSWORD}\n\
                  sentinel down-after-milliseconds {SENTINEL_MASTER} {}\n\
-                 sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 3000\n\
                  sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
                 down_after.as_millis().max(1)
             ),

@@ -33,7 +33,12 @@ const REDLOCK_QUORUM: usize = 3;
 
 /// How long one node may take to answer a lock command before the client counts it as not
 /// granted (Redlock's per-node timeout, kept well under the lease).
-const NODE_TIMEOUT: Duration = Duration::from_millis(100);
+const NODE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Denied attempts each buyer makes after the fault before the first holder may write when
+/// nobody got the lock: the buyers have then tried the failed nodes, whatever the machine's
+/// load, not only for a stretch of time.
+const TRIES_BEFORE_RESUME: usize = 5;
 
 pub struct RedisFailover {
     buyers: usize,
@@ -141,6 +146,16 @@ impl Code for RedisFailover {
                         .into(),
                 ));
             }
+        }
+        if fault == NodeFault::RestartGranted
+            && p.one_of("persistence", PERSISTENCE_OF)? != Persistence::None
+        {
+            return Err(UsageError(
+                "fault = \"restart-granted\" restarts a node empty: with persistence = \
+                 \"aof-always\" it keeps the lock and the variant can show nothing (--param \
+                 persistence=none)"
+                    .into(),
+            ));
         }
         let wait_replica = p.flag("wait_replica")?;
         if wait_replica && lock != Lock::Sentinel {
@@ -418,6 +433,8 @@ struct Buyer {
     /// moment it may write).
     write_after: Arc<Flag>,
     first_attempt_ms: Option<f64>,
+    /// Denied attempts of the buyers, counted from the fault.
+    denied: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Buyer {
@@ -426,6 +443,8 @@ impl Buyer {
         let first = *self.first_attempt_ms.get_or_insert(now);
         let value = format!("{}:{:016x}", self.name, rand::random::<u64>());
         if !self.locker.acquire(&value).await {
+            self.denied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(OpError::new(class::DENIED));
         }
         self.recorder.on(&Event::Granted {
@@ -667,6 +686,7 @@ async fn race(
         .await
         .context("could not create the scenario's tables")?;
     let sections: Arc<Mutex<Vec<Section>>> = Arc::default();
+    let denied_after_fault: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
     let someone_paying = Arc::new(Flag::default());
     let (holder_wrote, holder_may_write) = (Arc::new(Flag::default()), Arc::new(Flag::default()));
     // Each buyer asks a Sentinel of its own choosing, as clients spread over them do.
@@ -696,6 +716,7 @@ async fn race(
         recorder,
         write_after,
         first_attempt_ms: (i == 0).then(epoch_ms),
+        denied: denied_after_fault.clone(),
     };
     let recorder = |name: String, paying: Option<Arc<Flag>>| Recorder {
         buyer: name,
@@ -767,10 +788,11 @@ async fn race(
         (result, clock.now_ms())
     };
     let fault_and_buyers = async {
-        // Behind Sentinel the replica catches up after `lag`, unless the holder is paying
-        // first (it did not wait for the replica): then the primary dies before it does.
+        // Behind Sentinel the replica catches up after `lag` for a holder that waits for it
+        // (WAIT holds it back until then); one that does not wait pays at once, and the
+        // primary dies before the replica has caught up.
         let mut caught_up = false;
-        if cfg.fault == NodeFault::Failover {
+        if cfg.fault == NodeFault::Failover && cfg.wait_replica {
             tokio::select! {
                 () = holder_paying.wait() => {}
                 () = tokio::time::sleep(cfg.lag) => {
@@ -816,7 +838,23 @@ async fn race(
                 if !caught_up {
                     servers[1].resume();
                 }
-                failover_ms = Some(promoted(servers[1].port, &sentinel_targets).await? - fault_ms);
+                let at = promoted(servers[1].port, &sentinel_targets).await?;
+                failover_ms = Some(at - fault_ms);
+                // The holder's lease must still outlast the buyers' cut-off: a lock that
+                // expired would pass on for a reason other than the failover.
+                let granted = sections
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.iter().find(|s| s.buyer == "holder").map(|s| s.granted_ms));
+                let lease_left = granted.map_or(0.0, |g| g + cfg.ttl.as_secs_f64() * 1000.0 - at);
+                if lease_left < cfg.deadline.as_secs_f64() * 1000.0 * 1.5 {
+                    bail!(
+                        "the failover took {:.1} s, and the first holder's lease would run out \
+                         before the cut-off: the verdict would not be the failover's (raise \
+                         --param ttl)",
+                        (at - fault_ms) / 1000.0
+                    );
+                }
             }
             NodeFault::Restart => servers[0].restart().await?,
             NodeFault::KillOne => servers[0].kill(),
@@ -828,10 +866,23 @@ async fn race(
             }
         }
         let deadline = Instant::now() + cfg.deadline;
-        // The first holder resumes once a second holder is paying, or `pause` after the
-        // fault if nobody got the lock.
+        denied_after_fault.store(0, std::sync::atomic::Ordering::Relaxed);
+        // The first holder resumes once a second holder is paying; or, if nobody got the lock,
+        // once `pause` has passed and the buyers have each been denied a few times since the
+        // fault (the cut-off at the latest).
         let resume = async {
-            let _ = tokio::time::timeout(cfg.pause, someone_paying.wait()).await;
+            let tried = async {
+                tokio::time::sleep(cfg.pause).await;
+                let enough = TRIES_BEFORE_RESUME * (cfg.buyers - 1);
+                while denied_after_fault.load(std::sync::atomic::Ordering::Relaxed) < enough {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                () = someone_paying.wait() => {}
+                () = tried => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
             holder_may_write.set();
         };
         let (sold, ticker) = ctx.progress_counter(" bought".into());
@@ -845,6 +896,13 @@ async fn race(
         );
         drop(ticker);
         anyhow::Ok((driven, fault_ms, failover_ms))
+    };
+    // However the fault and the buyers end (an error included), the holder may then write:
+    // it never waits on a permission nobody is left to give.
+    let fault_and_buyers = async {
+        let r = fault_and_buyers.await;
+        holder_may_write.set();
+        r
     };
     let (holder_done, driven) = tokio::join!(holder_run, fault_and_buyers);
     holder_may_write.set();

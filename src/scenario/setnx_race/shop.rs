@@ -283,7 +283,7 @@ impl Shop {
 
     /// A watchdog's lease renewal, every third of the lease while the holder's process runs:
     /// it stops when the key no longer holds `value` (the lease ran out, someone else has it)
-    /// or, with `max_lease_ms`, once the lock has been held that long. A stopped process
+    /// or, with `max_lease_ms`, before a renewal would come after that bound. A stopped process
     /// stops its renewals with it; a hung task in a live one does not.
     fn watchdog(&self, redis: &MultiplexedConnection, value: &str) -> Option<Watchdog> {
         if !self.lock.watched() {
@@ -297,7 +297,9 @@ impl Shop {
             let renew = redis::Script::new(COMPARE_AND_PEXPIRE);
             loop {
                 tokio::time::sleep(every).await;
-                if bound.is_some_and(|b| granted.elapsed() >= b) {
+                // The last renewal comes at least one period before the bound: the lock then
+                // runs out between a third and two thirds of a lease after it.
+                if bound.is_some_and(|b| granted.elapsed() + every > b) {
                     return;
                 }
                 let renewed = renew

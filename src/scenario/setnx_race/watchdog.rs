@@ -23,7 +23,7 @@ crate::scenario::spec::words!(WATCHDOG_FAULTS, WATCHDOG_FAULT_OF: HolderFault = 
 
 /// The shortest lease after --time-scale: renewed every third of it, a shorter one is lost to
 /// a scheduler's hiccup rather than to the fault.
-const MIN_LEASE: Duration = Duration::from_millis(150);
+const MIN_LEASE: Duration = Duration::from_millis(400);
 
 /// The shortest payment a stall must land inside: the holder is stopped on its report that it
 /// is paying, and must still be paying when the signal arrives.
