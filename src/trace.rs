@@ -211,6 +211,17 @@ impl Drawn {
             kind,
             what: what.to_string(),
         };
+        // A shop's lock holders, grant to release, and where the run ended.
+        let holders = |d: &mut Drawn, sections: &[crate::check::setnx_race::Section], end_ms| {
+            for s in sections {
+                d.spans.push(Span {
+                    who: s.buyer.clone(),
+                    from_ms: from_epoch_ms(s.granted_ms),
+                    to_ms: s.released_ms.map(from_epoch_ms),
+                });
+            }
+            d.end_ms = Some(from_epoch_ms(end_ms));
+        };
         let mut d = Drawn::default();
         match input {
             Input::OrphanLock(o) => d.orphan_lock(o, &from_s),
@@ -289,14 +300,7 @@ impl Drawn {
                         "holder crashed",
                     ));
                 }
-                for s in &o.sections {
-                    d.spans.push(Span {
-                        who: s.buyer.clone(),
-                        from_ms: from_epoch_ms(s.granted_ms),
-                        to_ms: s.released_ms.map(from_epoch_ms),
-                    });
-                }
-                d.end_ms = Some(from_epoch_ms(o.end_ms));
+                holders(&mut d, &o.sections, o.end_ms);
             }
             Input::RedisFailover(o) => {
                 // How many nodes hold some lock: a restart or a crash shows as a drop.
@@ -324,14 +328,7 @@ impl Drawn {
                     d.marks
                         .push(mark(from_epoch_ms(at), MarkKind::Fault, "nodes fail"));
                 }
-                for s in &o.sections {
-                    d.spans.push(Span {
-                        who: s.buyer.clone(),
-                        from_ms: from_epoch_ms(s.granted_ms),
-                        to_ms: s.released_ms.map(from_epoch_ms),
-                    });
-                }
-                d.end_ms = Some(from_epoch_ms(o.end_ms));
+                holders(&mut d, &o.sections, o.end_ms);
             }
             Input::Pooler(o) => {
                 for b in &o.beliefs {

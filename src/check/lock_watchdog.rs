@@ -7,9 +7,9 @@ use serde_json::json;
 
 use super::Evaluation;
 use super::samples::KeySample;
-use super::setnx_race::{Observations, Section, max_concurrent, outcome};
-use super::stats::{json_ms, p50, p99};
-use crate::history::{History, class};
+use super::setnx_race::{Observations, Sale, Section, max_concurrent};
+use super::stats::json_ms;
+use crate::history::History;
 
 pub const METRICS: &[&str] = &[
     "lock_held_ms",
@@ -55,48 +55,36 @@ pub fn renewals(samples: &[KeySample]) -> usize {
 }
 
 pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
-    let count = |class: &str| h.count("buy", class);
-    let sold = obs.orders;
-    let oversold = (sold - obs.stock_initial).max(0);
+    let sale = Sale::of(
+        h,
+        obs.stock_initial,
+        obs.stock_left,
+        obs.orders,
+        obs.cut_off,
+    );
     let held = obs
         .sections
         .iter()
         .find(|s| s.buyer == HOLDER)
         .map(|s| lock_held_ms(s, &obs.key_samples, obs.end_ms));
-    let latencies = h.completed_latencies("buy");
     let metrics = [
         ("lock_held_ms", json_ms(held.map(|(ms, _)| ms))),
         (
             "max_holders",
             json!(max_concurrent(&obs.sections, obs.end_ms)),
         ),
-        ("oversold", json!(oversold)),
         ("renewals", json!(renewals(&obs.key_samples))),
-        ("sold", json!(sold)),
-        ("stock_left", json!(obs.stock_left)),
-        ("stale_writes_rejected", json!(count(class::FENCED))),
-        ("denied", json!(count(class::DENIED))),
-        ("sold_out", json!(count(class::SOLD_OUT))),
-        ("p50_ms", p50(&latencies)),
-        ("p99_ms", p99(&latencies)),
-        ("cut_off", json!(obs.cut_off)),
     ];
     let still_held = held.is_some_and(|(_, open)| open);
-    let outcome = if oversold > 0 {
-        outcome::OVERSOLD
-    } else if sold == 0 && still_held {
-        outcome::LOCKED_OUT
-    } else if sold == obs.stock_initial {
-        outcome::SOLD_EXACTLY
-    } else {
-        outcome::UNDERSOLD
-    };
-    Evaluation::new(outcome, metrics).lower_bound("lock_held_ms", still_held)
+    let outcome = sale.outcome(obs.stock_initial, still_held);
+    Evaluation::new(outcome, metrics.into_iter().chain(sale.metrics))
+        .lower_bound("lock_held_ms", still_held)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::setnx_race::outcome;
 
     fn sample(at_ms: f64, value: Option<&str>, ttl_ms: Option<i64>) -> KeySample {
         KeySample {

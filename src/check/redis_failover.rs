@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Evaluation;
-use super::setnx_race::{Section, max_concurrent, outcome};
-use super::stats::{json_ms, p50, p99};
-use crate::history::{History, class};
+use super::setnx_race::{Sale, Section, max_concurrent};
+use super::stats::json_ms;
+use crate::history::History;
 
 /// One node's key at one moment (epoch ms): its value, or that the node did not answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,47 +92,34 @@ pub fn lost(s: &Section, nodes: &[Vec<NodeSample>], quorum: usize, end_ms: f64) 
 }
 
 pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
-    let count = |class: &str| h.count("buy", class);
-    let sold = obs.orders;
-    let oversold = (sold - obs.stock_initial).max(0);
+    let sale = Sale::of(
+        h,
+        obs.stock_initial,
+        obs.stock_left,
+        obs.orders,
+        obs.cut_off,
+    );
     let lock_lost = obs
         .sections
         .iter()
         .filter(|s| lost(s, &obs.nodes, obs.quorum, obs.end_ms))
         .count();
-    let latencies = h.completed_latencies("buy");
     let metrics = [
         (
             "max_holders",
             json!(max_concurrent(&obs.sections, obs.end_ms)),
         ),
-        ("oversold", json!(oversold)),
         ("lock_lost", json!(lock_lost)),
-        ("stale_writes_rejected", json!(count(class::FENCED))),
         ("failover_ms", json_ms(obs.failover_ms)),
-        ("sold", json!(sold)),
-        ("stock_left", json!(obs.stock_left)),
-        ("denied", json!(count(class::DENIED))),
-        ("sold_out", json!(count(class::SOLD_OUT))),
-        ("p50_ms", p50(&latencies)),
-        ("p99_ms", p99(&latencies)),
-        ("cut_off", json!(obs.cut_off)),
     ];
-    let outcome = if oversold > 0 {
-        outcome::OVERSOLD
-    } else if sold == 0 && obs.cut_off {
-        outcome::LOCKED_OUT
-    } else if sold == obs.stock_initial {
-        outcome::SOLD_EXACTLY
-    } else {
-        outcome::UNDERSOLD
-    };
-    Evaluation::new(outcome, metrics)
+    let outcome = sale.outcome(obs.stock_initial, obs.cut_off);
+    Evaluation::new(outcome, metrics.into_iter().chain(sale.metrics))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::setnx_race::outcome;
 
     fn k(at_ms: f64, value: Option<&str>) -> NodeSample {
         NodeSample {

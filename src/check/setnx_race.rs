@@ -115,47 +115,85 @@ pub fn lock_stuck_ms(crash: &Crash, samples: &[KeySample], end_ms: f64) -> (f64,
     )
 }
 
+/// What a shop sold, as every checker of one reports it (setnx-race, lock-watchdog,
+/// redis-failover): orders counted by PostgreSQL against the stock, and the buyers' outcomes.
+pub struct Sale {
+    pub sold: i64,
+    pub oversold: i64,
+    pub metrics: [(&'static str, serde_json::Value); 9],
+}
+
+impl Sale {
+    pub fn of(
+        h: &History,
+        stock_initial: i64,
+        stock_left: i64,
+        orders: i64,
+        cut_off: bool,
+    ) -> Sale {
+        let count = |class: &str| h.count("buy", class);
+        let oversold = (orders - stock_initial).max(0);
+        let latencies = h.completed_latencies("buy");
+        Sale {
+            sold: orders,
+            oversold,
+            metrics: [
+                ("sold", json!(orders)),
+                ("oversold", json!(oversold)),
+                ("stock_left", json!(stock_left)),
+                ("stale_writes_rejected", json!(count(class::FENCED))),
+                ("denied", json!(count(class::DENIED))),
+                ("sold_out", json!(count(class::SOLD_OUT))),
+                ("p50_ms", p50(&latencies)),
+                ("p99_ms", p99(&latencies)),
+                ("cut_off", json!(cut_off)),
+            ],
+        }
+    }
+
+    /// Oversold, else locked out (nothing sold and `locked_out`, the checker's own sign of a
+    /// lock nobody could take), else sold exactly the stock, else undersold.
+    pub fn outcome(&self, stock_initial: i64, locked_out: bool) -> &'static str {
+        if self.oversold > 0 {
+            outcome::OVERSOLD
+        } else if self.sold == 0 && locked_out {
+            outcome::LOCKED_OUT
+        } else if self.sold == stock_initial {
+            outcome::SOLD_EXACTLY
+        } else {
+            outcome::UNDERSOLD
+        }
+    }
+}
+
 pub fn evaluate(h: &History, obs: &Observations) -> Evaluation {
-    let count = |class: &str| h.count("buy", class);
-    let sold = obs.orders;
-    let oversold = (sold - obs.stock_initial).max(0);
+    let sale = Sale::of(
+        h,
+        obs.stock_initial,
+        obs.stock_left,
+        obs.orders,
+        obs.cut_off,
+    );
     let waits: Vec<f64> = obs.sections.iter().map(|s| s.waited_ms).collect();
-    let latencies = h.completed_latencies("buy");
     // Only a crashed holder can leave a lock stuck; without a crash there is nothing to measure.
     let lock_stuck = obs
         .crash
         .as_ref()
         .map(|c| lock_stuck_ms(c, &obs.key_samples, obs.end_ms));
     let metrics = [
-        ("sold", json!(sold)),
-        ("oversold", json!(oversold)),
-        ("stock_left", json!(obs.stock_left)),
         (
             "max_concurrent_holders",
             json!(max_concurrent(&obs.sections, obs.end_ms)),
         ),
         ("foreign_releases", json!(foreign_releases(&obs.sections))),
-        ("stale_writes_rejected", json!(count(class::FENCED))),
         ("lock_stuck_ms", json_ms(lock_stuck.map(|(ms, _)| ms))),
-        ("denied", json!(count(class::DENIED))),
-        ("sold_out", json!(count(class::SOLD_OUT))),
         ("acquire_p50_ms", p50(&waits)),
         ("acquire_p99_ms", p99(&waits)),
-        ("p50_ms", p50(&latencies)),
-        ("p99_ms", p99(&latencies)),
-        ("cut_off", json!(obs.cut_off)),
     ];
-    let outcome = if oversold > 0 {
-        outcome::OVERSOLD
-    } else if sold == 0 && obs.cut_off {
-        outcome::LOCKED_OUT
-    } else if sold == obs.stock_initial {
-        outcome::SOLD_EXACTLY
-    } else {
-        outcome::UNDERSOLD
-    };
+    let outcome = sale.outcome(obs.stock_initial, obs.cut_off);
     let still_stuck = lock_stuck.is_some_and(|(_, open)| open);
-    Evaluation::new(outcome, metrics).lower_bound("lock_stuck_ms", still_stuck)
+    Evaluation::new(outcome, metrics.into_iter().chain(sale.metrics))
+        .lower_bound("lock_stuck_ms", still_stuck)
 }
 
 #[cfg(test)]

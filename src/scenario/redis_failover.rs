@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use super::setnx_race::recorder::{Flag, Recorder};
-use super::setnx_race::shop::{Event, LockMode, PRODUCT, Shop};
+use super::setnx_race::shop::{COMPARE_AND_DELETE, Event, Stock};
 use super::spec::{DAY_MS, HOUR_MS};
 use super::{Code, ParamSpec, Params, VariantCtx, VariantRun};
 use crate::check::redis_failover::{METRICS, NodeSample, Observations};
@@ -285,9 +285,6 @@ impl Node {
     }
 }
 
-/// Only deletes the key while it still holds my token.
-const COMPARE_AND_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-
 /// A lock on one node, or Redlock's on several: granted when a quorum said yes. Behind
 /// Sentinel, the one node is whichever Sentinel names the primary at each attempt.
 struct Locker {
@@ -404,27 +401,13 @@ impl Locker {
     }
 }
 
-/// The PostgreSQL side, as setnx-race's: the stock row, the orders, the fence.
-fn shop(ctx: &VariantCtx<'_>, key: &str) -> Shop {
-    Shop {
-        lock: LockMode::TokenFenced,
-        ttl_ms: 0,
-        payment_ms: 0,
-        max_lease_ms: None,
-        lock_key: key.to_string(),
-        fence_key: String::new(),
-        products: ctx.env.pg.table("products"),
-        orders: ctx.env.pg.table("orders"),
-    }
-}
-
 /// One buyer: lock, read (claiming the row with a fence if fenced), pay, write, release.
 struct Buyer {
     name: String,
     locker: Locker,
     pg: Client,
     canceller: Canceller,
-    shop: Arc<Shop>,
+    stock: Arc<Stock>,
     fenced: bool,
     sequence: String,
     payment: Duration,
@@ -462,13 +445,13 @@ impl Buyer {
                 ),
                 false => None,
             };
-            if self.shop.read_stock(&self.pg, fence).await? <= 0 {
+            if self.stock.read(&self.pg, fence).await? <= 0 {
                 return Err(OpError::new(class::SOLD_OUT));
             }
             self.recorder.on(&Event::Paying);
             tokio::time::sleep(self.payment).await;
             self.write_after.wait().await;
-            self.shop.write(&self.pg, &self.name, fence).await
+            self.stock.write(&self.pg, &self.name, fence).await
         }
         .await;
         let at_ms = epoch_ms();
@@ -667,24 +650,16 @@ async fn race(
     };
     let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
     let sentinel_targets: Vec<RedisTarget> = sentinels.iter().map(SentinelServer::target).collect();
-    let shop = Arc::new(shop(ctx, &key));
+    let stock = Arc::new(Stock::of(ctx.env));
     let sequence = ctx.env.pg.table("fences");
     let admin = ctx.env.direct.connect(&ctx.app("admin")).await?;
+    stock.create(&admin, cfg.stock).await?;
     admin
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {products}, {orders}; DROP SEQUENCE IF EXISTS {sequence}; \
-             CREATE TABLE {products} (id int PRIMARY KEY, stock int NOT NULL, \
-                                      fence bigint NOT NULL DEFAULT 0); \
-             CREATE TABLE {orders} (id bigserial PRIMARY KEY, product_id int, buyer text, \
-                                    fence bigint, at timestamptz DEFAULT clock_timestamp()); \
-             CREATE SEQUENCE {sequence}; \
-             INSERT INTO {products} (id, stock) VALUES ({PRODUCT}, {stock});",
-            products = shop.products,
-            orders = shop.orders,
-            stock = cfg.stock,
+            "DROP SEQUENCE IF EXISTS {sequence}; CREATE SEQUENCE {sequence}"
         ))
         .await
-        .context("could not create the scenario's tables")?;
+        .context("could not create the fencing tokens' sequence")?;
     let sections: Arc<Mutex<Vec<Section>>> = Arc::default();
     let denied_after_fault: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
     let someone_paying = Arc::new(Flag::default());
@@ -709,7 +684,7 @@ async fn race(
         locker: locker(&targets, i),
         canceller: Canceller::new(&pg, &ctx.env.pg),
         pg,
-        shop: shop.clone(),
+        stock: stock.clone(),
         fenced: cfg.fenced,
         sequence: sequence.clone(),
         payment: cfg.payment,
@@ -921,16 +896,7 @@ async fn race(
             Err(e) => Outcome::Error { class: e.class },
         },
     });
-    let row = admin
-        .one(
-            &format!(
-                "SELECT (SELECT stock FROM {} WHERE id = $1)::int8, (SELECT count(*) FROM {})",
-                shop.products, shop.orders
-            ),
-            &[&PRODUCT],
-        )
-        .await
-        .context("could not count the orders")?;
+    let (stock_left, orders) = stock.tally(&admin).await?;
     let sections = sections.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(VariantRun::checked(
         &clock,
@@ -944,8 +910,8 @@ async fn race(
             end_ms,
             cut_off: driven.cut_off,
             stock_initial: cfg.stock,
-            stock_left: row.get(0),
-            orders: row.get(1),
+            stock_left,
+            orders,
         })),
     ))
 }

@@ -11,7 +11,7 @@ mod watchdog;
 
 pub use watchdog::LockWatchdog;
 
-use crate::env::postgres::{Canceller, Sql as _};
+use crate::env::postgres::Canceller;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +33,7 @@ use crate::observe;
 use crate::workload::{self, OpError, Plan};
 use holder::Holder;
 use recorder::{Flag, Recorder};
-use shop::{Event, LockMode, PRODUCT, Shop};
+use shop::{Event, LockMode, Shop, Stock};
 
 /// setnx-race's configuration: its parameters, parsed once.
 pub struct SetnxRace {
@@ -245,16 +245,7 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
     });
     // A hung holder never finishing is the fault, not the run being cut off.
     let holder_cut_off = raced.holder_done.is_none() && cfg.fault != HolderFault::Hang;
-    let row = admin
-        .one(
-            &format!(
-                "SELECT (SELECT stock FROM {} WHERE id = $1)::int8, (SELECT count(*) FROM {})",
-                shop.products, shop.orders
-            ),
-            &[&PRODUCT],
-        )
-        .await
-        .context("could not count the orders")?;
+    let (stock_left, orders) = shop.stock.tally(&admin).await?;
     let sections = shared
         .sections
         .lock()
@@ -267,8 +258,8 @@ async fn run(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<VariantRun
         end_ms: raced.end_ms,
         cut_off: raced.driven.cut_off || holder_cut_off,
         stock_initial: cfg.stock,
-        stock_left: row.get(0),
-        orders: row.get(1),
+        stock_left,
+        orders,
     };
     let input = match cfg.lock.watched() {
         true => crate::check::Input::LockWatchdog(observations),
@@ -288,24 +279,10 @@ async fn setup(cfg: &SetnxRace, ctx: &VariantCtx<'_>) -> anyhow::Result<(Arc<Sho
         payment_ms: cfg.payment.as_millis() as u64,
         lock_key: ctx.redis_key("lock:product:1")?,
         fence_key: ctx.redis_key("fence:product:1")?,
-        products: env.pg.table("products"),
-        orders: env.pg.table("orders"),
+        stock: Stock::of(env),
     });
     let admin = env.direct.connect(&ctx.app("admin")).await?;
-    admin
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {products}, {orders}; \
-             CREATE TABLE {products} (id int PRIMARY KEY, stock int NOT NULL, \
-                                      fence bigint NOT NULL DEFAULT 0); \
-             CREATE TABLE {orders} (id bigserial PRIMARY KEY, product_id int, buyer text, \
-                                    fence bigint, at timestamptz DEFAULT clock_timestamp()); \
-             INSERT INTO {products} (id, stock) VALUES ({PRODUCT}, {stock});",
-            products = shop.products,
-            orders = shop.orders,
-            stock = cfg.stock,
-        ))
-        .await
-        .context("could not create the scenario's tables")?;
+    shop.stock.create(&admin, cfg.stock).await?;
     let mut rcon = env.redis()?.connect().await?;
     redis::cmd("DEL")
         .arg(&shop.lock_key)

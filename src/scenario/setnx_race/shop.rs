@@ -78,6 +78,14 @@ pub struct Shop {
     pub max_lease_ms: Option<u64>,
     pub lock_key: String,
     pub fence_key: String,
+    #[serde(flatten)]
+    pub stock: Stock,
+}
+
+/// The shop's PostgreSQL side: the product's stock row (with the newest fence it has seen)
+/// and the orders. redis-failover sells from it too, behind locks of its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stock {
     pub products: String,
     pub orders: String,
 }
@@ -103,7 +111,7 @@ pub enum Event {
 }
 
 /// Only deletes the key while it still holds my token.
-const COMPARE_AND_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+pub const COMPARE_AND_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 /// Extends the lease only while the key still holds my token.
 const COMPARE_AND_PEXPIRE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
@@ -120,6 +128,121 @@ impl Drop for Watchdog {
 pub struct Held {
     pub value: String,
     pub fence: Option<i64>,
+}
+
+impl Stock {
+    /// The run's `products` and `orders` tables.
+    pub fn of(env: &crate::env::Env) -> Stock {
+        Stock {
+            products: env.pg.table("products"),
+            orders: env.pg.table("orders"),
+        }
+    }
+
+    /// The tables afresh, with `stock` items of the one product.
+    pub async fn create(&self, admin: &Client, stock: i64) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        admin
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {products}, {orders}; \
+                 CREATE TABLE {products} (id int PRIMARY KEY, stock int NOT NULL, \
+                                          fence bigint NOT NULL DEFAULT 0); \
+                 CREATE TABLE {orders} (id bigserial PRIMARY KEY, product_id int, buyer text, \
+                                        fence bigint, at timestamptz DEFAULT clock_timestamp()); \
+                 INSERT INTO {products} (id, stock) VALUES ({PRODUCT}, {stock});",
+                products = self.products,
+                orders = self.orders,
+            ))
+            .await
+            .context("could not create the scenario's tables")
+    }
+
+    /// What is left in stock, and how many orders PostgreSQL counts.
+    pub async fn tally(&self, admin: &Client) -> anyhow::Result<(i64, i64)> {
+        use anyhow::Context as _;
+        let row = admin
+            .one(
+                &format!(
+                    "SELECT (SELECT stock FROM {} WHERE id = $1)::int8, (SELECT count(*) FROM {})",
+                    self.products, self.orders
+                ),
+                &[&PRODUCT],
+            )
+            .await
+            .context("could not count the orders")?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Reads the stock. With a fence, the read also claims the row for this token, so a holder
+    /// whose lock has since passed to a newer token can no longer write.
+    pub async fn read(&self, pg: &Client, fence: Option<i64>) -> Result<i32, OpError> {
+        let row = match fence {
+            Some(f) => pg
+                .opt(
+                    &format!(
+                        "UPDATE {} SET fence = $2 WHERE id = $1 AND fence < $2 RETURNING stock",
+                        self.products
+                    ),
+                    &[&PRODUCT, &f],
+                )
+                .await?
+                .ok_or_else(|| OpError::new(class::FENCED))?,
+            None => {
+                pg.one(
+                    &format!("SELECT stock FROM {} WHERE id = $1", self.products),
+                    &[&PRODUCT],
+                )
+                .await?
+            }
+        };
+        Ok(row.get(0))
+    }
+
+    pub async fn write(&self, pg: &Client, me: &str, fence: Option<i64>) -> Result<(), OpError> {
+        match fence {
+            None => {
+                // What the unfenced code does: it already checked the stock, so it just takes one.
+                pg.exec(
+                    &format!(
+                        "WITH p AS (UPDATE {} SET stock = stock - 1 WHERE id = $1 RETURNING id) \
+                         INSERT INTO {} (product_id, buyer) SELECT id, $2 FROM p",
+                        self.products, self.orders
+                    ),
+                    &[&PRODUCT, &me],
+                )
+                .await?;
+                Ok(())
+            }
+            Some(f) => {
+                let n = pg
+                    .exec(
+                        &format!(
+                            "WITH p AS (UPDATE {} SET stock = stock - 1 \
+                               WHERE id = $1 AND fence = $3 AND stock > 0 RETURNING id) \
+                             INSERT INTO {} (product_id, buyer, fence) SELECT id, $2, $3 FROM p",
+                            self.products, self.orders
+                        ),
+                        &[&PRODUCT, &me, &f],
+                    )
+                    .await?;
+                if n == 1 {
+                    return Ok(());
+                }
+                let now: i64 = pg
+                    .one(
+                        &format!("SELECT fence FROM {} WHERE id = $1", self.products),
+                        &[&PRODUCT],
+                    )
+                    .await?
+                    .get(0);
+                Err(OpError::new(if now != f {
+                    class::FENCED
+                } else {
+                    class::SOLD_OUT
+                }))
+            }
+        }
+    }
 }
 
 impl Shop {
@@ -175,82 +298,6 @@ impl Shop {
                 fence: None,
             })),
             false => Err(OpError::new(class::DENIED)),
-        }
-    }
-
-    /// Reads the stock. With a fence, the read also claims the row for this token, so a holder
-    /// whose lock has since passed to a newer token can no longer write.
-    pub(crate) async fn read_stock(&self, pg: &Client, fence: Option<i64>) -> Result<i32, OpError> {
-        let row = match fence {
-            Some(f) => pg
-                .opt(
-                    &format!(
-                        "UPDATE {} SET fence = $2 WHERE id = $1 AND fence < $2 RETURNING stock",
-                        self.products
-                    ),
-                    &[&PRODUCT, &f],
-                )
-                .await?
-                .ok_or_else(|| OpError::new(class::FENCED))?,
-            None => {
-                pg.one(
-                    &format!("SELECT stock FROM {} WHERE id = $1", self.products),
-                    &[&PRODUCT],
-                )
-                .await?
-            }
-        };
-        Ok(row.get(0))
-    }
-
-    pub(crate) async fn write(
-        &self,
-        pg: &Client,
-        me: &str,
-        fence: Option<i64>,
-    ) -> Result<(), OpError> {
-        match fence {
-            None => {
-                // What the unfenced code does: it already checked the stock, so it just takes one.
-                pg.exec(
-                    &format!(
-                        "WITH p AS (UPDATE {} SET stock = stock - 1 WHERE id = $1 RETURNING id) \
-                         INSERT INTO {} (product_id, buyer) SELECT id, $2 FROM p",
-                        self.products, self.orders
-                    ),
-                    &[&PRODUCT, &me],
-                )
-                .await?;
-                Ok(())
-            }
-            Some(f) => {
-                let n = pg
-                    .exec(
-                        &format!(
-                            "WITH p AS (UPDATE {} SET stock = stock - 1 \
-                               WHERE id = $1 AND fence = $3 AND stock > 0 RETURNING id) \
-                             INSERT INTO {} (product_id, buyer, fence) SELECT id, $2, $3 FROM p",
-                            self.products, self.orders
-                        ),
-                        &[&PRODUCT, &me, &f],
-                    )
-                    .await?;
-                if n == 1 {
-                    return Ok(());
-                }
-                let now: i64 = pg
-                    .one(
-                        &format!("SELECT fence FROM {} WHERE id = $1", self.products),
-                        &[&PRODUCT],
-                    )
-                    .await?
-                    .get(0);
-                Err(OpError::new(if now != f {
-                    class::FENCED
-                } else {
-                    class::SOLD_OUT
-                }))
-            }
         }
     }
 
@@ -338,7 +385,7 @@ impl Shop {
         let fence = held.as_ref().and_then(|h| h.fence);
         let watchdog = held.as_ref().and_then(|h| self.watchdog(redis, &h.value));
         let result = async {
-            if self.read_stock(pg, fence).await? <= 0 {
+            if self.stock.read(pg, fence).await? <= 0 {
                 return Err(OpError::new(class::SOLD_OUT));
             }
             report(Event::Paying);
@@ -346,7 +393,7 @@ impl Shop {
             if let Some(f) = finish_after {
                 f.wait().await;
             }
-            self.write(pg, me, fence).await
+            self.stock.write(pg, me, fence).await
         }
         .await;
         drop(watchdog);
