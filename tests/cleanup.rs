@@ -4,34 +4,30 @@
 mod common;
 use common::*;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Starts a run and waits until its throwaway PostgreSQL and frozen holder exist.
 fn start_run(tmp: &std::path::Path, out: &std::path::Path) -> std::process::Child {
-    let child = locklab(tmp)
-        .args([
+    let out = out.to_string_lossy().to_string();
+    let child = spawn_quiet(
+        tmp,
+        &[
             "run",
             "orphan-lock",
             "--variant",
             "baseline",
             "--param",
             "deadline=600s",
-        ])
-        .arg("--out")
-        .arg(out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn locklab");
+            "--out",
+            &out,
+        ],
+    );
     let needle = tmp.to_string_lossy().to_string();
-    let until = Instant::now() + Duration::from_secs(30);
     // This run's holder (`__worker orphan-lock`, with this test's TMPDIR in its environment) exists once
     // postgres is up and the variant is running; other tests' holders must not count.
-    while processes_mentioning_all(&["__worker", &needle]).is_empty() {
-        assert!(Instant::now() < until, "the run did not get going");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the run getting going", || {
+        !processes_mentioning_all(&["__worker", &needle]).is_empty()
+    });
     std::thread::sleep(Duration::from_millis(300));
     child
 }

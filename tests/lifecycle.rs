@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Runs `locklab run ARGS --format json`; returns (pid, exit code, report, stderr).
 fn run_with_pid(tmp: &std::path::Path, args: &[&str]) -> (u32, i32, serde_json::Value, String) {
@@ -127,8 +127,9 @@ fn against_a_users_server_the_faults_that_need_locklabs_own_are_skipped_with_the
 
 /// Starts a lost-client run and waits until its partition's namespace exists.
 fn start_partitioned_run(tmp: &std::path::Path) -> std::process::Child {
-    let child = locklab(tmp)
-        .args([
+    let child = spawn_quiet(
+        tmp,
+        &[
             "run",
             "lost-client",
             "--variant",
@@ -136,19 +137,13 @@ fn start_partitioned_run(tmp: &std::path::Path) -> std::process::Child {
             "--param",
             "deadline=600s",
             "--no-results",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn locklab");
+        ],
+    );
     let needle = tmp.to_string_lossy().to_string();
-    let until = Instant::now() + Duration::from_secs(30);
-    while namespaces_of(child.id()).is_empty()
-        || processes_mentioning_all(&["__worker", &needle]).is_empty()
-    {
-        assert!(Instant::now() < until, "the run did not get going");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the run getting going", || {
+        !namespaces_of(child.id()).is_empty()
+            && !processes_mentioning_all(&["__worker", &needle]).is_empty()
+    });
     std::thread::sleep(Duration::from_millis(600));
     child
 }

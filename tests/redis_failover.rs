@@ -3,8 +3,7 @@
 //! counted by PostgreSQL), and nothing the run started survives it, even a SIGKILL.
 
 mod common;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -83,26 +82,26 @@ fn against_a_redis_given_by_url_every_variant_is_skipped_with_the_reason() {
 /// are up (the run's own Redis, then five masters, or a primary, its replica and three
 /// Sentinels).
 fn start_nodes(tmp: &std::path::Path) -> std::process::Child {
-    let child = locklab(tmp)
-        .args(["run", "redis-failover", "--variant", "redlock-node-lost"])
-        .args(["--variant", "failover-wait"])
-        .args([
+    let child = spawn_quiet(
+        tmp,
+        &[
+            "run",
+            "redis-failover",
+            "--variant",
+            "redlock-node-lost",
+            "--variant",
+            "failover-wait",
             "--param",
             "deadline=600s",
             "--param",
             "ttl=1200s",
             "--no-results",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn locklab");
+        ],
+    );
     let needle = tmp.to_string_lossy().to_string();
-    let until = Instant::now() + Duration::from_secs(30);
-    while processes_mentioning_all(&["redis-server", &needle]).len() < 6 {
-        assert!(Instant::now() < until, "the variant's nodes did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("a variant's nodes up", || {
+        processes_mentioning_all(&["redis-server", &needle]).len() >= 6
+    });
     std::thread::sleep(Duration::from_millis(500));
     child
 }

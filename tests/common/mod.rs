@@ -123,6 +123,25 @@ pub fn can_make_namespaces() -> bool {
 }
 
 /// Waits until `tmp` is empty and no process mentions it; panics with what is left.
+/// `locklab ARGS` in the background, its output discarded: a run a test will signal.
+pub fn spawn_quiet(tmp: &Path, args: &[&str]) -> Child {
+    locklab(tmp)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn locklab")
+}
+
+/// Waits (polling every 20 ms) until `ready`, failing the test with `what` after 30 s.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < until, "{what} within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn assert_nothing_left(tmp: &Path, within: Duration) {
     let needle = tmp.to_string_lossy().to_string();
     let until = Instant::now() + within;
