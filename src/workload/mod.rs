@@ -254,7 +254,10 @@ impl ClientRun {
             if client.done() {
                 return false;
             }
+            // `biased`: polled in this order, not a random one (a random draw per select is
+            // a cost a tight loop notices; the deadline is checked again just below).
             tokio::select! {
+                biased;
                 _ = client.ready() => {}
                 _ = &mut stop => return true,
             }
@@ -275,6 +278,7 @@ impl ClientRun {
             });
             let token = client.canceller();
             let result = tokio::select! {
+                biased;
                 r = client.attempt() => Some(r),
                 _ = &mut stop => None,
             };
