@@ -154,7 +154,8 @@ pub struct RunArgs {
     /// Run only this variant (repeatable).
     #[arg(long = "variant", value_name = "NAME")]
     pub variants: Vec<String>,
-    /// Override a scenario parameter, NAME=VALUE (repeatable), e.g. --param fault=kill.
+    /// Override a scenario parameter, NAME=VALUE (repeatable), e.g. --param fault=kill. A
+    /// variant that sets NAME itself keeps its own value; VARIANT.NAME=VALUE changes that one.
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
     /// Run the scenario once per value (repeatable: once per combination) and print, per

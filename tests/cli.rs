@@ -783,6 +783,50 @@ fn options_that_do_nothing_say_so() {
         "{}",
         stderr(&o)
     );
+    // A variant's own value stays (max_lease=0 would be bounded-lease without its bound), and
+    // the note says how to change it; named with its variant, only the scenarios with it read it.
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "lock-watchdog",
+            "--param",
+            "max_lease=0",
+            "--variant",
+            "nothing",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("leaves bounded-lease (max_lease = 10s) of lock-watchdog as they are")
+            && stderr(&o).contains("--param bounded-lease.max_lease=0"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "all",
+            "--param",
+            "bounded-lease.max_lease=4s",
+            "--variant",
+            "nothing",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("--param bounded-lease.max_lease applies to lock-watchdog;"),
+        "{}",
+        stderr(&o)
+    );
+    for (arg, says) in [
+        ("bounded-leas.max_lease=4s", "did you mean `bounded-lease`?"),
+        ("bounded-lease.max_leas=4s", "did you mean `max_lease`?"),
+        ("bounded-lease.max_lease=fast", "max_lease"),
+    ] {
+        let o = run(tmp.path(), &["run", "lock-watchdog", "--param", arg]);
+        assert_eq!(o.status.code(), Some(2), "{arg}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{arg}: {}", stderr(&o));
+    }
 }
 
 #[test]

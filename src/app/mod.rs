@@ -183,6 +183,11 @@ fn explain(name: &str) -> anyhow::Result<i32> {
             v.name,
             v.shows.replace('\n', "\n    ")
         );
+        if !v.params.is_empty() {
+            // What `--param NAME=V` leaves alone here (`--param VARIANT.NAME=V` changes it).
+            let own: Vec<String> = v.params.iter().map(|(k, p)| format!("{k}={p}")).collect();
+            out!("    its own: {}", own.join(", "));
+        }
         for e in &r.expect {
             out!("    expects: {}", e.text);
         }
@@ -225,19 +230,31 @@ pub(crate) fn resolve_scenarios(
         }
     }
     let mut notes = Vec::new();
-    for (k, v) in &overrides {
+    for (key, v) in &overrides {
+        // `VARIANT.NAME=V`: that variant's own value, in the scenarios that have it.
+        let (variant, k) = match key.rsplit_once('.') {
+            Some((variant, k)) => (Some(variant), k),
+            None => (None, key.as_str()),
+        };
         let readers: Vec<usize> = (0..out.len())
             .filter(|&i| out[i].kind.param(k).is_some())
+            .filter(|&i| variant.is_none_or(|n| out[i].variants.iter().any(|x| x.name == n)))
             .collect();
         if readers.is_empty() {
-            // One scenario: its own error names its parameters and the nearest one.
+            // One scenario: its own error names its parameters (or variants) and the nearest.
             if let [only] = out.as_mut_slice() {
-                only.override_params(&[(k.clone(), v.clone())])?;
+                only.override_params(&[(key.clone(), v.clone())])?;
+            }
+            if let (Some(variant), true) = (variant, out.iter().any(|s| s.kind.param(k).is_some()))
+            {
+                return Err(UsageError(format!(
+                    "--param {key}: no selected scenario that reads `{k}` has a variant `{variant}`"
+                )));
             }
             return Err(undeclared(&format!("`{k}`"), k, &out));
         }
         for &i in &readers {
-            out[i].override_params(&[(k.clone(), v.clone())])?;
+            notes.extend(out[i].override_params(&[(key.clone(), v.clone())])?);
         }
         if readers.len() < out.len() {
             let unread: Vec<&str> = (0..out.len())
@@ -245,7 +262,7 @@ pub(crate) fn resolve_scenarios(
                 .map(|i| out[i].name.as_str())
                 .collect();
             notes.push(format!(
-                "note: --param {k} applies to {}; {} do not read it",
+                "note: --param {key} applies to {}; {} do not read it",
                 readers
                     .iter()
                     .map(|&i| out[i].name.as_str())
@@ -353,7 +370,7 @@ fn sweep(
         }
         for point in points {
             let mut copy = s.clone();
-            copy.override_params(&point)?;
+            notes.extend(copy.override_params(&point)?);
             copy.swept = point;
             out.push(copy);
         }

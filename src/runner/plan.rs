@@ -52,7 +52,14 @@ impl Plans {
                     continue;
                 }
                 let resolved = s.resolve(v, opts.scale_for(s));
-                let code = (s.kind.prepare)(s.kind, &resolved.params).map_err(|e| {
+                let code = (s.kind.prepare)(s.kind, &resolved.params).map_err(|mut e| {
+                    // A value the variant sets itself changes only as `VARIANT.NAME=`.
+                    for k in v.params.keys() {
+                        e.0 = e.0.replace(
+                            &format!("--param {k}="),
+                            &format!("--param {}.{k}=", v.name),
+                        );
+                    }
                     anyhow::Error::from(e).context(format!("{}/{}", s.name, v.name))
                 })?;
                 let estimate = learnt(&s.name, &v.name).unwrap_or_else(|| cut_off(&resolved));

@@ -472,9 +472,22 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Applies `--param` overrides; unknown names are a usage error.
-    pub fn override_params(&mut self, overrides: &[(String, Param)]) -> Result<(), UsageError> {
-        for (k, v) in overrides {
+    /// Applies `--param` overrides; unknown names are a usage error. `NAME=V` sets the
+    /// scenario's value, which every variant runs with except one that sets NAME itself: a
+    /// variant's own values say what it is (a mitigation's bound, a fix's word), and an
+    /// override for the whole scenario must not turn it into another variant under its name.
+    /// `VARIANT.NAME=V` changes that one variant's value. Returns a note for each variant
+    /// that keeps its own value.
+    pub fn override_params(
+        &mut self,
+        overrides: &[(String, Param)],
+    ) -> Result<Vec<String>, UsageError> {
+        let mut notes = Vec::new();
+        for (key, v) in overrides {
+            let (variant, k) = match key.rsplit_once('.') {
+                Some((variant, k)) => (Some(variant), k),
+                None => (None, key.as_str()),
+            };
             let Some(spec) = self.kind.param(k) else {
                 let hint = crate::text::nearest(k, self.kind.params.iter().map(|p| p.name))
                     .map(|n| format!("; did you mean `{n}`?"))
@@ -486,14 +499,45 @@ impl Scenario {
                 )));
             };
             spec.check(v)
-                .map_err(|m| UsageError(format!("--param {k}={v}: {m}")))?;
-            self.params.insert(k.clone(), v.clone());
-            // A command-line override wins over a variant's own value too.
-            for var in &mut self.variants {
-                var.params.remove(k);
+                .map_err(|m| UsageError(format!("--param {key}={v}: {m}")))?;
+            if let Some(variant) = variant {
+                let Some(var) = self.variants.iter_mut().find(|x| x.name == variant) else {
+                    let hint = crate::text::nearest(
+                        variant,
+                        self.variants.iter().map(|x| x.name.as_str()),
+                    )
+                    .map(|n| format!("; did you mean `{n}`?"))
+                    .unwrap_or_default();
+                    return Err(UsageError(format!(
+                        "--param {key}: {} has no variant `{variant}`{hint}",
+                        self.name
+                    )));
+                };
+                var.params.insert(k.to_string(), v.clone());
+                continue;
+            }
+            self.params.insert(k.to_string(), v.clone());
+            let kept: Vec<String> = self
+                .variants
+                .iter()
+                .filter_map(|x| x.params.get(k).filter(|own| *own != v).map(|own| (x, own)))
+                .map(|(x, own)| format!("{} ({k} = {own})", x.name))
+                .collect();
+            if let Some(first) = self
+                .variants
+                .iter()
+                .find(|x| x.params.get(k).is_some_and(|own| own != v))
+            {
+                notes.push(format!(
+                    "note: --param {k}={v} leaves {} of {} as they are: their own value is what \
+                     they are; `--param {}.{k}={v}` changes one",
+                    kept.join(", "),
+                    self.name,
+                    first.name
+                ));
             }
         }
-        Ok(())
+        Ok(notes)
     }
 
     pub fn resolve(&self, variant: &Variant, time_scale: f64) -> ResolvedVariant {
@@ -632,6 +676,54 @@ expect = ["lock_held_ms < 100"]
         let v = s.resolve(&s.variants[0], 1.0);
         assert_eq!(v.expect.len(), 1);
         assert_eq!(v.expect[0].text, "lock_held_ms < 100");
+    }
+
+    #[test]
+    fn an_override_never_turns_a_variant_into_another_under_its_name() {
+        let mut s = crate::scenario::load("lock-watchdog").unwrap();
+        let max_lease = |s: &Scenario, name: &str| {
+            let v = s.variants.iter().find(|v| v.name == name).unwrap();
+            s.resolve(v, 1.0).params.duration("max_lease").unwrap()
+        };
+        // `max_lease=0` is no bound: bounded-lease keeps its own, and the note says how to
+        // change it; the variants without one of their own take the value.
+        let notes = s
+            .override_params(&[parse_override("max_lease=0").unwrap()])
+            .unwrap();
+        assert_eq!(max_lease(&s, "bounded-lease"), Duration::from_secs(10));
+        assert_eq!(max_lease(&s, "hung-worker"), Duration::ZERO);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("bounded-lease (max_lease = 10s)")
+                && notes[0].contains("--param bounded-lease.max_lease=0"),
+            "{notes:?}"
+        );
+        // Named with its variant, it changes that variant only.
+        let notes = s
+            .override_params(&[parse_override("bounded-lease.max_lease=4s").unwrap()])
+            .unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(max_lease(&s, "bounded-lease"), Duration::from_secs(4));
+        assert_eq!(max_lease(&s, "hung-worker"), Duration::ZERO);
+        // A value equal to a variant's own needs no note.
+        assert!(
+            s.override_params(&[parse_override("max_lease=4s").unwrap()])
+                .unwrap()
+                .is_empty()
+        );
+        let e = s
+            .override_params(&[parse_override("bounded-leas.max_lease=4s").unwrap()])
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("no variant `bounded-leas`; did you mean `bounded-lease`?"),
+            "{e}"
+        );
+        let e = s
+            .override_params(&[parse_override("bounded-lease.max_leas=4s").unwrap()])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("did you mean `max_lease`?"), "{e}");
     }
 
     #[test]
