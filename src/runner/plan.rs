@@ -62,7 +62,9 @@ impl Plans {
                     }
                     anyhow::Error::from(e).context(format!("{}/{}", s.name, v.name))
                 })?;
-                let estimate = learnt(&s.name, &v.name).unwrap_or_else(|| cut_off(&resolved));
+                let estimate = learnt(&s.name, &v.name)
+                    .or_else(|| code.estimate())
+                    .unwrap_or_else(|| cut_off(&resolved));
                 row.push(Some(VariantPlan {
                     resolved,
                     code,

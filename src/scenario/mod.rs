@@ -72,6 +72,13 @@ pub trait Code: Send + Sync + Sized + 'static {
         Cpu::Timed
     }
 
+    /// How long a run takes, where the scenario knows better than its cut-off (the queue's
+    /// guess when no results file has taught it: longest first, so no short run waits behind
+    /// a long tail). `None`: the cut-off.
+    fn estimate(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Why this variant cannot run in this environment, if it cannot: it needs a server locklab
     /// starts itself, a path straight to the server, slots no pooler hides, or root for a
     /// network fault (the `Env::…_missing` methods say each). The runner then skips it with the
@@ -141,6 +148,9 @@ pub trait Prepared: Send + Sync {
     fn cpu(&self) -> Cpu {
         Cpu::Timed
     }
+    fn estimate(&self) -> Option<std::time::Duration> {
+        None
+    }
     fn unavailable(&self, env: &Env) -> Option<String> {
         let _ = env;
         None
@@ -163,6 +173,9 @@ impl<C: Code> Prepared for C {
     }
     fn cpu(&self) -> Cpu {
         Code::cpu(self)
+    }
+    fn estimate(&self) -> Option<std::time::Duration> {
+        Code::estimate(self)
     }
     fn unavailable(&self, env: &Env) -> Option<String> {
         Code::unavailable(self, env)
