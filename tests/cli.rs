@@ -818,6 +818,28 @@ fn options_that_do_nothing_say_so() {
         "{}",
         stderr(&o)
     );
+    // A sweep leaves them alone too, with one note, and the variants are listed once.
+    let o = run(
+        tmp.path(),
+        &[
+            "run",
+            "pool-deadlock",
+            "--sweep",
+            "pool_size=4,6,8",
+            "--variant",
+            "nothing",
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(
+        err.matches(
+            "note: --sweep pool_size leaves bigger-pool, bigger-pool-more-handlers of pool-deadlock"
+        )
+        .count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(err.matches("bigger-pool-more-handlers").count(), 2, "{err}");
     for (arg, says) in [
         ("bounded-leas.max_lease=4s", "did you mean `bounded-lease`?"),
         ("bounded-lease.max_leas=4s", "did you mean `max_lease`?"),

@@ -368,9 +368,26 @@ fn sweep(
                 points.len()
             )));
         }
+        // As with --param, a variant that sets a swept parameter itself keeps its value: one
+        // note per parameter, not one per point.
+        for (name, _) in &mine {
+            let own: Vec<&str> = s
+                .variants
+                .iter()
+                .filter(|v| v.params.contains_key(name.as_str()))
+                .map(|v| v.name.as_str())
+                .collect();
+            if !own.is_empty() {
+                notes.push(format!(
+                    "note: --sweep {name} leaves {} of {} at their own value",
+                    own.join(", "),
+                    s.name
+                ));
+            }
+        }
         for point in points {
             let mut copy = s.clone();
-            notes.extend(copy.override_params(&point)?);
+            copy.override_params(&point)?;
             copy.swept = point;
             out.push(copy);
         }

@@ -130,11 +130,18 @@ fn cut_off(v: &ResolvedVariant) -> Duration {
 
 fn check_variant_filter(opts: &RunOptions) -> Result<(), UsageError> {
     for wanted in &opts.variants {
-        let all: Vec<&str> = opts
+        // Each name once: a sweep's copies, and scenarios sharing a variant's name, list it
+        // once.
+        let mut all: Vec<&str> = Vec::new();
+        for name in opts
             .scenarios
             .iter()
             .flat_map(|s| s.variants.iter().map(|v| v.name.as_str()))
-            .collect();
+        {
+            if !all.contains(&name) {
+                all.push(name);
+            }
+        }
         if !all.contains(&wanted.as_str()) {
             let hint = nearest(wanted, all.iter().copied())
                 .map(|n| format!("; did you mean `{n}`?"))
