@@ -841,6 +841,10 @@ fn options_that_do_nothing_say_so() {
     );
     assert_eq!(err.matches("bigger-pool-more-handlers").count(), 2, "{err}");
     for (arg, says) in [
+        (
+            "fault=pause",
+            "`fault` is what tells lock-watchdog's variants apart",
+        ),
         ("bounded-leas.max_lease=4s", "did you mean `bounded-lease`?"),
         ("bounded-lease.max_leas=4s", "did you mean `max_lease`?"),
         ("bounded-lease.max_lease=fast", "max_lease"),

@@ -516,6 +516,24 @@ impl Scenario {
                 var.params.insert(k.to_string(), v.clone());
                 continue;
             }
+            // A word or flag some variants set themselves is what tells the variants apart
+            // (`lock`, `fault`): given to all, it would turn the others into one of them
+            // under their own names (a baseline fenced, a bounded lease stalled instead).
+            let setters: Vec<&str> = self
+                .variants
+                .iter()
+                .filter(|x| x.params.contains_key(k))
+                .map(|x| x.name.as_str())
+                .collect();
+            if matches!(spec.accepts, Accepts::Words(_) | Accepts::Flag) && !setters.is_empty() {
+                return Err(UsageError(format!(
+                    "--param {k}={v}: `{k}` is what tells {}'s variants apart ({} set it \
+                     themselves); choose variants with --variant, or change one with \
+                     --param VARIANT.{k}={v}",
+                    self.name,
+                    setters.join(", ")
+                )));
+            }
             self.params.insert(k.to_string(), v.clone());
             let kept: Vec<String> = self
                 .variants
@@ -710,6 +728,16 @@ expect = ["lock_held_ms < 100"]
             s.override_params(&[parse_override("max_lease=4s").unwrap()])
                 .unwrap()
                 .is_empty()
+        );
+        // A word some variants set is theirs: for all, it is refused.
+        let e = s
+            .override_params(&[parse_override("fault=pause").unwrap()])
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("`fault` is what tells lock-watchdog's variants apart")
+                && e.contains("stalled-process, stalled-fenced"),
+            "{e}"
         );
         let e = s
             .override_params(&[parse_override("bounded-leas.max_lease=4s").unwrap()])
