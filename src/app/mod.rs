@@ -232,10 +232,7 @@ pub(crate) fn resolve_scenarios(
     let mut notes = Vec::new();
     for (key, v) in &overrides {
         // `VARIANT.NAME=V`: that variant's own value, in the scenarios that have it.
-        let (variant, k) = match key.rsplit_once('.') {
-            Some((variant, k)) => (Some(variant), k),
-            None => (None, key.as_str()),
-        };
+        let (variant, k) = spec::split_key(key);
         let readers: Vec<usize> = (0..out.len())
             .filter(|&i| out[i].kind.param(k).is_some())
             .filter(|&i| variant.is_none_or(|n| out[i].variants.iter().any(|x| x.name == n)))

@@ -798,15 +798,15 @@ async fn race(
                 .find(|s| s.buyer == "holder")
                 .map(|s| s.value.clone())
         });
+        // A node's last answer was the first holder's lock.
+        let holds = |v: &Option<Option<String>>| {
+            token.is_some() && v.as_ref().and_then(|v| v.as_ref()) == token.as_ref()
+        };
         let seen_by = Instant::now() + Duration::from_secs(10);
         loop {
-            let holding = latest.lock().map_or(0, |l| {
-                l.iter()
-                    .filter(|v| {
-                        token.is_some() && v.as_ref().and_then(|v| v.as_ref()) == token.as_ref()
-                    })
-                    .count()
-            });
+            let holding = latest
+                .lock()
+                .map_or(0, |l| l.iter().filter(|v| holds(v)).count());
             if holding >= quorum {
                 break;
             }
@@ -866,15 +866,10 @@ async fn race(
                 tokio::time::sleep(cfg.pause).await;
                 let enough = TRIES_BEFORE_RESUME * (cfg.buyers - 1);
                 loop {
-                    let free = latest.lock().map_or(0, |l| {
-                        l.iter()
-                            .filter(|v| {
-                                v.as_ref().is_some_and(|v| {
-                                    token.is_none() || v.as_ref() != token.as_ref()
-                                })
-                            })
-                            .count()
-                    });
+                    // Nodes that answered, without the first holder's lock.
+                    let free = latest
+                        .lock()
+                        .map_or(0, |l| l.iter().filter(|v| v.is_some() && !holds(v)).count());
                     let denied = denied_after_fault.load(std::sync::atomic::Ordering::Relaxed);
                     if free < quorum && denied >= enough {
                         break;

@@ -484,10 +484,7 @@ impl Scenario {
     ) -> Result<Vec<String>, UsageError> {
         let mut notes = Vec::new();
         for (key, v) in overrides {
-            let (variant, k) = match key.rsplit_once('.') {
-                Some((variant, k)) => (Some(variant), k),
-                None => (None, key.as_str()),
-            };
+            let (variant, k) = split_key(key);
             let Some(spec) = self.kind.param(k) else {
                 let hint = crate::text::nearest(k, self.kind.params.iter().map(|p| p.name))
                     .map(|n| format!("; did you mean `{n}`?"))
@@ -535,23 +532,26 @@ impl Scenario {
                 )));
             }
             self.params.insert(k.to_string(), v.clone());
-            let kept: Vec<String> = self
+            let kept: Vec<(&str, &Param)> = self
                 .variants
                 .iter()
-                .filter_map(|x| x.params.get(k).filter(|own| *own != v).map(|own| (x, own)))
-                .map(|(x, own)| format!("{} ({k} = {own})", x.name))
+                .filter_map(|x| {
+                    x.params
+                        .get(k)
+                        .filter(|own| *own != v)
+                        .map(|own| (x.name.as_str(), own))
+                })
                 .collect();
-            if let Some(first) = self
-                .variants
-                .iter()
-                .find(|x| x.params.get(k).is_some_and(|own| own != v))
-            {
+            if let Some((first, _)) = kept.first() {
+                let listed: Vec<String> = kept
+                    .iter()
+                    .map(|(name, own)| format!("{name} ({k} = {own})"))
+                    .collect();
                 notes.push(format!(
                     "note: --param {k}={v} leaves {} of {} as they are: their own value is what \
-                     they are; `--param {}.{k}={v}` changes one",
-                    kept.join(", "),
+                     they are; `--param {first}.{k}={v}` changes one",
+                    listed.join(", "),
                     self.name,
-                    first.name
                 ));
             }
         }
@@ -605,6 +605,15 @@ impl Scenario {
             pooler_settings,
             expect,
         }
+    }
+}
+
+/// An override's key: `VARIANT.NAME` (that variant's own value) or `NAME`. Parameter names
+/// hold no dot, so a variant's name may.
+pub fn split_key(key: &str) -> (Option<&str>, &str) {
+    match key.rsplit_once('.') {
+        Some((variant, name)) => (Some(variant), name),
+        None => (None, key),
     }
 }
 
