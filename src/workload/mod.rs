@@ -4,9 +4,8 @@
 
 pub mod gate;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::env::postgres::Canceller;
@@ -84,9 +83,10 @@ pub trait Client: Send + 'static {
     /// Cancels the statement in flight on the server: dropping the future would not.
     fn canceller(&self) -> Option<Canceller>;
     /// Waits until the next operation may start (another client's step, say); the wait is not
-    /// part of the operation. The deadline or a cancel cuts it short.
-    fn ready(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
+    /// part of the operation. The deadline or a cancel cuts it short. None: it may start now
+    /// (no future to allocate for a client that never waits).
+    fn ready(&mut self) -> Option<BoxFuture<'_, ()>> {
+        None
     }
     /// Whether the client has nothing left to do, whatever the plan says.
     fn done(&self) -> bool {
@@ -117,18 +117,40 @@ pub struct Driven {
     pub cut_off: bool,
 }
 
-/// What a client task reports as it goes, so nothing it started is lost if it dies.
-enum Event {
-    Invoke {
-        client: usize,
-        kind: &'static str,
-        start_ms: f64,
-    },
-    Complete {
-        client: usize,
-        end_ms: f64,
-        outcome: Outcome,
-    },
+/// Where a client's operations land when its task ends, however it ends.
+type Log = Arc<std::sync::Mutex<Vec<Op>>>;
+
+/// One client's operations as it records them: invoked (outcome unknown), then completed in
+/// place, in the task's own memory. Dropped as the task ends (returns, panics or is aborted),
+/// it hands them to the collector: nothing a client started is lost if its task dies. (A
+/// channel shared by every client cost a tight loop contended atomics per operation.)
+struct Recorder {
+    ops: Vec<Op>,
+    log: Log,
+}
+
+impl Recorder {
+    fn invoke(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    /// The operation in flight completed.
+    fn complete(&mut self, end_ms: f64, outcome: Outcome) {
+        if let Some(op) = self.ops.last_mut() {
+            op.end_ms = Some(end_ms);
+            op.outcome = outcome;
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let mut log = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.append(&mut self.ops);
+    }
 }
 
 /// Runs every client until it is done, the deadline passes, or `cancel` fires.
@@ -142,26 +164,51 @@ pub async fn drive(
     cancel: &CancellationToken,
     ok_count: Arc<AtomicUsize>,
 ) -> Driven {
-    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
     let board = crate::gauge::current();
+    let logs: Vec<Log> = clients.iter().map(|_| Log::default()).collect();
+    // One watcher of the cut-off and a cancel for every client: when either comes it sets
+    // `stopped` and drops each client's sender, which wakes that client alone. (A timer and a
+    // cancel future per client, polled with every operation, shared the token's lock among
+    // them all: a cost a tight loop noticed.)
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (senders, receivers): (Vec<_>, Vec<_>) = clients
+        .iter()
+        .map(|_| tokio::sync::oneshot::channel::<()>())
+        .unzip();
+    let watcher = {
+        let (stopped, cancel) = (stopped.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = cancel.cancelled() => {}
+            }
+            stopped.store(true, Ordering::Relaxed);
+            drop(senders);
+        })
+    };
     let tasks: Vec<_> = clients
         .into_iter()
+        .zip(&logs)
+        .zip(receivers)
         .enumerate()
-        .map(|(id, client)| {
+        .map(|(id, ((client, log), stop))| {
             let run = ClientRun {
                 id,
                 plan,
                 clock,
                 deadline,
-                cancel: cancel.clone(),
+                stopped: stopped.clone(),
+                stop,
                 ok_count: ok_count.clone(),
-                events: events.clone(),
                 board: board.clone(),
             };
-            tokio::spawn(run.run(client))
+            let recorder = Recorder {
+                ops: Vec::new(),
+                log: log.clone(),
+            };
+            tokio::spawn(run.run(client, recorder))
         })
         .collect();
-    drop(events);
     let mut history = History::default();
     let mut cut_off = false;
     for (id, t) in tasks.into_iter().enumerate() {
@@ -173,35 +220,13 @@ pub async fn drive(
             }),
         }
     }
-    // Every sender is gone now: this drains what was recorded, in the order it happened.
-    let mut open: BTreeMap<usize, usize> = BTreeMap::new();
-    while let Some(event) = received.recv().await {
-        match event {
-            Event::Invoke {
-                client,
-                kind,
-                start_ms,
-            } => {
-                open.insert(client, history.ops.len());
-                history.ops.push(Op {
-                    client,
-                    kind: kind.into(),
-                    start_ms,
-                    end_ms: None,
-                    outcome: Outcome::Unknown,
-                });
-            }
-            Event::Complete {
-                client,
-                end_ms,
-                outcome,
-            } => {
-                if let Some(op) = open.remove(&client).and_then(|i| history.ops.get_mut(i)) {
-                    op.end_ms = Some(end_ms);
-                    op.outcome = outcome;
-                }
-            }
-        }
+    watcher.abort();
+    // Every task has ended: what each recorded, a panicked one's too.
+    for log in &logs {
+        let mut ops = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        history.ops.append(&mut ops);
     }
     history
         .ops
@@ -227,27 +252,21 @@ struct ClientRun {
     plan: Plan,
     clock: Clock,
     deadline: Instant,
-    cancel: CancellationToken,
+    /// The cut-off came or the run was cancelled.
+    stopped: Arc<AtomicBool>,
+    /// Closed then: resolves (with an error) once, after which the client returns.
+    stop: tokio::sync::oneshot::Receiver<()>,
     ok_count: Arc<AtomicUsize>,
-    events: tokio::sync::mpsc::UnboundedSender<Event>,
     /// The gauges' client counts, when a board is in scope.
     board: Option<crate::gauge::Board>,
 }
 
 impl ClientRun {
     /// Runs one client to its end; returns whether the deadline or a cancel cut it off.
-    async fn run(self, mut client: Box<dyn Client>) -> bool {
-        let (deadline, cancel) = (self.deadline, &self.cancel);
-        // The cut-off and a cancel as one future, made once: a timer registered per operation
-        // costs a tight loop more than its query's round trip does. Once it has fired the
-        // client returns, so it is never polled again.
-        let stop = async {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = cancel.cancelled() => {}
-            }
-        };
-        tokio::pin!(stop);
+    async fn run(mut self, mut client: Box<dyn Client>, mut recorder: Recorder) -> bool {
+        let deadline = self.deadline;
+        // Once it has resolved the client returns, so it is never polled again.
+        let mut stop = std::mem::replace(&mut self.stop, tokio::sync::oneshot::channel().1);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -256,27 +275,30 @@ impl ClientRun {
             }
             // `biased`: polled in this order, not a random one (a random draw per select is
             // a cost a tight loop notices; the deadline is checked again just below).
-            tokio::select! {
-                biased;
-                _ = client.ready() => {}
-                _ = &mut stop => return true,
+            if let Some(wait) = client.ready() {
+                tokio::select! {
+                    biased;
+                    _ = wait => {}
+                    _ = &mut stop => return true,
+                }
             }
             if client.done() {
                 return false;
             }
-            if Instant::now() >= deadline || cancel.is_cancelled() {
+            if Instant::now() >= deadline || self.stopped.load(Ordering::Relaxed) {
                 return true;
             }
             let kind = client.kind();
             if let Some(board) = &self.board {
                 board.add(crate::gauge::CLIENTS_WAITING, 1.0);
             }
-            let _ = self.events.send(Event::Invoke {
+            recorder.invoke(Op {
                 client: self.id,
-                kind,
+                kind: kind.into(),
                 start_ms: self.clock.now_ms(),
+                end_ms: None,
+                outcome: Outcome::Unknown,
             });
-            let token = client.canceller();
             let result = tokio::select! {
                 biased;
                 r = client.attempt() => Some(r),
@@ -284,7 +306,8 @@ impl ClientRun {
             };
             // Cut off mid-operation: no completion, so it stays unknown.
             let Some(result) = result else {
-                if let Some(t) = token {
+                // Asked only now: a canceller per operation is a clone a tight loop notices.
+                if let Some(t) = client.canceller() {
                     t.cancel().await;
                 }
                 return true;
@@ -323,11 +346,7 @@ impl ClientRun {
                 };
                 board.add(done, 1.0);
             }
-            let _ = self.events.send(Event::Complete {
-                client: self.id,
-                end_ms,
-                outcome,
-            });
+            recorder.complete(end_ms, outcome);
             let Some(retry_after) = retry_after else {
                 return false;
             };

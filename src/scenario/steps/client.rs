@@ -187,18 +187,20 @@ impl StepClient {
                 continue;
             }
             self.condition().await;
-            match self.steps[self.pos].clone() {
+            // Looked at in place: a clone of the step's shared SQL per step is a reference
+            // count that every client's core writes.
+            match &self.steps[self.pos] {
                 Resolved::Sql(_) | Resolved::Redis { .. } => return,
                 Resolved::Critical(enter) => {
-                    self.critical(enter, None);
+                    self.critical(*enter, None);
                     self.complete();
                 }
                 Resolved::Sleep(d) => {
-                    tokio::time::sleep(d).await;
+                    tokio::time::sleep(*d).await;
                     self.complete();
                 }
                 Resolved::Fault(f) => {
-                    self.fault(f);
+                    self.fault(*f);
                     // A step `after` the fault starts once it has struck.
                     self.complete();
                     self.done = true;
@@ -368,6 +370,85 @@ impl StepClient {
     }
 }
 
+impl StepClient {
+    /// The current step, a Redis command.
+    async fn redis_attempt(&mut self) -> Result<(), OpError> {
+        let Some(Resolved::Redis {
+            words,
+            keys,
+            want,
+            retry_after,
+        }) = self.steps.get(self.pos)
+        else {
+            return Ok(());
+        };
+        let step = (words.clone(), keys.clone(), want.clone(), *retry_after);
+        let result = Box::pin(self.redis_step(step)).await;
+        if let Err(e) = &result {
+            Box::pin(self.after_failure(e)).await;
+        } else {
+            self.complete();
+        }
+        result
+    }
+
+    /// The current step, SQL: on the client's connection, or on one checked out of its pool.
+    async fn sql_step(&mut self) -> Result<(), OpError> {
+        let Some(Resolved::Sql(sql)) = self.steps.get(self.pos) else {
+            return Ok(());
+        };
+        // `${client}` and the settings a pooler needs with every step are in it already
+        // (see `for_client`); only `${token}` and the captures change from round to round.
+        let sql = match sql.contains("${") {
+            true => std::borrow::Cow::Owned(fill(sql, &self.token, &self.vars)),
+            false => std::borrow::Cow::Borrowed(&**sql),
+        };
+        let into = self.into.get(self.pos).cloned().flatten();
+        self.shared.current[self.session][self.client].store(self.pos, Ordering::Relaxed);
+        let result = match (&self.conn, &self.pool) {
+            (Some(conn), _) => run_sql(conn, &sql, into.is_some()).await,
+            (None, Some(pool)) => Box::pin(pool_sql(pool, &sql, into.is_some())).await,
+            (None, None) => Err(OpError::new(crate::history::class::CONNECTION_CLOSED)),
+        };
+        drop(sql);
+        self.shared.current[self.session][self.client].store(IDLE, Ordering::Relaxed);
+        match result {
+            Ok(got) => {
+                if let Some(name) = into {
+                    let value = got.unwrap_or_else(|| "NULL".into());
+                    match self.vars.iter_mut().find(|(n, _)| *n == name) {
+                        Some(v) => v.1 = value,
+                        None => self.vars.push((name, value)),
+                    }
+                }
+                self.complete();
+                Ok(())
+            }
+            Err(e) => {
+                // A transaction it was in is rolled back, as an application's error path
+                // would; then the round is run again, or the rest of it skipped.
+                Box::pin(self.after_failure(&e)).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A step's SQL on a connection checked out for it, given back as it is when the step ends,
+/// as an application's pool does; a failed step's transaction is rolled back first.
+async fn pool_sql(
+    pool: &deadpool_postgres::Pool,
+    sql: &str,
+    capture: bool,
+) -> Result<Option<String>, OpError> {
+    let c = pool.get().await?;
+    let r = run_sql(&c, sql, capture).await;
+    if r.is_err() {
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    r
+}
+
 impl Drop for StepClient {
     fn drop(&mut self) {
         if let Ok(mut rounds) = self.shared.rounds.lock()
@@ -390,8 +471,21 @@ impl workload::Client for StepClient {
         self.kinds.get(self.pos).copied().unwrap_or("step")
     }
 
-    fn ready(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(self.prepare_next())
+    fn ready(&mut self) -> Option<BoxFuture<'_, ()>> {
+        if !self.done && self.pos >= self.steps.len() {
+            self.next_round();
+        }
+        // A statement or a command with nothing to wait for starts now, as `prepare_next`
+        // would start it, without a future to allocate.
+        let starts = matches!(
+            self.steps.get(self.pos),
+            Some(Resolved::Sql(_) | Resolved::Redis { .. })
+        );
+        let waits = !self.retrying && self.after.get(self.pos).is_some_and(|c| !c.is_empty());
+        match self.done || (starts && !waits) {
+            true => None,
+            false => Some(Box::pin(self.prepare_next())),
+        }
     }
 
     fn done(&self) -> bool {
@@ -399,75 +493,14 @@ impl workload::Client for StepClient {
     }
 
     fn attempt(&mut self) -> BoxFuture<'_, Result<(), OpError>> {
-        Box::pin(async move {
-            let sql = match self.steps.get(self.pos) {
-                Some(Resolved::Sql(sql)) => sql.clone(),
-                Some(Resolved::Redis {
-                    words,
-                    keys,
-                    want,
-                    retry_after,
-                }) => {
-                    let step = (words.clone(), keys.clone(), want.clone(), *retry_after);
-                    let result = self.redis_step(step).await;
-                    match &result {
-                        Ok(()) => self.complete(),
-                        Err(e) => {
-                            let e = e.clone();
-                            self.after_failure(&e).await;
-                        }
-                    }
-                    return result;
-                }
-                _ => return Ok(()),
-            };
-            // `${client}` and the settings a pooler needs with every step are in it already
-            // (see `for_client`); only `${token}` and the captures change from round to round.
-            let sql = match sql.contains("${") {
-                true => std::borrow::Cow::Owned(fill(&sql, &self.token, &self.vars)),
-                false => std::borrow::Cow::Borrowed(&*sql),
-            };
-            let into = self.into.get(self.pos).cloned().flatten();
-            self.shared.current[self.session][self.client].store(self.pos, Ordering::Relaxed);
-            let result = match (&self.conn, &self.pool) {
-                (Some(conn), _) => run_sql(conn, &sql, into.is_some()).await,
-                // A checkout per step, given back as it is when the step ends, as an
-                // application's pool does; a failed step's transaction is rolled back first.
-                (None, Some(pool)) => match pool.get().await {
-                    Ok(c) => {
-                        let r = run_sql(&c, &sql, into.is_some()).await;
-                        if r.is_err() {
-                            let _ = c.batch_execute("ROLLBACK").await;
-                        }
-                        r
-                    }
-                    Err(e) => Err(OpError::from(e)),
-                },
-                (None, None) => Err(OpError::new(crate::history::class::CONNECTION_CLOSED)),
-            };
-            self.shared.current[self.session][self.client].store(IDLE, Ordering::Relaxed);
-            let result = result.map(|got| {
-                if let Some(name) = into {
-                    let value = got.unwrap_or_else(|| "NULL".into());
-                    match self.vars.iter_mut().find(|(n, _)| *n == name) {
-                        Some(v) => v.1 = value,
-                        None => self.vars.push((name, value)),
-                    }
-                }
-            });
-            match result {
-                Ok(()) => {
-                    self.complete();
-                    Ok(())
-                }
-                Err(e) => {
-                    // A transaction it was in is rolled back, as an application's error path
-                    // would; then the round is run again, or the rest of it skipped.
-                    self.after_failure(&e).await;
-                    Err(e)
-                }
-            }
-        })
+        // Each kind of step its own future, boxed at its own size: one future for every kind
+        // was as large as the largest (a pool checkout, a Redis command), and a tight loop of
+        // one-row UPDATEs allocated and copied all of it with every step.
+        match self.steps.get(self.pos) {
+            Some(Resolved::Sql(_)) => Box::pin(self.sql_step()),
+            Some(Resolved::Redis { .. }) => Box::pin(self.redis_attempt()),
+            _ => Box::pin(async { Ok(()) }),
+        }
     }
 
     fn canceller(&self) -> Option<Canceller> {

@@ -23,6 +23,26 @@ use super::sql::statements;
 /// No current step.
 pub(super) const IDLE: usize = usize::MAX;
 
+/// A counter one client writes with every step and others only read now and then, on a cache
+/// line of its own: side by side, clients' counters shared lines that their cores passed back
+/// and forth with every step.
+#[repr(align(64))]
+#[derive(Default)]
+pub(super) struct Slot(pub(super) AtomicUsize);
+
+impl Slot {
+    pub(super) fn new(n: usize) -> Slot {
+        Slot(AtomicUsize::new(n))
+    }
+}
+
+impl std::ops::Deref for Slot {
+    type Target = AtomicUsize;
+    fn deref(&self) -> &AtomicUsize {
+        &self.0
+    }
+}
+
 /// What the clients, the sampler and the probes share during a run.
 pub(super) struct Shared {
     /// Per session and step that a condition names: per round, the clients that completed
@@ -32,9 +52,9 @@ pub(super) struct Shared {
     /// seen waiting on a lock in it (0: never).
     pub(super) waiting_seen: Vec<Vec<AtomicUsize>>,
     /// Per session and client: the step it is in (IDLE between steps).
-    pub(super) current: Vec<Vec<AtomicUsize>>,
+    pub(super) current: Vec<Vec<Slot>>,
     /// Per session and client: the round it is in.
-    pub(super) round: Vec<Vec<AtomicUsize>>,
+    pub(super) round: Vec<Vec<Slot>>,
     /// Per session and client: it runs no more rounds (all run, or its fault struck).
     pub(super) ended: Vec<Vec<AtomicBool>>,
     /// Per session: the rounds it runs (usize::MAX: until the cut-off).
@@ -102,7 +122,7 @@ impl PerRound {
     pub(super) fn add(
         &mut self,
         round: usize,
-        (rounds, ended): (&[Vec<AtomicUsize>], &[Vec<AtomicBool>]),
+        (rounds, ended): (&[Vec<Slot>], &[Vec<AtomicBool>]),
     ) {
         let Some(i) = round.checked_sub(self.base) else {
             return;
@@ -314,12 +334,12 @@ pub(super) fn shared(v: &StepVariant) -> Shared {
         current: v
             .sessions
             .iter()
-            .map(|s| (0..s.clients).map(|_| AtomicUsize::new(IDLE)).collect())
+            .map(|s| (0..s.clients).map(|_| Slot::new(IDLE)).collect())
             .collect(),
         round: v
             .sessions
             .iter()
-            .map(|s| (0..s.clients).map(|_| AtomicUsize::new(0)).collect())
+            .map(|s| (0..s.clients).map(|_| Slot::new(0)).collect())
             .collect(),
         ended: v
             .sessions
@@ -566,10 +586,7 @@ mod tests {
     #[test]
     fn rounds_every_waiter_passed_are_dropped_and_the_rest_kept() {
         // Session 1 waits on the step; its two clients are in rounds 300 and 600.
-        let rounds = vec![
-            vec![AtomicUsize::new(0)],
-            vec![AtomicUsize::new(300), AtomicUsize::new(600)],
-        ];
+        let rounds = vec![vec![Slot::new(0)], vec![Slot::new(300), Slot::new(600)]];
         let ended = vec![
             vec![AtomicBool::new(false)],
             vec![AtomicBool::new(false), AtomicBool::new(false)],
