@@ -62,16 +62,10 @@ pub fn main() -> i32 {
         Command::Worker { scenario } => Work::Worker(scenario),
         Command::Bench { command } => Work::Bench(command),
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    // Half the cores (at least one) unless TOKIO_WORKER_THREADS says otherwise: the servers
-    // under test mostly run on the same machine and need the other half, and on two cores a
-    // second worker thread cost a tight one-row loop 8% of its throughput in hand-offs of
-    // tasks between the threads (`bench driver`).
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        rt.worker_threads((cores / 2).max(1));
-    }
-    let rt = match rt.enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             crate::say!("Error: could not start the async runtime: {e}");
