@@ -22,14 +22,31 @@ use super::PgTarget;
 /// pooler) listens.
 #[derive(Clone)]
 pub struct Canceller {
-    token: CancelToken,
+    key: Key,
     target: PgTarget,
+}
+
+/// The session's key: tokio-postgres's token, or the backend's key as a [`super::Wire`] got it.
+#[derive(Clone)]
+enum Key {
+    Token(CancelToken),
+    Backend { pid: i32, secret: i32 },
 }
 
 impl Canceller {
     pub fn new(client: &tokio_postgres::Client, target: &PgTarget) -> Canceller {
         Canceller {
-            token: client.cancel_token(),
+            key: Key::Token(client.cancel_token()),
+            target: target.clone(),
+        }
+    }
+
+    pub fn of_wire(wire: &super::Wire, target: &PgTarget) -> Canceller {
+        Canceller {
+            key: Key::Backend {
+                pid: wire.pid,
+                secret: wire.secret,
+            },
             target: target.clone(),
         }
     }
@@ -45,18 +62,33 @@ impl Canceller {
         match cfg.get_hosts().first() {
             Some(Host::Tcp(host)) => {
                 let s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-                self.token
-                    .cancel_query_raw(UntilClosed::new(s), NoTls)
-                    .await?;
+                self.over(UntilClosed::new(s)).await?;
             }
             Some(Host::Unix(dir)) => {
                 let s =
                     tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?;
-                self.token
-                    .cancel_query_raw(UntilClosed::new(s), NoTls)
-                    .await?;
+                self.over(UntilClosed::new(s)).await?;
             }
             None => anyhow::bail!("no host to send the cancel request to"),
+        }
+        Ok(())
+    }
+
+    async fn over<S>(&self, mut s: UntilClosed<S>) -> anyhow::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match &self.key {
+            Key::Token(token) => token.cancel_query_raw(s, NoTls).await?,
+            Key::Backend { pid, secret } => {
+                use tokio::io::AsyncWriteExt;
+                let mut msg = 16i32.to_be_bytes().to_vec();
+                msg.extend_from_slice(&80_877_102i32.to_be_bytes());
+                msg.extend_from_slice(&pid.to_be_bytes());
+                msg.extend_from_slice(&secret.to_be_bytes());
+                s.write_all(&msg).await?;
+                s.shutdown().await?;
+            }
         }
         Ok(())
     }

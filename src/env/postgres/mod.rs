@@ -5,6 +5,7 @@ mod cancel;
 mod server;
 pub mod sql;
 mod target;
+mod wire;
 
 pub use cancel::Canceller;
 pub use server::{
@@ -12,3 +13,4 @@ pub use server::{
 };
 pub use sql::{Param, Sql, begin, end_sessions_named, like_prefix};
 pub use target::{Capacity, PgTarget, external, parse_url, redact};
+pub use wire::{Wire, WireError};

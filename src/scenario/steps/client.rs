@@ -3,7 +3,7 @@
 
 use super::{Fault, Resolved};
 use crate::check::steps::Section;
-use crate::env::postgres::{Canceller, PgTarget};
+use crate::env::postgres::{Canceller, PgTarget, Wire};
 use crate::workload::{self, OpError};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use super::run::*;
 
 /// One client of a session, going through its steps.
 pub(super) struct StepClient {
-    pub(super) conn: Option<Client>,
+    /// Its session on the server, spoken to directly (see [`Wire`]).
+    pub(super) conn: Option<Wire>,
     /// Its Redis connection, for a session with Redis steps.
     pub(super) redis: Option<redis::aio::MultiplexedConnection>,
     /// Put before every key a Redis step names: the run's own keys only.
@@ -155,8 +156,8 @@ impl StepClient {
             Some((on, _)) => on.contains(&e.class) && self.retries_left > 0,
             None => false,
         };
-        if let Some(conn) = &self.conn {
-            let _ = conn.batch_execute("ROLLBACK").await;
+        if let Some(conn) = self.conn.as_mut() {
+            let _ = conn.query("ROLLBACK", false).await;
         }
         if !retry {
             self.complete();
@@ -405,8 +406,8 @@ impl StepClient {
         };
         let into = self.into.get(self.pos).cloned().flatten();
         self.shared.current[self.session][self.client].store(self.pos, Ordering::Relaxed);
-        let result = match (&self.conn, &self.pool) {
-            (Some(conn), _) => run_sql(conn, &sql, into.is_some()).await,
+        let result = match (self.conn.as_mut(), &self.pool) {
+            (Some(conn), _) => wire_sql(conn, &sql, into.is_some()).await,
             (None, Some(pool)) => Box::pin(pool_sql(pool, &sql, into.is_some())).await,
             (None, None) => Err(OpError::new(crate::history::class::CONNECTION_CLOSED)),
         };
@@ -552,6 +553,15 @@ async fn run_sql(c: &Client, sql: &str, capture: bool) -> Result<Option<String>,
         }
     }
     Ok(last)
+}
+
+/// A step's SQL on the client's own session; with a capture, as [`run_sql`] gives it.
+async fn wire_sql(c: &mut Wire, sql: &str, capture: bool) -> Result<Option<String>, OpError> {
+    let last = c.query(sql, capture).await.map_err(OpError::from)?;
+    Ok(last.map(|v| match v {
+        Some(v) => crate::env::postgres::sql::literal(&v),
+        None => "NULL".into(),
+    }))
 }
 
 /// `${token}` of a client's round: unique in the run.

@@ -66,7 +66,7 @@ pub(super) struct Shared {
     /// Bumped whenever a condition may have come true.
     pub(super) changed: tokio::sync::watch::Sender<u64>,
     /// Connections of frozen sessions, kept open until the run ends.
-    pub(super) frozen: Mutex<Vec<Client>>,
+    pub(super) frozen: Mutex<Vec<crate::env::postgres::Wire>>,
     /// Pool sessions' pools, kept until the run ends: a connection leaked back into one stays
     /// open (and in its transaction) after every client of the pool has ended.
     pub(super) pools: Mutex<Vec<deadpool_postgres::Pool>>,
@@ -446,7 +446,7 @@ pub(super) async fn connect(
             }
             None => None,
         };
-        let conns: Vec<Option<Client>> = match pool {
+        let conns: Vec<Option<crate::env::postgres::Wire>> = match pool {
             Some(_) => (0..s.clients).map(|_| None).collect(),
             None => {
                 let connects = (0..s.clients).map(|i| target.connect_named(ctx, si, i));
@@ -461,11 +461,12 @@ pub(super) async fn connect(
             }
         };
         for (i, conn) in conns.into_iter().enumerate() {
-            let per_step = match (pooled, &conn) {
+            let mut conn = conn;
+            let per_step = match (pooled, conn.as_mut()) {
                 (false, Some(conn)) => {
-                    conn.batch_execute(&prefix)
-                        .await
-                        .with_context(|| format!("session {}'s settings were refused", def.name))?;
+                    conn.query(&prefix, false).await.map_err(|e| {
+                        anyhow::anyhow!("session {}'s settings were refused: {e:?}", def.name)
+                    })?;
                     String::new()
                 }
                 // A pool's connection carries the client's name for the step's transaction,
@@ -490,7 +491,7 @@ pub(super) async fn connect(
                     _ => false,
                 }),
                 tally: Default::default(),
-                canceller: conn.as_ref().map(|c| Canceller::new(c, target)),
+                canceller: conn.as_ref().map(|c| Canceller::of_wire(c, target)),
                 conn,
                 pool: pool.clone(),
                 session: si,
@@ -568,8 +569,10 @@ impl PgTarget {
         ctx: &VariantCtx<'_>,
         session: usize,
         i: usize,
-    ) -> anyhow::Result<Client> {
-        self.connect(&ctx.app(&role(session, i))).await
+    ) -> anyhow::Result<crate::env::postgres::Wire> {
+        crate::env::postgres::Wire::connect(&self.config(&ctx.app(&role(session, i)))?)
+            .await
+            .with_context(|| format!("could not connect to PostgreSQL at {}", self.display))
     }
 }
 
