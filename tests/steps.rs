@@ -289,6 +289,51 @@ fn a_frozen_session_holds_its_lock_until_a_timeout_and_a_killed_one_does_not() {
     assert!(metric(variant(&report, "frozen"), "holder.lock_held_ms") < 200.0);
 }
 
+const ENDED: &str = r#"
+name = "ended"
+summary = "sessions the server ends, between steps and during one"
+harm = { metric = "idle.after.failed", label = "after failed" }
+time_scale = 1
+[params]
+deadline = "3s"
+[setup]
+sql = "CREATE TABLE got (v int)"
+[[sessions]]
+name = "idle"
+settings = { idle_in_transaction_session_timeout = "200ms" }
+steps = [
+  { name = "begin", sql = "BEGIN" },
+  { name = "read", into = "x", sql = "SELECT 41 + 1" },
+  { name = "keep", sql = "INSERT INTO got VALUES (${x}); COMMIT; BEGIN" },
+  { name = "pause", sleep = "600ms" },
+  { name = "after", sql = "SELECT 1" },
+]
+[[sessions]]
+name = "gone"
+steps = [{ name = "die", sql = "SELECT pg_terminate_backend(pg_backend_pid())" }]
+[metrics]
+kept = "SELECT max(v) FROM got"
+[[variants]]
+name = "baseline"
+expect = ["idle.after.failed == 1", "idle.after.errors_25P03 == 0", "gone.die.errors_57P01 == 1", "kept == 42"]
+"#;
+
+/// What a step client's own session (not tokio-postgres's) must report as tokio-postgres did:
+/// an error the server sends between steps ends the session (the next step fails as
+/// connection-closed, not with that error's SQLSTATE), a FATAL during a step is that step's
+/// SQLSTATE, and a capture reads the row's text.
+#[test]
+fn a_session_the_server_ends_fails_its_next_step_as_closed_and_a_fatal_keeps_its_code() {
+    let tmp = tempdir();
+    let file = write(tmp.path(), "ended.toml", ENDED);
+    let (code, report, err) = run_json(tmp.path(), &[&file]);
+    assert_eq!(code, 0, "{err}\n{report:#}");
+    let v = variant(&report, "baseline");
+    assert_eq!(metric(v, "idle.after.failed"), 1.0, "{v:#}");
+    assert_eq!(metric(v, "gone.die.errors_57P01"), 1.0, "{v:#}");
+    assert_eq!(metric(v, "kept"), 42.0, "{v:#}");
+}
+
 #[test]
 fn a_connection_leaked_back_to_a_pool_keeps_its_transaction_for_the_next_client() {
     let tmp = tempdir();
