@@ -62,6 +62,9 @@ impl Stream {
     }
 }
 
+/// The longest message a server sends (PostgreSQL's own limit on a field is 1 GB).
+const MAX_MESSAGE: i32 = 0x4000_0000;
+
 /// One backend message: its type byte and its body.
 struct Msg {
     kind: u8,
@@ -253,7 +256,7 @@ impl Wire {
     /// The next whole message, reading as needed.
     async fn next(&mut self) -> Result<Msg, WireError> {
         loop {
-            if let Some(m) = self.parse() {
+            if let Some(m) = self.parse()? {
                 return Ok(m);
             }
             if self.start > 0 {
@@ -271,18 +274,26 @@ impl Wire {
     }
 
     /// A whole message at `start`, if one is there.
-    fn parse(&mut self) -> Option<Msg> {
+    /// A length no server sends (under its own 4 bytes, or over the 1 GB a message may hold)
+    /// ends the session rather than waiting for the rest of it until the cut-off.
+    fn parse(&mut self) -> Result<Option<Msg>, WireError> {
         let at = self.start;
-        let len = be_i32(&self.buf, at + 1)?;
-        let end = at + 1 + usize::try_from(len).ok()?.max(4);
+        let Some(len) = be_i32(&self.buf, at + 1) else {
+            return Ok(None);
+        };
+        if !(4..=MAX_MESSAGE).contains(&len) {
+            self.closed = true;
+            return Err(WireError::Closed);
+        }
+        let end = at + 1 + len as usize;
         if self.buf.len() < end {
-            return None;
+            return Ok(None);
         }
         self.start = end;
-        Some(Msg {
+        Ok(Some(Msg {
             kind: self.buf[at],
             body: at + 5..end,
-        })
+        }))
     }
 
     /// An error the server sent while no statement ran ends the session, as tokio-postgres
@@ -303,7 +314,7 @@ impl Wire {
                 }
             }
         }
-        while let Some(m) = self.parse() {
+        while let Some(m) = self.parse()? {
             if !matches!(m.kind, b'N' | b'S' | b'A') {
                 self.closed = true;
                 return Err(WireError::Closed);
@@ -457,6 +468,70 @@ mod tests {
         null.extend_from_slice(&(-1i32).to_be_bytes());
         assert_eq!(first_column(&null), None);
         assert_eq!(first_column(&0i16.to_be_bytes()), None);
+    }
+
+    fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// A session over one end of a socket pair, the other end playing the server with `reply`
+    /// (then closing its side when `close`).
+    async fn answered(reply: Vec<u8>, close: bool) -> Result<Option<Option<String>>, WireError> {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let mut wire = Wire {
+            stream: Stream::Unix(ours),
+            buf: Vec::new(),
+            start: 0,
+            out: Vec::new(),
+            pid: 0,
+            secret: 0,
+            closed: false,
+        };
+        let server = tokio::spawn(async move {
+            let mut query = [0u8; 64];
+            let _ = theirs.read(&mut query).await;
+            let _ = theirs.write_all(&reply).await;
+            if !close {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+        let got = tokio::time::timeout(Duration::from_secs(5), wire.query("SELECT 1", true))
+            .await
+            .expect("an answer, not a wait");
+        server.abort();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_statement_s_answer_is_read_to_its_end_and_a_broken_one_ends_the_session() {
+        let mut row = 1i16.to_be_bytes().to_vec();
+        row.extend_from_slice(&1i32.to_be_bytes());
+        row.push(b'7');
+        let ok = [
+            msg(b'T', b"x"),
+            msg(b'D', &row),
+            msg(b'C', b"SELECT 1\0"),
+            msg(b'Z', b"I"),
+        ]
+        .concat();
+        assert_eq!(answered(ok, false).await, Ok(Some(Some("7".into()))));
+        // A FATAL with the end of the connection after it, no ReadyForQuery: its code.
+        let fatal = msg(b'E', b"SFATAL\0C57P01\0Mterminating connection\0\0");
+        assert_eq!(
+            answered(fatal, true).await,
+            Err(WireError::Db {
+                code: "57P01".into(),
+                message: "terminating connection".into()
+            })
+        );
+        // A length no server sends: the session ends at once rather than at the cut-off.
+        let mut bad = vec![b'D'];
+        bad.extend_from_slice(&(-5i32).to_be_bytes());
+        assert_eq!(answered(bad, false).await, Err(WireError::Closed));
+        assert_eq!(answered(Vec::new(), true).await, Err(WireError::Closed));
     }
 
     #[test]
