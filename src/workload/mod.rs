@@ -198,7 +198,6 @@ pub async fn drive(
                 clock,
                 deadline,
                 stopped: stopped.clone(),
-                stop,
                 ok_count: ok_count.clone(),
                 board: board.clone(),
             };
@@ -206,7 +205,7 @@ pub async fn drive(
                 ops: Vec::new(),
                 log: log.clone(),
             };
-            tokio::spawn(run.run(client, recorder))
+            tokio::spawn(run.run(client, recorder, stop))
         })
         .collect();
     let mut history = History::default();
@@ -254,8 +253,6 @@ struct ClientRun {
     deadline: Instant,
     /// The cut-off came or the run was cancelled.
     stopped: Arc<AtomicBool>,
-    /// Closed then: resolves (with an error) once, after which the client returns.
-    stop: tokio::sync::oneshot::Receiver<()>,
     ok_count: Arc<AtomicUsize>,
     /// The gauges' client counts, when a board is in scope.
     board: Option<crate::gauge::Board>,
@@ -263,10 +260,15 @@ struct ClientRun {
 
 impl ClientRun {
     /// Runs one client to its end; returns whether the deadline or a cancel cut it off.
-    async fn run(mut self, mut client: Box<dyn Client>, mut recorder: Recorder) -> bool {
+    /// `stop` is closed then: it resolves (with an error) once, after which the client
+    /// returns, so it is never polled again.
+    async fn run(
+        self,
+        mut client: Box<dyn Client>,
+        mut recorder: Recorder,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> bool {
         let deadline = self.deadline;
-        // Once it has resolved the client returns, so it is never polled again.
-        let mut stop = std::mem::replace(&mut self.stop, tokio::sync::oneshot::channel().1);
         let mut attempts = 0;
         loop {
             attempts += 1;

@@ -95,6 +95,17 @@ pub enum WireError {
     Closed,
 }
 
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Db { code, message } => write!(f, "{message} (SQLSTATE {code})"),
+            WireError::Closed => f.write_str("the connection is closed"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
 impl From<WireError> for OpError {
     fn from(e: WireError) -> OpError {
         match e {
@@ -236,7 +247,7 @@ impl Wire {
                 }
                 b'E' => {
                     let (code, message) = error_fields(&body);
-                    anyhow::bail!("{message} (SQLSTATE {code})");
+                    return Err(WireError::Db { code, message }.into());
                 }
                 b'Z' => return Ok(()),
                 _ => {}

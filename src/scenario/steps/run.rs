@@ -27,7 +27,6 @@ pub(super) const IDLE: usize = usize::MAX;
 /// line of its own: side by side, clients' counters shared lines that their cores passed back
 /// and forth with every step.
 #[repr(align(64))]
-#[derive(Default)]
 pub(super) struct Slot(pub(super) AtomicUsize);
 
 impl Slot {
@@ -460,13 +459,12 @@ pub(super) async fn connect(
                     .collect::<anyhow::Result<_>>()?
             }
         };
-        for (i, conn) in conns.into_iter().enumerate() {
-            let mut conn = conn;
+        for (i, mut conn) in conns.into_iter().enumerate() {
             let per_step = match (pooled, conn.as_mut()) {
                 (false, Some(conn)) => {
-                    conn.query(&prefix, false).await.map_err(|e| {
-                        anyhow::anyhow!("session {}'s settings were refused: {e:?}", def.name)
-                    })?;
+                    conn.query(&prefix, false)
+                        .await
+                        .with_context(|| format!("session {}'s settings were refused", def.name))?;
                     String::new()
                 }
                 // A pool's connection carries the client's name for the step's transaction,
