@@ -331,6 +331,12 @@ fn a_session_the_server_ends_fails_its_next_step_as_closed_and_a_fatal_keeps_its
     let v = variant(&report, "baseline");
     assert_eq!(metric(v, "idle.after.failed"), 1.0, "{v:#}");
     assert_eq!(metric(v, "gone.die.errors_57P01"), 1.0, "{v:#}");
+    // By class, over every step: the one closed session and the one FATAL, nothing else.
+    assert_eq!(
+        v["requests"]["errors"],
+        serde_json::json!({ "connection-closed": 1, "57P01": 1 }),
+        "{v:#}"
+    );
     assert_eq!(metric(v, "kept"), 42.0, "{v:#}");
 }
 
