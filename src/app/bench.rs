@@ -92,6 +92,21 @@ pub(super) async fn jobs(jobs: usize, repeat: u32) -> anyhow::Result<i32> {
         "verdicts at --jobs 1 and --jobs {jobs}: {}",
         if same { "identical" } else { "DIFFERENT" }
     );
+    for (a, b) in one
+        .verdicts
+        .iter()
+        .zip(&side.verdicts)
+        .filter(|(a, b)| a != b)
+    {
+        let said = |v: &Verdict| v.2.map_or("held".to_string(), |f| format!("{f} ({})", v.3));
+        out!(
+            "  {}/{}: {} at --jobs 1, {} at --jobs {jobs}",
+            a.0,
+            a.1,
+            said(a),
+            said(b)
+        );
+    }
     Ok(if same {
         exit::OK
     } else {
@@ -152,7 +167,7 @@ struct Pass {
     cpu: Option<f64>,
     longest: f64,
     held: bool,
-    verdicts: Vec<(String, String, Option<&'static str>)>,
+    verdicts: Vec<Verdict>,
     /// What each variant's run took.
     took: BTreeMap<(String, String), Duration>,
 }
@@ -220,16 +235,38 @@ fn held(all: bool) -> &'static str {
     }
 }
 
+/// A variant's verdict: scenario, variant, the failure's headline (`None`: held), and why
+/// (the expectations that failed, or the harness's error), which the comparison leaves out.
+#[derive(Debug)]
+struct Verdict(String, String, Option<&'static str>, String);
+
+impl PartialEq for Verdict {
+    fn eq(&self, other: &Verdict) -> bool {
+        (&self.0, &self.1, self.2) == (&other.0, &other.1, other.2)
+    }
+}
+
 /// Each variant's verdict, in scenario and variant order. (Its outcome word may differ from
 /// run to run where the harm shows in more than one form; the verdict must not.)
-fn verdicts(report: &RunReport) -> Vec<(String, String, Option<&'static str>)> {
+fn verdicts(report: &RunReport) -> Vec<Verdict> {
     report
         .scenarios
         .iter()
         .flat_map(|s| {
             s.variants.iter().map(|v| {
-                let verdict = v.failure_kind().map(|f| f.headline());
-                (s.name.clone(), v.name.clone(), verdict)
+                let failed = v.expectations.iter().filter(|e| !e.held);
+                let why = v.error.clone().unwrap_or_else(|| {
+                    let each: Vec<_> = failed
+                        .map(|e| format!("{}: {}", e.what, e.measured))
+                        .collect();
+                    each.join("; ")
+                });
+                Verdict(
+                    s.name.clone(),
+                    v.name.clone(),
+                    v.failure_kind().map(|f| f.headline()),
+                    why,
+                )
             })
         })
         .collect()
