@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::env::{Env, EnvOptions};
 use crate::report::{Harm, RunReport, ScenarioReport, VariantReport};
-use crate::scenario::{Cpu, Scenario};
+use crate::scenario::Scenario;
 use crate::trace::Trace;
 use plan::Plans;
 use queue::{Admission, Unit};
@@ -110,7 +110,6 @@ pub async fn run(opts: RunOptions, cancel: CancellationToken) -> anyhow::Result<
         // several may run side by side.
         side_by_side: lanes.min(units.len()) > 1,
         queue: Admission::new(units, queue::weight_cap()),
-        turn: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         opts: &opts,
         plans: &plans,
         cancel: &cancel,
@@ -354,8 +353,6 @@ struct Lanes<'a> {
     opts: &'a RunOptions,
     plans: &'a Plans,
     queue: Admission,
-    /// The machine's CPU for one hog's storm at a time (see [`Cpu::Hog`]).
-    turn: std::sync::Arc<tokio::sync::Semaphore>,
     cancel: &'a CancellationToken,
     multi: Option<indicatif::MultiProgress>,
     side_by_side: bool,
@@ -420,22 +417,14 @@ impl Lanes<'_> {
             1 => String::new(),
             n => format!(" {}/{n}", unit.rep + 1),
         };
-        // A hog waits for its turn at the machine's CPU before its run starts (and its clock).
-        let turn = match self.plans.loads[unit.si][unit.vi].1 {
-            Cpu::Hog => tokio::select! {
-                turn = self.turn.clone().acquire_owned() => turn.ok(),
-                _ = self.cancel.cancelled() => None,
-            },
-            _ => None,
-        };
         let run = variant::run_variant(
             env,
             scenario,
-            plan,
+            &plan.resolved,
+            plan.code.as_ref(),
             self.cancel,
             self.multi.as_ref().map(|m| (m, self.side_by_side)),
             &label,
-            turn,
         )
         .await;
         // Ctrl-C (or SIGTERM) ended this run early: its history stops at the interrupt, not at

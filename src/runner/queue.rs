@@ -14,12 +14,11 @@ use crate::scenario::Cpu;
 /// then every variant again, so side by side run different variants, not ten copies of the
 /// busiest one). Results come out in scenario and variant order whatever the queue's.
 ///
-/// Within a round: kernel-timed runs first, then the hogs (lost-client's seconds of keepalive
-/// timing pass while the storms take the CPU), then the quiet runs (which start the moment the
-/// last storm is over: a lane takes the first waiting run that may start), then the timed runs
-/// (which fill what the storms leave of the CPU meanwhile). Within each kind, the longest
-/// expected first, so the long ones run beside the short ones instead of after them: no short
-/// run waits behind a long tail. Ties keep scenario and variant order.
+/// Within a round: kernel-timed runs first, then the hogs beside them (lost-client's seconds of
+/// keepalive timing pass while the storms take the CPU, which nothing timed could share), then
+/// the timed runs. Within each kind, the longest expected first, so the long ones run beside
+/// the short ones instead of after them: no short run waits behind a long tail. Ties keep
+/// scenario and variant order.
 pub(super) fn order(plans: &Plans, repeat: u32) -> VecDeque<Unit> {
     let mut firsts: Vec<(usize, usize)> = plans
         .rows
@@ -36,8 +35,7 @@ pub(super) fn order(plans: &Plans, repeat: u32) -> VecDeque<Unit> {
         let kind = match plans.loads[si][vi].1 {
             Cpu::Kernel => 0,
             Cpu::Hog => 1,
-            Cpu::Quiet => 2,
-            Cpu::Timed => 3,
+            Cpu::Timed => 2,
         };
         let estimate = plans.get(si, vi).map(|p| p.estimate).unwrap_or_default();
         (kind, std::cmp::Reverse(estimate))
@@ -165,24 +163,13 @@ impl Admission {
                     && self.idle.permille.load(Relaxed) >= IDLE_FLOOR_PERMILLE;
                 let fits = |u: &Unit| {
                     let (weight, cpu) = weights[u.si][u.vi];
-                    let now = running.iter().map(|r| (r.weight, r.cpu));
-                    let (load, with) = (
-                        in_flight(now.clone()),
-                        in_flight(now.chain([(weight, cpu)])),
-                    );
-                    // (A hog lighter than the one in flight adds nothing, whatever the cap.)
-                    with <= self.cap.max(load) && cpu.may_start(running.iter().map(|r| r.cpu))
-                };
-                // A hog beside another hog starts by waiting for its turn, which comes when that
-                // hog's storm is over and takes its load along: it needs no idle CPU now.
-                let waits_turn = |u: &Unit| {
-                    weights[u.si][u.vi].1 == Cpu::Hog && running.iter().any(|r| r.cpu == Cpu::Hog)
+                    let in_flight: usize = running.iter().map(|r| r.weight).sum();
+                    in_flight + weight <= self.cap && running.iter().all(|r| cpu.beside(r.cpu))
                 };
                 let pick = match running.is_empty() {
                     true => Some(0),
-                    false => queue
-                        .iter()
-                        .position(|u| fits(u) && (room || waits_turn(u))),
+                    false if room => queue.iter().position(fits),
+                    false => None,
                 };
                 if let Some(unit) = pick.and_then(|i| queue.remove(i)) {
                     let (weight, cpu) = weights[unit.si][unit.vi];
@@ -221,19 +208,6 @@ impl Admission {
     }
 }
 
-/// The sessions' worth of load in flight: every run's weight, but only the heaviest hog's,
-/// since hogs take turns at their storm (see [`Cpu::Hog`]).
-fn in_flight(runs: impl Iterator<Item = (usize, Cpu)>) -> usize {
-    let (mut others, mut hog) = (0, 0);
-    for (weight, cpu) in runs {
-        match cpu {
-            Cpu::Hog => hog = hog.max(weight),
-            _ => others += weight,
-        }
-    }
-    others + hog
-}
-
 /// The runs not yet started, and those in flight.
 struct Waiting {
     queue: VecDeque<Unit>,
@@ -264,36 +238,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn which_kinds_of_cpu_use_may_start_beside_which() {
+    fn which_kinds_of_cpu_use_run_side_by_side() {
         use Cpu::*;
-        // (a run of this kind, beside these in flight, may start)
-        let table: &[(Cpu, &[Cpu], bool)] = &[
-            (Kernel, &[Hog, Hog, Quiet, Timed], true),
-            (Timed, &[Hog, Hog, Kernel, Quiet], true),
-            (Hog, &[Kernel, Timed, Timed], true),
-            (Hog, &[Hog, Timed], true),
-            (Hog, &[Hog, Hog], false),
-            (Hog, &[Quiet], false),
-            (Quiet, &[Hog], false),
-            (Quiet, &[Kernel, Timed, Quiet], true),
+        // (a run of this kind, beside one of that kind in flight, may start)
+        let table = [
+            (Kernel, Kernel, true),
+            (Kernel, Hog, true),
+            (Kernel, Timed, true),
+            (Hog, Kernel, true),
+            (Hog, Hog, false),
+            (Hog, Timed, false),
+            (Timed, Kernel, true),
+            (Timed, Hog, false),
+            (Timed, Timed, true),
         ];
-        for (kind, in_flight, expected) in table {
-            let may = kind.may_start(in_flight.iter().copied());
-            assert_eq!(may, *expected, "{kind:?} beside {in_flight:?}");
+        for (a, b, expected) in table {
+            assert_eq!(a.beside(b), expected, "{a:?} beside {b:?}");
         }
-    }
-
-    #[test]
-    fn hogs_taking_turns_weigh_as_the_heaviest_of_them() {
-        use Cpu::*;
-        assert_eq!(
-            in_flight([(108, Hog), (77, Hog), (30, Timed)].into_iter()),
-            138
-        );
-        assert_eq!(
-            in_flight([(10, Timed), (30, Quiet), (5, Kernel)].into_iter()),
-            45
-        );
     }
 
     /// Admission over hand-built runs: `kinds[i]` is run i's CPU kind, weight 1 each.
@@ -328,54 +289,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_next_hog_gets_ready_beside_the_storming_one_without_idle_cpu() {
-        let (a, w) = admission(&[Cpu::Hog, Cpu::Hog, Cpu::Hog, Cpu::Timed]);
-        let cancel = CancellationToken::new();
-        let first = a.next(&w, &cancel).await;
-        assert_eq!(first.map(|u| u.vi), Some(0), "nothing in flight: the first");
-        sample(&a, 0);
+    async fn a_hog_runs_beside_kernel_timed_runs_only() {
+        let (a, w) = admission(&[Cpu::Kernel, Cpu::Hog, Cpu::Hog, Cpu::Timed]);
         assert_eq!(
             admitted(&a, &w).await,
+            Some(0),
+            "nothing in flight: the first"
+        );
+        sample(&a, 900);
+        let hog = a.next(&w, &CancellationToken::new()).await;
+        assert_eq!(
+            hog.map(|u| u.vi),
             Some(1),
-            "no idle CPU, but the second hog only waits for its turn"
+            "a hog beside a kernel-timed run"
         );
         sample(&a, 900);
         assert_eq!(
             admitted(&a, &w).await,
-            Some(3),
-            "no third hog; a timed run beside them while the machine has idle CPU"
-        );
-        if let Some(first) = first {
-            a.done(first, &w);
-        }
-        sample(&a, 0);
-        assert_eq!(
-            admitted(&a, &w).await,
-            Some(2),
-            "the third once the first is done"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_quiet_run_waits_until_no_hog_is_in_flight() {
-        let (a, w) = admission(&[Cpu::Hog, Cpu::Quiet, Cpu::Timed]);
-        let cancel = CancellationToken::new();
-        let hog = a.next(&w, &cancel).await;
-        sample(&a, 900);
-        assert_eq!(
-            admitted(&a, &w).await,
-            Some(2),
-            "the quiet run is passed over"
+            None,
+            "no second hog, no timed run beside it"
         );
         if let Some(hog) = hog {
             a.done(hog, &w);
         }
         sample(&a, 900);
-        assert_eq!(admitted(&a, &w).await, Some(1));
+        assert_eq!(
+            admitted(&a, &w).await,
+            Some(2),
+            "the next hog once the first is done"
+        );
     }
 
     #[tokio::test]
-    async fn every_start_beside_runs_waits_for_idle_cpu() {
+    async fn a_hog_waits_for_timed_runs_and_every_start_for_idle_cpu() {
         let (a, w) = admission(&[Cpu::Timed, Cpu::Timed, Cpu::Hog]);
         assert_eq!(admitted(&a, &w).await, Some(0));
         sample(&a, 50);
@@ -386,10 +332,12 @@ mod tests {
         );
         sample(&a, 900);
         assert_eq!(admitted(&a, &w).await, Some(1));
-        sample(&a, 50);
-        assert_eq!(admitted(&a, &w).await, None, "nor a hog beside timed runs");
         sample(&a, 900);
-        assert_eq!(admitted(&a, &w).await, Some(2));
+        assert_eq!(
+            admitted(&a, &w).await,
+            None,
+            "the hog waits for the timed runs"
+        );
     }
 
     #[tokio::test]

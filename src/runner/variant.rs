@@ -15,7 +15,7 @@ use crate::env::Env;
 use crate::env::postgres::Sql as _;
 use crate::history::{History, Outcome};
 use crate::report::{Requests, VariantReport};
-use crate::scenario::{Scenario, VariantCtx, VariantRun};
+use crate::scenario::{Prepared, Scenario, VariantCtx, VariantRun};
 use crate::trace::Trace;
 
 /// A variant whose own code outlives its deadline by this much is a harness bug: cut it off.
@@ -44,16 +44,14 @@ async fn server_settings(
 pub(super) async fn run_variant(
     env: &Env,
     scenario: &Scenario,
-    plan: &super::plan::VariantPlan,
+    variant: &crate::scenario::ResolvedVariant,
+    code: &dyn Prepared,
     cancel: &CancellationToken,
     // Where progress is drawn, and whether other variants share the screen (the live view then
     // takes one line, not one per gauge).
     multi: Option<(&indicatif::MultiProgress, bool)>,
     label: &str,
-    // A hog's turn at the machine's CPU (see `Cpu::Hog`).
-    turn: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> VariantReport {
-    let (variant, code) = (&plan.resolved, plan.code.as_ref());
     let started = Instant::now();
     let deadline = variant
         .params
@@ -81,7 +79,6 @@ pub(super) async fn run_variant(
         variant,
         cancel: cancel.clone(),
         progress: progress.clone(),
-        turn: std::sync::Mutex::new(turn),
     };
     let board = multi.map(|_| crate::gauge::Board::default());
     let live = multi

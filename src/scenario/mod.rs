@@ -111,45 +111,29 @@ pub trait Code: Send + Sync + Sized + 'static {
     }
 }
 
-/// How a variant's run shares the machine's CPU side by side (`--jobs`). Whatever the kind, a
-/// run starts beside others only while a look at the machine taken after they all started
-/// found idle CPU (see `runner::queue`); the kind orders the queue and keeps storms apart.
+/// How a variant's run shares the machine's CPU side by side (`--jobs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cpu {
     /// Little CPU of its own, and windows the kernel times in whole seconds (keepalive
-    /// probes) and checks within 0.9-1.5x: a busy CPU moves its figures by milliseconds. First
-    /// in the queue, so its seconds of waiting pass while the storms take the CPU.
+    /// probes) and checks within 0.9-1.5x: a busy CPU moves its figures by milliseconds, so it
+    /// may run beside anything, a [`Cpu::Hog`] too.
     Kernel,
-    /// Takes most of the machine's CPU for a phase of its run (a storm of connections, each
-    /// forking a backend). Two storms at once would starve each other's windows, so hogs take
-    /// turns at that phase: the runner hands a run its turn before it starts
-    /// ([`VariantCtx::storm_over`] gives it back when the storm ends), and lets the next hog
-    /// wait for it on a lane beside it, no third.
+    /// Takes the machine's CPU (a storm of connections, each forking a backend): beside a
+    /// [`Cpu::Timed`] run it would starve that run's windows, and beside another hog its own.
+    /// It runs beside [`Cpu::Kernel`] runs only.
     Hog,
-    /// Windows that processes time (retry loops, TTLs, timeouts a busy backend checks late).
-    /// A storm beside it leaves it the idle CPU the admission saw, and the margins hold there
-    /// (`run all --repeat 10` with timed runs beside the storms held every run).
+    /// Windows that processes time (retry loops, TTLs, timeouts a busy backend checks late):
+    /// beside other timed runs while the machine has idle CPU, never beside a hog.
     Timed,
-    /// Timers that a storm beside them moves past what the variant allows, so never beside a
-    /// hog: Sentinel's election, whose votes a starved CPU can split (the retry after twice
-    /// the failover timeout took a failover to 6.4 s beside a storm, past the holder's lease).
-    Quiet,
 }
 
 impl Cpu {
-    /// Whether a run of this kind may start beside `in_flight`: a hog beside at most one other
-    /// hog (the one whose turn it waits for) and no quiet run; a quiet run beside no hog;
-    /// anything else beside anything.
-    pub fn may_start(self, in_flight: impl IntoIterator<Item = Cpu>) -> bool {
-        let mut hogs = 0;
-        for other in in_flight {
-            match (self, other) {
-                (Cpu::Hog, Cpu::Hog) => hogs += 1,
-                (Cpu::Hog, Cpu::Quiet) | (Cpu::Quiet, Cpu::Hog) => return false,
-                _ => {}
-            }
-        }
-        hogs < 2
+    /// Whether a run of this kind may start beside one of `other` in flight.
+    pub fn beside(self, other: Cpu) -> bool {
+        matches!(
+            (self, other),
+            (Cpu::Kernel, _) | (_, Cpu::Kernel) | (Cpu::Timed, Cpu::Timed)
+        )
     }
 }
 
@@ -378,20 +362,9 @@ pub struct VariantCtx<'a> {
     /// Ctrl-C or SIGTERM: wind down now, as at the cut-off.
     pub cancel: CancellationToken,
     pub progress: ProgressBar,
-    /// A [`Cpu::Hog`]'s turn at the machine's CPU, held from its start (see
-    /// [`Self::storm_over`]).
-    pub turn: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl VariantCtx<'_> {
-    /// A [`Cpu::Hog`]'s storm is over (what is left of its run takes little CPU): the next
-    /// hog may start its own. Ending the run does it too.
-    pub fn storm_over(&self) {
-        if let Ok(mut turn) = self.turn.lock() {
-            turn.take();
-        }
-    }
-
     /// The workload's path to PostgreSQL: through the pooler for a variant that runs through
     /// one (the runner skips it when the run has none), else the run's own path.
     pub fn pg(&self) -> &PgTarget {

@@ -240,13 +240,6 @@ impl Code for RedisFailover {
         (self.fault == NodeFault::Failover).then(|| self.deadline + Duration::from_secs(5))
     }
 
-    fn cpu(&self) -> super::Cpu {
-        match self.fault {
-            NodeFault::Failover => super::Cpu::Quiet,
-            _ => super::Cpu::Timed,
-        }
-    }
-
     fn unavailable(&self, env: &Env) -> Option<String> {
         env.own_redis_missing("crashes and restarts Redis nodes under the lock")
     }

@@ -43,12 +43,6 @@ use storm::*;
 /// `bench claims`) gave mitigated 53300s in 2 runs of 3.
 const MAX_CONNECTS_PER_SECOND: f64 = 1500.0;
 
-/// Fresh connections a second past which a storm straight to the server is a [`Cpu::Hog`]:
-/// twice the other endpoints' at the defaults (time scale 0.1).
-///
-/// [`Cpu::Hog`]: super::Cpu::Hog
-const HOG_FORKS_PER_SECOND: f64 = 200.0;
-
 /// Sessions locklab opens on the storm's server besides the workload: setup, observer, probe,
 /// the payment provider's, and each ghost with its provider session (two ghosts at most).
 const OWN_SESSIONS: usize = 8;
@@ -76,8 +70,6 @@ const STORM_SLOTS: usize = 12;
 const WORKLOAD_ROLE: &str = "locklab_app";
 
 pub struct ConnectionStorm {
-    /// Backends the server forks a second at most, straight to it.
-    forks_per_second: f64,
     max_connections: usize,
     /// Between booking arrivals, scaled.
     arrival: Duration,
@@ -179,18 +171,7 @@ impl Code for ConnectionStorm {
             }
             false => None,
         };
-        // Capped, with nothing to free the row, the bookings under the cap wait on it and the
-        // rest are throttled before they connect: the server forks for the other endpoints only.
-        let frees_row = restart.is_some()
-            || ["idle_timeout", "lock_timeout", "statement_timeout"]
-                .iter()
-                .any(|n| p.in_settings(n));
-        let forks_per_second = match capped && !frees_row {
-            true => others_rate / scale,
-            false => connects,
-        };
         let storm = ConnectionStorm {
-            forks_per_second,
             max_connections,
             arrival: Duration::from_secs_f64(scale / rate),
             others_arrival: (others_rate > 0.0)
@@ -255,13 +236,8 @@ impl Code for ConnectionStorm {
 
     fn weight(&self) -> usize {
         match self.pooler {
-            // Its own server's slots, all taken, and its own sessions; capped, the cap and the
-            // slots it leaves free.
-            PoolerMode::None => match self.cap {
-                Some(cap) => cap + headroom(cap, self.others_slots) + OWN_SESSIONS,
-                None => self.max_connections + OWN_SESSIONS,
-            }
-            .min(self.max_connections + OWN_SESSIONS),
+            // Its own server's slots, all taken, and its own sessions.
+            PoolerMode::None => self.max_connections + OWN_SESSIONS,
             // Through a pooler the server sees the pools' connections only (the fleet's wait
             // in the pooler's queue, idle): at most PgBouncer's default pool size each.
             PoolerMode::Shared => crate::env::pgbouncer::DEFAULT_POOL_SIZE + OWN_SESSIONS,
@@ -272,11 +248,7 @@ impl Code for ConnectionStorm {
     fn cpu(&self) -> super::Cpu {
         match self.pooler {
             // A storm forks a backend per connection attempt: most of a 2-core machine.
-            PoolerMode::None if self.forks_per_second > HOG_FORKS_PER_SECOND => super::Cpu::Hog,
-            // cap-only at the defaults: the other endpoints' 100 a second kept the server at 21%
-            // of a 2-core machine (DB CPU %), the uncapped storms at 49-87%, pooler-mitigated
-            // (timed too) at 26%.
-            PoolerMode::None => super::Cpu::Timed,
+            PoolerMode::None => super::Cpu::Hog,
             // Through a pooler it forks none past the pool: PgBouncer takes the connections,
             // a third to four fifths of a core on average (1.2-3.1 CPU-s a 3.8 s run against
             // the direct storm's 4.9), and its windows are the pooler's and the server's

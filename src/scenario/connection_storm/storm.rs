@@ -313,16 +313,7 @@ pub(super) async fn unleash(
         }
     };
     let restart = restart(cfg, ctx, servers, (admin, &fleet, frozen), &cpu, &released);
-    // No invocation starts after the deadline: what is left (attempts in flight until the
-    // hard end, sessions ended, the server stopped) takes little CPU, and the next storm may go.
-    let storm_over = async {
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {}
-            _ = ctx.cancel.cancelled() => {}
-        }
-        ctx.storm_over();
-    };
-    let (bookings, others, restart, ()) = tokio::join!(bookings, others, restart, storm_over);
+    let (bookings, others, restart) = tokio::join!(bookings, others, restart);
     for t in bookings.into_iter().chain(others) {
         let _ = t.await;
     }
