@@ -871,14 +871,31 @@ async fn race(
                         .lock()
                         .map_or(0, |l| l.iter().filter(|v| v.is_some() && !holds(v)).count());
                     let denied = denied_after_fault.load(std::sync::atomic::Ordering::Relaxed);
-                    if free < quorum && denied >= enough {
+                    // (Not once a second holder pays: the lock was lost, see below.)
+                    if free < quorum && denied >= enough && !someone_paying.is_set() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             };
+            // A second holder paying means the lock was lost: the first holder resumes (and
+            // releases) once the observer has seen it lost too, a quorum of nodes answering
+            // without its lock. On a busy machine the observer's next look at a restarted node
+            // can come after a quick release, and the loss would go unrecorded.
+            let seen_lost = async {
+                someone_paying.wait().await;
+                loop {
+                    let free = latest
+                        .lock()
+                        .map_or(0, |l| l.iter().filter(|v| v.is_some() && !holds(v)).count());
+                    if free >= quorum {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            };
             tokio::select! {
-                () = someone_paying.wait() => {}
+                () = seen_lost => {}
                 () = tried => {}
                 () = tokio::time::sleep_until(deadline) => {}
             }

@@ -20,6 +20,10 @@ impl Flag {
         self.notify.notify_waiters();
     }
 
+    pub fn is_set(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub async fn wait(&self) {
         loop {
             let notified = self.notify.notified();
