@@ -802,11 +802,17 @@ async fn race(
         let holds = |v: &Option<Option<String>>| {
             token.is_some() && v.as_ref().and_then(|v| v.as_ref()) == token.as_ref()
         };
+        // Nodes whose last answer, as the observer saw it, passes `test`.
+        let nodes_where = |test: &dyn Fn(&Option<Option<String>>) -> bool| {
+            latest
+                .lock()
+                .map_or(0, |l| l.iter().filter(|v| test(v)).count())
+        };
+        // Nodes that answered, without the first holder's lock.
+        let free = || nodes_where(&|v| v.is_some() && !holds(v));
         let seen_by = Instant::now() + Duration::from_secs(10);
         loop {
-            let holding = latest
-                .lock()
-                .map_or(0, |l| l.iter().filter(|v| holds(v)).count());
+            let holding = nodes_where(&holds);
             if holding >= quorum {
                 break;
             }
@@ -866,13 +872,9 @@ async fn race(
                 tokio::time::sleep(cfg.pause).await;
                 let enough = TRIES_BEFORE_RESUME * (cfg.buyers - 1);
                 loop {
-                    // Nodes that answered, without the first holder's lock.
-                    let free = latest
-                        .lock()
-                        .map_or(0, |l| l.iter().filter(|v| v.is_some() && !holds(v)).count());
                     let denied = denied_after_fault.load(std::sync::atomic::Ordering::Relaxed);
                     // (Not once a second holder pays: the lock was lost, see below.)
-                    if free < quorum && denied >= enough && !someone_paying.is_set() {
+                    if free() < quorum && denied >= enough && !someone_paying.is_set() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -884,13 +886,7 @@ async fn race(
             // can come after a quick release, and the loss would go unrecorded.
             let seen_lost = async {
                 someone_paying.wait().await;
-                loop {
-                    let free = latest
-                        .lock()
-                        .map_or(0, |l| l.iter().filter(|v| v.is_some() && !holds(v)).count());
-                    if free >= quorum {
-                        break;
-                    }
+                while free() < quorum {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             };

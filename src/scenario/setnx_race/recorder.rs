@@ -27,7 +27,7 @@ impl Flag {
     pub async fn wait(&self) {
         loop {
             let notified = self.notify.notified();
-            if self.flag.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.is_set() {
                 return;
             }
             notified.await;
