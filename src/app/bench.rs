@@ -98,14 +98,17 @@ pub(super) async fn jobs(jobs: usize, repeat: u32) -> anyhow::Result<i32> {
         .zip(&side.verdicts)
         .filter(|(a, b)| a != b)
     {
-        let said = |v: &Verdict| v.2.map_or("held".to_string(), |f| format!("{f} ({})", v.3));
+        let said = |v: &VariantVerdict| v.failure.unwrap_or("held");
         out!(
             "  {}/{}: {} at --jobs 1, {} at --jobs {jobs}",
-            a.0,
-            a.1,
+            a.scenario,
+            a.variant,
             said(a),
             said(b)
         );
+        for (pass, line) in (a.why.iter().map(|l| (1, l))).chain(b.why.iter().map(|l| (jobs, l))) {
+            out!("    --jobs {pass}: {line}");
+        }
     }
     Ok(if same {
         exit::OK
@@ -167,7 +170,7 @@ struct Pass {
     cpu: Option<f64>,
     longest: f64,
     held: bool,
-    verdicts: Vec<Verdict>,
+    verdicts: Vec<VariantVerdict>,
     /// What each variant's run took.
     took: BTreeMap<(String, String), Duration>,
 }
@@ -235,38 +238,36 @@ fn held(all: bool) -> &'static str {
     }
 }
 
-/// A variant's verdict: scenario, variant, the failure's headline (`None`: held), and why
-/// (the expectations that failed, or the harness's error), which the comparison leaves out.
+/// A variant's verdict, and why it failed, which the comparison leaves out.
 #[derive(Debug)]
-struct Verdict(String, String, Option<&'static str>, String);
+struct VariantVerdict {
+    scenario: String,
+    variant: String,
+    /// The failure's headline; `None`: every expectation held.
+    failure: Option<&'static str>,
+    /// Why, as the run's own summary says it ([`crate::report::VariantReport::failure_lines`]).
+    why: Vec<String>,
+}
 
-impl PartialEq for Verdict {
-    fn eq(&self, other: &Verdict) -> bool {
-        (&self.0, &self.1, self.2) == (&other.0, &other.1, other.2)
+impl PartialEq for VariantVerdict {
+    fn eq(&self, other: &VariantVerdict) -> bool {
+        (&self.scenario, &self.variant, self.failure)
+            == (&other.scenario, &other.variant, other.failure)
     }
 }
 
 /// Each variant's verdict, in scenario and variant order. (Its outcome word may differ from
 /// run to run where the harm shows in more than one form; the verdict must not.)
-fn verdicts(report: &RunReport) -> Vec<Verdict> {
+fn verdicts(report: &RunReport) -> Vec<VariantVerdict> {
     report
         .scenarios
         .iter()
         .flat_map(|s| {
-            s.variants.iter().map(|v| {
-                let failed = v.expectations.iter().filter(|e| !e.held);
-                let why = v.error.clone().unwrap_or_else(|| {
-                    let each: Vec<_> = failed
-                        .map(|e| format!("{}: {}", e.what, e.measured))
-                        .collect();
-                    each.join("; ")
-                });
-                Verdict(
-                    s.name.clone(),
-                    v.name.clone(),
-                    v.failure_kind().map(|f| f.headline()),
-                    why,
-                )
+            s.variants.iter().map(|v| VariantVerdict {
+                scenario: s.name.clone(),
+                variant: v.name.clone(),
+                failure: v.failure_kind().map(|f| f.headline()),
+                why: v.failure_lines(&s.label()),
             })
         })
         .collect()
